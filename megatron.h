@@ -1,0 +1,19 @@
+/* megatron.h — a header-only C/CUDA toolkit for training transformers at scale.
+ *
+ *   #include "megatron.h"      // from one .c (gcc, CPU) or .cu (nvcc, CPU + GPU) file
+ *
+ * Every function is `static inline` (MT_API); there is no library to build. This file is the
+ * index: each header below, in dependency order, with what it defines.
+ * SPDX-License-Identifier: MIT
+ */
+#ifndef MEGATRON_H
+#define MEGATRON_H
+
+#include "mt/core.h"      // defines: mt_status, hooks, dtypes + RNE conversions, mt_tensor, mt_arena, Philox RNG
+#include "mt/cpu_ops.h"   // defines: mt_<op>_cpu_f32/_f64 reference ops (embedding, norms, matmul, GELU, SwiGLU, RoPE, attention, xent, AdamW)
+#ifdef __CUDACC__
+#include "kernels/kernels.cuh" // defines: mt_gpu_init, mt_<op>_gpu launchers (CUDA kernels, cuBLASLt GEMMs)
+#endif
+#include "mt/ops.h"       // defines: mt_<op>_fwd/_bwd dispatching on the context's device and dtype, mt_lr_at
+
+#endif /* MEGATRON_H */

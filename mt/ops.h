@@ -1,0 +1,348 @@
+/* mt/ops.h — the ops a model calls: one entry per op that runs on the CPU or the GPU, chosen by
+ * the context's device, in the context's dtype.
+ *
+ *   mt_ctx cx = {0};                 // CPU, float32 (zero means default)
+ *   MT_TRY(mt_layernorm_fwd(&cx, out, mean, rstd, x, w, b, N, C));
+ *
+ * Pointers are void*: weights and activations are in cx->dtype (f32 or f64 on the CPU, f32 or
+ * bf16 on the GPU); per-row statistics, losses, optimizer moments and norms are in the "stat"
+ * type (double when cx->dtype is f64, float otherwise). On the GPU every pointer is device memory
+ * and every call is asynchronous on cx->stream: no op synchronises with the host.
+ *
+ * Defines
+ *   mt_zero, mt_copy_from_f32, mt_copy_to_f32
+ *   mt_embedding_fwd/bwd, mt_layernorm_fwd/bwd, mt_rmsnorm_fwd/bwd, mt_matmul_fwd/bwd (bias,
+ *   residual and GELU epilogues), mt_gelu_fwd/bwd, mt_swiglu_fwd/bwd, mt_rope_fwd/bwd,
+ *   mt_attention_fwd/bwd, mt_xent, mt_residual_fwd, mt_adamw, mt_sumsq, mt_clip_coef
+ * The rules (weight gradients +=, activation gradients =) and layouts are in mt/cpu_ops.inl.
+ */
+#ifndef MT_OPS_H
+#define MT_OPS_H
+#include "core.h"
+#include "cpu_ops.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+MT_API mt_status mt__no_gpu(const char *op) {
+    return mt_errorf(MT_ERR_UNSUPPORTED, "%s: GPU tensors in a build without CUDA (compile with nvcc)", op);
+}
+MT_API mt_status mt__bad_cpu_dtype(const mt_ctx *cx, const char *op) {
+    return mt_errorf(MT_ERR_UNSUPPORTED, "%s: the CPU backend computes in f32 or f64, not %s", op,
+                     mt_dtype_name(cx->dtype));
+}
+
+#ifdef __CUDACC__
+#define MT__GPU_RETURN(call, name) return (call)
+#else
+#define MT__GPU_RETURN(call, name) return mt__no_gpu(name)
+#endif
+
+/* Inside an op: run the GPU launcher, or MT__BODY(R, sfx) for the CPU dtype. */
+#define MT__DISPATCH(cx, name, gpu_call)                                         \
+    do {                                                                         \
+        if ((cx)->device.type == MT_CUDA) MT__GPU_RETURN(gpu_call, name);        \
+        if ((cx)->dtype == MT_F32) { MT__BODY(float, f32); return MT_OK; }       \
+        if ((cx)->dtype == MT_F64) { MT__BODY(double, f64); return MT_OK; }      \
+        return mt__bad_cpu_dtype(cx, name);                                      \
+    } while (0)
+
+/* ------------------------------------------------------------------ memory */
+
+MT_API mt_status mt_zero(const mt_ctx *cx, void *p, size_t nbytes) {
+    if (cx->device.type == MT_CPU) { memset(p, 0, nbytes); return MT_OK; }
+#ifdef __CUDACC__
+    cudaError_t e = cudaMemsetAsync(p, 0, nbytes, (cudaStream_t)cx->stream);
+    return e == cudaSuccess ? MT_OK : mt_errorf(MT_ERR_CUDA, "mt_zero: %s", cudaGetErrorString(e));
+#else
+    return mt__no_gpu("mt_zero");
+#endif
+}
+
+/* dst (n, cx->dtype, on cx's device) = src (n floats on the host), rounding to nearest even.
+ * Synchronous: for initialisation and checkpoints, not for the step. */
+MT_API mt_status mt_copy_from_f32(const mt_ctx *cx, void *dst, const float *src, size_t n) {
+    size_t es = mt_dtype_size(cx->dtype);
+    void *stage = dst;
+    if (cx->device.type == MT_CUDA || cx->dtype != MT_F32) {
+        if (cx->device.type == MT_CUDA) MT_TRY(mt_calloc(n * es, &stage));
+        for (size_t i = 0; i < n; i++) {
+            switch (cx->dtype) {
+                case MT_F32: ((float *)stage)[i] = src[i]; break;
+                case MT_F64: ((double *)stage)[i] = src[i]; break;
+                case MT_BF16: ((uint16_t *)stage)[i] = mt_f32_to_bf16(src[i]); break;
+                case MT_F16: ((uint16_t *)stage)[i] = mt_f32_to_f16(src[i]); break;
+                default:
+                    if (stage != dst) mt_free(stage);
+                    return mt_errorf(MT_ERR_UNSUPPORTED, "mt_copy_from_f32: dtype %s", mt_dtype_name(cx->dtype));
+            }
+        }
+    } else {
+        memcpy(dst, src, n * es);
+    }
+    if (cx->device.type == MT_CUDA) {
+#ifdef __CUDACC__
+        cudaError_t e = cudaMemcpy(dst, stage, n * es, cudaMemcpyHostToDevice);
+        mt_free(stage);
+        if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "mt_copy_from_f32: %s", cudaGetErrorString(e));
+#else
+        return mt__no_gpu("mt_copy_from_f32");
+#endif
+    }
+    return MT_OK;
+}
+
+/* dst (n floats on the host) = src (n, `dtype`, on cx's device).  Synchronous. */
+MT_API mt_status mt_copy_to_f32(const mt_ctx *cx, float *dst, const void *src, mt_dtype dtype, size_t n) {
+    size_t es = mt_dtype_size(dtype);
+    const void *host = src;
+    (void)es;
+    void *stage = NULL;
+    if (cx->device.type == MT_CUDA) {
+#ifdef __CUDACC__
+        MT_TRY(mt_calloc(n * es, &stage));
+        cudaError_t e = cudaMemcpy(stage, src, n * es, cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess) {
+            mt_free(stage);
+            return mt_errorf(MT_ERR_CUDA, "mt_copy_to_f32: %s", cudaGetErrorString(e));
+        }
+        host = stage;
+#else
+        return mt__no_gpu("mt_copy_to_f32");
+#endif
+    }
+    mt_status st = MT_OK;
+    for (size_t i = 0; i < n && st == MT_OK; i++) {
+        switch (dtype) {
+            case MT_F32: dst[i] = ((const float *)host)[i]; break;
+            case MT_F64: dst[i] = (float)((const double *)host)[i]; break;
+            case MT_BF16: dst[i] = mt_bf16_to_f32(((const uint16_t *)host)[i]); break;
+            case MT_F16: dst[i] = mt_f16_to_f32(((const uint16_t *)host)[i]); break;
+            default: st = mt_errorf(MT_ERR_UNSUPPORTED, "mt_copy_to_f32: dtype %s", mt_dtype_name(dtype));
+        }
+    }
+    mt_free(stage);
+    return st;
+}
+
+/* ------------------------------------------------------------------ layers */
+
+/* out (B,T,C) = wte[tokens] + wpe[pos_offset + t]; vocab rows [vstart, vstart+vcount) are local;
+ * wpe may be NULL (no learned positions). */
+MT_API mt_status mt_embedding_fwd(const mt_ctx *cx, void *out, const int32_t *tokens, const void *wte,
+                                  const void *wpe, int B, int T, int C, int pos_offset, int vstart, int vcount) {
+#define MT__BODY(R, sfx) \
+    mt_embedding_fwd_cpu_##sfx((R *)out, tokens, (const R *)wte, (const R *)wpe, B, T, C, pos_offset, vstart, vcount)
+    MT__DISPATCH(cx, "embedding_fwd",
+                 mt_embedding_fwd_gpu(cx, out, tokens, wte, wpe, B, T, C, pos_offset, vstart, vcount));
+#undef MT__BODY
+}
+
+/* dwte += scatter(dout), dwpe += sum over the batch (either may be NULL). */
+MT_API mt_status mt_embedding_bwd(const mt_ctx *cx, void *dwte, void *dwpe, const void *dout, const int32_t *tokens,
+                                  int B, int T, int C, int pos_offset, int vstart, int vcount) {
+#define MT__BODY(R, sfx) \
+    mt_embedding_bwd_cpu_##sfx((R *)dwte, (R *)dwpe, (const R *)dout, tokens, B, T, C, pos_offset, vstart, vcount)
+    MT__DISPATCH(cx, "embedding_bwd",
+                 mt_embedding_bwd_gpu(cx, dwte, dwpe, dout, tokens, B, T, C, pos_offset, vstart, vcount));
+#undef MT__BODY
+}
+
+/* out (N,C) = LayerNorm(inp) * w + b; mean, rstd (N, stat type) saved for the backward. */
+MT_API mt_status mt_layernorm_fwd(const mt_ctx *cx, void *out, void *mean, void *rstd, const void *inp,
+                                  const void *w, const void *b, int N, int C) {
+#define MT__BODY(R, sfx) \
+    mt_layernorm_fwd_cpu_##sfx((R *)out, (R *)mean, (R *)rstd, (const R *)inp, (const R *)w, (const R *)b, N, C)
+    MT__DISPATCH(cx, "layernorm_fwd", mt_layernorm_fwd_gpu(cx, out, mean, rstd, inp, w, b, N, C));
+#undef MT__BODY
+}
+
+/* dinp = dresid + d(LN)/d(inp)·dout (dresid may be NULL or alias dinp); dw, db +=. */
+MT_API mt_status mt_layernorm_bwd(const mt_ctx *cx, void *dinp, void *dw, void *db, const void *dout,
+                                  const void *dresid, const void *inp, const void *w, const void *mean,
+                                  const void *rstd, int N, int C) {
+#define MT__BODY(R, sfx)                                                                                \
+    mt_layernorm_bwd_cpu_##sfx((R *)dinp, (R *)dw, (R *)db, (const R *)dout, (const R *)dresid,         \
+                               (const R *)inp, (const R *)w, (const R *)mean, (const R *)rstd, N, C)
+    MT__DISPATCH(cx, "layernorm_bwd",
+                 mt_layernorm_bwd_gpu(cx, dinp, dw, db, dout, dresid, inp, w, mean, rstd, N, C));
+#undef MT__BODY
+}
+
+MT_API mt_status mt_rmsnorm_fwd(const mt_ctx *cx, void *out, void *rstd, const void *inp, const void *w, int N,
+                                int C) {
+#define MT__BODY(R, sfx) mt_rmsnorm_fwd_cpu_##sfx((R *)out, (R *)rstd, (const R *)inp, (const R *)w, N, C)
+    MT__DISPATCH(cx, "rmsnorm_fwd", mt_rmsnorm_fwd_gpu(cx, out, rstd, inp, w, N, C));
+#undef MT__BODY
+}
+
+MT_API mt_status mt_rmsnorm_bwd(const mt_ctx *cx, void *dinp, void *dw, const void *dout, const void *dresid,
+                                const void *inp, const void *w, const void *rstd, int N, int C) {
+#define MT__BODY(R, sfx)                                                                                 \
+    mt_rmsnorm_bwd_cpu_##sfx((R *)dinp, (R *)dw, (const R *)dout, (const R *)dresid, (const R *)inp,     \
+                             (const R *)w, (const R *)rstd, N, C)
+    MT__DISPATCH(cx, "rmsnorm_bwd", mt_rmsnorm_bwd_gpu(cx, dinp, dw, dout, dresid, inp, w, rstd, N, C));
+#undef MT__BODY
+}
+
+/* Linear layer with epilogues:
+ *   gelu_pre == NULL:  out = inp @ w^T + bias + resid        (bias, resid optional)
+ *   gelu_pre != NULL:  gelu_pre = inp @ w^T + bias; out = gelu(gelu_pre)   (resid must be NULL)
+ * inp (N,IC), w (OC,IC), bias (OC), out, resid, gelu_pre (N,OC). */
+MT_API mt_status mt_matmul_fwd(const mt_ctx *cx, void *out, void *gelu_pre, const void *inp, const void *w,
+                               const void *bias, const void *resid, int N, int IC, int OC) {
+    if (gelu_pre && resid) return mt_errorf(MT_ERR_ARG, "matmul_fwd: a GELU epilogue takes no residual");
+#define MT__BODY(R, sfx)                                                                                     \
+    do {                                                                                                     \
+        mt_matmul_fwd_cpu_##sfx(gelu_pre ? (R *)gelu_pre : (R *)out, (const R *)inp, (const R *)w,           \
+                                (const R *)bias, (const R *)resid, N, IC, OC);                               \
+        if (gelu_pre) mt_gelu_fwd_cpu_##sfx((R *)out, (const R *)gelu_pre, (size_t)N * OC);                  \
+    } while (0)
+    MT__DISPATCH(cx, "matmul_fwd", mt_matmul_fwd_gpu(cx, out, gelu_pre, inp, w, bias, resid, N, IC, OC));
+#undef MT__BODY
+}
+
+/* dinp (N,IC) = dout @ w, then times gelu'(gelu_pre) when gelu_pre (N,IC) is given (the backward of
+ * the GELU that produced inp); dw (OC,IC) += dout^T @ inp; dbias (OC) += column sums of dout.
+ * dinp, dw, dbias may each be NULL. */
+MT_API mt_status mt_matmul_bwd(const mt_ctx *cx, void *dinp, void *dw, void *dbias, const void *dout,
+                               const void *inp, const void *w, const void *gelu_pre, int N, int IC, int OC) {
+#define MT__BODY(R, sfx)                                                                                     \
+    do {                                                                                                     \
+        mt_matmul_bwd_cpu_##sfx((R *)dinp, (R *)dw, (R *)dbias, (const R *)dout, (const R *)inp,             \
+                                (const R *)w, N, IC, OC);                                                    \
+        if (dinp && gelu_pre)                                                                                \
+            mt_gelu_bwd_cpu_##sfx((R *)dinp, (const R *)gelu_pre, (const R *)dinp, (size_t)N * IC);          \
+    } while (0)
+    MT__DISPATCH(cx, "matmul_bwd", mt_matmul_bwd_gpu(cx, dinp, dw, dbias, dout, inp, w, gelu_pre, N, IC, OC));
+#undef MT__BODY
+}
+
+MT_API mt_status mt_gelu_fwd(const mt_ctx *cx, void *out, const void *inp, size_t n) {
+#define MT__BODY(R, sfx) mt_gelu_fwd_cpu_##sfx((R *)out, (const R *)inp, n)
+    MT__DISPATCH(cx, "gelu_fwd", mt_gelu_fwd_gpu(cx, out, inp, n));
+#undef MT__BODY
+}
+
+MT_API mt_status mt_gelu_bwd(const mt_ctx *cx, void *dinp, const void *inp, const void *dout, size_t n) {
+#define MT__BODY(R, sfx) mt_gelu_bwd_cpu_##sfx((R *)dinp, (const R *)inp, (const R *)dout, n)
+    MT__DISPATCH(cx, "gelu_bwd", mt_gelu_bwd_gpu(cx, dinp, inp, dout, n));
+#undef MT__BODY
+}
+
+MT_API mt_status mt_swiglu_fwd(const mt_ctx *cx, void *out, const void *inp, int N, int F) {
+#define MT__BODY(R, sfx) mt_swiglu_fwd_cpu_##sfx((R *)out, (const R *)inp, N, F)
+    MT__DISPATCH(cx, "swiglu_fwd", mt_swiglu_fwd_gpu(cx, out, inp, N, F));
+#undef MT__BODY
+}
+
+MT_API mt_status mt_swiglu_bwd(const mt_ctx *cx, void *dinp, const void *inp, const void *dout, int N, int F) {
+#define MT__BODY(R, sfx) mt_swiglu_bwd_cpu_##sfx((R *)dinp, (const R *)inp, (const R *)dout, N, F)
+    MT__DISPATCH(cx, "swiglu_bwd", mt_swiglu_bwd_gpu(cx, dinp, inp, dout, N, F));
+#undef MT__BODY
+}
+
+/* RoPE on the fused QKV activation (B,T,Hkv,G+2,D), in place allowed; backward rotates back. */
+MT_API mt_status mt_rope_fwd(const mt_ctx *cx, void *out, const void *inp, int B, int T, int Hkv, int G, int D,
+                             int pos_offset, float theta) {
+#define MT__BODY(R, sfx) mt_rope_cpu_##sfx((R *)out, (const R *)inp, B, T, Hkv, G, D, pos_offset, theta, 1)
+    MT__DISPATCH(cx, "rope_fwd", mt_rope_gpu(cx, out, inp, B, T, Hkv, G, D, pos_offset, theta, 1));
+#undef MT__BODY
+}
+
+MT_API mt_status mt_rope_bwd(const mt_ctx *cx, void *dinp, const void *dout, int B, int T, int Hkv, int G, int D,
+                             int pos_offset, float theta) {
+#define MT__BODY(R, sfx) mt_rope_cpu_##sfx((R *)dinp, (const R *)dout, B, T, Hkv, G, D, pos_offset, theta, -1)
+    MT__DISPATCH(cx, "rope_bwd", mt_rope_gpu(cx, dinp, dout, B, T, Hkv, G, D, pos_offset, theta, -1));
+#undef MT__BODY
+}
+
+/* qkv (B,T,Hkv,G+2,D) -> out (B,T,H,D), lse (B,H,T, stat type); H = Hkv*G. */
+MT_API mt_status mt_attention_fwd(const mt_ctx *cx, void *out, void *lse, const void *qkv, int B, int T, int Hkv,
+                                  int G, int D, int causal) {
+#define MT__BODY(R, sfx) mt_attention_fwd_cpu_##sfx((R *)out, (R *)lse, (const R *)qkv, B, T, Hkv, G, D, causal)
+    MT__DISPATCH(cx, "attention_fwd", mt_attention_fwd_gpu(cx, out, lse, qkv, B, T, Hkv, G, D, causal));
+#undef MT__BODY
+}
+
+/* dqkv (B,T,Hkv,G+2,D) from dout (B,T,H,D), the forward's out and lse, and qkv.  Assigns dqkv. */
+MT_API mt_status mt_attention_bwd(const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const void *lse,
+                                  const void *qkv, int B, int T, int Hkv, int G, int D, int causal) {
+#define MT__BODY(R, sfx)                                                                                      \
+    mt_attention_bwd_cpu_##sfx((R *)dqkv, (const R *)dout, (const R *)out, (const R *)lse, (const R *)qkv, B, \
+                               T, Hkv, G, D, causal)
+    MT__DISPATCH(cx, "attention_bwd",
+                 mt_attention_bwd_gpu(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, causal));
+#undef MT__BODY
+}
+
+/* Softmax cross-entropy fused forward + backward over logits (N,Vp), the first V columns real.
+ * losses (N, stat type); dlogits = (softmax - onehot) * dscale (may alias logits; NULL = forward only).
+ * A target < 0 is ignored. */
+MT_API mt_status mt_xent(const mt_ctx *cx, void *losses, void *dlogits, const void *logits, const int32_t *targets,
+                         float dscale, int N, int V, int Vp) {
+#define MT__BODY(R, sfx) \
+    mt_xent_cpu_##sfx((R *)losses, (R *)dlogits, (const R *)logits, targets, (R)dscale, N, V, Vp)
+    MT__DISPATCH(cx, "xent", mt_xent_gpu(cx, losses, dlogits, logits, targets, dscale, N, V, Vp));
+#undef MT__BODY
+}
+
+MT_API mt_status mt_residual_fwd(const mt_ctx *cx, void *out, const void *a, const void *b, size_t n) {
+#define MT__BODY(R, sfx) mt_residual_fwd_cpu_##sfx((R *)out, (const R *)a, (const R *)b, n)
+    MT__DISPATCH(cx, "residual_fwd", mt_residual_fwd_gpu(cx, out, a, b, n));
+#undef MT__BODY
+}
+
+/* ------------------------------------------------------------------ optimizer pieces */
+
+/* One AdamW step over n parameters.
+ *   param (cx->dtype): the weights the model uses; master (f32): the fp32 copy when param is bf16,
+ *   NULL when param is itself f32/f64; m, v (stat type); grad (cx->dtype).
+ *   gscale: a stat-type scalar on the device that multiplies the gradients (the clip coefficient
+ *   from mt_clip_coef), or NULL.  seed: for stochastic rounding of bf16 params (0 = nearest). */
+MT_API mt_status mt_adamw(const mt_ctx *cx, void *param, float *master, void *m, void *v, const void *grad, size_t n,
+                          const mt_adamw_hp *hp, const void *gscale, uint64_t seed) {
+#define MT__BODY(R, sfx)                                                                                 \
+    mt_adamw_cpu_##sfx((R *)param, (R *)m, (R *)v, (const R *)grad, n, hp->lr, hp->beta1, hp->beta2,     \
+                       hp->eps, hp->weight_decay, hp->step, gscale ? (double)*(const R *)gscale : 1.0)
+    (void)master;
+    (void)seed;
+    MT__DISPATCH(cx, "adamw", mt_adamw_gpu(cx, param, master, m, v, grad, n, hp, gscale, seed));
+#undef MT__BODY
+}
+
+/* *acc (stat type, on the device) += sum of squares of x (n, cx->dtype).  Deterministic. */
+MT_API mt_status mt_sumsq(const mt_ctx *cx, void *acc, const void *x, size_t n) {
+#define MT__BODY(R, sfx) *(R *)acc += (R)mt_sumsq_cpu_##sfx((const R *)x, n)
+    MT__DISPATCH(cx, "sumsq", mt_sumsq_gpu(cx, acc, x, n));
+#undef MT__BODY
+}
+
+/* *coef = min(1, max_norm / (sqrt(*norm_sq) + 1e-6)); 1 when max_norm <= 0.  Stat-type scalars. */
+MT_API mt_status mt_clip_coef(const mt_ctx *cx, void *coef, const void *norm_sq, float max_norm) {
+#define MT__BODY(R, sfx)                                                                      \
+    do {                                                                                      \
+        double c = max_norm > 0 ? max_norm / (sqrt((double)*(const R *)norm_sq) + 1e-6) : 1.0; \
+        *(R *)coef = (R)(c < 1.0 ? c : 1.0);                                                  \
+    } while (0)
+    MT__DISPATCH(cx, "clip_coef", mt_clip_coef_gpu(cx, coef, norm_sq, max_norm));
+#undef MT__BODY
+}
+
+/* ------------------------------------------------------------------ schedule */
+
+/* Learning rate at iteration `it` (0-based): linear warmup over `warmup` iterations to lr_max, then
+ * decay to lr_min by `style` ("cosine", "linear" or "constant") until `decay_iters`. */
+MT_API double mt_lr_at(int it, int warmup, int decay_iters, double lr_max, double lr_min, const char *style) {
+    if (warmup > 0 && it < warmup) return lr_max * (it + 1) / warmup;
+    if (style && strcmp(style, "constant") == 0) return lr_max;
+    if (it >= decay_iters) return lr_min;
+    double frac = (double)(it - warmup) / (double)(decay_iters - warmup > 0 ? decay_iters - warmup : 1);
+    double coeff = (style && strcmp(style, "linear") == 0) ? 1.0 - frac : 0.5 * (1.0 + cos(3.141592653589793 * frac));
+    return lr_min + coeff * (lr_max - lr_min);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif
