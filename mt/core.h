@@ -404,8 +404,16 @@ MT_API mt_status mt_arena_init(mt_arena *a, mt_device dev, size_t capacity) {
     return MT_OK;
 }
 
+/* An arena whose base is NULL (a zeroed struct) only measures: allocations return NULL and count
+ * bytes, so `used` after a dry run is the capacity to ask for. */
 MT_API mt_status mt_arena_alloc(mt_arena *a, size_t nbytes, void **out) {
     size_t off = (a->used + MT_ARENA_ALIGN - 1) & ~(size_t)(MT_ARENA_ALIGN - 1);
+    if (!a->base) {
+        *out = NULL;
+        a->used = off + nbytes;
+        if (a->used > a->peak) a->peak = a->used;
+        return MT_OK;
+    }
     if (off + nbytes > a->capacity || off + nbytes < off) {
         *out = NULL;
         return mt_errorf(MT_ERR_OOM, "arena: request of %zu bytes does not fit (%zu of %zu bytes used)", nbytes,
