@@ -14,6 +14,8 @@
 #ifdef __CUDACC__
 #include "kernels/kernels.cuh" // defines: mt_gpu_init, mt_<op>_gpu launchers (CUDA kernels, cuBLASLt GEMMs)
 #endif
-#include "mt/ops.h"       // defines: mt_<op>_fwd/_bwd dispatching on the context's device and dtype, mt_lr_at
+#include "mt/ops.h"       // defines: mt_<op>_fwd/_bwd dispatching on the context's device and dtype, mt_copy, mt_lr_at
+#include "mt/gpt.h"       // defines: mt_gpt_config, mt_layer_par, mt_gpt (a pipeline stage), its params table, acts, forward/backward
+#include "mt/optim.h"     // defines: mt_optim (AdamW, fp32 master weights, on-device global-norm clipping)
 
 #endif /* MEGATRON_H */

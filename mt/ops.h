@@ -10,7 +10,7 @@
  * and every call is asynchronous on cx->stream: no op synchronises with the host.
  *
  * Defines
- *   mt_zero, mt_copy_from_f32, mt_copy_to_f32
+ *   mt_zero, mt_copy, mt_copy_from_f32, mt_copy_to_f32
  *   mt_embedding_fwd/bwd, mt_layernorm_fwd/bwd, mt_rmsnorm_fwd/bwd, mt_matmul_fwd/bwd (bias,
  *   residual and GELU epilogues), mt_gelu_fwd/bwd, mt_swiglu_fwd/bwd, mt_rope_fwd/bwd,
  *   mt_attention_fwd/bwd, mt_xent, mt_residual_fwd, mt_adamw, mt_sumsq, mt_clip_coef
@@ -56,6 +56,17 @@ MT_API mt_status mt_zero(const mt_ctx *cx, void *p, size_t nbytes) {
     return e == cudaSuccess ? MT_OK : mt_errorf(MT_ERR_CUDA, "mt_zero: %s", cudaGetErrorString(e));
 #else
     return mt__no_gpu("mt_zero");
+#endif
+}
+
+/* dst = src, both on cx's device (asynchronous on the GPU). */
+MT_API mt_status mt_copy(const mt_ctx *cx, void *dst, const void *src, size_t nbytes) {
+    if (cx->device.type == MT_CPU) { memmove(dst, src, nbytes); return MT_OK; }
+#ifdef __CUDACC__
+    cudaError_t e = cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, (cudaStream_t)cx->stream);
+    return e == cudaSuccess ? MT_OK : mt_errorf(MT_ERR_CUDA, "mt_copy: %s", cudaGetErrorString(e));
+#else
+    return mt__no_gpu("mt_copy");
 #endif
 }
 

@@ -1,0 +1,484 @@
+/* mt/gpt.h — a GPT-2 style model (learned positions, pre-LayerNorm, GELU MLP, tied embeddings),
+ * built as pipeline stages from the ops in mt/ops.h.
+ *
+ *   mt_gpt_config cfg = {0}; cfg.n_layer = 4; cfg.n_embd = 128; cfg.n_head = 4; cfg.vocab_size = 256;
+ *   mt_gpt m;   MT_TRY(mt_gpt_init(&cx, &m, &cfg, NULL, 0, 1));   // the whole model as one stage
+ *   mt_gpt_acts a; mt_gpt_scratch s;   // from one arena sized by mt_gpt_acts_nbytes
+ *   ... copy tokens/targets into a.tokens/a.targets ...
+ *   MT_TRY(mt_gpt_forward(&cx, &m, &a, &s, 1.0f / (B * T)));      // losses in a.losses, dlogits in s.logits
+ *   MT_TRY(mt_gpt_backward(&cx, &m, &a, &s, NULL, NULL));          // grads += into m.grad_mem
+ *
+ * Shaped for parallelism:
+ *   - a stage holds layers [layer_begin, layer_end); the first stage owns the embedding, the last
+ *     the head (a last stage that is not first keeps its own copy of the tied wte);
+ *   - a stage's parameters and gradients each live in one contiguous buffer, laid out in backward
+ *     order (head first, then layers last to first, then the embedding), each tensor starting on a
+ *     64-element boundary, so data parallelism can bucket and shard them;
+ *   - the parameter table (mt_param) records each tensor's local shard of the global tensor, so
+ *     initialisation depends only on the global index and tp=1 and tp=N start from the same
+ *     weights; weights split by rows (column-parallel: qkv, fc, the vocabulary) or by columns
+ *     (row-parallel: proj, fc2) over the layer's tensor-parallel group (mt_layer_par).
+ *
+ * Defines: mt_gpt_config, mt_layer_par, mt_param, mt_gpt, mt_gpt_block_w, mt_gpt_acts,
+ *   mt_gpt_scratch, mt_gpt_config_resolve, mt_gpt_init, mt_gpt_free, mt_gpt_init_values,
+ *   mt_gpt_acts_alloc, mt_gpt_acts_nbytes, mt_gpt_forward, mt_gpt_backward, mt_gpt_num_params
+ */
+#ifndef MT_GPT_H
+#define MT_GPT_H
+#include "core.h"
+#include "ops.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mt_gpt_config {
+    int n_layer;         /* default 12 */
+    int n_embd;          /* C, default 768 */
+    int n_head;          /* default 12 */
+    int n_kv_head;       /* default n_head (grouped-query attention when smaller) */
+    int ffn_hidden;      /* default 4 * n_embd */
+    int vocab_size;      /* default 50257 */
+    int padded_vocab;    /* default: vocab_size rounded up to a multiple of 128 * tp */
+    int max_seq_len;     /* default 1024 */
+    float init_std;      /* default 0.02 */
+    uint64_t seed;       /* initialisation seed, default 1234 */
+} mt_gpt_config;
+
+/* What a layer knows about its parallel context (sizes of 0 mean 1). */
+typedef struct mt_layer_par {
+    int tp_rank, tp_size;  /* tensor parallel */
+    int cp_rank, cp_size;  /* context parallel */
+    int ep_rank, ep_size;  /* expert parallel */
+    int sequence_parallel;
+    struct mt_comm *tp, *cp, *ep;
+} mt_layer_par;
+
+/* Fill defaults and validate: every message names the value that is wrong. */
+MT_API mt_status mt_gpt_config_resolve(mt_gpt_config *c, int tp) {
+    if (tp <= 0) tp = 1;
+    if (!c->n_layer) c->n_layer = 12;
+    if (!c->n_embd) c->n_embd = 768;
+    if (!c->n_head) c->n_head = 12;
+    if (!c->n_kv_head) c->n_kv_head = c->n_head;
+    if (!c->ffn_hidden) c->ffn_hidden = 4 * c->n_embd;
+    if (!c->vocab_size) c->vocab_size = 50257;
+    if (!c->max_seq_len) c->max_seq_len = 1024;
+    if (c->init_std == 0) c->init_std = 0.02f;
+    if (!c->seed) c->seed = 1234;
+    if (c->n_layer < 0 || c->n_embd < 0 || c->n_head < 0 || c->n_kv_head < 0 || c->ffn_hidden < 0 ||
+        c->vocab_size < 0 || c->max_seq_len < 0 || c->padded_vocab < 0)
+        return mt_errorf(MT_ERR_ARG, "gpt config: sizes must be positive (layers %d, hidden %d, heads %d, "
+                         "kv heads %d, ffn %d, vocab %d, max positions %d)", c->n_layer, c->n_embd, c->n_head,
+                         c->n_kv_head, c->ffn_hidden, c->vocab_size, c->max_seq_len);
+    if (c->n_embd % c->n_head)
+        return mt_errorf(MT_ERR_ARG, "gpt config: hidden size %d is not divisible by the number of heads %d",
+                         c->n_embd, c->n_head);
+    if (c->n_head % c->n_kv_head)
+        return mt_errorf(MT_ERR_ARG, "gpt config: heads %d not divisible by key/value heads %d", c->n_head,
+                         c->n_kv_head);
+    if (c->n_head % tp || c->n_kv_head % tp || c->ffn_hidden % tp)
+        return mt_errorf(MT_ERR_ARG, "gpt config: tensor-parallel size %d must divide heads %d, key/value heads %d "
+                         "and ffn hidden size %d", tp, c->n_head, c->n_kv_head, c->ffn_hidden);
+    int mult = 128 * tp;
+    if (!c->padded_vocab) c->padded_vocab = (c->vocab_size + mult - 1) / mult * mult;
+    if (c->padded_vocab < c->vocab_size || c->padded_vocab % tp)
+        return mt_errorf(MT_ERR_ARG, "gpt config: padded vocab %d must be >= vocab %d and divisible by tp %d",
+                         c->padded_vocab, c->vocab_size, tp);
+    return MT_OK;
+}
+
+/* ------------------------------------------------------------------ parameters */
+
+enum { MT_INIT_ZEROS, MT_INIT_ONES, MT_INIT_NORMAL, MT_INIT_NORMAL_RESID };
+enum { MT_SPLIT_NONE, MT_SPLIT_ROWS, MT_SPLIT_COLS };
+
+typedef struct mt_param {
+    char name[40];         /* e.g. "layers.3.fc.weight" */
+    size_t offset;         /* elements from the start of the stage's buffer (multiple of 64) */
+    int64_t rows, cols;    /* local shape (cols = 1 for vectors) */
+    int64_t grows, gcols;  /* global shape */
+    int64_t row0, col0;    /* where the local shard starts in the global tensor */
+    int split;             /* MT_SPLIT_*: how tensor parallelism cuts it */
+    int init;              /* MT_INIT_* */
+    int decay;             /* weight decay applies (2-D weights) */
+    int tied;              /* the tied embedding: its gradient is summed over the embedding group */
+    uint64_t init_id;      /* RNG subsequence; the same whatever the layout */
+} mt_param;
+
+/* Per-layer weights (or gradients); shapes are local to this tensor-parallel rank:
+ * QKV = (H + 2*Hkv) * D / tp, F = ffn_hidden / tp. */
+typedef struct mt_gpt_block_w {
+    void *ln1_w, *ln1_b;    /* (C) */
+    void *qkv_w, *qkv_b;    /* (QKV, C), (QKV) */
+    void *proj_w, *proj_b;  /* (C, H*D/tp), (C) */
+    void *ln2_w, *ln2_b;    /* (C) */
+    void *fc_w, *fc_b;      /* (F, C), (F) */
+    void *fc2_w, *fc2_b;    /* (C, F), (C) */
+} mt_gpt_block_w;
+
+typedef struct mt_gpt_w {
+    void *wte;              /* (Vp/tp, C) token embedding, tied with the classifier */
+    void *wpe;              /* (max_seq_len, C) */
+    void *lnf_w, *lnf_b;    /* (C) */
+    mt_gpt_block_w *blocks; /* (layer_end - layer_begin) */
+} mt_gpt_w;
+
+/* One pipeline stage of the model (the whole model when there is one stage). */
+typedef struct mt_gpt {
+    mt_gpt_config cfg;
+    mt_layer_par par;
+    mt_device device;
+    mt_dtype dtype;
+    int layer_begin, layer_end;  /* this stage's layers */
+    int first, last;             /* has the embedding / has the head */
+    /* local sizes */
+    int C, D, H, Hkv, G, QKV, F, Vp, vstart;
+    int n_params;
+    mt_param *params;            /* (n_params) */
+    size_t num_params;           /* elements in param_mem and grad_mem, padding included */
+    void *param_mem, *grad_mem;  /* (num_params) in dtype, on device */
+    mt_gpt_w w, g;               /* pointers into param_mem and grad_mem */
+} mt_gpt;
+
+/* The block's parameter list, backward order: X(field, global rows, global cols, split, init). */
+#define MT_GPT_BLOCK_PARAMS(X)                                  \
+    X(fc2_b, C, 1, MT_SPLIT_NONE, MT_INIT_ZEROS)                \
+    X(fc2_w, C, FF, MT_SPLIT_COLS, MT_INIT_NORMAL_RESID)        \
+    X(fc_b, FF, 1, MT_SPLIT_ROWS, MT_INIT_ZEROS)                \
+    X(fc_w, FF, C, MT_SPLIT_ROWS, MT_INIT_NORMAL)               \
+    X(ln2_b, C, 1, MT_SPLIT_NONE, MT_INIT_ZEROS)                \
+    X(ln2_w, C, 1, MT_SPLIT_NONE, MT_INIT_ONES)                 \
+    X(proj_b, C, 1, MT_SPLIT_NONE, MT_INIT_ZEROS)               \
+    X(proj_w, C, HD, MT_SPLIT_COLS, MT_INIT_NORMAL_RESID)       \
+    X(qkv_b, QKV, 1, MT_SPLIT_ROWS, MT_INIT_ZEROS)              \
+    X(qkv_w, QKV, C, MT_SPLIT_ROWS, MT_INIT_NORMAL)             \
+    X(ln1_b, C, 1, MT_SPLIT_NONE, MT_INIT_ZEROS)                \
+    X(ln1_w, C, 1, MT_SPLIT_NONE, MT_INIT_ONES)
+
+MT_API mt_status mt__gpt_add_param(mt_gpt *m, const char *name, int64_t grows, int64_t gcols, int split, int init,
+                                   int tied, uint64_t init_id) {
+    int tp = m->par.tp_size, r = m->par.tp_rank;
+    mt_param *p = &m->params[m->n_params++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->grows = grows; p->gcols = gcols;
+    p->rows = split == MT_SPLIT_ROWS ? grows / tp : grows;
+    p->cols = split == MT_SPLIT_COLS ? gcols / tp : gcols;
+    p->row0 = split == MT_SPLIT_ROWS ? r * p->rows : 0;
+    p->col0 = split == MT_SPLIT_COLS ? r * p->cols : 0;
+    p->split = split; p->init = init; p->decay = gcols > 1; p->tied = tied; p->init_id = init_id;
+    p->offset = m->num_params;
+    m->num_params += ((size_t)(p->rows * p->cols) + 63) / 64 * 64;
+    return MT_OK;
+}
+
+/* Resolve the pointers of weights (or gradients) into `base`. */
+MT_API void mt__gpt_bind(const mt_gpt *m, char *base, mt_gpt_w *w) {
+    size_t es = mt_dtype_size(m->dtype);
+    int k = 0;
+#define MT__PTR(field) w->field = base + m->params[k++].offset * es
+    if (m->last) { MT__PTR(lnf_b); MT__PTR(lnf_w); }
+    if (m->last && !m->first) MT__PTR(wte);
+    for (int l = m->layer_end - 1; l >= m->layer_begin; l--) {
+        mt_gpt_block_w *b = &w->blocks[l - m->layer_begin];
+#define MT__X(field, R, Cc, split, init) b->field = base + m->params[k++].offset * es;
+        MT_GPT_BLOCK_PARAMS(MT__X)
+#undef MT__X
+    }
+    if (m->first) { MT__PTR(wpe); MT__PTR(wte); }
+#undef MT__PTR
+}
+
+/* Build stage [layer_begin, layer_end) (layer_end 0 = all layers); allocates params and grads
+ * on cx's device in cx's dtype (uninitialised: see mt_gpt_init_values). */
+MT_API mt_status mt_gpt_init(const mt_ctx *cx, mt_gpt *m, const mt_gpt_config *cfg, const mt_layer_par *par,
+                             int layer_begin, int layer_end) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    if (par) m->par = *par;
+    if (m->par.tp_size <= 0) m->par.tp_size = 1;
+    if (m->par.cp_size <= 0) m->par.cp_size = 1;
+    if (m->par.ep_size <= 0) m->par.ep_size = 1;
+    MT_TRY(mt_gpt_config_resolve(&m->cfg, m->par.tp_size));
+    const mt_gpt_config *c = &m->cfg;
+    if (layer_end == 0) layer_end = c->n_layer;
+    if (layer_begin < 0 || layer_end > c->n_layer || layer_begin >= layer_end)
+        return mt_errorf(MT_ERR_ARG, "gpt: stage layers [%d, %d) outside [0, %d)", layer_begin, layer_end,
+                         c->n_layer);
+    if (m->par.tp_size > 1 || m->par.cp_size > 1 || m->par.ep_size > 1)
+        return mt_errorf(MT_ERR_UNSUPPORTED, "gpt: tensor/context/expert parallel sizes %d/%d/%d: only 1 so far",
+                         m->par.tp_size, m->par.cp_size, m->par.ep_size);
+    int tp = m->par.tp_size;
+    m->device = cx->device;
+    m->dtype = cx->dtype;
+    m->layer_begin = layer_begin; m->layer_end = layer_end;
+    m->first = layer_begin == 0; m->last = layer_end == c->n_layer;
+    m->C = c->n_embd; m->D = c->n_embd / c->n_head;
+    m->H = c->n_head / tp; m->Hkv = c->n_kv_head / tp; m->G = m->H / m->Hkv;
+    m->QKV = (m->H + 2 * m->Hkv) * m->D; m->F = c->ffn_hidden / tp;
+    m->Vp = c->padded_vocab / tp; m->vstart = m->par.tp_rank * m->Vp;
+
+    int nl = layer_end - layer_begin;
+    MT_TRY(mt_calloc(sizeof(mt_param) * (size_t)(12 * nl + 5), (void **)&m->params));
+    int64_t C = m->C, FF = c->ffn_hidden, HD = (int64_t)c->n_head * m->D;
+    int64_t QKV = (int64_t)(c->n_head + 2 * c->n_kv_head) * m->D, V = c->padded_vocab;
+    char name[40];
+    /* init ids: 0 wte, 1 wpe, 2-3 lnf, 16 + 16*l + k for layer l's k-th tensor */
+    if (m->last) {
+        mt__gpt_add_param(m, "lnf.bias", C, 1, MT_SPLIT_NONE, MT_INIT_ZEROS, 0, 3);
+        mt__gpt_add_param(m, "lnf.weight", C, 1, MT_SPLIT_NONE, MT_INIT_ONES, 0, 2);
+    }
+    if (m->last && !m->first) mt__gpt_add_param(m, "wte", V, C, MT_SPLIT_ROWS, MT_INIT_NORMAL, 1, 0);
+    for (int l = layer_end - 1; l >= layer_begin; l--) {
+        int k = 0;
+#define MT__X(field, R, Cc, split, init)                                                   \
+        snprintf(name, sizeof name, "layers.%d.%s", l, #field);                            \
+        mt__gpt_add_param(m, name, R, Cc, split, init, 0, 16 + 16 * (uint64_t)l + (uint64_t)k++);
+        MT_GPT_BLOCK_PARAMS(MT__X)
+#undef MT__X
+    }
+    if (m->first) {
+        mt__gpt_add_param(m, "wpe", c->max_seq_len, C, MT_SPLIT_NONE, MT_INIT_NORMAL, 0, 1);
+        mt__gpt_add_param(m, "wte", V, C, MT_SPLIT_ROWS, MT_INIT_NORMAL, 1, 0);
+    }
+    size_t nbytes = m->num_params * mt_dtype_size(m->dtype);
+    MT_TRY(mt_calloc(sizeof(mt_gpt_block_w) * (size_t)nl, (void **)&m->w.blocks));
+    MT_TRY(mt_calloc(sizeof(mt_gpt_block_w) * (size_t)nl, (void **)&m->g.blocks));
+    MT_TRY(mt_device_alloc(m->device, nbytes, &m->param_mem));
+    MT_TRY(mt_device_alloc(m->device, nbytes, &m->grad_mem));
+    MT_TRY(mt_zero(cx, m->param_mem, nbytes));
+    MT_TRY(mt_zero(cx, m->grad_mem, nbytes));
+    mt__gpt_bind(m, (char *)m->param_mem, &m->w);
+    mt__gpt_bind(m, (char *)m->grad_mem, &m->g);
+    return MT_OK;
+}
+
+MT_API void mt_gpt_free(mt_gpt *m) {
+    mt_device_free(m->device, m->param_mem);
+    mt_device_free(m->device, m->grad_mem);
+    mt_free(m->w.blocks);
+    mt_free(m->g.blocks);
+    mt_free(m->params);
+    memset(m, 0, sizeof *m);
+}
+
+/* Parameters of the whole model (not of this stage), without padding; `with_wpe` 0 gives the N of
+ * the 6N + 12·L·C·T FLOP count. */
+MT_API int64_t mt_gpt_num_params(const mt_gpt_config *c, int with_wpe) {
+    int64_t C = c->n_embd, D = C / c->n_head, QKV = (int64_t)(c->n_head + 2 * c->n_kv_head) * D;
+    int64_t HD = (int64_t)c->n_head * D, F = c->ffn_hidden;
+    int64_t per_layer = 4 * C + QKV * C + QKV + C * HD + C + F * C + F + C * F + C;
+    return (int64_t)c->padded_vocab * C + (with_wpe ? (int64_t)c->max_seq_len * C : 0) + 2 * C +
+           c->n_layer * per_layer;
+}
+
+/* GPT-2 initialisation into a host buffer (num_params floats): N(0, 0.02) weights, residual
+ * projections N(0, 0.02/sqrt(2L)), zero biases, unit norm weights. Each value is drawn from
+ * (seed, param id, global element index), so any stage/tensor-parallel layout gets the same weights. */
+MT_API void mt_gpt_init_values(const mt_gpt *m, float *host) {
+    memset(host, 0, sizeof(float) * m->num_params);
+    double resid_std = m->cfg.init_std / sqrt(2.0 * m->cfg.n_layer);
+    for (int i = 0; i < m->n_params; i++) {
+        const mt_param *p = &m->params[i];
+        float *dst = host + p->offset;
+        for (int64_t r = 0; r < p->rows; r++)
+            for (int64_t c = 0; c < p->cols; c++) {
+                uint64_t gi = (uint64_t)((p->row0 + r) * p->gcols + p->col0 + c);
+                float v = 0;
+                if (p->init == MT_INIT_ONES) v = 1.0f;
+                else if (p->init == MT_INIT_NORMAL) v = m->cfg.init_std * mt_rng_normal(m->cfg.seed, p->init_id, gi);
+                else if (p->init == MT_INIT_NORMAL_RESID) v = (float)(resid_std * mt_rng_normal(m->cfg.seed, p->init_id, gi));
+                dst[r * p->cols + c] = v;
+            }
+    }
+}
+
+/* ------------------------------------------------------------------ activations */
+
+/* Saved for the backward, one set per micro-batch in flight. N = B*T rows; "stat" buffers are in
+ * the stat type (float, or double for f64). */
+typedef struct mt_gpt_block_acts {
+    void *ln1, *ln1_mean, *ln1_rstd;  /* (N,C), (N), (N) */
+    void *qkv;                        /* (N, QKV) = (B,T,Hkv,G+2,D) */
+    void *atty, *lse;                 /* (N, H*D), (B,H,T) */
+    void *r;                          /* (N,C) residual after attention */
+    void *ln2, *ln2_mean, *ln2_rstd;  /* (N,C), (N), (N) */
+    void *fch, *fch_gelu;             /* (N,F) before and after GELU */
+} mt_gpt_block_acts;
+
+typedef struct mt_gpt_acts {
+    int B, T;
+    int32_t *tokens, *targets;  /* (N) on the device: the first stage reads tokens, the last targets */
+    void **res;                 /* (nl+1) residual streams (N,C): res[0] enters the stage, res[nl] leaves */
+    mt_gpt_block_acts *blocks;  /* (nl) */
+    void *lnf, *lnf_mean, *lnf_rstd;  /* (N,C), (N), (N) */
+    void *losses;               /* (N) per-token loss (stat type) */
+} mt_gpt_acts;
+
+/* Working memory shared by all micro-batches (not kept between forward and backward, except
+ * logits: the last stage's forward leaves dlogits there for its backward). */
+typedef struct mt_gpt_scratch {
+    void *logits;      /* (N, Vp) logits, then dlogits in place */
+    void *dres, *dr;   /* (N,C) gradient of the residual stream, and of the mid-block residual */
+    void *dln;         /* (N,C) */
+    void *dqkv;        /* (N, QKV) */
+    void *datty;       /* (N, H*D) */
+    void *dfch;        /* (N, F) */
+} mt_gpt_scratch;
+
+MT_API mt_status mt__take(mt_arena *a, size_t count, mt_dtype dt, void **out) {
+    return mt_arena_alloc(a, count * mt_dtype_size(dt), out);
+}
+
+/* Carve one micro-batch's activations (acts) and, when s != NULL, the shared scratch out of `a`.
+ * With a measuring arena ({0}) this only counts: see mt_gpt_acts_nbytes. */
+MT_API mt_status mt_gpt_acts_alloc(const mt_gpt *m, mt_arena *ar, int B, int T, mt_gpt_acts *a, mt_gpt_scratch *s) {
+    mt_dtype dt = m->dtype, st = m->dtype == MT_F64 ? MT_F64 : MT_F32;
+    size_t N = (size_t)B * T, C = (size_t)m->C;
+    int nl = m->layer_end - m->layer_begin;
+    memset(a, 0, sizeof *a);
+    a->B = B; a->T = T;
+    if (B <= 0 || T <= 0 || T > m->cfg.max_seq_len)
+        return mt_errorf(MT_ERR_ARG, "gpt: micro-batch %d x sequence %d (max sequence %d)", B, T, m->cfg.max_seq_len);
+    if (ar->base) {  /* the host-side pointer tables */
+        MT_TRY(mt_calloc(sizeof(void *) * (size_t)(nl + 1), (void **)&a->res));
+        MT_TRY(mt_calloc(sizeof(mt_gpt_block_acts) * (size_t)nl, (void **)&a->blocks));
+    }
+    MT_TRY(mt_arena_alloc(ar, N * 4, (void **)&a->tokens));
+    MT_TRY(mt_arena_alloc(ar, N * 4, (void **)&a->targets));
+    for (int l = 0; l <= nl; l++) {
+        void *p;
+        MT_TRY(mt__take(ar, N * C, dt, &p));
+        if (a->res) a->res[l] = p;
+    }
+    for (int l = 0; l < nl; l++) {
+        mt_gpt_block_acts tmp, *b = a->blocks ? &a->blocks[l] : &tmp;
+        MT_TRY(mt__take(ar, N * C, dt, &b->ln1));
+        MT_TRY(mt__take(ar, N, st, &b->ln1_mean));
+        MT_TRY(mt__take(ar, N, st, &b->ln1_rstd));
+        MT_TRY(mt__take(ar, N * m->QKV, dt, &b->qkv));
+        MT_TRY(mt__take(ar, N * m->H * m->D, dt, &b->atty));
+        MT_TRY(mt__take(ar, N * m->H, st, &b->lse));
+        MT_TRY(mt__take(ar, N * C, dt, &b->r));
+        MT_TRY(mt__take(ar, N * C, dt, &b->ln2));
+        MT_TRY(mt__take(ar, N, st, &b->ln2_mean));
+        MT_TRY(mt__take(ar, N, st, &b->ln2_rstd));
+        MT_TRY(mt__take(ar, N * m->F, dt, &b->fch));
+        MT_TRY(mt__take(ar, N * m->F, dt, &b->fch_gelu));
+    }
+    if (m->last) {
+        MT_TRY(mt__take(ar, N * C, dt, &a->lnf));
+        MT_TRY(mt__take(ar, N, st, &a->lnf_mean));
+        MT_TRY(mt__take(ar, N, st, &a->lnf_rstd));
+        MT_TRY(mt__take(ar, N, st, &a->losses));
+    }
+    if (s) {
+        memset(s, 0, sizeof *s);
+        if (m->last) MT_TRY(mt__take(ar, N * m->Vp, dt, &s->logits));
+        MT_TRY(mt__take(ar, N * C, dt, &s->dres));
+        MT_TRY(mt__take(ar, N * C, dt, &s->dr));
+        MT_TRY(mt__take(ar, N * C, dt, &s->dln));
+        MT_TRY(mt__take(ar, N * m->QKV, dt, &s->dqkv));
+        MT_TRY(mt__take(ar, N * m->H * m->D, dt, &s->datty));
+        MT_TRY(mt__take(ar, N * m->F, dt, &s->dfch));
+    }
+    return MT_OK;
+}
+
+MT_API void mt_gpt_acts_free(mt_gpt_acts *a) {
+    mt_free(a->res);
+    mt_free(a->blocks);
+    a->res = NULL;
+    a->blocks = NULL;
+}
+
+/* Bytes of arena that `n_acts` micro-batches of activations plus one scratch need. */
+MT_API size_t mt_gpt_acts_nbytes(const mt_gpt *m, int B, int T, int n_acts) {
+    mt_arena measure;
+    mt_gpt_acts a;
+    mt_gpt_scratch s;
+    memset(&measure, 0, sizeof measure);
+    for (int i = 0; i < n_acts; i++)
+        if (mt_gpt_acts_alloc(m, &measure, B, T, &a, i == 0 ? &s : NULL) != MT_OK) return 0;
+    return measure.used + MT_ARENA_ALIGN;
+}
+
+/* ------------------------------------------------------------------ forward and backward */
+
+/* One transformer block:  r = x + proj(attn(LN1(x)));  y = r + fc2(gelu(fc(LN2(r)))) */
+MT_API mt_status mt_gpt_block_fwd(const mt_ctx *cx, const mt_gpt *m, const mt_gpt_block_w *w, mt_gpt_block_acts *a,
+                                  const void *x, void *y, int B, int T) {
+    int N = B * T, C = m->C, HD = m->H * m->D;
+    MT_TRY(mt_layernorm_fwd(cx, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1_w, w->ln1_b, N, C));
+    MT_TRY(mt_matmul_fwd(cx, a->qkv, NULL, a->ln1, w->qkv_w, w->qkv_b, NULL, N, C, m->QKV));
+    MT_TRY(mt_attention_fwd(cx, a->atty, a->lse, a->qkv, B, T, m->Hkv, m->G, m->D, 1));
+    MT_TRY(mt_matmul_fwd(cx, a->r, NULL, a->atty, w->proj_w, w->proj_b, x, N, HD, C));
+    MT_TRY(mt_layernorm_fwd(cx, a->ln2, a->ln2_mean, a->ln2_rstd, a->r, w->ln2_w, w->ln2_b, N, C));
+    MT_TRY(mt_matmul_fwd(cx, a->fch_gelu, a->fch, a->ln2, w->fc_w, w->fc_b, NULL, N, C, m->F));
+    MT_TRY(mt_matmul_fwd(cx, y, NULL, a->fch_gelu, w->fc2_w, w->fc2_b, a->r, N, m->F, C));
+    return MT_OK;
+}
+
+/* Its backward: dres holds dL/dy on entry and dL/dx on return; weight gradients += into g. */
+MT_API mt_status mt_gpt_block_bwd(const mt_ctx *cx, const mt_gpt *m, const mt_gpt_block_w *w, mt_gpt_block_w *g,
+                                  const mt_gpt_block_acts *a, const void *x, mt_gpt_scratch *s, int B, int T) {
+    int N = B * T, C = m->C, HD = m->H * m->D;
+    MT_TRY(mt_matmul_bwd(cx, s->dfch, g->fc2_w, g->fc2_b, s->dres, a->fch_gelu, w->fc2_w, a->fch, N, m->F, C));
+    MT_TRY(mt_matmul_bwd(cx, s->dln, g->fc_w, g->fc_b, s->dfch, a->ln2, w->fc_w, NULL, N, C, m->F));
+    MT_TRY(mt_layernorm_bwd(cx, s->dr, g->ln2_w, g->ln2_b, s->dln, s->dres, a->r, w->ln2_w, a->ln2_mean,
+                            a->ln2_rstd, N, C));
+    MT_TRY(mt_matmul_bwd(cx, s->datty, g->proj_w, g->proj_b, s->dr, a->atty, w->proj_w, NULL, N, HD, C));
+    MT_TRY(mt_attention_bwd(cx, s->dqkv, s->datty, a->atty, a->lse, a->qkv, B, T, m->Hkv, m->G, m->D, 1));
+    MT_TRY(mt_matmul_bwd(cx, s->dln, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, NULL, N, C, m->QKV));
+    MT_TRY(mt_layernorm_bwd(cx, s->dres, g->ln1_w, g->ln1_b, s->dln, s->dr, x, w->ln1_w, a->ln1_mean,
+                            a->ln1_rstd, N, C));
+    return MT_OK;
+}
+
+/* The stage's forward for one micro-batch. The first stage embeds a->tokens into a->res[0]; other
+ * stages expect the previous stage's output already in a->res[0]. The last stage computes per-token
+ * losses into a->losses and leaves dlogits (scaled by loss_scale, e.g. 1/(tokens in the global
+ * batch)) in s->logits for its backward; loss_scale 0 means forward only (evaluation). */
+MT_API mt_status mt_gpt_forward(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s,
+                                float loss_scale) {
+    int B = a->B, T = a->T, N = B * T, C = m->C, nl = m->layer_end - m->layer_begin;
+    if (m->first)
+        MT_TRY(mt_embedding_fwd(cx, a->res[0], a->tokens, m->w.wte, m->w.wpe, B, T, C, 0, m->vstart, m->Vp));
+    for (int l = 0; l < nl; l++)
+        MT_TRY(mt_gpt_block_fwd(cx, m, &m->w.blocks[l], &a->blocks[l], a->res[l], a->res[l + 1], B, T));
+    if (!m->last) return MT_OK;
+    MT_TRY(mt_layernorm_fwd(cx, a->lnf, a->lnf_mean, a->lnf_rstd, a->res[nl], m->w.lnf_w, m->w.lnf_b, N, C));
+    MT_TRY(mt_matmul_fwd(cx, s->logits, NULL, a->lnf, m->w.wte, NULL, NULL, N, C, m->Vp));
+    MT_TRY(mt_xent(cx, a->losses, loss_scale != 0 ? s->logits : NULL, s->logits, a->targets, loss_scale, N,
+                   m->cfg.vocab_size, m->Vp));
+    return MT_OK;
+}
+
+/* The stage's backward for the micro-batch of `a`, right after its forward on the last stage.
+ * dout: dL/d(output) (N,C) from the next stage (NULL on the last stage). dx: where to write
+ * dL/d(input) (N,C) for the previous stage (NULL on the first stage). Gradients += into m->grad_mem. */
+MT_API mt_status mt_gpt_backward(const mt_ctx *cx, mt_gpt *m, const mt_gpt_acts *a, mt_gpt_scratch *s,
+                                 const void *dout, void *dx) {
+    int B = a->B, T = a->T, N = B * T, C = m->C, nl = m->layer_end - m->layer_begin;
+    size_t nbytes = (size_t)N * C * mt_dtype_size(m->dtype);
+    if (m->last) {
+        MT_TRY(mt_matmul_bwd(cx, s->dln, m->g.wte, NULL, s->logits, a->lnf, m->w.wte, NULL, N, C, m->Vp));
+        MT_TRY(mt_layernorm_bwd(cx, s->dres, m->g.lnf_w, m->g.lnf_b, s->dln, NULL, a->res[nl], m->w.lnf_w,
+                                a->lnf_mean, a->lnf_rstd, N, C));
+    } else {
+        if (!dout) return mt_errorf(MT_ERR_ARG, "gpt backward: a stage that is not last needs dout");
+        MT_TRY(mt_copy(cx, s->dres, dout, nbytes));
+    }
+    for (int l = nl - 1; l >= 0; l--)
+        MT_TRY(mt_gpt_block_bwd(cx, m, &m->w.blocks[l], &m->g.blocks[l], &a->blocks[l], a->res[l], s, B, T));
+    if (m->first)
+        MT_TRY(mt_embedding_bwd(cx, m->g.wte, m->g.wpe, s->dres, a->tokens, B, T, C, 0, m->vstart, m->Vp));
+    else if (dx)
+        MT_TRY(mt_copy(cx, dx, s->dres, nbytes));
+    return MT_OK;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif

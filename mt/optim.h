@@ -1,0 +1,100 @@
+/* mt/optim.h — AdamW over a stage's parameter buffer, with global gradient-norm clipping.
+ *
+ *   mt_optim opt;  MT_TRY(mt_optim_init(&cx, &opt, &model, host_init));
+ *   ... forward/backward: gradients in model.grad_mem ...
+ *   mt_optim_hp hp = {0}; hp.lr = lr; hp.weight_decay = 0.1f; hp.clip_grad = 1.0f;
+ *   MT_TRY(mt_optim_step(&cx, &opt, &model, &hp));   // clips, updates, zeroes the gradients
+ *
+ * The gradient norm and the clip coefficient stay on the device: a step needs no host sync.
+ * mt_optim_grad_norm reads the last norm back (a sync) for logging.
+ * Weight decay applies to 2-D weights only (mt_param.decay), not to biases and norm weights.
+ *
+ * Defines: mt_optim_hp, mt_optim, mt_optim_init, mt_optim_step, mt_optim_grad_norm, mt_optim_free
+ */
+#ifndef MT_OPTIM_H
+#define MT_OPTIM_H
+#include "gpt.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mt_optim_hp {
+    float lr;
+    float beta1, beta2, eps;   /* defaults 0.9, 0.95, 1e-8 */
+    float weight_decay;        /* default 0 */
+    float clip_grad;           /* max global norm; 0 = no clipping */
+} mt_optim_hp;
+
+typedef struct mt_optim {
+    size_t n;        /* elements, = the model's num_params */
+    float *master;   /* (n) fp32 master weights when the params are bf16; NULL otherwise */
+    void *m, *v;     /* (n) Adam moments (stat type) */
+    void *scalars;   /* 2 stat-type scalars on the device: [0] gradient norm squared, [1] clip coefficient */
+    int step;
+    mt_device device;
+} mt_optim;
+
+MT_API mt_status mt_optim_init(const mt_ctx *cx, mt_optim *o, const mt_gpt *m, const float *host_init) {
+    memset(o, 0, sizeof *o);
+    o->n = m->num_params;
+    o->device = cx->device;
+    size_t ss = mt_dtype_size(mt_stat_dtype(cx));
+    MT_TRY(mt_device_alloc(cx->device, o->n * ss, &o->m));
+    MT_TRY(mt_device_alloc(cx->device, o->n * ss, &o->v));
+    MT_TRY(mt_device_alloc(cx->device, 2 * ss, &o->scalars));
+    MT_TRY(mt_zero(cx, o->m, o->n * ss));
+    MT_TRY(mt_zero(cx, o->v, o->n * ss));
+    if (cx->dtype == MT_BF16 || cx->dtype == MT_F16) {
+        MT_TRY(mt_device_alloc(cx->device, o->n * sizeof(float), (void **)&o->master));
+        mt_ctx f32 = *cx;
+        f32.dtype = MT_F32;
+        MT_TRY(mt_copy_from_f32(&f32, o->master, host_init, o->n));
+    }
+    return MT_OK;
+}
+
+MT_API void mt_optim_free(mt_optim *o) {
+    mt_device_free(o->device, o->master);
+    mt_device_free(o->device, o->m);
+    mt_device_free(o->device, o->v);
+    mt_device_free(o->device, o->scalars);
+    memset(o, 0, sizeof *o);
+}
+
+/* Clip by the global norm of all gradients, one AdamW step, zero the gradients. */
+MT_API mt_status mt_optim_step(const mt_ctx *cx, mt_optim *o, mt_gpt *m, const mt_optim_hp *hp_in) {
+    size_t es = mt_dtype_size(cx->dtype), ss = mt_dtype_size(mt_stat_dtype(cx));
+    char *norm_sq = (char *)o->scalars, *coef = norm_sq + ss;
+    MT_TRY(mt_zero(cx, norm_sq, ss));
+    MT_TRY(mt_sumsq(cx, norm_sq, m->grad_mem, o->n));  /* padding between tensors is zero */
+    MT_TRY(mt_clip_coef(cx, coef, norm_sq, hp_in->clip_grad));
+    o->step++;
+    mt_adamw_hp hp;
+    hp.lr = hp_in->lr;
+    hp.beta1 = hp_in->beta1 != 0 ? hp_in->beta1 : 0.9f;
+    hp.beta2 = hp_in->beta2 != 0 ? hp_in->beta2 : 0.95f;
+    hp.eps = hp_in->eps != 0 ? hp_in->eps : 1e-8f;
+    hp.step = o->step;
+    for (int i = 0; i < m->n_params; i++) {
+        const mt_param *p = &m->params[i];
+        size_t off = p->offset, n = (size_t)(p->rows * p->cols);
+        hp.weight_decay = p->decay ? hp_in->weight_decay : 0.0f;
+        MT_TRY(mt_adamw(cx, (char *)m->param_mem + off * es, o->master ? o->master + off : NULL,
+                        (char *)o->m + off * ss, (char *)o->v + off * ss, (const char *)m->grad_mem + off * es, n,
+                        &hp, coef, 0));
+    }
+    return mt_zero(cx, m->grad_mem, o->n * es);
+}
+
+/* The gradient norm of the last step (before clipping). Synchronises with the device. */
+MT_API mt_status mt_optim_grad_norm(const mt_ctx *cx, const mt_optim *o, double *norm) {
+    float v = 0;
+    MT_TRY(mt_copy_to_f32(cx, &v, o->scalars, mt_stat_dtype(cx), 1));
+    *norm = sqrt((double)v);
+    return MT_OK;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,392 @@
+/* samples/train_gpt.c — train a GPT with megatron.h. Copy it and make it yours.
+ *
+ *   make && ./build/train_gpt                  # CPU: a small GPT learns 2-digit addition
+ *   ./build/train_gpt_cuda --bf16 ...          # the same source built by nvcc, on the GPU
+ *
+ * Flags follow Megatron-LM's names (see usage()). With no --data-path it trains on a synthetic
+ * corpus it generates itself: "a+b=c" sums with zero-padded operands; one sum in ten is held out,
+ * and the held-out accuracy (greedy decoding of the answer) is reported at the end.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "megatron.h"
+#include <time.h>
+#include <errno.h>
+#include <sys/stat.h>
+
+/* ------------------------------------------------------------------ arguments */
+
+typedef struct args {
+    mt_gpt_config model;
+    int seq_len, micro_batch, global_batch, train_iters, world_size;
+    double lr, min_lr, weight_decay, clip_grad, beta1, beta2, eps;
+    int warmup_iters, decay_iters;
+    const char *decay_style;
+    uint64_t seed;
+    const char *data_path[16];
+    int n_data_path;
+    int eval_interval, eval_iters, log_interval;
+    int device, dtype_flag; /* dtype_flag: 0 default, 1 fp32, 2 bf16 */
+} args;
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: train_gpt [flags]      (Megatron-LM flag names; defaults train the synthetic task)\n"
+            "  --num-layers N  --hidden-size N  --num-attention-heads N  --num-query-groups N\n"
+            "  --ffn-hidden-size N  --seq-length N  --max-position-embeddings N  --vocab-size N\n"
+            "  --micro-batch-size N  --global-batch-size N  --train-iters N\n"
+            "  --lr X  --min-lr X  --lr-warmup-iters N  --lr-decay-iters N  --lr-decay-style cosine|linear|constant\n"
+            "  --weight-decay X  --clip-grad X  --adam-beta1 X  --adam-beta2 X  --adam-eps X  --seed N\n"
+            "  --data-path PATH...  --eval-interval N  --eval-iters N  --log-interval N\n"
+            "  --world-size N  --device N  --bf16 | --fp32\n");
+}
+
+static int fail(const char *fmt, const char *a, const char *b) {
+    fprintf(stderr, "train_gpt: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, "\n");
+    usage();
+    return 0;
+}
+
+/* Parse an integer >= min for `flag`; say what was wrong otherwise. */
+static int parse_int(const char *flag, const char *s, int min, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v > 1000000000L || v < min) {
+        fprintf(stderr, "train_gpt: %s needs an integer >= %d, got '%s'\n", flag, min, s);
+        return 0;
+    }
+    *out = (int)v;
+    return 1;
+}
+
+/* Parse a number in [lo, hi) for `flag`. */
+static int parse_double(const char *flag, const char *s, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || end == s || !(v >= lo && v < hi)) {
+        fprintf(stderr, "train_gpt: %s needs a number in [%g, %g), got '%s'\n", flag, lo, hi, s);
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static int parse_args(int argc, char **argv, args *a) {
+    memset(a, 0, sizeof *a);
+    /* the default run: small enough to learn the synthetic task in about a minute on 2 CPU cores */
+    a->model.n_layer = 2; a->model.n_embd = 64; a->model.n_head = 4; a->model.vocab_size = 0;
+    a->seq_len = 40; a->micro_batch = 16; a->global_batch = 0; a->train_iters = 600;
+    a->lr = 3e-3; a->min_lr = 3e-4; a->warmup_iters = 30; a->decay_iters = 0; a->decay_style = "cosine";
+    a->weight_decay = 0.1; a->clip_grad = 1.0; a->beta1 = 0.9; a->beta2 = 0.95; a->eps = 1e-8;
+    a->seed = 1234; a->world_size = 1; a->log_interval = 1; a->eval_iters = 0; a->eval_interval = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(); exit(0); }
+        if (!strcmp(f, "--bf16")) { a->dtype_flag = 2; continue; }
+        if (!strcmp(f, "--fp32")) { a->dtype_flag = 1; continue; }
+        if (!strcmp(f, "--data-path")) {
+            while (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
+                if (a->n_data_path == 16) { fprintf(stderr, "train_gpt: --data-path takes at most 16 values\n"); return 0; }
+                a->data_path[a->n_data_path++] = argv[++i];
+            }
+            if (!a->n_data_path) return fail("%s needs a value%s", f, "");
+            continue;
+        }
+        if (strncmp(f, "--", 2) != 0) return fail("unexpected argument '%s'%s", f, "");
+        if (i + 1 >= argc) return fail("%s needs a value%s", f, "");
+        const char *v = argv[++i];
+        int ok = 1;
+        if (!strcmp(f, "--num-layers")) ok = parse_int(f, v, 1, &a->model.n_layer);
+        else if (!strcmp(f, "--hidden-size")) ok = parse_int(f, v, 1, &a->model.n_embd);
+        else if (!strcmp(f, "--num-attention-heads")) ok = parse_int(f, v, 1, &a->model.n_head);
+        else if (!strcmp(f, "--num-query-groups")) ok = parse_int(f, v, 1, &a->model.n_kv_head);
+        else if (!strcmp(f, "--ffn-hidden-size")) ok = parse_int(f, v, 1, &a->model.ffn_hidden);
+        else if (!strcmp(f, "--max-position-embeddings")) ok = parse_int(f, v, 1, &a->model.max_seq_len);
+        else if (!strcmp(f, "--vocab-size")) ok = parse_int(f, v, 1, &a->model.vocab_size);
+        else if (!strcmp(f, "--seq-length")) ok = parse_int(f, v, 1, &a->seq_len);
+        else if (!strcmp(f, "--micro-batch-size")) ok = parse_int(f, v, 1, &a->micro_batch);
+        else if (!strcmp(f, "--global-batch-size")) ok = parse_int(f, v, 1, &a->global_batch);
+        else if (!strcmp(f, "--train-iters")) ok = parse_int(f, v, 1, &a->train_iters);
+        else if (!strcmp(f, "--lr-warmup-iters")) ok = parse_int(f, v, 0, &a->warmup_iters);
+        else if (!strcmp(f, "--lr-decay-iters")) ok = parse_int(f, v, 0, &a->decay_iters);
+        else if (!strcmp(f, "--eval-interval")) ok = parse_int(f, v, 0, &a->eval_interval);
+        else if (!strcmp(f, "--eval-iters")) ok = parse_int(f, v, 0, &a->eval_iters);
+        else if (!strcmp(f, "--log-interval")) ok = parse_int(f, v, 1, &a->log_interval);
+        else if (!strcmp(f, "--world-size")) ok = parse_int(f, v, 1, &a->world_size);
+        else if (!strcmp(f, "--device")) ok = parse_int(f, v, 0, &a->device);
+        else if (!strcmp(f, "--seed")) { int s; ok = parse_int(f, v, 0, &s); a->seed = (uint64_t)s; }
+        else if (!strcmp(f, "--lr")) ok = parse_double(f, v, 1e-30, 1e30, &a->lr);
+        else if (!strcmp(f, "--min-lr")) ok = parse_double(f, v, 0, 1e30, &a->min_lr);
+        else if (!strcmp(f, "--weight-decay")) ok = parse_double(f, v, 0, 1e30, &a->weight_decay);
+        else if (!strcmp(f, "--clip-grad")) ok = parse_double(f, v, 0, 1e30, &a->clip_grad);
+        else if (!strcmp(f, "--adam-beta1")) ok = parse_double(f, v, 0, 1, &a->beta1);
+        else if (!strcmp(f, "--adam-beta2")) ok = parse_double(f, v, 0, 1, &a->beta2);
+        else if (!strcmp(f, "--adam-eps")) ok = parse_double(f, v, 1e-30, 1, &a->eps);
+        else if (!strcmp(f, "--lr-decay-style")) {
+            if (strcmp(v, "cosine") && strcmp(v, "linear") && strcmp(v, "constant"))
+                return fail("bad value '%s' for %s (cosine, linear or constant)", v, f);
+            a->decay_style = v;
+        } else return fail("unknown flag '%s'%s", f, "");
+        if (!ok) { usage(); return 0; }
+    }
+    if (!a->model.max_seq_len) a->model.max_seq_len = a->seq_len;
+    if (a->seq_len > a->model.max_seq_len) {
+        fprintf(stderr, "train_gpt: --seq-length %d exceeds --max-position-embeddings %d\n", a->seq_len,
+                a->model.max_seq_len);
+        return 0;
+    }
+    if (!a->global_batch) a->global_batch = a->micro_batch * a->world_size;
+    if (a->global_batch % (a->micro_batch * a->world_size)) {
+        fprintf(stderr, "train_gpt: --global-batch-size %d is not divisible by --micro-batch-size %d x world size %d\n",
+                a->global_batch, a->micro_batch, a->world_size);
+        return 0;
+    }
+    if (!a->decay_iters) a->decay_iters = a->train_iters;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ the synthetic task */
+
+/* Tokens: '0'-'9' -> 0-9, '+' 10, '=' 11, '\n' 12.  A problem is "aa+bb=ccc\n" (10 tokens) with the
+ * sum written least significant digit first ("07+35=240": 42), the order in which a carry is computed. */
+enum { ARITH_VOCAB = 13, ARITH_LEN = 10, ARITH_PLUS = 10, ARITH_EQ = 11, ARITH_NL = 12 };
+
+static int arith_held_out(int a, int b) { return (a * 7 + b * 3) % 10 == 0; }
+
+static void arith_write(int32_t *t, int a, int b) {
+    int c = a + b;
+    t[0] = a / 10; t[1] = a % 10; t[2] = ARITH_PLUS; t[3] = b / 10; t[4] = b % 10; t[5] = ARITH_EQ;
+    t[6] = c % 10; t[7] = c / 10 % 10; t[8] = c / 100; t[9] = ARITH_NL; /* answer digits reversed */
+}
+
+/* Row r of batch `step`: a window of T+1 tokens over a stream of training problems, starting at a
+ * random position; every token is drawn from (seed, step, r), so the data order is reproducible. */
+static void arith_batch(int32_t *tokens, int B, int T, uint64_t seed, uint64_t step) {
+    for (int r = 0; r < B; r++) {
+        uint64_t sub = step * 65536 + (uint64_t)r, k = 0;
+        int shift = (int)(mt_rng_u32(seed, sub, k++) % ARITH_LEN), pos = -shift;
+        while (pos < T + 1) {
+            int a, b;
+            do {
+                a = (int)(mt_rng_u32(seed, sub, k++) % 100);
+                b = (int)(mt_rng_u32(seed, sub, k++) % 100);
+            } while (arith_held_out(a, b));
+            int32_t p[ARITH_LEN];
+            arith_write(p, a, b);
+            for (int i = 0; i < ARITH_LEN; i++)
+                if (pos + i >= 0 && pos + i < T + 1) tokens[(size_t)r * (T + 1) + pos + i] = p[i];
+            pos += ARITH_LEN;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ helpers */
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Split rows of T+1 tokens into inputs (first T) and targets (last T) on the model's device. */
+static mt_status upload_batch(const mt_ctx *cx, mt_gpt_acts *a, const int32_t *rows, int32_t *staging) {
+    int B = a->B, T = a->T;
+    for (int r = 0; r < B; r++) {
+        memcpy(staging + (size_t)r * T, rows + (size_t)r * (T + 1), sizeof(int32_t) * T);
+        memcpy(staging + (size_t)(B + r) * T, rows + (size_t)r * (T + 1) + 1, sizeof(int32_t) * T);
+    }
+    if (cx->device.type == MT_CPU) {
+        memcpy(a->tokens, staging, sizeof(int32_t) * B * T);
+        memcpy(a->targets, staging + (size_t)B * T, sizeof(int32_t) * B * T);
+        return MT_OK;
+    }
+#ifdef __CUDACC__
+    cudaStream_t st = (cudaStream_t)cx->stream;
+    if (cudaMemcpyAsync(a->tokens, staging, sizeof(int32_t) * B * T, cudaMemcpyHostToDevice, st) != cudaSuccess ||
+        cudaMemcpyAsync(a->targets, staging + (size_t)B * T, sizeof(int32_t) * B * T, cudaMemcpyHostToDevice, st) !=
+            cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "copying a batch to the GPU failed");
+    return MT_OK;
+#else
+    return MT_ERR_UNSUPPORTED;
+#endif
+}
+
+/* Greedy-decode the answers of the held-out sums and return the fraction exactly right. Each row
+ * holds training problems as context, then "aa+bb=" of a held-out problem at the end. */
+static double arith_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s, int32_t *rows,
+                             int32_t *staging, float *logits_row, uint64_t seed) {
+    int B = a->B < 256 ? a->B : 256, T = a->T, right = 0, total = 0;
+    int32_t held[100 * 100][2];
+    int n_held = 0;
+    for (int x = 0; x < 100; x++)
+        for (int y = 0; y < 100; y++)
+            if (arith_held_out(x, y)) { held[n_held][0] = x; held[n_held][1] = y; n_held++; }
+    int prompt_end = T - 4; /* position of '=' */
+    for (int start = 0; start < n_held; start += B) {
+        int32_t want[3 * 256];
+        /* each row: whole training sums as context, then the held-out prompt "aa+bb=" ending at prompt_end */
+        for (int r = 0; r < B; r++) {
+            int32_t p[ARITH_LEN], *row = rows + (size_t)r * (T + 1);
+            int k = (start + r) % n_held, first = prompt_end - 5;
+            for (int pos = first - ARITH_LEN * ((first + ARITH_LEN - 1) / ARITH_LEN); pos < first; pos += ARITH_LEN) {
+                uint64_t sub = (uint64_t)(start + r) * 64 + (uint64_t)(pos + 64), i = 0;
+                int x, y;
+                do {
+                    x = (int)(mt_rng_u32(seed ^ 0x5eedULL, sub, i++) % 100);
+                    y = (int)(mt_rng_u32(seed ^ 0x5eedULL, sub, i++) % 100);
+                } while (arith_held_out(x, y));
+                arith_write(p, x, y);
+                for (int j = 0; j < ARITH_LEN; j++)
+                    if (pos + j >= 0) row[pos + j] = p[j];
+            }
+            arith_write(p, held[k][0], held[k][1]);
+            for (int i = 0; i < 6; i++) row[first + i] = p[i];
+            for (int i = 0; i < 3; i++) want[3 * r + i] = p[6 + i];
+        }
+        int ok[256];
+        for (int r = 0; r < B; r++) ok[r] = 1;
+        for (int d = 0; d < 3; d++) {
+            if (upload_batch(cx, a, rows, staging) != MT_OK || mt_gpt_forward(cx, m, a, s, 0.0f) != MT_OK) return -1;
+            for (int r = 0; r < B; r++) {
+                size_t at = (size_t)r * T + prompt_end + d;
+                mt_copy_to_f32(cx, logits_row, (char *)s->logits + at * m->Vp * mt_dtype_size(cx->dtype), cx->dtype,
+                               (size_t)m->cfg.vocab_size);
+                int best = 0;
+                for (int v = 1; v < m->cfg.vocab_size; v++) best = logits_row[v] > logits_row[best] ? v : best;
+                rows[(size_t)r * (T + 1) + prompt_end + d + 1] = best;
+                if (best != want[3 * r + d]) ok[r] = 0;
+            }
+        }
+        for (int r = 0; r < B && start + r < n_held; r++) { right += ok[r]; total++; }
+    }
+    return total ? (double)right / total : 0;
+}
+
+/* ------------------------------------------------------------------ main */
+
+int main(int argc, char **argv) {
+    args a;
+    if (!parse_args(argc, argv, &a)) return 1;
+    int synthetic = a.n_data_path == 0;
+    if (synthetic && !a.model.vocab_size) a.model.vocab_size = ARITH_VOCAB;
+    if (synthetic && a.model.vocab_size < ARITH_VOCAB) {
+        fprintf(stderr, "train_gpt: the synthetic task needs --vocab-size >= %d\n", ARITH_VOCAB);
+        return 1;
+    }
+    if (synthetic && a.seq_len < 16) {
+        fprintf(stderr, "train_gpt: the synthetic task needs --seq-length >= 16 (got %d)\n", a.seq_len);
+        return 1;
+    }
+    for (int i = 0; i < a.n_data_path; i++) {
+        struct stat sb;
+        char bin[4096];
+        snprintf(bin, sizeof bin, "%s.bin", a.data_path[i]);
+        if (stat(a.data_path[i], &sb) != 0 && stat(bin, &sb) != 0) {
+            fprintf(stderr, "train_gpt: --data-path '%s': neither '%s' nor '%s' exists\n", a.data_path[i],
+                    a.data_path[i], bin);
+            return 1;
+        }
+    }
+    if (!synthetic) {
+        fprintf(stderr, "train_gpt: reading --data-path needs mt/data.h, which this build does not have yet\n");
+        return 1;
+    }
+    if (a.world_size > 1) {
+        fprintf(stderr, "train_gpt: --world-size %d: parallel ranks are not wired into this trainer yet\n",
+                a.world_size);
+        return 1;
+    }
+    if (mt_gpt_config_resolve(&a.model, 1) != MT_OK) return 1;
+    if (!a.model.padded_vocab || a.model.vocab_size < 128) a.model.padded_vocab = (a.model.vocab_size + 7) / 8 * 8;
+
+    /* 1. Where to run: the GPU when this is the nvcc build and one is present. */
+    mt_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    cx.dtype = MT_F32;
+#ifdef __CUDACC__
+    int n_gpu = 0;
+    if (cudaGetDeviceCount(&n_gpu) != cudaSuccess) n_gpu = 0;
+    if (n_gpu > 0 || a.device > 0) MT_CHECK(mt_gpu_init(&cx, a.device, a.dtype_flag == 1 ? MT_F32 : MT_BF16));
+    else fprintf(stderr, "train_gpt: no GPU found, running on the CPU\n");
+#else
+    if (a.dtype_flag == 2) fprintf(stderr, "train_gpt: --bf16 needs the GPU build; the CPU computes in fp32\n");
+#endif
+
+    /* 2. The model (one pipeline stage holding every layer), its optimizer, and one arena. */
+    int B = a.micro_batch, T = a.seq_len, n_micro = a.global_batch / a.micro_batch;
+    mt_gpt model;
+    MT_CHECK(mt_gpt_init(&cx, &model, &a.model, NULL, 0, 0));
+    float *init;
+    MT_CHECK(mt_calloc(model.num_params * sizeof(float), (void **)&init));
+    mt_gpt_init_values(&model, init);
+    MT_CHECK(mt_copy_from_f32(&cx, model.param_mem, init, model.num_params));
+    mt_optim opt;
+    MT_CHECK(mt_optim_init(&cx, &opt, &model, init));
+    mt_free(init);
+    mt_arena arena;
+    MT_CHECK(mt_arena_init(&arena, cx.device, mt_gpt_acts_nbytes(&model, B, T, 1) + (size_t)n_micro * B * T * 8));
+    mt_gpt_acts acts;
+    mt_gpt_scratch scratch;
+    MT_CHECK(mt_gpt_acts_alloc(&model, &arena, B, T, &acts, &scratch));
+    void *losses; /* (n_micro, B*T) per-token losses of the step, read back once per step */
+    MT_CHECK(mt__take(&arena, (size_t)n_micro * B * T, mt_stat_dtype(&cx), &losses));
+    int32_t *rows, *staging;
+    float *loss_host, *logits_row;
+    MT_CHECK(mt_calloc(sizeof(int32_t) * B * (T + 1), (void **)&rows));
+    MT_CHECK(mt_calloc(sizeof(int32_t) * 2 * B * T, (void **)&staging));
+    MT_CHECK(mt_calloc(sizeof(float) * n_micro * B * T, (void **)&loss_host));
+    MT_CHECK(mt_calloc(sizeof(float) * model.Vp, (void **)&logits_row));
+    printf("model: %d layers, hidden %d, %d heads, vocab %d (padded %d), seq %d: %.3fM parameters on %s (%s)\n",
+           a.model.n_layer, a.model.n_embd, a.model.n_head, a.model.vocab_size, a.model.padded_vocab, T,
+           mt_gpt_num_params(&model.cfg, 1) / 1e6, cx.device.type == MT_CUDA ? "GPU" : "CPU", mt_dtype_name(cx.dtype));
+    printf("batch: %d x %d tokens (micro-batch %d, %d accumulation steps), %d iterations, %s\n", a.global_batch, T,
+           B, n_micro, a.train_iters, synthetic ? "synthetic 2-digit addition (1 in 10 sums held out)" : "data");
+
+    /* 3. Train. */
+    double first_loss = 0, last_loss = 0, t_start = now_ms();
+    size_t sb = mt_dtype_size(mt_stat_dtype(&cx)), nb = (size_t)B * T;
+    for (int it = 0; it < a.train_iters; it++) {
+        double t0 = now_ms();
+        mt_optim_hp hp = {0};
+        hp.lr = (float)mt_lr_at(it, a.warmup_iters, a.decay_iters, a.lr, a.min_lr, a.decay_style);
+        hp.beta1 = (float)a.beta1; hp.beta2 = (float)a.beta2; hp.eps = (float)a.eps;
+        hp.weight_decay = (float)a.weight_decay; hp.clip_grad = (float)a.clip_grad;
+        for (int mb = 0; mb < n_micro; mb++) {
+            arith_batch(rows, B, T, a.seed, (uint64_t)it * n_micro + mb);
+            MT_CHECK(upload_batch(&cx, &acts, rows, staging));
+            MT_CHECK(mt_gpt_forward(&cx, &model, &acts, &scratch, 1.0f / (float)(n_micro * nb)));
+            MT_CHECK(mt_copy(&cx, (char *)losses + mb * nb * sb, acts.losses, nb * sb));
+            MT_CHECK(mt_gpt_backward(&cx, &model, &acts, &scratch, NULL, NULL));
+        }
+        MT_CHECK(mt_optim_step(&cx, &opt, &model, &hp));
+        MT_CHECK(mt_copy_to_f32(&cx, loss_host, losses, mt_stat_dtype(&cx), n_micro * nb)); /* waits for the step */
+        double loss = 0, gnorm = 0;
+        for (size_t i = 0; i < n_micro * nb; i++) loss += loss_host[i];
+        loss /= (double)(n_micro * nb);
+        MT_CHECK(mt_optim_grad_norm(&cx, &opt, &gnorm));
+        double ms = now_ms() - t0;
+        if (it == 0) first_loss = loss;
+        last_loss = loss;
+        if ((it + 1) % a.log_interval == 0 || it == 0 || it + 1 == a.train_iters)
+            printf("iteration %6d/%6d | lm loss: %.6E | grad norm: %.4f | lr: %.4E | elapsed time per iteration "
+                   "(ms): %.1f | tokens/s: %.0f\n", it + 1, a.train_iters, loss, gnorm, hp.lr, ms,
+                   a.global_batch * (double)T / (ms / 1e3));
+        fflush(stdout);
+    }
+    double total_s = (now_ms() - t_start) / 1e3;
+    printf("trained %d iterations in %.1f s: lm loss %.4f -> %.4f\n", a.train_iters, total_s, first_loss, last_loss);
+    if (synthetic) {
+        double acc = arith_accuracy(&cx, &model, &acts, &scratch, rows, staging, logits_row, a.seed);
+        printf("held-out accuracy: %.1f%% of the 1000 held-out sums answered exactly\n", 100.0 * acc);
+    }
+    mt_free(rows); mt_free(staging); mt_free(loss_host); mt_free(logits_row);
+    mt_gpt_acts_free(&acts);
+    mt_arena_free(&arena);
+    mt_optim_free(&opt);
+    mt_gpt_free(&model);
+    return 0;
+}

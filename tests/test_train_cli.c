@@ -1,0 +1,62 @@
+/* tests/test_train_cli.c — the sample trainer's command line: bad input gets a clear message and a
+ * non-zero exit (never a crash), and a short run prints the documented per-iteration line.
+ * Runs ./build/train_gpt (built by `make test` before the tests run) from the repository root. */
+#define _POSIX_C_SOURCE 200809L
+#include "megatron.h"
+#include "mt_test.h"
+#include <sys/wait.h>
+
+/* Run the trainer with `args`; return its exit status (-1 if it died on a signal) and its output. */
+static int run_trainer(const char *args, char *out, size_t cap) {
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 ./build/train_gpt %s 2>&1", args);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -2;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void expect_error(const char *args, const char *needle) {
+    static char out[1 << 16];
+    int rc = run_trainer(args, out, sizeof out);
+    MT_EXPECT(rc > 0, "'%s' should exit non-zero without crashing, got %d", args, rc);
+    MT_EXPECT(strstr(out, needle) != NULL, "'%s' should say '%s'; said: %.300s", args, needle, out);
+}
+
+static void test_cli_bad_input(void) {
+    expect_error("--no-such-flag 3", "unknown flag '--no-such-flag'");
+    expect_error("--num-layers", "--num-layers needs a value");
+    expect_error("--num-layers 0", "--num-layers");
+    expect_error("--hidden-size -5", "--hidden-size needs an integer >= 1, got '-5'");
+    expect_error("--micro-batch-size abc", "got 'abc'");
+    expect_error("--lr -1", "--lr needs a number in");
+    expect_error("--hidden-size 30 --num-attention-heads 4", "hidden size 30 is not divisible by the number of heads 4");
+    expect_error("--data-path does/not/exist", "'does/not/exist.bin' exists");
+    expect_error("--data-path", "--data-path needs a value");
+    expect_error("--seq-length 64 --max-position-embeddings 32", "exceeds --max-position-embeddings 32");
+    expect_error("--global-batch-size 10 --micro-batch-size 4", "not divisible by --micro-batch-size 4");
+    expect_error("--lr-decay-style weird", "bad value 'weird' for --lr-decay-style");
+}
+
+static void test_cli_short_run(void) {
+    static char out[1 << 16];
+    int rc = run_trainer("--train-iters 3 --num-layers 1 --hidden-size 16 --num-attention-heads 2 --seq-length 20 "
+                         "--micro-batch-size 2 --global-batch-size 4", out, sizeof out);
+    MT_EXPECT(rc == 0, "short run exit %d: %.500s", rc, out);
+    MT_EXPECT(strstr(out, "iteration      1/     3") && strstr(out, "iteration      3/     3"), "iteration lines: %.500s", out);
+    const char *l = strstr(out, "lm loss: ");
+    double loss = l ? atof(l + 9) : 0;
+    MT_EXPECT(l && loss > 1.0 && loss < 4.0, "first loss %g near ln(13) = 2.56", loss);
+    /* at least 6 significant digits: d.dddddE+dd */
+    MT_EXPECT(l && l[10] == '.' && l[17] == 'E', "loss printed as d.ddddddE+dd: %.20s", l ? l : "");
+    MT_EXPECT(strstr(out, "tokens/s: ") && strstr(out, "(ms): "), "elapsed ms and tokens/s printed");
+    MT_EXPECT(strstr(out, "held-out accuracy: "), "held-out accuracy reported");
+}
+
+int main(void) {
+    MT_RUN(test_cli_bad_input);
+    MT_RUN(test_cli_short_run);
+    return mt_test_summary("test_train_cli");
+}
