@@ -1,0 +1,738 @@
+/* kernels/attention.cuh — fused flash attention (forward and backward) for Hopper, bf16.
+ *
+ *   size_t ws = mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D);   // allocate once
+ *   MT_TRY(mt_flash_attention_fwd(&cx, out, lse, qkv, B, T, Hkv, G, D, 1));
+ *   MT_TRY(mt_flash_attention_bwd(&cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, 1, ws_ptr, ws));
+ *
+ * Defines
+ *   mt_flash_attention_fwd, mt_flash_attention_bwd, mt_flash_attention_bwd_workspace_nbytes,
+ *   mt_flash_attention_supported
+ *
+ * Rules
+ *   - Layouts (the model's, no transposes): qkv (B, T, Hkv, G+2, D) bf16, per key/value group the
+ *     G query heads, then K, then V; out and dout (B, T, H, D) bf16 with head h = g*G + j;
+ *     lse (B, H, T) fp32, natural log of sum_j exp(s_ij), s = q.k / sqrt(D); dqkv like qkv.
+ *   - dqkv is assigned (=), never accumulated. Every element of out, lse and dqkv is written.
+ *   - Head dims 64 and 128 run here; any other D returns MT_ERR_UNSUPPORTED without logging, so
+ *     the caller can fall back to the reference kernel. Any T >= 1 (no multiple-of-tile rule).
+ *   - Causal means key u is visible to query t when u <= t (same T for queries and keys).
+ *   - Backward: dK and dV of a key block are summed over all G heads of the group inside one CTA
+ *     (deterministic). dQ is accumulated in fp32 in the workspace with atomic adds from the
+ *     key-block CTAs (so dQ's last bits may differ between runs), then scaled and rounded to bf16.
+ *   - The workspace (see mt_flash_attention_bwd_workspace_nbytes) holds delta = rowsum(dout*out)
+ *     (B, H, T) fp32 and the dQ accumulator (B, H, T, D) fp32; the launchers never allocate.
+ *   - All work is asynchronous on cx->stream; pointers must be device memory, 16-byte aligned.
+ *
+ * Design (FlashAttention-2 on mma.sync m16n8k16 bf16 -> fp32, ldmatrix, cp.async double buffers):
+ *   forward   one CTA per (query block of BM rows, head, batch); each warp owns 16*MT query rows,
+ *             streams key/value tiles of BN rows through shared memory (two stages), keeps O and
+ *             the running max/sum in registers, and writes O through shared memory (16-byte stores).
+ *   backward  1) delta = rowsum(dO*O), zero the dQ accumulator;  2) one CTA per (key block of BN
+ *             rows, kv group, batch), 16 key rows per warp: for each head of the group and each
+ *             query block, S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO, dP^T = V dO^T,
+ *             dS^T = P^T (dP^T - delta), dK += dS^T Q, dS to shared memory, dQ += dS K (atomics);
+ *             3) dQ accumulator * scale -> bf16 into dqkv.
+ *   Shared-memory tiles are rows of D bf16 with 16-byte chunks XOR-swizzled by (row & 7), so that
+ *   ldmatrix and cp.async are free of bank conflicts.
+ */
+#ifndef MT_KERNELS_ATTENTION_CUH
+#define MT_KERNELS_ATTENTION_CUH
+
+#include "../mt/core.h"
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+/* ------------------------------------------------------------------ device helpers */
+
+__device__ __forceinline__ uint32_t mt__fa_smem_addr(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* 16 bytes global -> shared, asynchronous; when !pred, the 16 bytes are zero-filled (nothing read). */
+__device__ __forceinline__ void mt__fa_cp16(uint32_t dst, const void *src, bool pred) {
+    int n = pred ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+/* 4 bytes global -> shared, zero-filled when !pred. */
+__device__ __forceinline__ void mt__fa_cp4(uint32_t dst, const void *src, bool pred) {
+    int n = pred ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void mt__fa_cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void mt__fa_cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void mt__fa_ldsm_x4(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ void mt__fa_ldsm_x4_t(uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3, uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr) : "memory");
+}
+
+/* c (16x8 fp32) += a (16x16 bf16, row) * b (16x8 bf16, col) */
+__device__ __forceinline__ void mt__fa_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* two floats -> packed bf16x2, `lo` in the low half (the lower column of an mma fragment) */
+__device__ __forceinline__ uint32_t mt__fa_pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+__device__ __forceinline__ float mt__fa_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* Byte offset of (row, 16-byte chunk) in a swizzled tile whose rows hold COLS bf16 (COLS >= 64). */
+template <int COLS>
+__device__ __forceinline__ uint32_t mt__fa_swz(int row, int chunk) {
+    return (uint32_t)(row * (COLS * 2) + ((chunk ^ (row & 7)) << 4));
+}
+
+/* Asynchronously load ROWS rows x D bf16 (global row stride ld elements; rows row0.. of a matrix with
+ * `nrows` valid rows; rows past the end are zero-filled) into a swizzled shared tile at s. */
+template <int ROWS, int D, int NT>
+__device__ __forceinline__ void mt__fa_load_tile(uint32_t s, const __nv_bfloat16 *g, size_t ld, int row0, int nrows,
+                                                 int tid) {
+    constexpr int CPR = D / 8;
+    constexpr int TOTAL = ROWS * CPR;
+    static_assert(TOTAL % NT == 0, "tile chunks must divide among the threads");
+#pragma unroll
+    for (int it = 0; it < TOTAL / NT; it++) {
+        int i = it * NT + tid;
+        int r = i / CPR, c = i % CPR;
+        bool ok = row0 + r < nrows;
+        const __nv_bfloat16 *src = g + (size_t)(ok ? row0 + r : 0) * ld + c * 8;
+        mt__fa_cp16(s + mt__fa_swz<D>(r, c), src, ok);
+    }
+}
+
+/* ------------------------------------------------------------------ forward */
+
+/* One CTA: BM query rows of head h = blockIdx.y, batch blockIdx.z. NW warps of 16*MT rows each. */
+template <int D, int BM, int BN, int NW>
+__global__ void __launch_bounds__(NW * 32)
+mt__flash_fwd_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, const __nv_bfloat16 *__restrict__ qkv,
+                     int T, int Hkv, int G, int causal, float scale_log2) {
+    constexpr int NT = NW * 32;
+    constexpr int MT = BM / (16 * NW);  /* m16 tiles per warp */
+    constexpr int NN = BN / 8;          /* n8 tiles of S per row block */
+    constexpr int ND = D / 8;           /* n8 tiles of O */
+    static_assert(MT >= 1 && MT * 16 * NW == BM, "BM must be 16 * NW * MT");
+    static_assert(BN % 16 == 0 && D % 16 == 0 && D >= 64, "tile shapes");
+    extern __shared__ __align__(128) unsigned char mt__fa_smem[];
+    __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(mt__fa_smem);
+    const uint32_t sQa = mt__fa_smem_addr(sQ);
+    const uint32_t sKa = sQa + BM * D * 2;      /* 2 stages of BN x D */
+    const uint32_t sVa = sKa + 2 * BN * D * 2;  /* 2 stages of BN x D */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int H = Hkv * G;
+    const int mb = causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int g = h / G, j = h - g * G;
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const __nv_bfloat16 *qb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + j) * D;
+    const __nv_bfloat16 *kb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + G) * D;
+    const __nv_bfloat16 *vb = kb + D;
+    const int m0 = mb * BM;
+    const int n_end = causal ? min(T, m0 + BM) : T;
+    const int ntiles = (n_end + BN - 1) / BN;
+    const int wr0 = m0 + warp * MT * 16; /* first query row of this warp */
+
+    mt__fa_load_tile<BM, D, NT>(sQa, qb, ld, m0, T, tid);
+    mt__fa_load_tile<BN, D, NT>(sKa, kb, ld, 0, T, tid);
+    mt__fa_load_tile<BN, D, NT>(sVa, vb, ld, 0, T, tid);
+    mt__fa_cp_commit();
+
+    float o[MT][ND][4];
+    float mrow[MT][2], lrow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int dn = 0; dn < ND; dn++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[mt][dn][e] = 0.f;
+        mrow[mt][0] = mrow[mt][1] = -INFINITY;
+        lrow[mt][0] = lrow[mt][1] = 0.f;
+    }
+
+    for (int t = 0; t < ntiles; t++) {
+        const int n0 = t * BN;
+        const int st = t & 1;
+        if (t + 1 < ntiles) {
+            const int s1 = (t + 1) & 1;
+            mt__fa_load_tile<BN, D, NT>(sKa + s1 * BN * D * 2, kb, ld, n0 + BN, T, tid);
+            mt__fa_load_tile<BN, D, NT>(sVa + s1 * BN * D * 2, vb, ld, n0 + BN, T, tid);
+            mt__fa_cp_commit();
+            mt__fa_cp_wait<1>();
+        } else {
+            mt__fa_cp_wait<0>();
+        }
+        __syncthreads();
+        const uint32_t sK = sKa + st * BN * D * 2, sV = sVa + st * BN * D * 2;
+
+        /* S = Q K^T */
+        float s[MT][NN][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nn = 0; nn < NN; nn++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[mt][nn][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+                mt__fa_ldsm_x4(a[mt][0], a[mt][1], a[mt][2], a[mt][3],
+                               sQa + mt__fa_swz<D>(warp * MT * 16 + mt * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+            for (int np = 0; np < NN / 2; np++) {
+                uint32_t b0, b1, b2, b3;
+                mt__fa_ldsm_x4(b0, b1, b2, b3,
+                               sK + mt__fa_swz<D>(np * 16 + ((lane >> 4) << 3) + (lane & 7), kk * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mt__fa_mma(s[mt][2 * np], a[mt], b0, b1);
+                    mt__fa_mma(s[mt][2 * np + 1], a[mt], b2, b3);
+                }
+            }
+        }
+
+        /* mask: keys past T, and keys after the query when causal */
+        if (n0 + BN > T || (causal && n0 + BN - 1 > wr0)) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int nn = 0; nn < NN; nn++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int row = wr0 + mt * 16 + (lane >> 2) + (e >> 1) * 8;
+                        int col = n0 + nn * 8 + (lane & 3) * 2 + (e & 1);
+                        if (col >= T || (causal && col > row)) s[mt][nn][e] = -INFINITY;
+                    }
+        }
+
+        /* online softmax (base 2, scores scaled by scale*log2(e)) */
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float mx = mrow[mt][r];
+#pragma unroll
+                for (int nn = 0; nn < NN; nn++) mx = fmaxf(mx, fmaxf(s[mt][nn][2 * r], s[mt][nn][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float ms = (mx == -INFINITY) ? 0.f : mx * scale_log2;
+                const float alpha = mt__fa_exp2(mrow[mt][r] * scale_log2 - ms); /* 0 when the old max is -inf */
+                mrow[mt][r] = mx;
+                float rs = 0.f;
+#pragma unroll
+                for (int nn = 0; nn < NN; nn++) {
+                    float p0 = mt__fa_exp2(fmaf(s[mt][nn][2 * r], scale_log2, -ms));
+                    float p1 = mt__fa_exp2(fmaf(s[mt][nn][2 * r + 1], scale_log2, -ms));
+                    s[mt][nn][2 * r] = p0;
+                    s[mt][nn][2 * r + 1] = p1;
+                    rs += p0 + p1;
+                }
+                lrow[mt][r] = lrow[mt][r] * alpha + rs;
+#pragma unroll
+                for (int dn = 0; dn < ND; dn++) {
+                    o[mt][dn][2 * r] *= alpha;
+                    o[mt][dn][2 * r + 1] *= alpha;
+                }
+            }
+
+        /* O += P V */
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                a[mt][0] = mt__fa_pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                a[mt][1] = mt__fa_pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                a[mt][2] = mt__fa_pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                a[mt][3] = mt__fa_pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int dp = 0; dp < ND / 2; dp++) {
+                uint32_t b0, b1, b2, b3;
+                mt__fa_ldsm_x4_t(b0, b1, b2, b3, sV + mt__fa_swz<D>(kk * 16 + (lane & 15), dp * 2 + (lane >> 4)));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mt__fa_mma(o[mt][2 * dp], a[mt], b0, b1);
+                    mt__fa_mma(o[mt][2 * dp + 1], a[mt], b2, b3);
+                }
+            }
+        }
+        __syncthreads(); /* this stage is refilled by the next iteration's prefetch */
+    }
+
+    /* finish: O / l, lse = max*scale + log(l); stage O through this warp's rows of sQ */
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float l = lrow[mt][r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            const int lrow_i = warp * MT * 16 + mt * 16 + (lane >> 2) + r * 8;
+            const int row = m0 + lrow_i;
+            if ((lane & 3) == 0 && row < T)
+                lse[((size_t)b * H + h) * T + row] =
+                    l > 0.f ? (mrow[mt][r] * scale_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
+#pragma unroll
+            for (int dn = 0; dn < ND; dn++) {
+                uint32_t v = mt__fa_pack(o[mt][dn][2 * r] * inv, o[mt][dn][2 * r + 1] * inv);
+                unsigned char *p = mt__fa_smem + mt__fa_swz<D>(lrow_i, dn) + (lane & 3) * 4;
+                *reinterpret_cast<uint32_t *>(p) = v;
+            }
+        }
+    __syncwarp();
+    constexpr int WCH = MT * 16 * ND; /* 16-byte chunks of this warp's rows */
+#pragma unroll
+    for (int it = 0; it < (WCH + 31) / 32; it++) {
+        int i = it * 32 + lane;
+        if (i < WCH) {
+            int r = i / ND, c = i % ND;
+            int lr = warp * MT * 16 + r, row = m0 + lr;
+            if (row < T) {
+                uint4 v = *reinterpret_cast<const uint4 *>(mt__fa_smem + mt__fa_swz<D>(lr, c));
+                *reinterpret_cast<uint4 *>(out + (((size_t)b * T + row) * H + h) * D + c * 8) = v;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ backward */
+
+/* delta (B,H,T) = rowsum(dout * out) in fp32; zero dq_acc (B,H,T,D). One warp per (b, t, h) row. */
+__global__ void mt__flash_bwd_pre_kernel(float *__restrict__ delta, float *__restrict__ dq_acc,
+                                         const __nv_bfloat16 *__restrict__ dout, const __nv_bfloat16 *__restrict__ out,
+                                         int B, int T, int H, int D) {
+    const int lane = threadIdx.x & 31;
+    const size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= (size_t)B * T * H) return;
+    const int h = (int)(row % H);
+    const size_t bt = row / H;
+    const int t = (int)(bt % T), b = (int)(bt / T);
+    const __nv_bfloat16 *po = out + row * D, *pd = dout + row * D;
+    float acc = 0.f;
+    for (int c = lane; c < D / 8; c += 32) {
+        uint4 vo = *reinterpret_cast<const uint4 *>(po + c * 8);
+        uint4 vd = *reinterpret_cast<const uint4 *>(pd + c * 8);
+        const __nv_bfloat162 *ho = reinterpret_cast<const __nv_bfloat162 *>(&vo);
+        const __nv_bfloat162 *hd = reinterpret_cast<const __nv_bfloat162 *>(&vd);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float2 fo = __bfloat1622float2(ho[k]), fd = __bfloat1622float2(hd[k]);
+            acc = fmaf(fo.x, fd.x, acc);
+            acc = fmaf(fo.y, fd.y, acc);
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    const size_t bht = ((size_t)b * H + h) * T + t;
+    if (lane == 0) delta[bht] = acc;
+    float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int c = lane; c < D / 4; c += 32) reinterpret_cast<float4 *>(dq_acc + bht * D)[c] = z;
+}
+
+/* dqkv's query slots = bf16(dq_acc * scale). One thread per 8 elements. */
+__global__ void mt__flash_bwd_post_kernel(__nv_bfloat16 *__restrict__ dqkv, const float *__restrict__ dq_acc, int B,
+                                          int T, int Hkv, int G, int D, float scale) {
+    const int H = Hkv * G, CPR = D / 8;
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)B * T * H * CPR) return;
+    const int c = (int)(i % CPR);
+    const size_t r = i / CPR;  /* (b, t, h) */
+    const int h = (int)(r % H);
+    const size_t bt = r / H;
+    const int t = (int)(bt % T), b = (int)(bt / T);
+    const int g = h / G, j = h - g * G;
+    const float4 *src = reinterpret_cast<const float4 *>(dq_acc + (((size_t)b * H + h) * T + t) * D + c * 8);
+    float4 x0 = src[0], x1 = src[1];
+    uint4 v;
+    v.x = mt__fa_pack(x0.x * scale, x0.y * scale);
+    v.y = mt__fa_pack(x0.z * scale, x0.w * scale);
+    v.z = mt__fa_pack(x1.x * scale, x1.y * scale);
+    v.w = mt__fa_pack(x1.z * scale, x1.w * scale);
+    *reinterpret_cast<uint4 *>(dqkv + (bt * Hkv + g) * (size_t)(G + 2) * D + (size_t)j * D + c * 8) = v;
+}
+
+/* One CTA: BN key rows of kv group blockIdx.y, batch blockIdx.z; NW = BN/16 warps, 16 key rows each.
+ * Loops over the G heads of the group and the query blocks (BM rows) that see these keys. */
+template <int D, int BM, int BN>
+__global__ void __launch_bounds__(BN * 2, 1)
+mt__flash_bwd_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
+                     const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
+                     const float *__restrict__ delta, const __nv_bfloat16 *__restrict__ qkv, int T, int Hkv, int G,
+                     int causal, float scale, float scale_log2) {
+    constexpr int NW = BN / 16, NT = NW * 32;
+    constexpr int NQ = BM / 8;  /* n8 tiles of S^T (query columns) */
+    constexpr int ND = D / 8;
+    constexpr int WM = BM / 16;            /* dQ: m16 tiles */
+    constexpr int WD = NW / WM;            /* dQ: warps along D */
+    constexpr int DW = D / WD;             /* dQ: columns per warp */
+    static_assert(BM >= 64 && BM % 16 == 0, "BM >= 64 (swizzled dS rows)");
+    static_assert(NW % WM == 0 && DW % 16 == 0, "dQ warp tiling");
+    extern __shared__ __align__(128) unsigned char mt__fa_smem[];
+    const uint32_t base = mt__fa_smem_addr(mt__fa_smem);
+    const uint32_t sK = base;                          /* BN x D */
+    const uint32_t sV = sK + BN * D * 2;               /* BN x D */
+    const uint32_t sQ0 = sV + BN * D * 2;              /* 2 stages of BM x D */
+    const uint32_t sO0 = sQ0 + 2 * BM * D * 2;         /* dO, 2 stages of BM x D */
+    const uint32_t sS = sO0 + 2 * BM * D * 2;          /* dS^T, BN x BM */
+    const uint32_t sL0 = sS + BN * BM * 2;             /* lse, 2 stages of BM floats */
+    const uint32_t sD0 = sL0 + 2 * BM * 4;             /* delta, 2 stages of BM floats */
+    const float *sLf = reinterpret_cast<const float *>(mt__fa_smem + (sL0 - base));
+    const float *sDf = reinterpret_cast<const float *>(mt__fa_smem + (sD0 - base));
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int H = Hkv * G;
+    const int nb = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    const int n0 = nb * BN;
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const size_t ldo = (size_t)H * D;
+    const __nv_bfloat16 *grp = qkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+    const int nqb = (T + BM - 1) / BM;
+    const int qb0 = causal ? n0 / BM : 0;
+    const int per_head = nqb - qb0;
+    const int total = G * per_head;
+    const int kv_lo = n0 + warp * 16; /* first key row of this warp */
+
+    /* issue the loads of iteration `it` (head j, query block) into stage st */
+    auto load_q = [&](int it, int st) {
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        mt__fa_load_tile<BM, D, NT>(sQ0 + st * BM * D * 2, grp + (size_t)jj * D, ld, q0, T, tid);
+        mt__fa_load_tile<BM, D, NT>(sO0 + st * BM * D * 2, dout + (size_t)b * T * ldo + (size_t)hh * D, ldo, q0, T,
+                                    tid);
+        if (tid < BM) {
+            const size_t off = ((size_t)b * H + hh) * T;
+            const bool ok = q0 + tid < T;
+            const int qi = ok ? q0 + tid : 0;
+            mt__fa_cp4(sL0 + st * BM * 4 + tid * 4, lse + off + qi, ok);
+            mt__fa_cp4(sD0 + st * BM * 4 + tid * 4, delta + off + qi, ok);
+        }
+    };
+
+    mt__fa_load_tile<BN, D, NT>(sK, grp + (size_t)G * D, ld, n0, T, tid);
+    mt__fa_load_tile<BN, D, NT>(sV, grp + (size_t)(G + 1) * D, ld, n0, T, tid);
+    load_q(0, 0);
+    mt__fa_cp_commit();
+
+    float dk[ND][4], dv[ND][4];
+#pragma unroll
+    for (int dn = 0; dn < ND; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[dn][e] = dv[dn][e] = 0.f;
+
+    for (int it = 0; it < total; it++) {
+        const int st = it & 1;
+        if (it + 1 < total) {
+            load_q(it + 1, st ^ 1);
+            mt__fa_cp_commit();
+            mt__fa_cp_wait<1>();
+        } else {
+            mt__fa_cp_wait<0>();
+        }
+        __syncthreads();
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        const uint32_t sQ = sQ0 + st * BM * D * 2, sO = sO0 + st * BM * D * 2;
+        const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
+
+        /* S^T = K Q^T  and  dP^T = V dO^T  (16 key rows x BM query columns per warp) */
+        float p[NQ][4], dp[NQ][4];
+#pragma unroll
+        for (int nq = 0; nq < NQ; nq++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) p[nq][e] = dp[nq][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t ak[4], av[4];
+            mt__fa_ldsm_x4(ak[0], ak[1], ak[2], ak[3], sK + mt__fa_swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+            mt__fa_ldsm_x4(av[0], av[1], av[2], av[3], sV + mt__fa_swz<D>(warp * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+            for (int np = 0; np < NQ / 2; np++) {
+                uint32_t b0, b1, b2, b3;
+                const int r = np * 16 + ((lane >> 4) << 3) + (lane & 7), c = kk * 2 + ((lane >> 3) & 1);
+                mt__fa_ldsm_x4(b0, b1, b2, b3, sQ + mt__fa_swz<D>(r, c));
+                mt__fa_mma(p[2 * np], ak, b0, b1);
+                mt__fa_mma(p[2 * np + 1], ak, b2, b3);
+                mt__fa_ldsm_x4(b0, b1, b2, b3, sO + mt__fa_swz<D>(r, c));
+                mt__fa_mma(dp[2 * np], av, b0, b1);
+                mt__fa_mma(dp[2 * np + 1], av, b2, b3);
+            }
+        }
+
+        /* P^T = exp(S^T * scale - lse), masked; dS^T = P^T * (dP^T - delta) */
+        const bool need_mask = (q0 + BM > T) || (kv_lo + 16 > T) || (causal && kv_lo + 15 > q0);
+#pragma unroll
+        for (int nq = 0; nq < NQ; nq++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int qc = nq * 8 + (lane & 3) * 2 + (e & 1);
+                const float l2 = sL[qc] * 1.4426950408889634f;
+                float sv = p[nq][e];
+                if (need_mask) {
+                    const int kv = kv_lo + (lane >> 2) + (e >> 1) * 8, q = q0 + qc;
+                    if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
+                }
+                const float pv = mt__fa_exp2(fmaf(sv, scale_log2, -l2));
+                p[nq][e] = pv;
+                dp[nq][e] = pv * (dp[nq][e] - sDl[qc]);
+            }
+
+        /* dV += P^T dO,  dK += dS^T Q  (k = query rows) */
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) {
+            uint32_t ap[4], as[4];
+            ap[0] = mt__fa_pack(p[2 * kk][0], p[2 * kk][1]);
+            ap[1] = mt__fa_pack(p[2 * kk][2], p[2 * kk][3]);
+            ap[2] = mt__fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+            ap[3] = mt__fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+            as[0] = mt__fa_pack(dp[2 * kk][0], dp[2 * kk][1]);
+            as[1] = mt__fa_pack(dp[2 * kk][2], dp[2 * kk][3]);
+            as[2] = mt__fa_pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+            as[3] = mt__fa_pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+            /* dS^T (bf16) to shared memory for dQ: rows = keys, columns = queries */
+            {
+                const int r0 = warp * 16 + (lane >> 2);
+                const int cch = 2 * kk, cin = (lane & 3) * 4;
+                unsigned char *sp = mt__fa_smem + (sS - base);
+                *reinterpret_cast<uint32_t *>(sp + mt__fa_swz<BM>(r0, cch) + cin) = as[0];
+                *reinterpret_cast<uint32_t *>(sp + mt__fa_swz<BM>(r0 + 8, cch) + cin) = as[1];
+                *reinterpret_cast<uint32_t *>(sp + mt__fa_swz<BM>(r0, cch + 1) + cin) = as[2];
+                *reinterpret_cast<uint32_t *>(sp + mt__fa_swz<BM>(r0 + 8, cch + 1) + cin) = as[3];
+            }
+#pragma unroll
+            for (int dpi = 0; dpi < ND / 2; dpi++) {
+                uint32_t b0, b1, b2, b3;
+                mt__fa_ldsm_x4_t(b0, b1, b2, b3, sO + mt__fa_swz<D>(kk * 16 + (lane & 15), dpi * 2 + (lane >> 4)));
+                mt__fa_mma(dv[2 * dpi], ap, b0, b1);
+                mt__fa_mma(dv[2 * dpi + 1], ap, b2, b3);
+                mt__fa_ldsm_x4_t(b0, b1, b2, b3, sQ + mt__fa_swz<D>(kk * 16 + (lane & 15), dpi * 2 + (lane >> 4)));
+                mt__fa_mma(dk[2 * dpi], as, b0, b1);
+                mt__fa_mma(dk[2 * dpi + 1], as, b2, b3);
+            }
+        }
+        __syncthreads(); /* dS^T complete */
+
+        /* dQ (BM x D) += dS K: warp -> (m16 tile, DW columns); fp32 atomics into the accumulator */
+        {
+            const int mt = warp % WM, d0 = (warp / WM) * DW;
+            float acc[DW / 8][4];
+#pragma unroll
+            for (int dn = 0; dn < DW / 8; dn++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[dn][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                uint32_t a[4];
+                mt__fa_ldsm_x4_t(a[0], a[1], a[2], a[3],
+                                 sS + mt__fa_swz<BM>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), mt * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+                for (int dpi = 0; dpi < DW / 16; dpi++) {
+                    uint32_t b0, b1, b2, b3;
+                    mt__fa_ldsm_x4_t(b0, b1, b2, b3,
+                                     sK + mt__fa_swz<D>(kk * 16 + (lane & 15), d0 / 8 + dpi * 2 + (lane >> 4)));
+                    mt__fa_mma(acc[2 * dpi], a, b0, b1);
+                    mt__fa_mma(acc[2 * dpi + 1], a, b2, b3);
+                }
+            }
+            float *dqh = dq_acc + (((size_t)b * H + hh) * T) * D;
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int q = q0 + mt * 16 + (lane >> 2) + r * 8;
+                if (q < T) {
+#pragma unroll
+                    for (int dn = 0; dn < DW / 8; dn++) {
+                        float *dst = dqh + (size_t)q * D + d0 + dn * 8 + (lane & 3) * 2;
+                        atomicAdd(reinterpret_cast<float2 *>(dst), make_float2(acc[dn][2 * r], acc[dn][2 * r + 1]));
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* sS and this stage are rewritten next iteration */
+    }
+
+    /* dK * scale and dV to bf16, staged through this warp's rows of sK / sV, then 16-byte stores */
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int lr = warp * 16 + (lane >> 2) + r * 8;
+#pragma unroll
+        for (int dn = 0; dn < ND; dn++) {
+            *reinterpret_cast<uint32_t *>(mt__fa_smem + (sK - base) + mt__fa_swz<D>(lr, dn) + (lane & 3) * 4) =
+                mt__fa_pack(dk[dn][2 * r] * scale, dk[dn][2 * r + 1] * scale);
+            *reinterpret_cast<uint32_t *>(mt__fa_smem + (sV - base) + mt__fa_swz<D>(lr, dn) + (lane & 3) * 4) =
+                mt__fa_pack(dv[dn][2 * r], dv[dn][2 * r + 1]);
+        }
+    }
+    __syncwarp();
+    __nv_bfloat16 *dgrp = dqkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+#pragma unroll
+    for (int it2 = 0; it2 < (16 * ND) / 32; it2++) {
+        const int i = it2 * 32 + lane;
+        const int r = i / ND, c = i % ND;
+        const int lr = warp * 16 + r, row = n0 + lr;
+        if (row < T) {
+            uint4 vk = *reinterpret_cast<const uint4 *>(mt__fa_smem + (sK - base) + mt__fa_swz<D>(lr, c));
+            uint4 vv = *reinterpret_cast<const uint4 *>(mt__fa_smem + (sV - base) + mt__fa_swz<D>(lr, c));
+            __nv_bfloat16 *dst = dgrp + (size_t)row * ld + (size_t)G * D + c * 8;
+            *reinterpret_cast<uint4 *>(dst) = vk;
+            *reinterpret_cast<uint4 *>(dst + D) = vv;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ launchers */
+
+#ifdef __cplusplus
+extern "C++" {
+#endif
+
+/* Tile shapes per head dim (forward: BM, BN, warps; backward: BM, BN with BN/16 warps). */
+template <int D> struct mt__fa_cfg;
+template <> struct mt__fa_cfg<64> {
+    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128 };
+};
+template <> struct mt__fa_cfg<128> {
+    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128 };
+};
+
+template <int D>
+static inline size_t mt__fa_fwd_smem() {
+    return (size_t)(mt__fa_cfg<D>::FWD_BM + 4 * mt__fa_cfg<D>::FWD_BN) * D * 2;
+}
+template <int D>
+static inline size_t mt__fa_bwd_smem() {
+    const int BM = mt__fa_cfg<D>::BWD_BM, BN = mt__fa_cfg<D>::BWD_BN;
+    return (size_t)2 * BN * D * 2 + (size_t)4 * BM * D * 2 + (size_t)BN * BM * 2 + (size_t)4 * BM * 4;
+}
+
+static inline mt_status mt__fa_cuda(const char *where) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "%s: %s", where, cudaGetErrorString(e));
+    return MT_OK;
+}
+
+template <int D>
+static inline mt_status mt__flash_fwd_launch(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                             int Hkv, int G, int causal) {
+    typedef mt__fa_cfg<D> C;
+    const size_t smem = mt__fa_fwd_smem<D>();
+    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, float) =
+        mt__flash_fwd_kernel<D, C::FWD_BM, C::FWD_BN, C::FWD_NW>;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return mt__fa_cuda("mt_flash_attention_fwd: cudaFuncSetAttribute");
+    dim3 grid((T + C::FWD_BM - 1) / C::FWD_BM, Hkv * G, B);
+    const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
+    k<<<grid, C::FWD_NW * 32, smem, (cudaStream_t)cx->stream>>>((__nv_bfloat16 *)out, lse,
+                                                               (const __nv_bfloat16 *)qkv, T, Hkv, G, causal,
+                                                               scale_log2);
+    return mt__fa_cuda("mt_flash_attention_fwd");
+}
+
+template <int D>
+static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                             const float *lse, const void *qkv, int B, int T, int Hkv, int G,
+                                             int causal, float *delta, float *dq_acc) {
+    typedef mt__fa_cfg<D> C;
+    const int H = Hkv * G;
+    cudaStream_t s = (cudaStream_t)cx->stream;
+    {
+        const size_t rows = (size_t)B * T * H;
+        mt__flash_bwd_pre_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, s>>>(
+            delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
+        MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
+    }
+    {
+        const size_t smem = mt__fa_bwd_smem<D>();
+        void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *,
+                  const __nv_bfloat16 *, int, int, int, int, float, float) =
+            mt__flash_bwd_kernel<D, C::BWD_BM, C::BWD_BN>;
+        if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+            return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
+        dim3 grid((T + C::BWD_BN - 1) / C::BWD_BN, Hkv, B);
+        const float scale = (float)(1.0 / sqrt((double)D));
+        const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
+        k<<<grid, C::BWD_BN * 2, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
+                                            (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
+        MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
+    }
+    {
+        const size_t n = (size_t)B * T * H * (D / 8);
+        mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
+            (__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G, D, (float)(1.0 / sqrt((double)D)));
+        MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: dq"));
+    }
+    return MT_OK;
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+MT_API int mt_flash_attention_supported(int D) { return D == 64 || D == 128; }
+
+MT_API mt_status mt__fa_check(const char *op, int B, int T, int Hkv, int G, int D) {
+    if (B < 0 || T < 0 || Hkv < 1 || G < 1 || D < 1)
+        return mt_errorf(MT_ERR_ARG, "%s: bad sizes B=%d T=%d Hkv=%d G=%d D=%d", op, B, T, Hkv, G, D);
+    if (!mt_flash_attention_supported(D)) return MT_ERR_UNSUPPORTED; /* quiet: the caller falls back */
+    if ((size_t)Hkv * G > 65535 || B > 65535)
+        return mt_errorf(MT_ERR_UNSUPPORTED, "%s: H=%d or B=%d over the grid limit 65535", op, Hkv * G, B);
+    return MT_OK;
+}
+
+MT_API int mt__fa_misaligned(const void *p) { return ((uintptr_t)p & 15u) != 0; }
+
+/* Bytes of workspace mt_flash_attention_bwd needs: delta (B,H,T) fp32, 256-aligned, then dQ (B,H,T,D) fp32. */
+MT_API size_t mt_flash_attention_bwd_workspace_nbytes(int B, int T, int Hkv, int G, int D) {
+    const size_t rows = (size_t)B * T * Hkv * G;
+    return ((rows * 4 + 255) & ~(size_t)255) + rows * (size_t)D * 4;
+}
+
+/* out (B,T,H,D) bf16 and lse (B,H,T) fp32 from qkv (B,T,Hkv,G+2,D) bf16. */
+MT_API mt_status mt_flash_attention_fwd(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                        int Hkv, int G, int D, int causal) {
+    MT_TRY(mt__fa_check("mt_flash_attention_fwd", B, T, Hkv, G, D));
+    if (B == 0 || T == 0) return MT_OK;
+    if (!out || !lse || !qkv || mt__fa_misaligned(out) || mt__fa_misaligned(qkv))
+        return mt_errorf(MT_ERR_ARG, "mt_flash_attention_fwd: null or misaligned pointer (16-byte alignment)");
+    causal = causal ? 1 : 0;
+    if (D == 64) return mt__flash_fwd_launch<64>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+    return mt__flash_fwd_launch<128>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+}
+
+/* dqkv (B,T,Hkv,G+2,D) bf16, assigned, from dout, the forward's out and lse, and qkv. */
+MT_API mt_status mt_flash_attention_bwd(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                        const float *lse, const void *qkv, int B, int T, int Hkv, int G, int D,
+                                        int causal, void *workspace, size_t workspace_nbytes) {
+    MT_TRY(mt__fa_check("mt_flash_attention_bwd", B, T, Hkv, G, D));
+    if (B == 0 || T == 0) return MT_OK;
+    const size_t need = mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D);
+    if (!workspace || workspace_nbytes < need)
+        return mt_errorf(MT_ERR_ARG, "mt_flash_attention_bwd: workspace of %zu bytes, need %zu", workspace_nbytes,
+                         need);
+    if (!dqkv || !dout || !out || !lse || !qkv || mt__fa_misaligned(dqkv) || mt__fa_misaligned(dout) ||
+        mt__fa_misaligned(out) || mt__fa_misaligned(qkv) || mt__fa_misaligned(workspace))
+        return mt_errorf(MT_ERR_ARG, "mt_flash_attention_bwd: null or misaligned pointer (16-byte alignment)");
+    causal = causal ? 1 : 0;
+    const size_t rows = (size_t)B * T * Hkv * G;
+    float *delta = (float *)workspace;
+    float *dq_acc = (float *)((char *)workspace + ((rows * 4 + 255) & ~(size_t)255));
+    if (D == 64) return mt__flash_bwd_launch<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    return mt__flash_bwd_launch<128>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+}
+
+#endif /* MT_KERNELS_ATTENTION_CUH */

@@ -1,0 +1,156 @@
+/* tests/bench_attention.cu — TFLOP/s of the fused flash attention (kernels/attention.cuh).
+ *
+ * The FlashAttention papers' setting, as ../shared/anchors/sdpa_bench.py measures PyTorch:
+ * bf16, B*T = 16384 tokens, H*D = 2048, MHA (G = 1), hd 64 and 128, T = 1024..8192, causal and not.
+ * FLOPs: forward 4*B*H*T*T*D, halved when causal; backward 2.5x forward; fwd+bwd 3.5x forward.
+ * Each figure is the median of ITERS timed runs (CUDA events around each run) after warm-up;
+ * backward is timed on its own (it includes its delta and dQ conversion kernels), fwd+bwd is one
+ * forward plus one backward. Prints lines shaped like sdpa_bench.py's, then a table.
+ *   ./build/bench_attention [iters]
+ */
+#if defined(__has_include)
+#if __has_include("kernels/kernels.cuh")
+#include "megatron.h"
+#define MT_BENCH_HAVE_MEGATRON 1
+#endif
+#endif
+#ifndef MT_BENCH_HAVE_MEGATRON
+#include "mt/core.h"
+#endif
+#include "kernels/attention.cuh"
+
+#define CK(x)                                                                                   \
+    do {                                                                                        \
+        cudaError_t e_ = (x);                                                                   \
+        if (e_ != cudaSuccess) {                                                                \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            exit(1);                                                                            \
+        }                                                                                       \
+    } while (0)
+
+/* x[i] = bf16(stdev * normal(seed, i)) on the device */
+__global__ void bench_fill_bf16(__nv_bfloat16 *x, size_t n, float stdev, uint64_t seed) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        x[i] = __float2bfloat16(stdev * mt_rng_normal(seed, 3, i));
+}
+
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct {
+    const mt_ctx *cx;
+    void *out, *dout, *qkv, *dqkv, *ws;
+    float *lse;
+    size_t ws_nbytes;
+    int B, T, Hkv, G, D, causal;
+} bench_args;
+
+static void run_fwd(const bench_args *a) {
+    MT_CHECK(mt_flash_attention_fwd(a->cx, a->out, a->lse, a->qkv, a->B, a->T, a->Hkv, a->G, a->D, a->causal));
+}
+static void run_bwd(const bench_args *a) {
+    MT_CHECK(mt_flash_attention_bwd(a->cx, a->dqkv, a->dout, a->out, a->lse, a->qkv, a->B, a->T, a->Hkv, a->G, a->D,
+                                    a->causal, a->ws, a->ws_nbytes));
+}
+static void run_both(const bench_args *a) {
+    run_fwd(a);
+    run_bwd(a);
+}
+
+/* median milliseconds of fn over iters runs, after warm-up */
+static float time_ms(void (*fn)(const bench_args *), const bench_args *a, int iters) {
+    cudaStream_t s = (cudaStream_t)a->cx->stream;
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int i = 0; i < 3; i++) fn(a);
+    CK(cudaStreamSynchronize(s));
+    float *ms = (float *)malloc(sizeof(float) * iters);
+    for (int i = 0; i < iters; i++) {
+        CK(cudaEventRecord(e0, s));
+        fn(a);
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms[i], e0, e1));
+    }
+    qsort(ms, iters, sizeof(float), cmp_float);
+    float med = ms[iters / 2];
+    free(ms);
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return med;
+}
+
+int main(int argc, char **argv) {
+    int iters = argc > 1 ? atoi(argv[1]) : 20;
+    if (iters < 1) iters = 1;
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        printf("bench_attention: no GPU, skipped\n");
+        return 0;
+    }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("bench_attention: %s, %d SMs; bf16, B*T=16384, H*D=2048, G=1; median of %d runs\n", prop.name,
+           prop.multiProcessorCount, iters);
+
+    const size_t tokens = 16384, width = 2048;
+    const size_t max_qkv = tokens * width * 3, max_out = tokens * width;
+    void *qkv, *dqkv, *out, *dout, *ws;
+    float *lse;
+    CK(cudaMalloc(&qkv, max_qkv * 2));
+    CK(cudaMalloc(&dqkv, max_qkv * 2));
+    CK(cudaMalloc(&out, max_out * 2));
+    CK(cudaMalloc(&dout, max_out * 2));
+    CK(cudaMalloc((void **)&lse, tokens * 128 * 4));
+    size_t ws_nbytes = mt_flash_attention_bwd_workspace_nbytes(1, (int)tokens, 2048 / 64, 1, 64);
+    size_t w2 = mt_flash_attention_bwd_workspace_nbytes(1, (int)tokens, 2048 / 128, 1, 128);
+    if (w2 > ws_nbytes) ws_nbytes = w2;
+    CK(cudaMalloc(&ws, ws_nbytes));
+    bench_fill_bf16<<<1024, 256>>>((__nv_bfloat16 *)qkv, max_qkv, 1.0f, 11);
+    bench_fill_bf16<<<1024, 256>>>((__nv_bfloat16 *)dout, max_out, 1.0f, 12);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+
+    mt_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    cx.device = mt_gpu(0);
+    cx.dtype = MT_BF16;
+    cudaStream_t stream;
+    CK(cudaStreamCreate(&stream));
+    cx.stream = (void *)stream;
+
+    static const int Ds[] = {64, 128}, Ts[] = {1024, 2048, 4096, 8192};
+    double res[2][4][2][3];
+    for (int di = 0; di < 2; di++)
+        for (int ti = 0; ti < 4; ti++)
+            for (int ci = 0; ci < 2; ci++) {
+                const int D = Ds[di], T = Ts[ti], causal = ci == 0;
+                bench_args a;
+                a.cx = &cx; a.out = out; a.dout = dout; a.qkv = qkv; a.dqkv = dqkv; a.ws = ws; a.lse = lse;
+                a.ws_nbytes = ws_nbytes;
+                a.B = (int)(tokens / T); a.T = T; a.Hkv = (int)(width / D); a.G = 1; a.D = D; a.causal = causal;
+                const double f = 4.0 * a.B * a.Hkv * (double)T * T * D / (causal ? 2 : 1);
+                const float t_fwd = time_ms(run_fwd, &a, iters);
+                const float t_bwd = time_ms(run_bwd, &a, iters);
+                const float t_both = time_ms(run_both, &a, iters);
+                res[di][ti][ci][0] = f / t_fwd / 1e9;
+                res[di][ti][ci][1] = 2.5 * f / t_bwd / 1e9;
+                res[di][ti][ci][2] = 3.5 * f / t_both / 1e9;
+                printf("RESULT mt_flash hd=%d T=%d causal=%d fwd=%.0f bwd=%.0f fwd+bwd=%.0f TFLOP/s"
+                       "  (%.3f / %.3f / %.3f ms)\n",
+                       D, T, causal, res[di][ti][ci][0], res[di][ti][ci][1], res[di][ti][ci][2], t_fwd, t_bwd,
+                       t_both);
+                fflush(stdout);
+            }
+    printf("\n| TFLOP/s fwd / bwd / fwd+bwd | causal | non-causal |\n|---|---|---|\n");
+    for (int di = 0; di < 2; di++)
+        for (int ti = 0; ti < 4; ti++)
+            printf("| hd%d T=%d | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f |\n", Ds[di], Ts[ti], res[di][ti][0][0],
+                   res[di][ti][0][1], res[di][ti][0][2], res[di][ti][1][0], res[di][ti][1][1], res[di][ti][1][2]);
+    CK(cudaStreamDestroy(stream));
+    cudaFree(qkv); cudaFree(dqkv); cudaFree(out); cudaFree(dout); cudaFree(lse); cudaFree(ws);
+    return 0;
+}

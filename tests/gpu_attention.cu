@@ -1,0 +1,219 @@
+/* tests/gpu_attention.cu — the fused flash attention (kernels/attention.cuh) against the CPU reference.
+ *
+ * For T in {1, 7, 64, 129, 257, 1000}, D in {64, 128}, causal and not, G in {1, 2, 4}: fresh random
+ * bf16 inputs, outputs and workspace poisoned with NaN first, forward and backward on the GPU, and
+ * the float reference (mt_attention_fwd_cpu_f32 / mt_attention_bwd_cpu_f32, double accumulation)
+ * on the same bf16-rounded inputs. Passes when ||x - ref|| / ||ref|| < 1e-2 for out, lse, dq, dk, dv
+ * and every element is finite. Also: dK/dV are bitwise reproducible, an unsupported head dim
+ * returns MT_ERR_UNSUPPORTED, a short workspace is refused.
+ */
+#if defined(__has_include)
+#if __has_include("kernels/kernels.cuh")
+#include "megatron.h"
+#define MT_TEST_HAVE_MEGATRON 1
+#endif
+#endif
+#ifndef MT_TEST_HAVE_MEGATRON
+#include "mt/core.h"
+#include "mt/cpu_ops.h"
+#endif
+#include "kernels/attention.cuh"
+#include "tests/mt_test.h"
+
+#define CK(x)                                                                                   \
+    do {                                                                                        \
+        cudaError_t e_ = (x);                                                                   \
+        if (e_ != cudaSuccess) {                                                                \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            exit(1);                                                                            \
+        }                                                                                       \
+    } while (0)
+
+static uint64_t g_seed = 0x5eed0001;
+
+/* n bf16-rounded normals * stdev, as floats (host) and as bf16 (host staging). */
+static void fill_bf16(float *f, uint16_t *h, size_t n, float stdev, uint64_t seed) {
+    for (size_t i = 0; i < n; i++) {
+        h[i] = mt_f32_to_bf16(stdev * mt_rng_normal(seed, 7, i));
+        f[i] = mt_bf16_to_f32(h[i]);
+    }
+}
+
+/* ||x - ref|| / ||ref|| over a strided gather; *nonfinite counts NaN/Inf in x. When ||ref|| is 0 the
+ * result is the rms of x (it must then be ~0 too). */
+typedef struct { double err, ref_norm; size_t nonfinite; } relerr;
+static relerr rel_error(const float *x, const float *ref, size_t n) {
+    relerr r = {0, 0, 0};
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(x[i])) r.nonfinite++;
+        double d = (double)x[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    r.ref_norm = sqrt(den);
+    r.err = den > 1e-12 * (double)n ? sqrt(num / den) : sqrt(num / (double)(n ? n : 1));
+    if (r.nonfinite) r.err = NAN;
+    return r;
+}
+
+/* slot s of (B,T,Hkv,G+2,D): rows of D for s in [s0, s1) of every group, gathered */
+static void gather_slots(float *dst, const float *qkv, int B, int T, int Hkv, int G, int D, int s0, int s1) {
+    size_t k = 0;
+    for (size_t bt = 0; bt < (size_t)B * T; bt++)
+        for (int g = 0; g < Hkv; g++)
+            for (int s = s0; s < s1; s++)
+                for (int i = 0; i < D; i++) dst[k++] = qkv[((bt * Hkv + g) * (G + 2) + s) * D + i];
+}
+
+static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *worst) {
+    const int H = Hkv * G;
+    const size_t nqkv = (size_t)B * T * Hkv * (G + 2) * D, nout = (size_t)B * T * H * D, nlse = (size_t)B * H * T;
+    float *qkv = (float *)malloc(nqkv * 4), *dout = (float *)malloc(nout * 4);
+    uint16_t *hqkv = (uint16_t *)malloc(nqkv * 2), *hdout = (uint16_t *)malloc(nout * 2);
+    float *ref_out = (float *)malloc(nout * 4), *ref_lse = (float *)malloc(nlse * 4);
+    float *ref_dqkv = (float *)malloc(nqkv * 4);
+    float *gout = (float *)malloc(nout * 4), *glse = (float *)malloc(nlse * 4), *gdqkv = (float *)malloc(nqkv * 4);
+    uint16_t *hbuf = (uint16_t *)malloc((nqkv > nout ? nqkv : nout) * 2);
+    const uint64_t seed = g_seed++;
+    fill_bf16(qkv, hqkv, nqkv, 1.5f, seed * 2);
+    fill_bf16(dout, hdout, nout, 1.0f, seed * 2 + 1);
+
+    void *d_qkv, *d_out, *d_dout, *d_dqkv, *d_ws;
+    float *d_lse;
+    const size_t ws = mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D);
+    CK(cudaMalloc(&d_qkv, nqkv * 2));
+    CK(cudaMalloc(&d_out, nout * 2));
+    CK(cudaMalloc(&d_dout, nout * 2));
+    CK(cudaMalloc(&d_dqkv, nqkv * 2));
+    CK(cudaMalloc((void **)&d_lse, nlse * 4));
+    CK(cudaMalloc(&d_ws, ws));
+    CK(cudaMemcpy(d_qkv, hqkv, nqkv * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d_dout, hdout, nout * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemset(d_out, 0xff, nout * 2)); /* NaN poison */
+    CK(cudaMemset(d_lse, 0xff, nlse * 4));
+    CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
+    CK(cudaMemset(d_ws, 0xff, ws));
+
+    mt_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    cx.device = mt_gpu(0);
+    cx.dtype = MT_BF16;
+    mt_status st = mt_flash_attention_fwd(&cx, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal);
+    MT_EXPECT(st == MT_OK, "fwd status %s", mt_status_str(st));
+    st = mt_flash_attention_bwd(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws, ws);
+    MT_EXPECT(st == MT_OK, "bwd status %s", mt_status_str(st));
+    CK(cudaDeviceSynchronize());
+    CK(cudaGetLastError());
+
+    CK(cudaMemcpy(hbuf, d_out, nout * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < nout; i++) gout[i] = mt_bf16_to_f32(hbuf[i]);
+    CK(cudaMemcpy(glse, d_lse, nlse * 4, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(hbuf, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < nqkv; i++) gdqkv[i] = mt_bf16_to_f32(hbuf[i]);
+
+    /* second backward on fresh poison: dK/dV must be bitwise identical (one CTA per key block) */
+    uint16_t *hbuf2 = (uint16_t *)malloc(nqkv * 2);
+    CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
+    CK(cudaMemset(d_ws, 0xff, ws));
+    st = mt_flash_attention_bwd(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws, ws);
+    CK(cudaDeviceSynchronize());
+    CK(cudaMemcpy(hbuf2, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
+    size_t kv_diff = 0;
+    for (size_t bt = 0; bt < (size_t)B * T; bt++)
+        for (int g = 0; g < Hkv; g++)
+            for (size_t i = 0; i < (size_t)2 * D; i++) {
+                size_t k = ((bt * Hkv + g) * (G + 2) + G) * D + i;
+                kv_diff += hbuf[k] != hbuf2[k];
+            }
+    MT_EXPECT(kv_diff == 0, "dK/dV differ between two runs in %zu elements", kv_diff);
+    free(hbuf2);
+
+    mt_attention_fwd_cpu_f32(ref_out, ref_lse, qkv, B, T, Hkv, G, D, causal);
+    mt_attention_bwd_cpu_f32(ref_dqkv, dout, ref_out, ref_lse, qkv, B, T, Hkv, G, D, causal);
+
+    relerr e_out = rel_error(gout, ref_out, nout);
+    relerr e_lse = rel_error(glse, ref_lse, nlse);
+    const size_t nq = (size_t)B * T * Hkv * G * D, nk = (size_t)B * T * Hkv * D;
+    float *a = (float *)calloc(nq, 4), *r = (float *)calloc(nq, 4);
+    gather_slots(a, gdqkv, B, T, Hkv, G, D, 0, G);
+    gather_slots(r, ref_dqkv, B, T, Hkv, G, D, 0, G);
+    relerr e_dq = rel_error(a, r, nq);
+    gather_slots(a, gdqkv, B, T, Hkv, G, D, G, G + 1);
+    gather_slots(r, ref_dqkv, B, T, Hkv, G, D, G, G + 1);
+    relerr e_dk = rel_error(a, r, nk);
+    gather_slots(a, gdqkv, B, T, Hkv, G, D, G + 1, G + 2);
+    gather_slots(r, ref_dqkv, B, T, Hkv, G, D, G + 1, G + 2);
+    relerr e_dv = rel_error(a, r, nk);
+    free(a);
+    free(r);
+
+    const double tol = 1e-2;
+    char tag[96];
+    snprintf(tag, sizeof tag, "B=%d T=%d Hkv=%d G=%d D=%d causal=%d", B, T, Hkv, G, D, causal);
+    MT_EXPECT(e_out.err < tol, "%s: out rel err %.3g (%zu non-finite)", tag, e_out.err, e_out.nonfinite);
+    MT_EXPECT(e_lse.err < tol, "%s: lse rel err %.3g (%zu non-finite)", tag, e_lse.err, e_lse.nonfinite);
+    MT_EXPECT(e_dq.err < tol, "%s: dq rel err %.3g (%zu non-finite)", tag, e_dq.err, e_dq.nonfinite);
+    MT_EXPECT(e_dk.err < tol, "%s: dk rel err %.3g (%zu non-finite)", tag, e_dk.err, e_dk.nonfinite);
+    MT_EXPECT(e_dv.err < tol, "%s: dv rel err %.3g (%zu non-finite)", tag, e_dv.err, e_dv.nonfinite);
+    printf("    %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n", tag, e_out.err, e_lse.err, e_dq.err, e_dk.err,
+           e_dv.err);
+    double m = e_out.err;
+    if (!(m >= e_lse.err)) m = e_lse.err;
+    if (!(m >= e_dq.err)) m = e_dq.err;
+    if (!(m >= e_dk.err)) m = e_dk.err;
+    if (!(m >= e_dv.err)) m = e_dv.err;
+    if (!(*worst >= m)) *worst = m;
+
+    cudaFree(d_qkv); cudaFree(d_out); cudaFree(d_dout); cudaFree(d_dqkv); cudaFree(d_lse); cudaFree(d_ws);
+    free(qkv); free(dout); free(hqkv); free(hdout); free(ref_out); free(ref_lse); free(ref_dqkv);
+    free(gout); free(glse); free(gdqkv); free(hbuf);
+}
+
+static void sweep(int D) {
+    static const int Ts[] = {1, 7, 64, 129, 257, 1000};
+    double worst = 0;
+    for (int ti = 0; ti < 6; ti++)
+        for (int G = 1; G <= 4; G *= 2)
+            for (int causal = 1; causal >= 0; causal--) {
+                int T = Ts[ti];
+                int B = T >= 1000 ? 1 : 2, Hkv = T >= 1000 ? 1 : 2;
+                run_case(B, T, Hkv, G, D, causal, &worst);
+            }
+    printf("    D=%d: worst relative error %.3g\n", D, worst);
+}
+
+static void test_flash_attention_d64(void) { sweep(64); }
+static void test_flash_attention_d128(void) { sweep(128); }
+
+static void test_flash_attention_args(void) {
+    mt_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    cx.device = mt_gpu(0);
+    cx.dtype = MT_BF16;
+    void *p;
+    CK(cudaMalloc(&p, 1 << 20));
+    mt_status st = mt_flash_attention_fwd(&cx, p, (float *)p, p, 1, 16, 1, 1, 96, 1);
+    MT_EXPECT(st == MT_ERR_UNSUPPORTED, "D=96 forward gave %s", mt_status_str(st));
+    st = mt_flash_attention_bwd(&cx, p, p, p, (const float *)p, p, 1, 16, 1, 1, 96, 1, p, 1 << 20);
+    MT_EXPECT(st == MT_ERR_UNSUPPORTED, "D=96 backward gave %s", mt_status_str(st));
+    size_t need = mt_flash_attention_bwd_workspace_nbytes(1, 16, 1, 1, 64);
+    st = mt_flash_attention_bwd(&cx, p, p, p, (const float *)p, p, 1, 16, 1, 1, 64, 1, p, need - 4);
+    MT_EXPECT(st == MT_ERR_ARG, "short workspace gave %s", mt_status_str(st));
+    MT_EXPECT(mt_flash_attention_supported(64) && mt_flash_attention_supported(128) && !mt_flash_attention_supported(80),
+              "supported head dims");
+    CK(cudaFree(p));
+}
+
+int main(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("gpu_attention: no GPU, skipped\n");
+        printf("gpu_attention: 0 passed, 0 failed\n");
+        return 0;
+    }
+    MT_RUN(test_flash_attention_args);
+    MT_RUN(test_flash_attention_d64);
+    MT_RUN(test_flash_attention_d128);
+    return mt_test_summary("gpu_attention");
+}
