@@ -26,14 +26,15 @@
  *
  * Defines
  *   MT_IDX_DTYPES, mt_idx_dtype_size, mt_idx_dtype_name, mt_idx_optimal_dtype
- *   mt_indexed, mt_indexed_open (Megatron prefix, prefix.bin/.idx, or llm.c .bin), mt_indexed_close,
+ *   mt_indexed, mt_indexed_open (Megatron prefix, prefix.bin/.idx, or llm.c .bin), mt_indexed_open_memory,
+ *   mt_indexed_close,
  *   mt_indexed_seq_len, mt_indexed_seq_ptr, mt_indexed_doc_index, mt_indexed_read
  *   mt_indexed_writer, mt_indexed_writer_open / _add_sequence / _end_document / _add_document /
  *   _finish / _abort   (atomic: temporary names, fsync, rename)
  *   mt_np_random (numpy's legacy RandomState), mt_np_random_seed / _next32 / _interval / _shuffle_*
  *   mt_split_range (Megatron's --split into document ranges)
- *   mt_gpt_index, mt_gpt_index_config, mt_gpt_index_build / _open (cached) / _load / _save /
- *   _sample / _free
+ *   mt_gpt_index, mt_gpt_index_config, mt_gpt_index_build / _open (cached) / _load / _load_memory /
+ *   _save / _sample / _free, mt_gpt_index_cache_path
  *   mt_normalize_weights, mt_blend_source_size, mt_blend, mt_blend_init / _next / _reset / _free
  *   mt_data_path, mt_parse_data_path, mt_data_path_free
  *   mt_loader_config, mt_loader, mt_loader_open / _next / _acquire / _seek / _close
@@ -45,6 +46,10 @@
  *   Index caches live next to the data as `<prefix>-<key>.mtidx` (or in cfg.cache_dir), keyed by
  *   a hash of every parameter and of the sequence lengths; a stale or corrupt cache is rebuilt.
  *   All writes go to a temporary name, are fsync'd, then renamed into place.
+ *
+ * Options (define before including)
+ *   MT_DATA_FSYNC   1 (default): fsync written files and their directory before/after the rename;
+ *                   0 skips the fsyncs (tests on slow shared disks), the renames stay atomic
  *
  * Needs only POSIX headers that glibc declares under -std=c11 (open, mmap, fsync, rename,
  * pthreads); no feature-test macros are required. Assumes a little-endian host (checked).
@@ -62,6 +67,10 @@
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifndef MT_DATA_FSYNC
+#define MT_DATA_FSYNC 1
+#endif
 
 #ifdef __cplusplus
 extern "C" {
@@ -143,7 +152,8 @@ MT_API mt_status mt__alloc_array(int64_t count, size_t elem, void **out, const c
 /* A read-only memory map of a whole file (empty files map to data = NULL, size = 0). */
 typedef struct mt__map {
     const unsigned char *data;
-    size_t size; /* bytes */
+    size_t size;  /* bytes */
+    int borrowed; /* caller-owned memory (the *_memory functions): not unmapped */
 } mt__map;
 
 MT_API mt_status mt__map_open(mt__map *m, const char *path) {
@@ -151,6 +161,7 @@ MT_API mt_status mt__map_open(mt__map *m, const char *path) {
     int fd;
     m->data = NULL;
     m->size = 0;
+    m->borrowed = 0;
     fd = open(path, O_RDONLY);
     if (fd < 0) return mt_errorf(MT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     if (fstat(fd, &st) != 0) {
@@ -182,9 +193,10 @@ MT_API mt_status mt__map_open(mt__map *m, const char *path) {
 }
 
 MT_API void mt__map_close(mt__map *m) {
-    if (m->data) munmap((void *)m->data, m->size);
+    if (m->data && !m->borrowed) munmap((void *)m->data, m->size);
     m->data = NULL;
     m->size = 0;
+    m->borrowed = 0;
 }
 
 MT_API mt_status mt__write_all(int fd, const void *buf, size_t n, const char *path) {
@@ -244,6 +256,7 @@ MT_API void mt__fsync_dir_of(const char *path) {
         memcpy(dir, path, n);
         dir[n] = 0;
     }
+    if (!MT_DATA_FSYNC) return;
     fd = open(dir, O_RDONLY);
     if (fd >= 0) {
         (void)fsync(fd);
@@ -255,7 +268,7 @@ MT_API void mt__fsync_dir_of(const char *path) {
  * temporary file is removed and `final_path` is untouched. */
 MT_API mt_status mt__commit_temp(int fd, char *tmp_path, const char *final_path) {
     mt_status s = MT_OK;
-    if (fsync(fd) != 0) s = mt_errorf(MT_ERR_IO, "%s: fsync failed: %s", tmp_path, strerror(errno));
+    if (MT_DATA_FSYNC && fsync(fd) != 0) s = mt_errorf(MT_ERR_IO, "%s: fsync failed: %s", tmp_path, strerror(errno));
     if (close(fd) != 0 && s == MT_OK) s = mt_errorf(MT_ERR_IO, "%s: close failed: %s", tmp_path, strerror(errno));
     if (s == MT_OK && rename(tmp_path, final_path) != 0)
         s = mt_errorf(MT_ERR_IO, "cannot rename %s to %s: %s", tmp_path, final_path, strerror(errno));
@@ -508,6 +521,12 @@ MT_API mt_status mt_indexed_open(mt_indexed *ds, const char *path) {
             if (s == MT_OK) s = mt__strcat3(prefix, ".bin", NULL, &ds->path_bin);
             mt_free(prefix);
             if (s != MT_OK) { mt_indexed_close(ds); return s; }
+            if (mt__ends_with(path, ".bin") && stat(ds->path_idx, &st) != 0) {
+                s = mt_errorf(MT_ERR_FORMAT, "%s: not an llm.c token file (header magic %d, expected %d) and %s does not exist",
+                              path, got == 4 ? mt__ld_i32(head) : -1, MT_LLMC_MAGIC, ds->path_idx);
+                mt_indexed_close(ds);
+                return s;
+            }
         }
     }
     if (!ds->path_idx) {
@@ -519,6 +538,32 @@ MT_API mt_status mt_indexed_open(mt_indexed *ds, const char *path) {
     s = mt__map_open(&ds->idx, ds->path_idx);
     if (s == MT_OK) s = mt__map_open(&ds->bin, ds->path_bin);
     if (s == MT_OK) s = mt__indexed_check_megatron(ds);
+    if (s != MT_OK) mt_indexed_close(ds);
+    return s;
+}
+
+/* The same from bytes in memory (kept by the caller until close): `idx`/`bin` as the two files
+ * would hold them, or `idx` = NULL and `bin` an llm.c token file. `name` is used in messages. */
+MT_API mt_status mt_indexed_open_memory(mt_indexed *ds, const void *idx, size_t idx_size, const void *bin, size_t bin_size,
+                                        const char *name) {
+    mt_status s;
+    memset(ds, 0, sizeof *ds);
+    if (!mt__host_is_le()) return mt_errorf(MT_ERR_UNSUPPORTED, "%s: indexed datasets are little-endian; this host is not", name);
+    s = mt__strcat3(name, idx ? ".idx" : "", NULL, &ds->path_idx);
+    if (s == MT_OK) s = mt__strcat3(name, idx ? ".bin" : "", NULL, &ds->path_bin);
+    if (s != MT_OK) { mt_indexed_close(ds); return s; }
+    ds->bin.data = (const unsigned char *)bin;
+    ds->bin.size = bin ? bin_size : 0;
+    ds->bin.borrowed = 1;
+    if (idx) {
+        ds->idx.data = (const unsigned char *)idx;
+        ds->idx.size = idx_size;
+        ds->idx.borrowed = 1;
+        ds->kind = MT_INDEXED_MEGATRON;
+        s = mt__indexed_check_megatron(ds);
+    } else {
+        s = mt__indexed_check_llmc(ds);
+    }
     if (s != MT_OK) mt_indexed_close(ds);
     return s;
 }
@@ -907,7 +952,7 @@ typedef struct mt_gpt_index {
 } mt_gpt_index;
 
 MT_API void mt_gpt_index_free(mt_gpt_index *gi) {
-    if (gi->map.data) mt__map_close(&gi->map);
+    if (gi->from_cache || gi->map.data) mt__map_close(&gi->map);
     else {
         mt_free(gi->doc_index);
         mt_free(gi->sample_index);
@@ -1130,6 +1175,7 @@ MT_API mt_status mt_gpt_index_save(const mt_gpt_index *gi, const char *path) {
     memcpy(hdr + 32, &gi->n_doc_index, 8);
     memcpy(hdr + 40, &gi->n_samples, 8);
     h = mt__hash64(1, gi->doc_index, dbytes);
+    h = mt__hash64(h, pad, padn);
     h = mt__hash64(h, gi->sample_index, (size_t)(gi->n_samples + 1) * 16);
     h = mt__hash64(h, gi->shuffle_index, (size_t)gi->n_samples * 8);
     memcpy(hdr + 48, &h, 8);
@@ -1143,23 +1189,23 @@ MT_API mt_status mt_gpt_index_save(const mt_gpt_index *gi, const char *path) {
     return mt__atomic_write(path, 5, bufs, sizes);
 }
 
-/* Read and validate a cache file against the parameters it must have been built from. */
-MT_API mt_status mt_gpt_index_load(mt_gpt_index *gi, const char *path, const mt_indexed *ds, const mt_gpt_index_config *c) {
+/* Validate cache bytes (already in gi->map) against the parameters they must come from. */
+MT_API mt_status mt__gpt_index_check(mt_gpt_index *gi, const char *path, const mt_indexed *ds, const mt_gpt_index_config *c) {
     mt__gpt_plan pl;
     const unsigned char *d;
     uint64_t key, h, need;
     size_t dbytes, padn;
     int64_t i, nd;
     mt_status s;
-    memset(gi, 0, sizeof *gi);
-    MT_TRY(mt__gpt_plan_make(ds, c, &pl));
+    s = mt__gpt_plan_make(ds, c, &pl);
+    if (s != MT_OK) { mt__map_close(&gi->map); memset(gi, 0, sizeof *gi); return s; }
     key = mt__gpt_key(ds, c);
-    MT_TRY(mt__map_open(&gi->map, path));
     d = gi->map.data;
     s = MT_ERR_FORMAT;
 #define MT__BAD(...) do { mt_errorf(MT_ERR_FORMAT, __VA_ARGS__); mt__map_close(&gi->map); memset(gi, 0, sizeof *gi); return s; } while (0)
     if (gi->map.size < MT__GPTIDX_HEADER) MT__BAD("%s: truncated header: %zu bytes, expected at least %d", path, gi->map.size, MT__GPTIDX_HEADER);
     if (memcmp(d, "MTGPTIDX", 8) != 0) MT__BAD("%s: wrong magic, expected \"MTGPTIDX\"", path);
+    if ((uintptr_t)d % 8 != 0) MT__BAD("%s: index cache bytes are not 8-byte aligned in memory", path);
     if (mt__ld_u32(d + 8) != 1) MT__BAD("%s: field version = %u, expected 1", path, mt__ld_u32(d + 8));
     if (mt__ld_u64(d + 56) != mt__hash64(2, d, 56)) MT__BAD("%s: header checksum mismatch", path);
     if (mt__ld_u64(d + 16) != key) MT__BAD("%s: field key = %016llx, expected %016llx (stale)", path,
@@ -1173,6 +1219,7 @@ MT_API mt_status mt_gpt_index_load(mt_gpt_index *gi, const char *path, const mt_
     need = MT__GPTIDX_HEADER + dbytes + padn + (uint64_t)(pl.n_samples + 1) * 16 + (uint64_t)pl.n_samples * 8;
     if ((uint64_t)gi->map.size != need) MT__BAD("%s: size %zu bytes, expected %llu", path, gi->map.size, (unsigned long long)need);
     h = mt__hash64(1, d + MT__GPTIDX_HEADER, dbytes);
+    h = mt__hash64(h, d + MT__GPTIDX_HEADER + dbytes, padn);
     h = mt__hash64(h, d + MT__GPTIDX_HEADER + dbytes + padn, (size_t)(pl.n_samples + 1) * 16);
     h = mt__hash64(h, d + MT__GPTIDX_HEADER + dbytes + padn + (size_t)(pl.n_samples + 1) * 16, (size_t)pl.n_samples * 8);
     if (h != mt__ld_u64(d + 48)) MT__BAD("%s: payload checksum mismatch (corrupt)", path);
@@ -1204,6 +1251,24 @@ MT_API mt_status mt_gpt_index_load(mt_gpt_index *gi, const char *path, const mt_
                     (long long)gi->shuffle_index[i], (long long)pl.n_samples);
 #undef MT__BAD
     return MT_OK;
+}
+
+/* Read and validate a cache file against the parameters it must have been built from. */
+MT_API mt_status mt_gpt_index_load(mt_gpt_index *gi, const char *path, const mt_indexed *ds, const mt_gpt_index_config *c) {
+    memset(gi, 0, sizeof *gi);
+    MT_TRY(mt__map_open(&gi->map, path));
+    return mt__gpt_index_check(gi, path, ds, c);
+}
+
+/* The same from cache bytes in memory (kept by the caller until mt_gpt_index_free). */
+MT_API mt_status mt_gpt_index_load_memory(mt_gpt_index *gi, const void *data, size_t size, const char *name,
+                                          const mt_indexed *ds, const mt_gpt_index_config *c) {
+    memset(gi, 0, sizeof *gi);
+    gi->map.data = (const unsigned char *)data;
+    gi->map.size = size;
+    gi->map.borrowed = 1;
+    if (!data) return mt_errorf(MT_ERR_FORMAT, "%s: empty index cache", name);
+    return mt__gpt_index_check(gi, name, ds, c);
 }
 
 /* Load the indices from the cache next to the data, or build them and write the cache. A stale
