@@ -1,0 +1,362 @@
+/* kernels/norms.cuh — LayerNorm and RMSNorm, forward and backward.
+ *
+ *   MT_TRY(mt_layernorm_fwd_gpu(cx, out, mean, rstd, inp, w, b, N, C));   // via mt_layernorm_fwd
+ *
+ * Defines  mt_layernorm_fwd_gpu, mt_layernorm_bwd_gpu, mt_rmsnorm_fwd_gpu, mt_rmsnorm_bwd_gpu
+ *
+ * Rules (as in mt/cpu_ops.inl): eps 1e-5; mean and rstd are float (either may be NULL in the
+ * forward); dinp is assigned, plus dresid when given (dresid may alias dinp); dw, db accumulate
+ * (+=) and may be NULL.
+ *
+ * Layout of the work: one thread block per row, the row held in registers (each thread owns NP
+ * 16-byte packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block reduction.
+ * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
+ * kernels run with scalar accesses (any C).  The backward runs a fixed grid of blocks over the
+ * rows, each accumulating its rows' dw/db contributions in registers and writing one partial row
+ * to the scratch; a second kernel adds the partials in block order to dw/db: deterministic, no
+ * atomics.
+ */
+#ifndef MT_KERNELS_NORMS_CUH
+#define MT_KERNELS_NORMS_CUH
+#include "common.cuh"
+
+#define MT__NORM_EPS 1e-5f
+#define MT__NORM_BWD_MAX_BLOCKS 512
+
+/* ------------------------------------------------------------------ kernels */
+
+template <typename T, int VEC, int NP>
+__global__ void mt__layernorm_fwd_kernel(T *__restrict__ out, float *__restrict__ mean, float *__restrict__ rstd,
+                                         const T *__restrict__ inp, const T *__restrict__ w,
+                                         const T *__restrict__ b, int N, int C) {
+    __shared__ float shm[32];
+    int row = blockIdx.x;
+    if (row >= N) return;
+    const T *x = inp + (size_t)row * C;
+    float xv[NP][VEC];
+    float s[1] = {0.0f};
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * blockDim.x + threadIdx.x) * VEC;
+        if (c < C) {
+            mt__vec<T, VEC> v = mt__ldcs<T, VEC>(x + c);
+#pragma unroll
+            for (int k = 0; k < VEC; k++) { xv[p][k] = mt__f(v.v[k]); s[0] += xv[p][k]; }
+        } else {
+#pragma unroll
+            for (int k = 0; k < VEC; k++) xv[p][k] = 0.0f;
+        }
+    }
+    mt__block_sum<1>(s, shm);
+    float m = s[0] / (float)C;
+    float q[1] = {0.0f};
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * blockDim.x + threadIdx.x) * VEC;
+        if (c < C) {
+#pragma unroll
+            for (int k = 0; k < VEC; k++) { float d = xv[p][k] - m; q[0] += d * d; }
+        }
+    }
+    mt__block_sum<1>(q, shm);
+    float r = 1.0f / sqrtf(q[0] / (float)C + MT__NORM_EPS);
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * blockDim.x + threadIdx.x) * VEC;
+        if (c < C) {
+            mt__vec<T, VEC> wv = mt__ld<T, VEC>(w + c), o;
+            mt__vec<T, VEC> bv;
+            if (b) bv = mt__ld<T, VEC>(b + c);
+#pragma unroll
+            for (int k = 0; k < VEC; k++)
+                o.v[k] = mt__cvt<T>((xv[p][k] - m) * r * mt__f(wv.v[k]) + (b ? mt__f(bv.v[k]) : 0.0f));
+            mt__st<T, VEC>(out + (size_t)row * C + c, o);
+        }
+    }
+    if (threadIdx.x == 0) {
+        if (mean) mean[row] = m;
+        if (rstd) rstd[row] = r;
+    }
+}
+
+template <typename T, int VEC, int NP>
+__global__ void mt__rmsnorm_fwd_kernel(T *__restrict__ out, float *__restrict__ rstd, const T *__restrict__ inp,
+                                       const T *__restrict__ w, int N, int C) {
+    __shared__ float shm[32];
+    int row = blockIdx.x;
+    if (row >= N) return;
+    const T *x = inp + (size_t)row * C;
+    float xv[NP][VEC];
+    float s[1] = {0.0f};
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * blockDim.x + threadIdx.x) * VEC;
+        if (c < C) {
+            mt__vec<T, VEC> v = mt__ldcs<T, VEC>(x + c);
+#pragma unroll
+            for (int k = 0; k < VEC; k++) { xv[p][k] = mt__f(v.v[k]); s[0] += xv[p][k] * xv[p][k]; }
+        } else {
+#pragma unroll
+            for (int k = 0; k < VEC; k++) xv[p][k] = 0.0f;
+        }
+    }
+    mt__block_sum<1>(s, shm);
+    float r = 1.0f / sqrtf(s[0] / (float)C + MT__NORM_EPS);
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * blockDim.x + threadIdx.x) * VEC;
+        if (c < C) {
+            mt__vec<T, VEC> wv = mt__ld<T, VEC>(w + c), o;
+#pragma unroll
+            for (int k = 0; k < VEC; k++) o.v[k] = mt__cvt<T>(xv[p][k] * r * mt__f(wv.v[k]));
+            mt__st<T, VEC>(out + (size_t)row * C + c, o);
+        }
+    }
+    if (threadIdx.x == 0 && rstd) rstd[row] = r;
+}
+
+/* Backward of both norms.  RMS = 0: LayerNorm (mean used, partial rows dw then db);
+ * RMS = 1: RMSNorm (mean ignored, partial rows dw only).  partial: (gridDim.x, NV, C) or NULL. */
+template <typename T, int VEC, int NP, int RMS>
+__global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const T *__restrict__ dout, const T *dresid,
+                                    const T *__restrict__ inp, const T *__restrict__ w,
+                                    const float *__restrict__ mean, const float *__restrict__ rstd, int N, int C) {
+    constexpr int NV = RMS ? 1 : 2;
+    __shared__ float shm[32 * 2];
+    float dwacc[NP][VEC], dbacc[NP][VEC];
+#pragma unroll
+    for (int p = 0; p < NP; p++)
+#pragma unroll
+        for (int k = 0; k < VEC; k++) dwacc[p][k] = dbacc[p][k] = 0.0f;
+
+    for (int row = blockIdx.x; row < N; row += gridDim.x) {
+        size_t off = (size_t)row * C;
+        float m = RMS ? 0.0f : mean[row], s = rstd[row];
+        float xh[NP][VEC], wd[NP][VEC], dv[NP][VEC];
+        float acc[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            int c = (p * blockDim.x + threadIdx.x) * VEC;
+            if (c < C) {
+                mt__vec<T, VEC> xv = mt__ldcs<T, VEC>(inp + off + c);
+                mt__vec<T, VEC> gv = mt__ldcs<T, VEC>(dout + off + c);
+                mt__vec<T, VEC> wv = mt__ld<T, VEC>(w + c);
+#pragma unroll
+                for (int k = 0; k < VEC; k++) {
+                    xh[p][k] = (mt__f(xv.v[k]) - m) * s;
+                    dv[p][k] = mt__f(gv.v[k]);
+                    wd[p][k] = mt__f(wv.v[k]) * dv[p][k];
+                    acc[0] += wd[p][k];
+                    acc[1] += wd[p][k] * xh[p][k];
+                }
+            } else {
+#pragma unroll
+                for (int k = 0; k < VEC; k++) xh[p][k] = wd[p][k] = dv[p][k] = 0.0f;
+            }
+        }
+        mt__block_sum<2>(acc, shm);
+        float a = RMS ? 0.0f : acc[0] / (float)C, bb = acc[1] / (float)C;
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            int c = (p * blockDim.x + threadIdx.x) * VEC;
+            if (c < C) {
+                mt__vec<T, VEC> rv, o;
+                if (dresid) rv = mt__ld<T, VEC>(dresid + off + c);
+#pragma unroll
+                for (int k = 0; k < VEC; k++) {
+                    float g = (wd[p][k] - a - xh[p][k] * bb) * s;
+                    o.v[k] = mt__cvt<T>((dresid ? mt__f(rv.v[k]) : 0.0f) + g);
+                    dwacc[p][k] += xh[p][k] * dv[p][k];
+                    dbacc[p][k] += dv[p][k];
+                }
+                mt__st<T, VEC>(dinp + off + c, o);
+            }
+        }
+    }
+    if (!partial) return;
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * blockDim.x + threadIdx.x) * VEC;
+        if (c < C) {
+            float *pw = partial + ((size_t)blockIdx.x * NV) * C + c;
+#pragma unroll
+            for (int k = 0; k < VEC; k++) pw[k] = dwacc[p][k];
+            if (!RMS) {
+#pragma unroll
+                for (int k = 0; k < VEC; k++) pw[C + k] = dbacc[p][k];
+            }
+        }
+    }
+}
+
+/* dw[c] += sum over blocks of partial[blk][0][c]; db likewise from partial[blk][1][c] (NV == 2).
+ * Block (32, 32): x = column, y = a stride-32 slice of the blocks, then a fixed-order sum. */
+template <typename T>
+__global__ void mt__norm_wgrad_finalize_kernel(T *dw, T *db, const float *__restrict__ partial, int nblk, int NV,
+                                               int C) {
+    __shared__ float sh[2][32][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    float s0 = 0.0f, s1 = 0.0f;
+    if (c < C) {
+        for (int k = threadIdx.y; k < nblk; k += 32) {
+            s0 += partial[((size_t)k * NV) * C + c];
+            if (NV == 2) s1 += partial[((size_t)k * NV + 1) * C + c];
+        }
+    }
+    sh[0][threadIdx.y][threadIdx.x] = s0;
+    sh[1][threadIdx.y][threadIdx.x] = s1;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        float t0 = 0.0f, t1 = 0.0f;
+        for (int y = 0; y < 32; y++) { t0 += sh[0][y][threadIdx.x]; t1 += sh[1][y][threadIdx.x]; }
+        if (dw) dw[c] = mt__cvt<T>(mt__f(dw[c]) + t0);
+        if (db) db[c] = mt__cvt<T>(mt__f(db[c]) + t1);
+    }
+}
+
+/* ------------------------------------------------------------------ launchers */
+
+/* Threads per row-block and packs per thread for a row of C elements in packs of `vec`. */
+MT_API mt_status mt__row_geom(const char *op, int C, int vec, int max_threads, int *np, int *threads) {
+    int packs = (C + vec - 1) / vec, n = 1;
+    while (n < 8 && (packs + n - 1) / n > max_threads) n *= 2;
+    int t = (packs + n - 1) / n;
+    if (t > max_threads)
+        return mt_errorf(MT_ERR_UNSUPPORTED, "%s: C = %d is too wide for one block per row (max %d)", op, C,
+                         max_threads * 8 * vec);
+    t = (t + 31) / 32 * 32;
+    *np = n;
+    *threads = t;
+    return MT_OK;
+}
+
+/* Launch KERNEL<T, VEC, NP, EXTRA...> for VEC in {pack width, 1} and NP in {1, 2, 4, 8}. */
+#define MT__ROW_LAUNCH(vec, np, KERNEL, grid, threads, stream, ...)                              \
+    do {                                                                                         \
+        constexpr int PW = mt__pack_width<T>::value;                                             \
+        if ((vec) == PW) {                                                                       \
+            switch (np) {                                                                        \
+                case 1: KERNEL(PW, 1)<<<grid, threads, 0, stream>>>(__VA_ARGS__); break;          \
+                case 2: KERNEL(PW, 2)<<<grid, threads, 0, stream>>>(__VA_ARGS__); break;          \
+                case 4: KERNEL(PW, 4)<<<grid, threads, 0, stream>>>(__VA_ARGS__); break;          \
+                default: KERNEL(PW, 8)<<<grid, threads, 0, stream>>>(__VA_ARGS__); break;         \
+            }                                                                                    \
+        } else {                                                                                 \
+            switch (np) {                                                                        \
+                case 1: KERNEL(1, 1)<<<grid, threads, 0, stream>>>(__VA_ARGS__); break;           \
+                case 2: KERNEL(1, 2)<<<grid, threads, 0, stream>>>(__VA_ARGS__); break;           \
+                case 4: KERNEL(1, 4)<<<grid, threads, 0, stream>>>(__VA_ARGS__); break;           \
+                default: KERNEL(1, 8)<<<grid, threads, 0, stream>>>(__VA_ARGS__); break;          \
+            }                                                                                    \
+        }                                                                                        \
+    } while (0)
+#define MT__LNF(V, P) mt__layernorm_fwd_kernel<T, V, P>
+#define MT__RMSF(V, P) mt__rmsnorm_fwd_kernel<T, V, P>
+#define MT__LNB(V, P) mt__norm_bwd_kernel<T, V, P, 0>
+#define MT__RMSB(V, P) mt__norm_bwd_kernel<T, V, P, 1>
+
+template <typename T>
+static inline mt_status mt__layernorm_fwd_launch(const mt_ctx *cx, void *out, void *mean, void *rstd, const void *inp,
+                                                 const void *w, const void *b, int N, int C) {
+    constexpr int PW = mt__pack_width<T>::value;
+    int vec = (C % PW == 0 && mt__al16(out) && mt__al16(inp) && mt__al16(w) && mt__al16(b)) ? PW : 1;
+    int np = 1, threads = 32;
+    MT_TRY(mt__row_geom("layernorm_fwd", C, vec, 1024, &np, &threads));
+    MT__ROW_LAUNCH(vec, np, MT__LNF, N, threads, MT__STREAM(cx), (T *)out, (float *)mean, (float *)rstd,
+                   (const T *)inp, (const T *)w, (const T *)b, N, C);
+    MT__LAUNCHED(cx, "mt__layernorm_fwd_kernel");
+    return MT_OK;
+}
+
+template <typename T>
+static inline mt_status mt__rmsnorm_fwd_launch(const mt_ctx *cx, void *out, void *rstd, const void *inp,
+                                               const void *w, int N, int C) {
+    constexpr int PW = mt__pack_width<T>::value;
+    int vec = (C % PW == 0 && mt__al16(out) && mt__al16(inp) && mt__al16(w)) ? PW : 1;
+    int np = 1, threads = 32;
+    MT_TRY(mt__row_geom("rmsnorm_fwd", C, vec, 1024, &np, &threads));
+    MT__ROW_LAUNCH(vec, np, MT__RMSF, N, threads, MT__STREAM(cx), (T *)out, (float *)rstd, (const T *)inp,
+                   (const T *)w, N, C);
+    MT__LAUNCHED(cx, "mt__rmsnorm_fwd_kernel");
+    return MT_OK;
+}
+
+/* Shared body of the two backwards.  rms: 0 LayerNorm, 1 RMSNorm. */
+template <typename T>
+static inline mt_status mt__norm_bwd_launch(const mt_ctx *cx, const char *op, int rms, void *dinp, void *dw, void *db,
+                                            const void *dout, const void *dresid, const void *inp, const void *w,
+                                            const void *mean, const void *rstd, int N, int C) {
+    constexpr int PW = mt__pack_width<T>::value;
+    int NV = rms ? 1 : 2;
+    int vec = (C % PW == 0 && mt__al16(dinp) && mt__al16(dout) && mt__al16(dresid) && mt__al16(inp) && mt__al16(w))
+                  ? PW : 1;
+    int np = 1, threads = 32;
+    MT_TRY(mt__row_geom(op, C, vec, 512, &np, &threads));
+    int want = dw || db;
+    size_t per_blk = (size_t)NV * C * sizeof(float);
+    int nblk = N < MT__NORM_BWD_MAX_BLOCKS ? N : MT__NORM_BWD_MAX_BLOCKS;
+    if (want && (size_t)nblk * per_blk > cx->gpu->scratch_nbytes) nblk = (int)(cx->gpu->scratch_nbytes / per_blk);
+    if (nblk < 1)
+        return mt_errorf(MT_ERR_UNSUPPORTED, "%s: C = %d needs %zu bytes of scratch, have %zu", op, C, per_blk,
+                         cx->gpu->scratch_nbytes);
+    float *partial = want ? (float *)cx->gpu->scratch : NULL;
+    if (rms)
+        MT__ROW_LAUNCH(vec, np, MT__RMSB, nblk, threads, MT__STREAM(cx), (T *)dinp, partial, (const T *)dout,
+                       (const T *)dresid, (const T *)inp, (const T *)w, (const float *)mean, (const float *)rstd, N, C);
+    else
+        MT__ROW_LAUNCH(vec, np, MT__LNB, nblk, threads, MT__STREAM(cx), (T *)dinp, partial, (const T *)dout,
+                       (const T *)dresid, (const T *)inp, (const T *)w, (const float *)mean, (const float *)rstd, N, C);
+    MT__LAUNCHED(cx, "mt__norm_bwd_kernel");
+    if (want) {
+        dim3 blk(32, 32);
+        mt__norm_wgrad_finalize_kernel<T><<<mt__cdiv(C, 32), blk, 0, MT__STREAM(cx)>>>(
+            (T *)dw, rms ? (T *)NULL : (T *)db, partial, nblk, NV, C);
+        MT__LAUNCHED(cx, "mt__norm_wgrad_finalize_kernel");
+    }
+    return MT_OK;
+}
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+MT_API mt_status mt_layernorm_fwd_gpu(const mt_ctx *cx, void *out, void *mean, void *rstd, const void *inp,
+                                      const void *w, const void *b, int N, int C) {
+    if (N <= 0 || C <= 0) return N == 0 ? MT_OK : mt_errorf(MT_ERR_SHAPE, "layernorm_fwd: N = %d, C = %d", N, C);
+    MT__GPU_DISPATCH(cx, "layernorm_fwd", return mt__layernorm_fwd_launch<T>(cx, out, mean, rstd, inp, w, b, N, C));
+    return MT_OK;
+}
+
+MT_API mt_status mt_rmsnorm_fwd_gpu(const mt_ctx *cx, void *out, void *rstd, const void *inp, const void *w, int N,
+                                    int C) {
+    if (N <= 0 || C <= 0) return N == 0 ? MT_OK : mt_errorf(MT_ERR_SHAPE, "rmsnorm_fwd: N = %d, C = %d", N, C);
+    MT__GPU_DISPATCH(cx, "rmsnorm_fwd", return mt__rmsnorm_fwd_launch<T>(cx, out, rstd, inp, w, N, C));
+    return MT_OK;
+}
+
+MT_API mt_status mt__norm_bwd_gpu(const mt_ctx *cx, const char *op, int rms, void *dinp, void *dw, void *db,
+                                  const void *dout, const void *dresid, const void *inp, const void *w,
+                                  const void *mean, const void *rstd, int N, int C) {
+    if (N <= 0 || C <= 0) return N == 0 ? MT_OK : mt_errorf(MT_ERR_SHAPE, "%s: N = %d, C = %d", op, N, C);
+    MT__GPU_DISPATCH(cx, op,
+                     return mt__norm_bwd_launch<T>(cx, op, rms, dinp, dw, db, dout, dresid, inp, w, mean, rstd, N, C));
+    return MT_OK;
+}
+
+MT_API mt_status mt_layernorm_bwd_gpu(const mt_ctx *cx, void *dinp, void *dw, void *db, const void *dout,
+                                      const void *dresid, const void *inp, const void *w, const void *mean,
+                                      const void *rstd, int N, int C) {
+    if (!mean || !rstd) return mt_errorf(MT_ERR_ARG, "layernorm_bwd: mean and rstd from the forward are required");
+    return mt__norm_bwd_gpu(cx, "layernorm_bwd", 0, dinp, dw, db, dout, dresid, inp, w, mean, rstd, N, C);
+}
+
+MT_API mt_status mt_rmsnorm_bwd_gpu(const mt_ctx *cx, void *dinp, void *dw, const void *dout, const void *dresid,
+                                    const void *inp, const void *w, const void *rstd, int N, int C) {
+    if (!rstd) return mt_errorf(MT_ERR_ARG, "rmsnorm_bwd: rstd from the forward is required");
+    return mt__norm_bwd_gpu(cx, "rmsnorm_bwd", 1, dinp, dw, NULL, dout, dresid, inp, w, NULL, rstd, N, C);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MT_KERNELS_NORMS_CUH */

@@ -1,0 +1,633 @@
+/* tests/gpu_kernels.cu — every GPU op against the CPU float32 reference (needs a GPU).
+ *
+ *   make test-gpu            (or: nvcc ... tests/gpu_kernels.cu && ./build/gpu_kernels)
+ *   MT_TEST_SEED=123 ./build/gpu_kernels     reproduce a run (the seed is printed first)
+ *
+ * Each op runs in f32 and in bf16 on fresh random inputs (rounded to the dtype first, so the CPU
+ * reference sees exactly what the GPU sees); outputs are poisoned with NaN bytes before the call,
+ * accumulated gradients start from random values.  One line per check: op, dtype, case, relative
+ * error ||gpu - ref|| / ||ref|| and the bound (f32 < 1e-5, bf16 < 1e-2).  Odd sizes run through the
+ * scalar paths; shapes the GPU refuses (bf16 matmul dims not multiples of 8) must fail cleanly.
+ */
+#include "megatron.h"
+#include "mt_test.h"
+#include <time.h>
+
+static mt_ctx g_cx;        /* f32 context; bf16 shares its stream and state */
+static uint64_t g_seed;    /* fresh per run unless MT_TEST_SEED is set */
+static uint64_t g_stream_id;
+
+#define MAX_ALLOCS 256
+static void *g_dev[MAX_ALLOCS];
+static void *g_host[MAX_ALLOCS];
+static int g_ndev, g_nhost;
+
+static mt_ctx ctx_of(mt_dtype dt) {
+    mt_ctx c = g_cx;
+    c.dtype = dt;
+    return c;
+}
+static double tol_of(mt_dtype dt) { return dt == MT_BF16 ? 1e-2 : 1e-5; }
+static float round_to(float x, mt_dtype dt) { return dt == MT_BF16 ? mt_bf16_to_f32(mt_f32_to_bf16(x)) : x; }
+
+static void *hmalloc(size_t nbytes) {
+    void *p = calloc(nbytes ? nbytes : 1, 1);
+    if (!p) { fprintf(stderr, "host allocation of %zu bytes failed\n", nbytes); exit(1); }
+    if (g_nhost < MAX_ALLOCS) g_host[g_nhost++] = p;
+    return p;
+}
+static void *dmalloc(size_t nbytes) {
+    void *p = NULL;
+    if (cudaMalloc(&p, nbytes ? nbytes : 1) != cudaSuccess) { fprintf(stderr, "cudaMalloc %zu failed\n", nbytes); exit(1); }
+    if (g_ndev < MAX_ALLOCS) g_dev[g_ndev++] = p;
+    return p;
+}
+static void free_all(void) {
+    cudaDeviceSynchronize();
+    for (int i = 0; i < g_ndev; i++) cudaFree(g_dev[i]);
+    for (int i = 0; i < g_nhost; i++) free(g_host[i]);
+    g_ndev = g_nhost = 0;
+}
+
+/* n normal(0, scale) values, rounded to dt */
+static float *hrand(size_t n, float scale, mt_dtype dt) {
+    float *h = (float *)hmalloc(n * sizeof(float));
+    uint64_t sub = g_stream_id++;
+    for (size_t i = 0; i < n; i++) h[i] = round_to(scale * mt_rng_normal(g_seed, sub, i), dt);
+    return h;
+}
+static float *hcopy(const float *src, size_t n) {
+    float *h = (float *)hmalloc(n * sizeof(float));
+    memcpy(h, src, n * sizeof(float));
+    return h;
+}
+/* device copy of h in dtype dt (stats: MT_F32) */
+static void *dup_dev(mt_dtype dt, const float *h, size_t n) {
+    void *d = dmalloc(n * mt_dtype_size(dt));
+    mt_ctx c = ctx_of(dt);
+    MT_CHECK(mt_copy_from_f32(&c, d, h, n));
+    return d;
+}
+static void *poison_dev(mt_dtype dt, size_t n) {
+    void *d = dmalloc(n * mt_dtype_size(dt));
+    cudaMemset(d, 0xff, n * mt_dtype_size(dt)); /* NaN in f32 and bf16 */
+    return d;
+}
+static float *down(const void *d, mt_dtype dt, size_t n) {
+    MT_CHECK(mt_gpu_sync(&g_cx));
+    float *h = (float *)hmalloc(n * sizeof(float));
+    MT_CHECK(mt_copy_to_f32(&g_cx, h, d, dt, n));
+    return h;
+}
+static int32_t *dup_tokens(const int32_t *h, size_t n) {
+    int32_t *d = (int32_t *)dmalloc(n * sizeof(int32_t));
+    cudaMemcpy(d, h, n * sizeof(int32_t), cudaMemcpyHostToDevice);
+    return d;
+}
+static double relerr(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    if (den == 0) return num == 0 ? 0 : INFINITY;
+    return sqrt(num / den);
+}
+/* print and check one comparison */
+static void check(const char *op, mt_dtype dt, const char *what, const float *gpu, const float *ref, size_t n,
+                  double tol) {
+    double e = relerr(gpu, ref, n);
+    printf("    %-14s %-5s %-34s rel err %.2e (< %.0e)\n", op, mt_dtype_name(dt), what, e, tol);
+    MT_EXPECT(e < tol, "%s %s %s: rel err %.3e >= %.0e", op, mt_dtype_name(dt), what, e, tol);
+}
+static void check_dev(const char *op, mt_dtype dt, const char *what, const void *d, mt_dtype ddt, const float *ref,
+                      size_t n, double tol) {
+    check(op, dt, what, down(d, ddt, n), ref, n, tol);
+}
+
+static const mt_dtype DTYPES[2] = {MT_F32, MT_BF16};
+
+/* ------------------------------------------------------------------ embedding */
+
+static void test_embedding(void) {
+    const int Cs[2] = {64, 37};
+    for (int di = 0; di < 2; di++)
+        for (int ci = 0; ci < 2; ci++) {
+            mt_dtype dt = DTYPES[di];
+            mt_ctx cx = ctx_of(dt);
+            int B = 3, T = 37, C = Cs[ci], V = 50, vstart = 10, vcount = 30, pos_off = 5;
+            size_t BT = (size_t)B * T;
+            int32_t *tok = (int32_t *)hmalloc(BT * sizeof(int32_t));
+            for (size_t i = 0; i < BT; i++) tok[i] = (int32_t)(mt_rng_u32(g_seed, g_stream_id, i) % V);
+            g_stream_id++;
+            tok[1] = tok[5] = tok[7] = vstart + 3; /* repeats */
+            int32_t *dtok = dup_tokens(tok, BT);
+            float *wte = hrand((size_t)vcount * C, 1.0f, dt), *wpe = hrand((size_t)(T + pos_off) * C, 1.0f, dt);
+            void *dwte = dup_dev(dt, wte, (size_t)vcount * C), *dwpe = dup_dev(dt, wpe, (size_t)(T + pos_off) * C);
+            void *dout = poison_dev(dt, BT * C);
+            float *ref = (float *)hmalloc(BT * C * sizeof(float));
+            char what[64];
+            mt_embedding_fwd_cpu_f32(ref, tok, wte, wpe, B, T, C, pos_off, vstart, vcount);
+            MT_CHECK(mt_embedding_fwd(&cx, dout, dtok, dwte, dwpe, B, T, C, pos_off, vstart, vcount));
+            snprintf(what, sizeof what, "fwd C=%d", C);
+            check_dev("embedding", dt, what, dout, dt, ref, BT * C, tol_of(dt));
+            mt_embedding_fwd_cpu_f32(ref, tok, wte, NULL, B, T, C, pos_off, vstart, vcount);
+            MT_CHECK(mt_embedding_fwd(&cx, dout, dtok, dwte, NULL, B, T, C, pos_off, vstart, vcount));
+            snprintf(what, sizeof what, "fwd C=%d no wpe", C);
+            check_dev("embedding", dt, what, dout, dt, ref, BT * C, tol_of(dt));
+
+            /* backward: += into random gradients; run twice for determinism */
+            float *g = hrand(BT * C, 1.0f, dt);
+            float *gw0 = hrand((size_t)vcount * C, 1.0f, dt), *gp0 = hrand((size_t)(T + pos_off) * C, 1.0f, dt);
+            float *gw = hcopy(gw0, (size_t)vcount * C), *gp = hcopy(gp0, (size_t)(T + pos_off) * C);
+            mt_embedding_bwd_cpu_f32(gw, gp, g, tok, B, T, C, pos_off, vstart, vcount);
+            void *dg = dup_dev(dt, g, BT * C);
+            void *dgw = dup_dev(dt, gw0, (size_t)vcount * C), *dgp = dup_dev(dt, gp0, (size_t)(T + pos_off) * C);
+            MT_CHECK(mt_embedding_bwd(&cx, dgw, dgp, dg, dtok, B, T, C, pos_off, vstart, vcount));
+            float *r1 = down(dgw, dt, (size_t)vcount * C);
+            snprintf(what, sizeof what, "bwd dwte C=%d", C);
+            check("embedding", dt, what, r1, gw, (size_t)vcount * C, tol_of(dt));
+            snprintf(what, sizeof what, "bwd dwpe C=%d", C);
+            check_dev("embedding", dt, what, dgp, dt, gp, (size_t)(T + pos_off) * C, tol_of(dt));
+            void *dgw2 = dup_dev(dt, gw0, (size_t)vcount * C);
+            MT_CHECK(mt_embedding_bwd(&cx, dgw2, NULL, dg, dtok, B, T, C, pos_off, vstart, vcount));
+            float *r2 = down(dgw2, dt, (size_t)vcount * C);
+            MT_EXPECT(memcmp(r1, r2, (size_t)vcount * C * sizeof(float)) == 0, "embedding bwd not deterministic");
+        }
+    free_all();
+}
+
+/* ------------------------------------------------------------------ norms */
+
+static void test_layernorm(void) {
+    const int Cs[3] = {1600, 768, 37};
+    for (int di = 0; di < 2; di++)
+        for (int ci = 0; ci < 3; ci++) {
+            mt_dtype dt = DTYPES[di];
+            mt_ctx cx = ctx_of(dt);
+            int N = 67, C = Cs[ci];
+            size_t n = (size_t)N * C;
+            char what[64];
+            float *x = hrand(n, 1.0f, dt), *w = hrand(C, 1.0f, dt), *b = hrand(C, 1.0f, dt);
+            for (size_t i = 0; i < n; i++) x[i] = round_to(x[i] + 0.5f, dt); /* non-zero mean */
+            float *out = (float *)hmalloc(n * 4), *mean = (float *)hmalloc(N * 4), *rstd = (float *)hmalloc(N * 4);
+            mt_layernorm_fwd_cpu_f32(out, mean, rstd, x, w, b, N, C);
+            void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C), *db = dup_dev(dt, b, C);
+            void *dout = poison_dev(dt, n), *dmean = poison_dev(MT_F32, N), *drstd = poison_dev(MT_F32, N);
+            MT_CHECK(mt_layernorm_fwd(&cx, dout, dmean, drstd, dx, dw, db, N, C));
+            snprintf(what, sizeof what, "fwd out C=%d", C);
+            check_dev("layernorm", dt, what, dout, dt, out, n, tol_of(dt));
+            snprintf(what, sizeof what, "fwd mean C=%d", C);
+            check_dev("layernorm", dt, what, dmean, MT_F32, mean, N, 1e-5);
+            snprintf(what, sizeof what, "fwd rstd C=%d", C);
+            check_dev("layernorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
+
+            /* backward: dinp = dresid + ..., dw, db += ; then in place (dresid == dinp) */
+            float *g = hrand(n, 1.0f, dt), *res = hrand(n, 1.0f, dt);
+            float *dw0 = hrand(C, 1.0f, dt), *db0 = hrand(C, 1.0f, dt);
+            float *rdx = (float *)hmalloc(n * 4), *rdw = hcopy(dw0, C), *rdb = hcopy(db0, C);
+            mt_layernorm_bwd_cpu_f32(rdx, rdw, rdb, g, res, x, w, mean, rstd, N, C);
+            void *dg = dup_dev(dt, g, n), *dres = dup_dev(dt, res, n), *ddx = poison_dev(dt, n);
+            void *ddw = dup_dev(dt, dw0, C), *ddb = dup_dev(dt, db0, C);
+            void *dmean_ref = dup_dev(MT_F32, mean, N), *drstd_ref = dup_dev(MT_F32, rstd, N);
+            MT_CHECK(mt_layernorm_bwd(&cx, ddx, ddw, ddb, dg, dres, dx, dw, dmean_ref, drstd_ref, N, C));
+            snprintf(what, sizeof what, "bwd dinp C=%d", C);
+            check_dev("layernorm", dt, what, ddx, dt, rdx, n, tol_of(dt));
+            snprintf(what, sizeof what, "bwd dw C=%d", C);
+            check_dev("layernorm", dt, what, ddw, dt, rdw, C, tol_of(dt));
+            snprintf(what, sizeof what, "bwd db C=%d", C);
+            check_dev("layernorm", dt, what, ddb, dt, rdb, C, tol_of(dt));
+            /* in place, no weight grads */
+            MT_CHECK(mt_layernorm_bwd(&cx, dres, NULL, NULL, dg, dres, dx, dw, dmean_ref, drstd_ref, N, C));
+            snprintf(what, sizeof what, "bwd dinp in place C=%d", C);
+            check_dev("layernorm", dt, what, dres, dt, rdx, n, tol_of(dt));
+            /* determinism of the weight gradients */
+            void *ddw2 = dup_dev(dt, dw0, C), *ddb2 = dup_dev(dt, db0, C);
+            MT_CHECK(mt_layernorm_bwd(&cx, ddx, ddw2, ddb2, dg, NULL, dx, dw, dmean_ref, drstd_ref, N, C));
+            void *ddw3 = dup_dev(dt, dw0, C), *ddb3 = dup_dev(dt, db0, C);
+            MT_CHECK(mt_layernorm_bwd(&cx, ddx, ddw3, ddb3, dg, NULL, dx, dw, dmean_ref, drstd_ref, N, C));
+            float *a2 = down(ddw2, dt, C), *a3 = down(ddw3, dt, C);
+            MT_EXPECT(memcmp(a2, a3, C * sizeof(float)) == 0, "layernorm bwd dw not deterministic");
+        }
+    free_all();
+}
+
+static void test_rmsnorm(void) {
+    const int Cs[3] = {1600, 512, 37};
+    for (int di = 0; di < 2; di++)
+        for (int ci = 0; ci < 3; ci++) {
+            mt_dtype dt = DTYPES[di];
+            mt_ctx cx = ctx_of(dt);
+            int N = 67, C = Cs[ci];
+            size_t n = (size_t)N * C;
+            char what[64];
+            float *x = hrand(n, 1.0f, dt), *w = hrand(C, 1.0f, dt);
+            float *out = (float *)hmalloc(n * 4), *rstd = (float *)hmalloc(N * 4);
+            mt_rmsnorm_fwd_cpu_f32(out, rstd, x, w, N, C);
+            void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C);
+            void *dout = poison_dev(dt, n), *drstd = poison_dev(MT_F32, N);
+            MT_CHECK(mt_rmsnorm_fwd(&cx, dout, drstd, dx, dw, N, C));
+            snprintf(what, sizeof what, "fwd out C=%d", C);
+            check_dev("rmsnorm", dt, what, dout, dt, out, n, tol_of(dt));
+            snprintf(what, sizeof what, "fwd rstd C=%d", C);
+            check_dev("rmsnorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
+
+            float *g = hrand(n, 1.0f, dt), *res = hrand(n, 1.0f, dt), *dw0 = hrand(C, 1.0f, dt);
+            float *rdx = (float *)hmalloc(n * 4), *rdw = hcopy(dw0, C);
+            mt_rmsnorm_bwd_cpu_f32(rdx, rdw, g, res, x, w, rstd, N, C);
+            void *dg = dup_dev(dt, g, n), *dres = dup_dev(dt, res, n), *ddx = poison_dev(dt, n);
+            void *ddw = dup_dev(dt, dw0, C), *drstd_ref = dup_dev(MT_F32, rstd, N);
+            MT_CHECK(mt_rmsnorm_bwd(&cx, ddx, ddw, dg, dres, dx, dw, drstd_ref, N, C));
+            snprintf(what, sizeof what, "bwd dinp C=%d", C);
+            check_dev("rmsnorm", dt, what, ddx, dt, rdx, n, tol_of(dt));
+            snprintf(what, sizeof what, "bwd dw C=%d", C);
+            check_dev("rmsnorm", dt, what, ddw, dt, rdw, C, tol_of(dt));
+        }
+    free_all();
+}
+
+/* ------------------------------------------------------------------ matmul */
+
+static void run_matmul_case(mt_dtype dt, int fused, int N, int IC, int OC, int use_bias, int use_resid, int use_gelu) {
+    mt_ctx cx = ctx_of(dt);
+    cx.gpu->lt_epilogues = fused;
+    char what[96];
+    const char *tag = fused ? "lt" : "sep";
+    size_t ni = (size_t)N * IC, no = (size_t)N * OC, nw = (size_t)OC * IC;
+    float scale = 1.0f / sqrtf((float)IC);
+    float *x = hrand(ni, 1.0f, dt), *w = hrand(nw, scale, dt), *b = use_bias ? hrand(OC, 1.0f, dt) : NULL;
+    float *r = use_resid ? hrand(no, 1.0f, dt) : NULL;
+    float *pre = (float *)hmalloc(no * 4), *out = (float *)hmalloc(no * 4);
+    mt_matmul_fwd_cpu_f32(use_gelu ? pre : out, x, w, b, r, N, IC, OC);
+    if (use_gelu) mt_gelu_fwd_cpu_f32(out, pre, no);
+    void *dx = dup_dev(dt, x, ni), *dw = dup_dev(dt, w, nw), *db = b ? dup_dev(dt, b, OC) : NULL;
+    void *dr = r ? dup_dev(dt, r, no) : NULL, *dout = poison_dev(dt, no), *dpre = use_gelu ? poison_dev(dt, no) : NULL;
+    MT_CHECK(mt_matmul_fwd(&cx, dout, dpre, dx, dw, db, dr, N, IC, OC));
+    snprintf(what, sizeof what, "fwd %s N%d IC%d OC%d%s%s%s", tag, N, IC, OC, use_bias ? " +b" : "",
+             use_resid ? " +res" : "", use_gelu ? " gelu" : "");
+    check_dev("matmul", dt, what, dout, dt, out, no, tol_of(dt));
+    if (use_gelu) {
+        snprintf(what, sizeof what, "fwd %s N%d gelu_pre", tag, N);
+        check_dev("matmul", dt, what, dpre, dt, pre, no, tol_of(dt));
+    }
+
+    /* backward: dinp (with dGELU when use_gelu: gelu_pre of the layer below, shape (N, IC)) */
+    float *g = hrand(no, 1.0f, dt), *gpre = use_gelu ? hrand(ni, 1.0f, dt) : NULL;
+    float *dw0 = hrand(nw, 1.0f, dt), *db0 = hrand(OC, 1.0f, dt);
+    float *rdx = (float *)hmalloc(ni * 4), *rdw = hcopy(dw0, nw), *rdb = hcopy(db0, OC);
+    mt_matmul_bwd_cpu_f32(rdx, rdw, use_bias ? rdb : NULL, g, x, w, N, IC, OC);
+    if (use_gelu) mt_gelu_bwd_cpu_f32(rdx, gpre, rdx, ni);
+    void *dg = dup_dev(dt, g, no), *dgpre = gpre ? dup_dev(dt, gpre, ni) : NULL, *ddx = poison_dev(dt, ni);
+    void *ddw = dup_dev(dt, dw0, nw), *ddb = dup_dev(dt, db0, OC);
+    MT_CHECK(mt_matmul_bwd(&cx, ddx, ddw, use_bias ? ddb : NULL, dg, dx, dw, dgpre, N, IC, OC));
+    snprintf(what, sizeof what, "bwd %s dinp%s", tag, use_gelu ? " dgelu" : "");
+    check_dev("matmul", dt, what, ddx, dt, rdx, ni, tol_of(dt));
+    snprintf(what, sizeof what, "bwd %s dw +=", tag);
+    check_dev("matmul", dt, what, ddw, dt, rdw, nw, tol_of(dt));
+    if (use_bias) {
+        snprintf(what, sizeof what, "bwd %s dbias +=", tag);
+        check_dev("matmul", dt, what, ddb, dt, rdb, OC, tol_of(dt));
+        /* bias gradient alone (no dw): the separate kernel */
+        float *rdb2 = hcopy(db0, OC);
+        mt_matmul_bwd_cpu_f32(NULL, NULL, rdb2, g, x, w, N, IC, OC);
+        void *ddb2 = dup_dev(dt, db0, OC);
+        MT_CHECK(mt_matmul_bwd(&cx, NULL, NULL, ddb2, dg, dx, dw, NULL, N, IC, OC));
+        snprintf(what, sizeof what, "bwd %s dbias only", tag);
+        check_dev("matmul", dt, what, ddb2, dt, rdb2, OC, tol_of(dt));
+    }
+    cx.gpu->lt_epilogues = 1;
+}
+
+static void test_matmul(void) {
+    for (int di = 0; di < 2; di++) {
+        mt_dtype dt = DTYPES[di];
+        for (int fused = 1; fused >= 0; fused--) {
+            run_matmul_case(dt, fused, 37, 64, 96, 1, 0, 0);   /* odd N, bias */
+            run_matmul_case(dt, fused, 37, 64, 96, 1, 1, 0);   /* bias + residual */
+            run_matmul_case(dt, fused, 37, 64, 96, 0, 1, 0);   /* residual only */
+            run_matmul_case(dt, fused, 64, 128, 256, 1, 0, 1); /* GELU epilogue */
+            run_matmul_case(dt, fused, 37, 96, 64, 0, 0, 1);   /* GELU without bias */
+        }
+        free_all();
+    }
+    /* f32 takes any size */
+    run_matmul_case(MT_F32, 1, 37, 33, 45, 1, 1, 0);
+    run_matmul_case(MT_F32, 1, 37, 33, 45, 1, 0, 1);
+    free_all();
+    /* bf16 refuses IC/OC not multiples of 8, with a clear error */
+    {
+        mt_ctx cx = ctx_of(MT_BF16);
+        void *a = dmalloc(4096), *b = dmalloc(4096), *c = dmalloc(4096);
+        printf("    matmul         bf16  expecting an error for IC=33:\n");
+        mt_status st = mt_matmul_fwd(&cx, c, NULL, a, b, NULL, NULL, 5, 33, 16);
+        MT_EXPECT(st == MT_ERR_SHAPE, "bf16 IC=33 gave %s", mt_status_str(st));
+        free_all();
+    }
+}
+
+/* ------------------------------------------------------------------ elementwise */
+
+static void test_gelu_residual(void) {
+    for (int di = 0; di < 2; di++) {
+        mt_dtype dt = DTYPES[di];
+        mt_ctx cx = ctx_of(dt);
+        size_t es = mt_dtype_size(dt);
+        for (int unaligned = 0; unaligned < 2; unaligned++) {
+            size_t n = 100003, off = unaligned; /* odd length: tail; offset 1 element: scalar path */
+            const char *tag = unaligned ? "n=100003 unaligned" : "n=100003";
+            float *x = hrand(n, 2.0f, dt), *g = hrand(n, 1.0f, dt), *y = hrand(n, 1.0f, dt);
+            float *out = (float *)hmalloc(n * 4), *dx = (float *)hmalloc(n * 4), *sum = (float *)hmalloc(n * 4);
+            mt_gelu_fwd_cpu_f32(out, x, n);
+            mt_gelu_bwd_cpu_f32(dx, x, g, n);
+            mt_residual_fwd_cpu_f32(sum, x, y, n);
+            char *bx = (char *)dup_dev(dt, x, n + 1), *bg = (char *)dup_dev(dt, g, n + 1);
+            char *by = (char *)dup_dev(dt, y, n + 1);
+            void *dxv = dmalloc((n + 1) * es), *dgv = dmalloc((n + 1) * es), *dyv = dmalloc((n + 1) * es);
+            cudaMemcpy((char *)dxv + off * es, bx, n * es, cudaMemcpyDeviceToDevice);
+            cudaMemcpy((char *)dgv + off * es, bg, n * es, cudaMemcpyDeviceToDevice);
+            cudaMemcpy((char *)dyv + off * es, by, n * es, cudaMemcpyDeviceToDevice);
+            char *dout = (char *)poison_dev(dt, n + 1) + off * es, *ddx = (char *)poison_dev(dt, n + 1) + off * es;
+            char *dsum = (char *)poison_dev(dt, n + 1) + off * es;
+            void *xin = (char *)dxv + off * es, *gin = (char *)dgv + off * es, *yin = (char *)dyv + off * es;
+            MT_CHECK(mt_gelu_fwd(&cx, dout, xin, n));
+            MT_CHECK(mt_gelu_bwd(&cx, ddx, xin, gin, n));
+            MT_CHECK(mt_residual_fwd(&cx, dsum, xin, yin, n));
+            check_dev("gelu", dt, tag, dout, dt, out, n, tol_of(dt));
+            check_dev("gelu_bwd", dt, tag, ddx, dt, dx, n, tol_of(dt));
+            check_dev("residual", dt, tag, dsum, dt, sum, n, tol_of(dt));
+            /* gelu_bwd in place (dinp == dout), as the matmul fallback uses it */
+            MT_CHECK(mt_gelu_bwd(&cx, gin, xin, gin, n));
+            check_dev("gelu_bwd", dt, unaligned ? "in place unaligned" : "in place", gin, dt, dx, n, tol_of(dt));
+        }
+        free_all();
+    }
+}
+
+static void test_swiglu(void) {
+    const int Fs[2] = {64, 37};
+    for (int di = 0; di < 2; di++)
+        for (int fi = 0; fi < 2; fi++) {
+            mt_dtype dt = DTYPES[di];
+            mt_ctx cx = ctx_of(dt);
+            int N = 37, F = Fs[fi];
+            size_t ni = (size_t)N * 2 * F, no = (size_t)N * F;
+            char what[64];
+            float *x = hrand(ni, 2.0f, dt), *g = hrand(no, 1.0f, dt);
+            float *out = (float *)hmalloc(no * 4), *dx = (float *)hmalloc(ni * 4);
+            mt_swiglu_fwd_cpu_f32(out, x, N, F);
+            mt_swiglu_bwd_cpu_f32(dx, x, g, N, F);
+            void *dxv = dup_dev(dt, x, ni), *dg = dup_dev(dt, g, no), *dout = poison_dev(dt, no), *ddx = poison_dev(dt, ni);
+            MT_CHECK(mt_swiglu_fwd(&cx, dout, dxv, N, F));
+            MT_CHECK(mt_swiglu_bwd(&cx, ddx, dxv, dg, N, F));
+            snprintf(what, sizeof what, "fwd N=%d F=%d", N, F);
+            check_dev("swiglu", dt, what, dout, dt, out, no, tol_of(dt));
+            snprintf(what, sizeof what, "bwd N=%d F=%d", N, F);
+            check_dev("swiglu", dt, what, ddx, dt, dx, ni, tol_of(dt));
+        }
+    free_all();
+}
+
+static void test_rope(void) {
+    for (int di = 0; di < 2; di++) {
+        mt_dtype dt = DTYPES[di];
+        mt_ctx cx = ctx_of(dt);
+        int B = 2, T = 37, Hkv = 3, G = 2, D = 64, pos = 1000;
+        float theta = 10000.0f;
+        size_t n = (size_t)B * T * Hkv * (G + 2) * D;
+        float *x = hrand(n, 1.0f, dt), *out = (float *)hmalloc(n * 4), *back = (float *)hmalloc(n * 4);
+        mt_rope_cpu_f32(out, x, B, T, Hkv, G, D, pos, theta, 1);
+        mt_rope_cpu_f32(back, x, B, T, Hkv, G, D, pos, theta, -1);
+        void *dx = dup_dev(dt, x, n), *dout = poison_dev(dt, n);
+        MT_CHECK(mt_rope_fwd(&cx, dout, dx, B, T, Hkv, G, D, pos, theta));
+        check_dev("rope", dt, "fwd B2 T37 Hkv3 G2 D64 pos 1000", dout, dt, out, n, tol_of(dt));
+        MT_CHECK(mt_rope_bwd(&cx, dout, dx, B, T, Hkv, G, D, pos, theta));
+        check_dev("rope", dt, "bwd", dout, dt, back, n, tol_of(dt));
+        MT_CHECK(mt_rope_fwd(&cx, dx, dx, B, T, Hkv, G, D, pos, theta));
+        check_dev("rope", dt, "fwd in place", dx, dt, out, n, tol_of(dt));
+        free_all();
+    }
+}
+
+/* ------------------------------------------------------------------ attention */
+
+static void run_attention_case(mt_dtype dt, int B, int T, int Hkv, int G, int D, int causal) {
+    mt_ctx cx = ctx_of(dt);
+    int H = Hkv * G;
+    size_t nq = (size_t)B * T * Hkv * (G + 2) * D, no = (size_t)B * T * H * D, nl = (size_t)B * H * T;
+    char what[96];
+    float *qkv = hrand(nq, 1.0f, dt);
+    float *out = (float *)hmalloc(no * 4), *lse = (float *)hmalloc(nl * 4);
+    mt_attention_fwd_cpu_f32(out, lse, qkv, B, T, Hkv, G, D, causal);
+    void *dqkv_in = dup_dev(dt, qkv, nq), *dout = poison_dev(dt, no), *dlse = poison_dev(MT_F32, nl);
+    MT_CHECK(mt_attention_fwd(&cx, dout, dlse, dqkv_in, B, T, Hkv, G, D, causal));
+    snprintf(what, sizeof what, "fwd out B%d T%d Hkv%d G%d D%d %s", B, T, Hkv, G, D, causal ? "causal" : "full");
+    check_dev("attention", dt, what, dout, dt, out, no, tol_of(dt));
+    snprintf(what, sizeof what, "fwd lse D%d %s", D, causal ? "causal" : "full");
+    check_dev("attention", dt, what, dlse, MT_F32, lse, nl, 1e-5);
+
+    /* backward from the reference's out/lse (rounded to dt), so it is checked on its own */
+    for (size_t i = 0; i < no; i++) out[i] = round_to(out[i], dt);
+    float *g = hrand(no, 1.0f, dt), *dq = (float *)hmalloc(nq * 4);
+    mt_attention_bwd_cpu_f32(dq, g, out, lse, qkv, B, T, Hkv, G, D, causal);
+    void *dg = dup_dev(dt, g, no), *dout_ref = dup_dev(dt, out, no), *dlse_ref = dup_dev(MT_F32, lse, nl);
+    void *ddq = poison_dev(dt, nq);
+    MT_CHECK(mt_attention_bwd(&cx, ddq, dg, dout_ref, dlse_ref, dqkv_in, B, T, Hkv, G, D, causal));
+    snprintf(what, sizeof what, "bwd dqkv D%d %s", D, causal ? "causal" : "full");
+    check_dev("attention", dt, what, ddq, dt, dq, nq, tol_of(dt));
+}
+
+static void test_attention(void) {
+    for (int di = 0; di < 2; di++) {
+        mt_dtype dt = DTYPES[di];
+        run_attention_case(dt, 2, 37, 2, 3, 40, 1);
+        run_attention_case(dt, 2, 37, 2, 3, 40, 0);
+        run_attention_case(dt, 1, 64, 2, 1, 64, 1);
+        run_attention_case(dt, 1, 33, 1, 2, 128, 1);
+        run_attention_case(dt, 1, 17, 1, 1, 256, 0);
+        free_all();
+    }
+}
+
+/* ------------------------------------------------------------------ cross-entropy */
+
+static void test_xent(void) {
+    const int Vs[2][2] = {{1000, 1008}, {1001, 1001}};
+    for (int di = 0; di < 2; di++)
+        for (int vi = 0; vi < 2; vi++) {
+            mt_dtype dt = DTYPES[di];
+            mt_ctx cx = ctx_of(dt);
+            int N = 37, V = Vs[vi][0], Vp = Vs[vi][1];
+            size_t n = (size_t)N * Vp;
+            char what[64];
+            float *x = hrand(n, 3.0f, dt);
+            int32_t *tg = (int32_t *)hmalloc(N * sizeof(int32_t));
+            for (int i = 0; i < N; i++) tg[i] = (int32_t)(mt_rng_u32(g_seed, g_stream_id, i) % V);
+            g_stream_id++;
+            tg[3] = -1;
+            tg[10] = -1;
+            tg[0] = V - 1;
+            float dscale = 1.0f / N;
+            float *loss = (float *)hmalloc(N * 4), *dl = (float *)hmalloc(n * 4);
+            mt_xent_cpu_f32(loss, dl, x, tg, dscale, N, V, Vp);
+            int32_t *dtg = dup_tokens(tg, N);
+            void *dx = dup_dev(dt, x, n), *dloss = poison_dev(MT_F32, N), *ddl = poison_dev(dt, n);
+            MT_CHECK(mt_xent(&cx, dloss, ddl, dx, dtg, dscale, N, V, Vp));
+            snprintf(what, sizeof what, "losses V=%d Vp=%d", V, Vp);
+            check_dev("xent", dt, what, dloss, MT_F32, loss, N, 1e-5);
+            snprintf(what, sizeof what, "dlogits V=%d Vp=%d", V, Vp);
+            check_dev("xent", dt, what, ddl, dt, dl, n, tol_of(dt));
+            /* forward only, then in place */
+            void *dloss2 = poison_dev(MT_F32, N);
+            MT_CHECK(mt_xent(&cx, dloss2, NULL, dx, dtg, dscale, N, V, Vp));
+            check_dev("xent", dt, "losses, forward only", dloss2, MT_F32, loss, N, 1e-5);
+            MT_CHECK(mt_xent(&cx, dloss, dx, dx, dtg, dscale, N, V, Vp));
+            check_dev("xent", dt, "dlogits in place", dx, dt, dl, n, tol_of(dt));
+        }
+    free_all();
+}
+
+/* ------------------------------------------------------------------ optimizer */
+
+static void test_adamw(void) {
+    size_t n = 100003;
+    mt_adamw_hp hp;
+    hp.lr = 0.05f;
+    hp.beta1 = 0.9f;
+    hp.beta2 = 0.95f;
+    hp.eps = 1e-8f;
+    hp.weight_decay = 0.1f;
+    hp.step = 3;
+    float gsv = 0.5f;
+    for (int di = 0; di < 2; di++) {
+        mt_dtype dt = DTYPES[di];
+        mt_ctx cx = ctx_of(dt);
+        float *p0 = hrand(n, 1.0f, MT_F32), *g = hrand(n, 1.0f, dt), *m0 = hrand(n, 0.1f, MT_F32);
+        float *v0 = hrand(n, 0.1f, MT_F32);
+        for (size_t i = 0; i < n; i++) v0[i] = v0[i] * v0[i];
+        float *pr = hcopy(p0, n), *mr = hcopy(m0, n), *vr = hcopy(v0, n);
+        mt_adamw_cpu_f32(pr, mr, vr, g, n, hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, hp.step, gsv);
+        float *dref = (float *)hmalloc(n * 4), *dgot = (float *)hmalloc(n * 4);
+        void *dgs = dup_dev(MT_F32, &gsv, 1), *dg = dup_dev(dt, g, n);
+        void *dm = dup_dev(MT_F32, m0, n), *dv = dup_dev(MT_F32, v0, n);
+        for (size_t i = 0; i < n; i++) dref[i] = pr[i] - p0[i];
+        if (dt == MT_F32) {
+            void *dp = dup_dev(MT_F32, p0, n);
+            MT_CHECK(mt_adamw(&cx, dp, NULL, dm, dv, dg, n, &hp, dgs, 0));
+            float *got = down(dp, MT_F32, n);
+            for (size_t i = 0; i < n; i++) dgot[i] = got[i] - p0[i];
+            check("adamw", dt, "param update n=100003", dgot, dref, n, 1e-5);
+        } else {
+            /* bf16 params from fp32 master, round to nearest */
+            void *dp = poison_dev(MT_BF16, n), *dmaster = dup_dev(MT_F32, p0, n);
+            MT_CHECK(mt_adamw(&cx, dp, (float *)dmaster, dm, dv, dg, n, &hp, dgs, 0));
+            float *got = down(dmaster, MT_F32, n);
+            for (size_t i = 0; i < n; i++) dgot[i] = got[i] - p0[i];
+            check("adamw", dt, "master update n=100003", dgot, dref, n, 1e-5);
+            check_dev("adamw", dt, "bf16 param (nearest)", dp, MT_BF16, pr, n, tol_of(dt));
+            /* stochastic rounding: each value one of its two bf16 neighbours, unbiased, reproducible */
+            void *dp2 = poison_dev(MT_BF16, n), *dp3 = poison_dev(MT_BF16, n);
+            void *dmaster2 = dup_dev(MT_F32, p0, n), *dm2 = dup_dev(MT_F32, m0, n), *dv2 = dup_dev(MT_F32, v0, n);
+            MT_CHECK(mt_adamw(&cx, dp2, (float *)dmaster2, dm2, dv2, dg, n, &hp, dgs, 12345));
+            void *dmaster3 = dup_dev(MT_F32, p0, n), *dm3 = dup_dev(MT_F32, m0, n), *dv3 = dup_dev(MT_F32, v0, n);
+            MT_CHECK(mt_adamw(&cx, dp3, (float *)dmaster3, dm3, dv3, dg, n, &hp, dgs, 12345));
+            float *sr = down(dp2, MT_BF16, n), *sr3 = down(dp3, MT_BF16, n), *ms = down(dmaster2, MT_F32, n);
+            size_t bad = 0, up = 0, inexact = 0;
+            double bias = 0, mag = 0;
+            for (size_t i = 0; i < n; i++) {
+                uint16_t lo = (uint16_t)(mt__f32_bits(ms[i]) >> 16);
+                float a = mt_bf16_to_f32(lo), b = mt_bf16_to_f32((uint16_t)(lo + 1));
+                if (sr[i] != a && sr[i] != b) bad++;
+                if (a != ms[i]) {
+                    inexact++;
+                    if (sr[i] == b) up++;
+                }
+                bias += (double)sr[i] - ms[i];
+                mag += fabs((double)sr[i] - ms[i]);
+            }
+            printf("    %-14s %-5s %-34s %zu of %zu rounded away from zero, |bias| %.3f of mean error\n", "adamw", "bf16",
+                   "stochastic rounding", up, inexact, mag > 0 ? fabs(bias) / mag : 0.0);
+            MT_EXPECT(bad == 0, "%zu stochastic roundings outside the two neighbours", bad);
+            MT_EXPECT(up > inexact / 4 && up < inexact * 3 / 4, "stochastic rounding went up %zu of %zu times", up,
+                      inexact);
+            MT_EXPECT(mag > 0 && fabs(bias) / mag < 0.05, "stochastic rounding biased: %.3g of %.3g", bias, mag);
+            MT_EXPECT(memcmp(sr, sr3, n * sizeof(float)) == 0, "stochastic rounding not reproducible with one seed");
+        }
+        check_dev("adamw", dt, "m", dm, MT_F32, mr, n, 1e-5);
+        check_dev("adamw", dt, "v", dv, MT_F32, vr, n, 1e-5);
+        free_all();
+    }
+}
+
+static void test_sumsq_clip(void) {
+    for (int di = 0; di < 2; di++) {
+        mt_dtype dt = DTYPES[di];
+        mt_ctx cx = ctx_of(dt);
+        size_t n = 1000003;
+        float *x = hrand(n, 1.0f, dt);
+        float acc0 = 1.5f, ref = acc0 + (float)mt_sumsq_cpu_f32(x, n);
+        void *dx = dup_dev(dt, x, n), *dacc = dup_dev(MT_F32, &acc0, 1), *dacc2 = dup_dev(MT_F32, &acc0, 1);
+        MT_CHECK(mt_sumsq(&cx, dacc, dx, n));
+        MT_CHECK(mt_sumsq(&cx, dacc2, dx, n));
+        float *got = down(dacc, MT_F32, 1), *got2 = down(dacc2, MT_F32, 1);
+        check("sumsq", dt, "n=1000003 (+= 1.5)", got, &ref, 1, 1e-5);
+        MT_EXPECT(got[0] == got2[0], "sumsq not deterministic: %.9g vs %.9g", got[0], got2[0]);
+        /* unaligned start, scalar path */
+        float acc1 = 0.0f, ref1 = (float)mt_sumsq_cpu_f32(x + 1, n - 1);
+        void *dacc3 = dup_dev(MT_F32, &acc1, 1);
+        MT_CHECK(mt_sumsq(&cx, dacc3, (char *)dx + mt_dtype_size(dt), n - 1));
+        check_dev("sumsq", dt, "unaligned", dacc3, MT_F32, &ref1, 1, 1e-5);
+        free_all();
+    }
+    mt_ctx cx = ctx_of(MT_F32);
+    float ns = 16.0f, maxn[3] = {1.0f, 10.0f, 0.0f};
+    for (int i = 0; i < 3; i++) {
+        void *dns = dup_dev(MT_F32, &ns, 1), *dc = poison_dev(MT_F32, 1);
+        MT_CHECK(mt_clip_coef(&cx, dc, dns, maxn[i]));
+        float *got = down(dc, MT_F32, 1);
+        double c = maxn[i] > 0 ? maxn[i] / (4.0 + 1e-6) : 1.0;
+        float ref = (float)(c < 1 ? c : 1);
+        char what[64];
+        snprintf(what, sizeof what, "norm 4, max_norm %g", maxn[i]);
+        check("clip_coef", MT_F32, what, got, &ref, 1, 1e-6);
+    }
+    free_all();
+}
+
+static void test_init_errors(void) {
+    mt_ctx bad = {};
+    int count = 0;
+    cudaGetDeviceCount(&count);
+    printf("    expecting an error for GPU %d of %d:\n", count + 3, count);
+    mt_status st = mt_gpu_init(&bad, count + 3, MT_BF16);
+    MT_EXPECT(st == MT_ERR_ARG, "mt_gpu_init of a missing GPU gave %s", mt_status_str(st));
+    MT_EXPECT(bad.gpu == NULL && bad.device.type == MT_CPU, "failed init left state behind");
+}
+
+int main(void) {
+    const char *s = getenv("MT_TEST_SEED");
+    g_seed = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL);
+    printf("gpu_kernels: seed %llu (MT_TEST_SEED to repeat)\n", (unsigned long long)g_seed);
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+        printf("gpu_kernels: no GPU: every test skipped\n");
+        printf("gpu_kernels: 0 passed, 1 failed\n");
+        return 1;
+    }
+    MT_CHECK(mt_gpu_init(&g_cx, 0, MT_F32));
+    printf("gpu_kernels: %s, %d SMs\n", g_cx.gpu->name, g_cx.gpu->sm_count);
+    MT_RUN(test_embedding);
+    MT_RUN(test_layernorm);
+    MT_RUN(test_rmsnorm);
+    MT_RUN(test_matmul);
+    MT_RUN(test_gelu_residual);
+    MT_RUN(test_swiglu);
+    MT_RUN(test_rope);
+    MT_RUN(test_attention);
+    MT_RUN(test_xent);
+    MT_RUN(test_adamw);
+    MT_RUN(test_sumsq_clip);
+    MT_RUN(test_init_errors);
+    mt_gpu_destroy(&g_cx);
+    return mt_test_summary("gpu_kernels");
+}
