@@ -8,7 +8,7 @@
 CC      := gcc
 NVCC    ?= nvcc
 CFLAGS  := -std=c11 -O2 -g -Wall -Wextra -Werror -fopenmp -I.
-SANFLAGS:= -std=c11 -O1 -g -Wall -Wextra -Werror -I. -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+SANFLAGS:= -std=c11 -O1 -g -Wall -Wextra -Werror -fopenmp -I. -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 LDLIBS  := -lm -lpthread
 CUDA_ARCH ?= -gencode=arch=compute_90a,code=sm_90a
 NVFLAGS := -O3 -std=c++17 -I. $(CUDA_ARCH) -Xcompiler -fopenmp,-Wall -lineinfo

@@ -316,6 +316,7 @@ MT_API mt_status mt_view(const mt_tensor *t, int ndim, const int64_t *shape, mt_
     int infer = -1;
     for (int i = 0; i < ndim; i++) {
         sh[i] = shape[i];
+        if (shape[i] < -1) return mt_errorf(MT_ERR_SHAPE, "mt_view: dimension %d has size %lld", i, (long long)shape[i]);
         if (shape[i] == -1) {
             if (infer >= 0) return mt_errorf(MT_ERR_SHAPE, "mt_view: more than one -1 in shape");
             infer = i;
@@ -388,7 +389,8 @@ MT_API void mt_device_free(mt_device dev, void *p) {
 /* A bump allocator over one block (activations live here: one allocation at start, none per step). */
 typedef struct mt_arena {
     mt_device device;
-    char *base;
+    void *block;     /* the allocation */
+    char *base;      /* block rounded up to MT_ARENA_ALIGN */
     size_t capacity; /* bytes */
     size_t used;     /* bytes */
     size_t peak;     /* high-water mark, bytes */
@@ -399,7 +401,8 @@ typedef struct mt_arena {
 MT_API mt_status mt_arena_init(mt_arena *a, mt_device dev, size_t capacity) {
     memset(a, 0, sizeof *a);
     a->device = dev;
-    MT_TRY(mt_device_alloc(dev, capacity, (void **)&a->base));
+    MT_TRY(mt_device_alloc(dev, capacity + MT_ARENA_ALIGN, &a->block));
+    a->base = (char *)a->block + (MT_ARENA_ALIGN - (uintptr_t)a->block % MT_ARENA_ALIGN) % MT_ARENA_ALIGN;
     a->capacity = capacity;
     return MT_OK;
 }
@@ -428,7 +431,7 @@ MT_API mt_status mt_arena_alloc(mt_arena *a, size_t nbytes, void **out) {
 MT_API size_t mt_arena_mark(const mt_arena *a) { return a->used; }
 MT_API void mt_arena_reset(mt_arena *a, size_t mark) { a->used = mark; }
 MT_API void mt_arena_free(mt_arena *a) {
-    mt_device_free(a->device, a->base);
+    mt_device_free(a->device, a->block);
     memset(a, 0, sizeof *a);
 }
 

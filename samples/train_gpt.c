@@ -1,11 +1,11 @@
 /* samples/train_gpt.c — train a GPT with megatron.h. Copy it and make it yours.
  *
- *   make && ./build/train_gpt                  # CPU: a small GPT learns 2-digit addition
+ *   make && ./build/train_gpt                  # CPU: a small GPT learns a digit cipher
  *   ./build/train_gpt_cuda --bf16 ...          # the same source built by nvcc, on the GPU
  *
  * Flags follow Megatron-LM's names (see usage()). With no --data-path it trains on a synthetic
- * corpus it generates itself: "a+b=c" sums with zero-padded operands; one sum in ten is held out,
- * and the held-out accuracy (greedy decoding of the answer) is reported at the end.
+ * corpus it generates itself (enciphering digit strings, one in ten held out) and reports the
+ * held-out accuracy at the end.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "megatron.h"
@@ -78,7 +78,7 @@ static int parse_args(int argc, char **argv, args *a) {
     memset(a, 0, sizeof *a);
     /* the default run: small enough to learn the synthetic task in about a minute on 2 CPU cores */
     a->model.n_layer = 2; a->model.n_embd = 64; a->model.n_head = 4; a->model.vocab_size = 0;
-    a->seq_len = 40; a->micro_batch = 16; a->global_batch = 0; a->train_iters = 600;
+    a->seq_len = 48; a->micro_batch = 16; a->global_batch = 0; a->train_iters = 600;
     a->lr = 3e-3; a->min_lr = 3e-4; a->warmup_iters = 30; a->decay_iters = 0; a->decay_style = "cosine";
     a->weight_decay = 0.1; a->clip_grad = 1.0; a->beta1 = 0.9; a->beta2 = 0.95; a->eps = 1e-8;
     a->seed = 1234; a->world_size = 1; a->log_interval = 1; a->eval_iters = 0; a->eval_interval = 0;
@@ -150,37 +150,38 @@ static int parse_args(int argc, char **argv, args *a) {
 
 /* ------------------------------------------------------------------ the synthetic task */
 
-/* Tokens: '0'-'9' -> 0-9, '+' 10, '=' 11, '\n' 12.  A problem is "aa+bb=ccc\n" (10 tokens) with the
- * sum written least significant digit first ("07+35=240": 42), the order in which a carry is computed. */
-enum { ARITH_VOCAB = 13, ARITH_LEN = 10, ARITH_PLUS = 10, ARITH_EQ = 11, ARITH_NL = 12 };
+/* Encipher a string of 5 digits, each digit d becoming (7d + 3) mod 10: "31415>40108\n" is one
+ * example of 12 tokens ('0'-'9' are 0-9, '>' 10, newline 11). The model must find the digit that
+ * sits 6 places back (attention) and map it (MLP). One string in ten is held out of training; the
+ * held-out accuracy is the fraction of them the model enciphers exactly by greedy decoding. */
+enum { TASK_DIGITS = 5, TASK_LEN = 2 * TASK_DIGITS + 2, TASK_SEP = 10, TASK_NL = 11, TASK_VOCAB = 12,
+       TASK_STRINGS = 100000, TASK_EVAL = 1000 };
 
-static int arith_held_out(int a, int b) { return (a * 7 + b * 3) % 10 == 0; }
+static int task_held_out(uint32_t x) { return (x * 2654435761u >> 16) % 10 == 0; }
 
-static void arith_write(int32_t *t, int a, int b) {
-    int c = a + b;
-    t[0] = a / 10; t[1] = a % 10; t[2] = ARITH_PLUS; t[3] = b / 10; t[4] = b % 10; t[5] = ARITH_EQ;
-    t[6] = c % 10; t[7] = c / 10 % 10; t[8] = c / 100; t[9] = ARITH_NL; /* answer digits reversed */
+static void task_write(int32_t *t, uint32_t x) {
+    for (int i = TASK_DIGITS - 1; i >= 0; i--, x /= 10) t[i] = (int32_t)(x % 10);
+    t[TASK_DIGITS] = TASK_SEP;
+    for (int i = 0; i < TASK_DIGITS; i++) t[TASK_DIGITS + 1 + i] = (7 * t[i] + 3) % 10;
+    t[TASK_LEN - 1] = TASK_NL;
 }
 
-/* Row r of batch `step`: a window of T+1 tokens over a stream of training problems, starting at a
- * random position; every token is drawn from (seed, step, r), so the data order is reproducible. */
-static void arith_batch(int32_t *tokens, int B, int T, uint64_t seed, uint64_t step) {
-    for (int r = 0; r < B; r++) {
-        uint64_t sub = step * 65536 + (uint64_t)r, k = 0;
-        int shift = (int)(mt_rng_u32(seed, sub, k++) % ARITH_LEN), pos = -shift;
-        while (pos < T + 1) {
-            int a, b;
-            do {
-                a = (int)(mt_rng_u32(seed, sub, k++) % 100);
-                b = (int)(mt_rng_u32(seed, sub, k++) % 100);
-            } while (arith_held_out(a, b));
-            int32_t p[ARITH_LEN];
-            arith_write(p, a, b);
-            for (int i = 0; i < ARITH_LEN; i++)
-                if (pos + i >= 0 && pos + i < T + 1) tokens[(size_t)r * (T + 1) + pos + i] = p[i];
-            pos += ARITH_LEN;
-        }
+/* One row of T+1 tokens: examples laid end to end from position 0, drawn from (seed, sub), held-out
+ * strings skipped; when slot >= 0, example number `slot` is string `x_slot` instead (evaluation). */
+static void task_row(int32_t *row, int T, uint64_t seed, uint64_t sub, int slot, uint32_t x_slot) {
+    uint64_t k = 0;
+    for (int e = 0; e * TASK_LEN < T + 1; e++) {
+        uint32_t x = x_slot;
+        if (e != slot) do x = mt_rng_u32(seed, sub, k++) % TASK_STRINGS; while (task_held_out(x));
+        int32_t p[TASK_LEN];
+        task_write(p, x);
+        for (int i = 0; i < TASK_LEN && e * TASK_LEN + i < T + 1; i++) row[e * TASK_LEN + i] = p[i];
     }
+}
+
+/* Micro-batch `step`: B rows, reproducible from the seed. */
+static void task_batch(int32_t *rows, int B, int T, uint64_t seed, uint64_t step) {
+    for (int r = 0; r < B; r++) task_row(rows + (size_t)r * (T + 1), T, seed, step * 65536 + (uint64_t)r, -1, 0);
 }
 
 /* ------------------------------------------------------------------ helpers */
@@ -215,54 +216,40 @@ static mt_status upload_batch(const mt_ctx *cx, mt_gpt_acts *a, const int32_t *r
 #endif
 }
 
-/* Greedy-decode the answers of the held-out sums and return the fraction exactly right. Each row
- * holds training problems as context, then "aa+bb=" of a held-out problem at the end. */
-static double arith_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s, int32_t *rows,
-                             int32_t *staging, float *logits_row, uint64_t seed) {
-    int B = a->B < 256 ? a->B : 256, T = a->T, right = 0, total = 0;
-    int32_t held[100 * 100][2];
-    int n_held = 0;
-    for (int x = 0; x < 100; x++)
-        for (int y = 0; y < 100; y++)
-            if (arith_held_out(x, y)) { held[n_held][0] = x; held[n_held][1] = y; n_held++; }
-    int prompt_end = T - 4; /* position of '=' */
-    for (int start = 0; start < n_held; start += B) {
-        int32_t want[3 * 256];
-        /* each row: whole training sums as context, then the held-out prompt "aa+bb=" ending at prompt_end */
+/* Greedy-decode the cipher of n_eval held-out strings and return the fraction exactly right.
+ * Each row holds training examples as context, then the held-out prompt "ddddd>" in the last slot
+ * where a whole example fits. */
+static double task_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s, int32_t *rows,
+                            int32_t *staging, float *logits_row, uint64_t seed, uint32_t n_eval) {
+    int B = a->B, T = a->T, right = 0, total = 0;
+    int slot = (T - TASK_LEN + 2) / TASK_LEN, sep = slot * TASK_LEN + TASK_DIGITS;
+    uint32_t *held, n_held = 0;
+    int *ok;
+    if (mt_calloc(sizeof(uint32_t) * n_eval, (void **)&held) || mt_calloc(sizeof(int) * B, (void **)&ok)) return -1;
+    for (uint32_t x = 0; x < TASK_STRINGS && n_held < n_eval; x += 7)  /* a spread of held-out strings */
+        if (task_held_out(x)) held[n_held++] = x;
+    for (uint32_t start = 0; start < n_held; start += (uint32_t)B) {
         for (int r = 0; r < B; r++) {
-            int32_t p[ARITH_LEN], *row = rows + (size_t)r * (T + 1);
-            int k = (start + r) % n_held, first = prompt_end - 5;
-            for (int pos = first - ARITH_LEN * ((first + ARITH_LEN - 1) / ARITH_LEN); pos < first; pos += ARITH_LEN) {
-                uint64_t sub = (uint64_t)(start + r) * 64 + (uint64_t)(pos + 64), i = 0;
-                int x, y;
-                do {
-                    x = (int)(mt_rng_u32(seed ^ 0x5eedULL, sub, i++) % 100);
-                    y = (int)(mt_rng_u32(seed ^ 0x5eedULL, sub, i++) % 100);
-                } while (arith_held_out(x, y));
-                arith_write(p, x, y);
-                for (int j = 0; j < ARITH_LEN; j++)
-                    if (pos + j >= 0) row[pos + j] = p[j];
-            }
-            arith_write(p, held[k][0], held[k][1]);
-            for (int i = 0; i < 6; i++) row[first + i] = p[i];
-            for (int i = 0; i < 3; i++) want[3 * r + i] = p[6 + i];
+            task_row(rows + (size_t)r * (T + 1), T, seed ^ 0x5eedULL, start + (uint64_t)r, slot, held[(start + r) % n_held]);
+            ok[r] = 1;
         }
-        int ok[256];
-        for (int r = 0; r < B; r++) ok[r] = 1;
-        for (int d = 0; d < 3; d++) {
+        for (int d = 0; d < TASK_DIGITS; d++) {  /* predict digit d after the separator */
             if (upload_batch(cx, a, rows, staging) != MT_OK || mt_gpt_forward(cx, m, a, s, 0.0f) != MT_OK) return -1;
             for (int r = 0; r < B; r++) {
-                size_t at = (size_t)r * T + prompt_end + d;
+                size_t at = (size_t)r * T + sep + d;
                 mt_copy_to_f32(cx, logits_row, (char *)s->logits + at * m->Vp * mt_dtype_size(cx->dtype), cx->dtype,
                                (size_t)m->cfg.vocab_size);
                 int best = 0;
                 for (int v = 1; v < m->cfg.vocab_size; v++) best = logits_row[v] > logits_row[best] ? v : best;
-                rows[(size_t)r * (T + 1) + prompt_end + d + 1] = best;
-                if (best != want[3 * r + d]) ok[r] = 0;
+                int32_t *next = &rows[(size_t)r * (T + 1) + sep + d + 1];
+                if (best != *next) ok[r] = 0;  /* the row holds the right answer: compare, then overwrite */
+                *next = best;
             }
         }
-        for (int r = 0; r < B && start + r < n_held; r++) { right += ok[r]; total++; }
+        for (int r = 0; r < B && start + (uint32_t)r < n_held; r++) { right += ok[r]; total++; }
     }
+    mt_free(held);
+    mt_free(ok);
     return total ? (double)right / total : 0;
 }
 
@@ -272,13 +259,13 @@ int main(int argc, char **argv) {
     args a;
     if (!parse_args(argc, argv, &a)) return 1;
     int synthetic = a.n_data_path == 0;
-    if (synthetic && !a.model.vocab_size) a.model.vocab_size = ARITH_VOCAB;
-    if (synthetic && a.model.vocab_size < ARITH_VOCAB) {
-        fprintf(stderr, "train_gpt: the synthetic task needs --vocab-size >= %d\n", ARITH_VOCAB);
+    if (synthetic && !a.model.vocab_size) a.model.vocab_size = TASK_VOCAB;
+    if (synthetic && a.model.vocab_size < TASK_VOCAB) {
+        fprintf(stderr, "train_gpt: the synthetic task needs --vocab-size >= %d\n", TASK_VOCAB);
         return 1;
     }
-    if (synthetic && a.seq_len < 16) {
-        fprintf(stderr, "train_gpt: the synthetic task needs --seq-length >= 16 (got %d)\n", a.seq_len);
+    if (synthetic && a.seq_len < 2 * TASK_LEN) {
+        fprintf(stderr, "train_gpt: the synthetic task needs --seq-length >= %d (got %d)\n", 2 * TASK_LEN, a.seq_len);
         return 1;
     }
     for (int i = 0; i < a.n_data_path; i++) {
@@ -344,7 +331,7 @@ int main(int argc, char **argv) {
            a.model.n_layer, a.model.n_embd, a.model.n_head, a.model.vocab_size, a.model.padded_vocab, T,
            mt_gpt_num_params(&model.cfg, 1) / 1e6, cx.device.type == MT_CUDA ? "GPU" : "CPU", mt_dtype_name(cx.dtype));
     printf("batch: %d x %d tokens (micro-batch %d, %d accumulation steps), %d iterations, %s\n", a.global_batch, T,
-           B, n_micro, a.train_iters, synthetic ? "synthetic 2-digit addition (1 in 10 sums held out)" : "data");
+           B, n_micro, a.train_iters, synthetic ? "synthetic task: encipher 5 digits (1 string in 10 held out)" : "data");
 
     /* 3. Train. */
     double first_loss = 0, last_loss = 0, t_start = now_ms();
@@ -356,7 +343,7 @@ int main(int argc, char **argv) {
         hp.beta1 = (float)a.beta1; hp.beta2 = (float)a.beta2; hp.eps = (float)a.eps;
         hp.weight_decay = (float)a.weight_decay; hp.clip_grad = (float)a.clip_grad;
         for (int mb = 0; mb < n_micro; mb++) {
-            arith_batch(rows, B, T, a.seed, (uint64_t)it * n_micro + mb);
+            task_batch(rows, B, T, a.seed, (uint64_t)it * n_micro + mb);
             MT_CHECK(upload_batch(&cx, &acts, rows, staging));
             MT_CHECK(mt_gpt_forward(&cx, &model, &acts, &scratch, 1.0f / (float)(n_micro * nb)));
             MT_CHECK(mt_copy(&cx, (char *)losses + mb * nb * sb, acts.losses, nb * sb));
@@ -380,8 +367,9 @@ int main(int argc, char **argv) {
     double total_s = (now_ms() - t_start) / 1e3;
     printf("trained %d iterations in %.1f s: lm loss %.4f -> %.4f\n", a.train_iters, total_s, first_loss, last_loss);
     if (synthetic) {
-        double acc = arith_accuracy(&cx, &model, &acts, &scratch, rows, staging, logits_row, a.seed);
-        printf("held-out accuracy: %.1f%% of the 1000 held-out sums answered exactly\n", 100.0 * acc);
+        uint32_t n_eval = a.eval_iters > 0 && a.eval_iters * B < TASK_EVAL ? (uint32_t)(a.eval_iters * B) : TASK_EVAL;
+        double acc = task_accuracy(&cx, &model, &acts, &scratch, rows, staging, logits_row, a.seed, n_eval);
+        printf("held-out accuracy: %.1f%% of %u held-out strings enciphered exactly\n", 100.0 * acc, n_eval);
     }
     mt_free(rows); mt_free(staging); mt_free(loss_host); mt_free(logits_row);
     mt_gpt_acts_free(&acts);
