@@ -11,6 +11,7 @@
 
 #include "mt/core.h"      // defines: mt_status, hooks, dtypes + RNE conversions, mt_tensor, mt_arena, Philox RNG
 #include "mt/data.h"      // defines: mt_indexed (Megatron .bin/.idx, llm.c tokens) + writer, GPT sample indices, blending, --split, mt_loader
+#include "mt/tokenizer.h" // defines: mt_tokenizer (byte-level; GPT-2 byte-level BPE from vocab.json+merges.txt or tokenizer.json), JSON strings
 #include "mt/cpu_ops.h"   // defines: mt_<op>_cpu_f32/_f64 reference ops (embedding, norms, matmul, GELU, SwiGLU, RoPE, attention, xent, AdamW)
 #ifdef __CUDACC__
 #include "kernels/kernels.cuh" // defines: mt_gpu_init, mt_<op>_gpu launchers (CUDA kernels, cuBLASLt GEMMs)
