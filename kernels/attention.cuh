@@ -179,6 +179,11 @@ mt__flash_fwd_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, c
         }
         __syncthreads();
         const uint32_t sK = sKa + st * BN * D * 2, sV = sVa + st * BN * D * 2;
+        /* causal: a key tile wholly after this warp's last row adds nothing (its barriers still run) */
+        if (causal && n0 > wr0 + MT * 16 - 1) {
+            __syncthreads();
+            continue;
+        }
 
         /* S = Q K^T */
         float s[MT][NN][4];
@@ -597,11 +602,9 @@ mt__flash_bwd_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_ac
 
 /* ------------------------------------------------------------------ launchers */
 
-#ifdef __cplusplus
-extern "C++" {
-#endif
-
-/* Tile shapes per head dim (forward: BM, BN, warps; backward: BM, BN with BN/16 warps). */
+/* Default tile shapes per head dim (forward: BM query rows, BN key rows, NW warps; backward: BM query
+ * rows, BN key rows, BN/16 warps). mt__flash_fwd_run / mt__flash_bwd_run take any valid shape (the
+ * benchmark times a few). */
 template <int D> struct mt__fa_cfg;
 template <> struct mt__fa_cfg<64> {
     enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128 };
@@ -610,13 +613,12 @@ template <> struct mt__fa_cfg<128> {
     enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128 };
 };
 
-template <int D>
+template <int D, int BM, int BN>
 static inline size_t mt__fa_fwd_smem() {
-    return (size_t)(mt__fa_cfg<D>::FWD_BM + 4 * mt__fa_cfg<D>::FWD_BN) * D * 2;
+    return (size_t)(BM + 4 * BN) * D * 2;
 }
-template <int D>
+template <int D, int BM, int BN>
 static inline size_t mt__fa_bwd_smem() {
-    const int BM = mt__fa_cfg<D>::BWD_BM, BN = mt__fa_cfg<D>::BWD_BN;
     return (size_t)2 * BN * D * 2 + (size_t)4 * BM * D * 2 + (size_t)BN * BM * 2 + (size_t)4 * BM * 4;
 }
 
@@ -626,28 +628,25 @@ static inline mt_status mt__fa_cuda(const char *where) {
     return MT_OK;
 }
 
-template <int D>
-static inline mt_status mt__flash_fwd_launch(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
-                                             int Hkv, int G, int causal) {
-    typedef mt__fa_cfg<D> C;
-    const size_t smem = mt__fa_fwd_smem<D>();
+template <int D, int BM, int BN, int NW>
+static inline mt_status mt__flash_fwd_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                          int Hkv, int G, int causal) {
+    const size_t smem = mt__fa_fwd_smem<D, BM, BN>();
     void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, float) =
-        mt__flash_fwd_kernel<D, C::FWD_BM, C::FWD_BN, C::FWD_NW>;
+        mt__flash_fwd_kernel<D, BM, BN, NW>;
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_fwd: cudaFuncSetAttribute");
-    dim3 grid((T + C::FWD_BM - 1) / C::FWD_BM, Hkv * G, B);
+    dim3 grid((T + BM - 1) / BM, Hkv * G, B);
     const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
-    k<<<grid, C::FWD_NW * 32, smem, (cudaStream_t)cx->stream>>>((__nv_bfloat16 *)out, lse,
-                                                               (const __nv_bfloat16 *)qkv, T, Hkv, G, causal,
-                                                               scale_log2);
+    k<<<grid, NW * 32, smem, (cudaStream_t)cx->stream>>>((__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)qkv, T,
+                                                        Hkv, G, causal, scale_log2);
     return mt__fa_cuda("mt_flash_attention_fwd");
 }
 
-template <int D>
-static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
-                                             const float *lse, const void *qkv, int B, int T, int Hkv, int G,
-                                             int causal, float *delta, float *dq_acc) {
-    typedef mt__fa_cfg<D> C;
+template <int D, int BM, int BN>
+static inline mt_status mt__flash_bwd_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                          const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
+                                          float *delta, float *dq_acc) {
     const int H = Hkv * G;
     cudaStream_t s = (cudaStream_t)cx->stream;
     {
@@ -657,17 +656,16 @@ static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const
         MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
     }
     {
-        const size_t smem = mt__fa_bwd_smem<D>();
+        const size_t smem = mt__fa_bwd_smem<D, BM, BN>();
         void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *,
-                  const __nv_bfloat16 *, int, int, int, int, float, float) =
-            mt__flash_bwd_kernel<D, C::BWD_BM, C::BWD_BN>;
+                  const __nv_bfloat16 *, int, int, int, int, float, float) = mt__flash_bwd_kernel<D, BM, BN>;
         if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
             return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
-        dim3 grid((T + C::BWD_BN - 1) / C::BWD_BN, Hkv, B);
+        dim3 grid((T + BN - 1) / BN, Hkv, B);
         const float scale = (float)(1.0 / sqrt((double)D));
         const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
-        k<<<grid, C::BWD_BN * 2, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
-                                            (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
+        k<<<grid, BN * 2, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
+                                     (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
         MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
     }
     {
@@ -679,9 +677,20 @@ static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const
     return MT_OK;
 }
 
-#ifdef __cplusplus
+template <int D>
+static inline mt_status mt__flash_fwd_launch(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                             int Hkv, int G, int causal) {
+    typedef mt__fa_cfg<D> C;
+    return mt__flash_fwd_run<D, C::FWD_BM, C::FWD_BN, C::FWD_NW>(cx, out, lse, qkv, B, T, Hkv, G, causal);
 }
-#endif
+template <int D>
+static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                             const float *lse, const void *qkv, int B, int T, int Hkv, int G,
+                                             int causal, float *delta, float *dq_acc) {
+    typedef mt__fa_cfg<D> C;
+    return mt__flash_bwd_run<D, C::BWD_BM, C::BWD_BN>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta,
+                                                      dq_acc);
+}
 
 MT_API int mt_flash_attention_supported(int D) { return D == 64 || D == 128; }
 
@@ -700,6 +709,13 @@ MT_API int mt__fa_misaligned(const void *p) { return ((uintptr_t)p & 15u) != 0; 
 MT_API size_t mt_flash_attention_bwd_workspace_nbytes(int B, int T, int Hkv, int G, int D) {
     const size_t rows = (size_t)B * T * Hkv * G;
     return ((rows * 4 + 255) & ~(size_t)255) + rows * (size_t)D * 4;
+}
+
+/* The workspace as delta (B,H,T) fp32 and the dQ accumulator (B,H,T,D) fp32. */
+MT_API void mt__fa_ws_split(void *ws, int B, int T, int Hkv, int G, float **delta, float **dq_acc) {
+    const size_t rows = (size_t)B * T * Hkv * G;
+    *delta = (float *)ws;
+    *dq_acc = (float *)((char *)ws + ((rows * 4 + 255) & ~(size_t)255));
 }
 
 /* out (B,T,H,D) bf16 and lse (B,H,T) fp32 from qkv (B,T,Hkv,G+2,D) bf16. */
@@ -728,9 +744,8 @@ MT_API mt_status mt_flash_attention_bwd(const mt_ctx *cx, void *dqkv, const void
         mt__fa_misaligned(out) || mt__fa_misaligned(qkv) || mt__fa_misaligned(workspace))
         return mt_errorf(MT_ERR_ARG, "mt_flash_attention_bwd: null or misaligned pointer (16-byte alignment)");
     causal = causal ? 1 : 0;
-    const size_t rows = (size_t)B * T * Hkv * G;
-    float *delta = (float *)workspace;
-    float *dq_acc = (float *)((char *)workspace + ((rows * 4 + 255) & ~(size_t)255));
+    float *delta, *dq_acc;
+    mt__fa_ws_split(workspace, B, T, Hkv, G, &delta, &dq_acc);
     if (D == 64) return mt__flash_bwd_launch<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     return mt__flash_bwd_launch<128>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }

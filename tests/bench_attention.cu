@@ -6,7 +6,8 @@
  * Each figure is the median of ITERS timed runs (CUDA events around each run) after warm-up;
  * backward is timed on its own (it includes its delta and dQ conversion kernels), fwd+bwd is one
  * forward plus one backward. Prints lines shaped like sdpa_bench.py's, then a table.
- *   ./build/bench_attention [iters]
+ * Then the same kernels with other tile shapes (causal only), to choose the defaults.
+ *   ./build/bench_attention [iters] [--no-variants]
  */
 #if defined(__has_include)
 #if __has_include("kernels/kernels.cuh")
@@ -83,8 +84,106 @@ static float time_ms(void (*fn)(const bench_args *), const bench_args *a, int it
     return med;
 }
 
+/* ---- tile-shape variants (causal): the same kernels with other (BM, BN, warps), each checked
+ * against the default shape's result on the same inputs (relative error, bf16 level expected). */
+typedef mt_status (*fwd_fn)(const mt_ctx *, void *, float *, const void *, int, int, int, int, int);
+typedef mt_status (*bwd_fn)(const mt_ctx *, void *, const void *, const void *, const float *, const void *, int, int,
+                            int, int, int, float *, float *);
+typedef struct { const char *name; int D; fwd_fn f; bwd_fn b; } variant;
+static const variant g_variants[] = {
+    {"fwd 128x64 w4 (default)", 64, mt__flash_fwd_run<64, 128, 64, 4>, NULL},
+    {"fwd 128x64 w8", 64, mt__flash_fwd_run<64, 128, 64, 8>, NULL},
+    {"fwd 64x64 w4", 64, mt__flash_fwd_run<64, 64, 64, 4>, NULL},
+    {"fwd 128x128 w8", 64, mt__flash_fwd_run<64, 128, 128, 8>, NULL},
+    {"bwd 64x128 w8 (default)", 64, NULL, mt__flash_bwd_run<64, 64, 128>},
+    {"bwd 128x128 w8", 64, NULL, mt__flash_bwd_run<64, 128, 128>},
+    {"bwd 64x64 w4", 64, NULL, mt__flash_bwd_run<64, 64, 64>},
+    {"fwd 128x64 w4 (default)", 128, mt__flash_fwd_run<128, 128, 64, 4>, NULL},
+    {"fwd 128x64 w8", 128, mt__flash_fwd_run<128, 128, 64, 8>, NULL},
+    {"fwd 64x64 w4", 128, mt__flash_fwd_run<128, 64, 64, 4>, NULL},
+    {"fwd 128x128 w8", 128, mt__flash_fwd_run<128, 128, 128, 8>, NULL},
+    {"fwd 128x32 w4", 128, mt__flash_fwd_run<128, 128, 32, 4>, NULL},
+    {"bwd 64x128 w8 (default)", 128, NULL, mt__flash_bwd_run<128, 64, 128>},
+    {"bwd 64x64 w4", 128, NULL, mt__flash_bwd_run<128, 64, 64>},
+};
+
+static const variant *g_cur_variant;
+static void run_variant(const bench_args *a) {
+    if (g_cur_variant->f) {
+        MT_CHECK(g_cur_variant->f(a->cx, a->out, a->lse, a->qkv, a->B, a->T, a->Hkv, a->G, a->causal));
+    } else {
+        float *delta, *dq_acc;
+        mt__fa_ws_split(a->ws, a->B, a->T, a->Hkv, a->G, &delta, &dq_acc);
+        MT_CHECK(g_cur_variant->b(a->cx, a->dqkv, a->dout, a->out, a->lse, a->qkv, a->B, a->T, a->Hkv, a->G,
+                                  a->causal, delta, dq_acc));
+    }
+}
+
+/* ||x - y|| / ||y|| of two bf16 device arrays of n elements (host side) */
+static double rel_diff(const void *x, const void *y, size_t n) {
+    uint16_t *hx = (uint16_t *)malloc(n * 2), *hy = (uint16_t *)malloc(n * 2);
+    CK(cudaMemcpy(hx, x, n * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(hy, y, n * 2, cudaMemcpyDeviceToHost));
+    double a = 0, b = 0;
+    for (size_t i = 0; i < n; i++) {
+        double u = mt_bf16_to_f32(hx[i]), v = mt_bf16_to_f32(hy[i]);
+        a += (u - v) * (u - v);
+        b += v * v;
+    }
+    free(hx);
+    free(hy);
+    return b > 0 ? sqrt(a / b) : sqrt(a);
+}
+
+static void run_variants(const mt_ctx *cx, void *qkv, void *dqkv, void *out, void *dout, float *lse, void *ws,
+                         size_t ws_nbytes, int iters) {
+    static const int Ts[] = {1024, 2048, 4096, 8192};
+    const size_t tokens = 16384, width = 2048;
+    void *ref;
+    CK(cudaMalloc(&ref, tokens * width * 3 * 2));
+    printf("\nvariants, causal, TFLOP/s at T = 1024 / 2048 / 4096 / 8192 (rel. diff vs default at T=1024)\n");
+    for (size_t vi = 0; vi < sizeof g_variants / sizeof g_variants[0]; vi++) {
+        const variant *v = &g_variants[vi];
+        g_cur_variant = v;
+        double tf[4], diff = 0;
+        for (int ti = 0; ti < 4; ti++) {
+            bench_args a;
+            a.cx = cx; a.out = out; a.dout = dout; a.qkv = qkv; a.dqkv = dqkv; a.ws = ws; a.lse = lse;
+            a.ws_nbytes = ws_nbytes;
+            a.T = Ts[ti]; a.B = (int)(tokens / a.T); a.D = v->D; a.Hkv = (int)(width / v->D); a.G = 1; a.causal = 1;
+            const size_t n_out = tokens * width, n_qkv = n_out * 3;
+            if (ti == 0) { /* reference result from the default shapes, then this variant's */
+                run_fwd(&a);
+                if (v->f) {
+                    CK(cudaMemcpy(ref, out, n_out * 2, cudaMemcpyDeviceToDevice));
+                    run_variant(&a);
+                    CK(cudaDeviceSynchronize());
+                    diff = rel_diff(out, ref, n_out);
+                } else {
+                    run_bwd(&a);
+                    CK(cudaMemcpy(ref, dqkv, n_qkv * 2, cudaMemcpyDeviceToDevice));
+                    run_variant(&a);
+                    CK(cudaDeviceSynchronize());
+                    diff = rel_diff(dqkv, ref, n_qkv);
+                }
+            } else if (!v->f) {
+                run_fwd(&a); /* lse and out for this T */
+            }
+            const double f = 4.0 * a.B * a.Hkv * (double)a.T * a.T * a.D / 2 * (v->f ? 1.0 : 2.5);
+            tf[ti] = f / time_ms(run_variant, &a, iters) / 1e9;
+        }
+        printf("  hd%-3d %-26s %4.0f %4.0f %4.0f %4.0f   (%.1e)\n", v->D, v->name, tf[0], tf[1], tf[2], tf[3], diff);
+        fflush(stdout);
+    }
+    CK(cudaFree(ref));
+}
+
 int main(int argc, char **argv) {
-    int iters = argc > 1 ? atoi(argv[1]) : 20;
+    int iters = 20, variants = 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--no-variants")) variants = 0;
+        else iters = atoi(argv[i]);
+    }
     if (iters < 1) iters = 1;
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -150,6 +249,7 @@ int main(int argc, char **argv) {
         for (int ti = 0; ti < 4; ti++)
             printf("| hd%d T=%d | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f |\n", Ds[di], Ts[ti], res[di][ti][0][0],
                    res[di][ti][0][1], res[di][ti][0][2], res[di][ti][1][0], res[di][ti][1][1], res[di][ti][1][2]);
+    if (variants) run_variants(&cx, qkv, dqkv, out, dout, lse, ws, ws_nbytes, iters);
     CK(cudaStreamDestroy(stream));
     cudaFree(qkv); cudaFree(dqkv); cudaFree(out); cudaFree(dout); cudaFree(lse); cudaFree(ws);
     return 0;
