@@ -3,7 +3,8 @@
 #   make test       every CPU test, again under ASan+UBSan, and the CUDA build (CI runs this)
 #   make train      train the default small GPT (GPU build when a GPU is present)
 #   make test-gpu   every kernel against the CPU reference (needs a GPU)
-#   make bench      kernel and training benchmarks (needs a GPU)
+#   make bench      kernel and training benchmarks beside the PyTorch peers (needs a GPU)
+#   make gpu-check  all of the GPU work in one run: tests, trainer checks, benchmarks
 
 CC      := gcc
 NVCC    ?= nvcc
@@ -60,11 +61,16 @@ test: $(addprefix build/test/,$(TESTS)) $(addprefix build/san/,$(TESTS)) samples
 train: all
 	@if [ -x build/train_gpt_cuda ] && nvidia-smi -L >/dev/null 2>&1; then ./build/train_gpt_cuda; else ./build/train_gpt; fi
 
-test-gpu: $(GPU_TESTS)
+test-gpu: $(GPU_TESTS) all
 	@sh tests/run_tests.sh $(GPU_TESTS)
+	@sh tests/gpu_check.sh check
 
-bench: $(BENCHES) cuda
-	@for b in $(BENCHES); do ./$$b || exit 1; done
+bench: $(BENCHES) all
+	@sh tests/gpu_check.sh bench train-bench
+
+# Everything a GPU machine should run, in one go (tests, trainer checks, benchmarks, peers).
+gpu-check: all $(GPU_TESTS) $(BENCHES)
+	@sh tests/gpu_check.sh check bench train-bench
 
 clean:
 	rm -rf build

@@ -281,6 +281,7 @@ MT_API void mt_gpt_init_values(const mt_gpt *m, float *host) {
     for (int i = 0; i < m->n_params; i++) {
         const mt_param *p = &m->params[i];
         float *dst = host + p->offset;
+#pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < p->rows; r++)
             for (int64_t c = 0; c < p->cols; c++) {
                 uint64_t gi = (uint64_t)((p->row0 + r) * p->gcols + p->col0 + c);

@@ -11,7 +11,6 @@
 #include "megatron.h"
 #include <time.h>
 #include <errno.h>
-#include <sys/stat.h>
 
 /* ------------------------------------------------------------------ arguments */
 
@@ -20,7 +19,7 @@ typedef struct args {
     int seq_len, micro_batch, global_batch, train_iters, world_size;
     double lr, min_lr, weight_decay, clip_grad, beta1, beta2, eps;
     int warmup_iters, decay_iters;
-    const char *decay_style;
+    const char *decay_style, *split;
     uint64_t seed;
     const char *data_path[16];
     int n_data_path;
@@ -36,7 +35,7 @@ static void usage(void) {
             "  --micro-batch-size N  --global-batch-size N  --train-iters N\n"
             "  --lr X  --min-lr X  --lr-warmup-iters N  --lr-decay-iters N  --lr-decay-style cosine|linear|constant\n"
             "  --weight-decay X  --clip-grad X  --adam-beta1 X  --adam-beta2 X  --adam-eps X  --seed N\n"
-            "  --data-path PATH...  --eval-interval N  --eval-iters N  --log-interval N\n"
+            "  --data-path [W] PREFIX...  --split 949,50,1  --eval-interval N  --eval-iters N  --log-interval N\n"
             "  --world-size N  --device N  --bf16 | --fp32\n");
 }
 
@@ -125,6 +124,7 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (!strcmp(f, "--adam-beta1")) ok = parse_double(f, v, 0, 1, &a->beta1);
         else if (!strcmp(f, "--adam-beta2")) ok = parse_double(f, v, 0, 1, &a->beta2);
         else if (!strcmp(f, "--adam-eps")) ok = parse_double(f, v, 1e-30, 1, &a->eps);
+        else if (!strcmp(f, "--split")) a->split = v;
         else if (!strcmp(f, "--lr-decay-style")) {
             if (strcmp(v, "cosine") && strcmp(v, "linear") && strcmp(v, "constant"))
                 return fail("bad value '%s' for %s (cosine, linear or constant)", v, f);
@@ -253,6 +253,50 @@ static double task_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, m
     return total ? (double)right / total : 0;
 }
 
+/* " | loader wait (ms): x" for the line of an iteration that read files. */
+static const char *loader_note(const mt_loader *ld) {
+    static char buf[64];
+    snprintf(buf, sizeof buf, " | loader wait (ms): %.2f", ld->total_wait_ms / (ld->steps ? ld->steps : 1));
+    return buf;
+}
+
+/* The validation loss: the mean per-token loss over `iters` micro-batches of the valid split. */
+static mt_status evaluate(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s, mt_loader *valid,
+                          int32_t *rows, int32_t *staging, int iters, float *loss_host, int it) {
+    size_t N = (size_t)a->B * a->T;
+    double sum = 0;
+    for (int i = 0; i < iters; i++) {
+        MT_TRY(mt_loader_next(valid, rows));
+        MT_TRY(upload_batch(cx, a, rows, staging));
+        MT_TRY(mt_gpt_forward(cx, m, a, s, 0.0f));
+        MT_TRY(mt_copy_to_f32(cx, loss_host, a->losses, mt_stat_dtype(cx), N));
+        for (size_t k = 0; k < N; k++) sum += loss_host[k];
+    }
+    printf("validation loss at iteration %d | lm loss: %.6E | over %d micro-batches\n", it, sum / ((double)N * iters), iters);
+    return MT_OK;
+}
+
+/* The median step time after the first two iterations, tokens/s, MFU (6N + 12·L·C·T FLOPs per
+ * token, N without position embeddings, against an H100's 989 dense bf16 TFLOP/s) and peak memory. */
+static void print_speed(const args *a, const mt_gpt_config *c, double *step_ms, int gpu) {
+    int skip = a->train_iters > 4 ? 2 : 0, n = a->train_iters - skip;
+    double *v = step_ms + skip;
+    for (int i = 1; i < n; i++)  /* insertion sort: n is small */
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) { double t = v[j]; v[j] = v[j - 1]; v[j - 1] = t; }
+    double med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+    double tok_s = a->global_batch * (double)a->seq_len / (med / 1e3);
+    double flops = 6.0 * (double)mt_gpt_num_params(c, 0) + 12.0 * c->n_layer * c->n_embd * (double)a->seq_len;
+    double peak_gib = 0;
+#ifdef __CUDACC__
+    size_t free_b = 0, total_b = 0;
+    if (gpu && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) peak_gib = (double)(total_b - free_b) / (1 << 30);
+#endif
+    printf("speed: median step %.2f ms | %.0f tokens/s | %.1f TFLOP/s | MFU %.1f%% of 989 TFLOP/s", med, tok_s,
+           tok_s * flops / 1e12, 100.0 * tok_s * flops / 989e12);
+    if (gpu) printf(" | device memory in use %.2f GiB", peak_gib);
+    printf("\n");
+}
+
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
@@ -268,20 +312,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "train_gpt: the synthetic task needs --seq-length >= %d (got %d)\n", 2 * TASK_LEN, a.seq_len);
         return 1;
     }
-    for (int i = 0; i < a.n_data_path; i++) {
-        struct stat sb;
-        char bin[4096];
-        snprintf(bin, sizeof bin, "%s.bin", a.data_path[i]);
-        if (stat(a.data_path[i], &sb) != 0 && stat(bin, &sb) != 0) {
-            fprintf(stderr, "train_gpt: --data-path '%s': neither '%s' nor '%s' exists\n", a.data_path[i],
-                    a.data_path[i], bin);
-            return 1;
-        }
-    }
-    if (!synthetic) {
-        fprintf(stderr, "train_gpt: reading --data-path needs mt/data.h, which this build does not have yet\n");
-        return 1;
-    }
     if (a.world_size > 1) {
         fprintf(stderr, "train_gpt: --world-size %d: parallel ranks are not wired into this trainer yet\n",
                 a.world_size);
@@ -290,7 +320,28 @@ int main(int argc, char **argv) {
     if (mt_gpt_config_resolve(&a.model, 1) != MT_OK) return 1;
     if (!a.model.padded_vocab || a.model.vocab_size < 128) a.model.padded_vocab = (a.model.vocab_size + 7) / 8 * 8;
 
-    /* 1. Where to run: the GPU when this is the nvcc build and one is present. */
+    /* 1. The data: Megatron .bin/.idx (or llm.c) token files, or the synthetic task. */
+    mt_loader train_data, valid_data;
+    memset(&train_data, 0, sizeof train_data);
+    memset(&valid_data, 0, sizeof valid_data);
+    if (!synthetic) {
+        mt_data_path dp;
+        if (mt_parse_data_path(a.data_path, a.n_data_path, &dp) != MT_OK) return 1;
+        mt_loader_config lc;
+        memset(&lc, 0, sizeof lc);
+        lc.paths = (const char *const *)dp.paths; lc.weights = dp.weights; lc.n_paths = dp.n; lc.split = a.split;
+        lc.seq_len = a.seq_len; lc.micro_batch = a.micro_batch; lc.seed = a.seed; lc.vocab_size = a.model.vocab_size;
+        lc.num_samples = (int64_t)a.train_iters * a.global_batch;
+        if (mt_loader_open(&train_data, &lc) != MT_OK) return 1;
+        if (a.eval_iters > 0 && a.eval_interval > 0) {
+            lc.split_index = 1;
+            lc.num_samples = (int64_t)(a.train_iters / a.eval_interval + 1) * a.eval_iters * a.micro_batch;
+            if (mt_loader_open(&valid_data, &lc) != MT_OK) return 1;
+        }
+        mt_data_path_free(&dp);
+    }
+
+    /* 2. Where to run: the GPU when this is the nvcc build and one is present. */
     mt_ctx cx;
     memset(&cx, 0, sizeof cx);
     cx.dtype = MT_F32;
@@ -303,7 +354,7 @@ int main(int argc, char **argv) {
     if (a.dtype_flag == 2) fprintf(stderr, "train_gpt: --bf16 needs the GPU build; the CPU computes in fp32\n");
 #endif
 
-    /* 2. The model (one pipeline stage holding every layer), its optimizer, and one arena. */
+    /* 3. The model (one pipeline stage holding every layer), its optimizer, and one arena. */
     int B = a.micro_batch, T = a.seq_len, n_micro = a.global_batch / a.micro_batch;
     mt_gpt model;
     MT_CHECK(mt_gpt_init(&cx, &model, &a.model, NULL, 0, 0));
@@ -333,8 +384,9 @@ int main(int argc, char **argv) {
     printf("batch: %d x %d tokens (micro-batch %d, %d accumulation steps), %d iterations, %s\n", a.global_batch, T,
            B, n_micro, a.train_iters, synthetic ? "synthetic task: encipher 5 digits (1 string in 10 held out)" : "data");
 
-    /* 3. Train. */
-    double first_loss = 0, last_loss = 0, t_start = now_ms();
+    /* 4. Train. */
+    double first_loss = 0, last_loss = 0, t_start = now_ms(), *step_ms;
+    MT_CHECK(mt_calloc(sizeof(double) * a.train_iters, (void **)&step_ms));
     size_t sb = mt_dtype_size(mt_stat_dtype(&cx)), nb = (size_t)B * T;
     for (int it = 0; it < a.train_iters; it++) {
         double t0 = now_ms();
@@ -343,7 +395,8 @@ int main(int argc, char **argv) {
         hp.beta1 = (float)a.beta1; hp.beta2 = (float)a.beta2; hp.eps = (float)a.eps;
         hp.weight_decay = (float)a.weight_decay; hp.clip_grad = (float)a.clip_grad;
         for (int mb = 0; mb < n_micro; mb++) {
-            task_batch(rows, B, T, a.seed, (uint64_t)it * n_micro + mb);
+            if (synthetic) task_batch(rows, B, T, a.seed, (uint64_t)it * n_micro + mb);
+            else MT_CHECK(mt_loader_next(&train_data, rows));
             MT_CHECK(upload_batch(&cx, &acts, rows, staging));
             MT_CHECK(mt_gpt_forward(&cx, &model, &acts, &scratch, 1.0f / (float)(n_micro * nb)));
             MT_CHECK(mt_copy(&cx, (char *)losses + mb * nb * sb, acts.losses, nb * sb));
@@ -356,21 +409,28 @@ int main(int argc, char **argv) {
         loss /= (double)(n_micro * nb);
         MT_CHECK(mt_optim_grad_norm(&cx, &opt, &gnorm));
         double ms = now_ms() - t0;
+        step_ms[it] = ms;
         if (it == 0) first_loss = loss;
         last_loss = loss;
         if ((it + 1) % a.log_interval == 0 || it == 0 || it + 1 == a.train_iters)
             printf("iteration %6d/%6d | lm loss: %.6E | grad norm: %.4f | lr: %.4E | elapsed time per iteration "
-                   "(ms): %.1f | tokens/s: %.0f\n", it + 1, a.train_iters, loss, gnorm, hp.lr, ms,
-                   a.global_batch * (double)T / (ms / 1e3));
+                   "(ms): %.1f | tokens/s: %.0f%s\n", it + 1, a.train_iters, loss, gnorm, hp.lr, ms,
+                   a.global_batch * (double)T / (ms / 1e3), synthetic ? "" : loader_note(&train_data));
+        if (!synthetic && valid_data.seq_len && ((it + 1) % a.eval_interval == 0 || it + 1 == a.train_iters))
+            MT_CHECK(evaluate(&cx, &model, &acts, &scratch, &valid_data, rows, staging, a.eval_iters, loss_host, it + 1));
         fflush(stdout);
     }
     double total_s = (now_ms() - t_start) / 1e3;
     printf("trained %d iterations in %.1f s: lm loss %.4f -> %.4f\n", a.train_iters, total_s, first_loss, last_loss);
+    print_speed(&a, &model.cfg, step_ms, cx.device.type == MT_CUDA);
+    mt_free(step_ms);
     if (synthetic) {
         uint32_t n_eval = a.eval_iters > 0 && a.eval_iters * B < TASK_EVAL ? (uint32_t)(a.eval_iters * B) : TASK_EVAL;
         double acc = task_accuracy(&cx, &model, &acts, &scratch, rows, staging, logits_row, a.seed, n_eval);
         printf("held-out accuracy: %.1f%% of %u held-out strings enciphered exactly\n", 100.0 * acc, n_eval);
     }
+    mt_loader_close(&train_data);
+    if (valid_data.seq_len) mt_loader_close(&valid_data);
     mt_free(rows); mt_free(staging); mt_free(loss_host); mt_free(logits_row);
     mt_gpt_acts_free(&acts);
     mt_arena_free(&arena);

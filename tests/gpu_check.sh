@@ -1,0 +1,65 @@
+#!/bin/sh
+# One device call: every GPU test, the trainer's GPU-vs-CPU checks, and the benchmarks next to the
+# PyTorch peers. Build first (`make all test-cuda-build`); logs go to $OUT (or build/gpu-logs) and
+# a short summary is printed last.
+#   sh tests/gpu_check.sh [check] [bench] [train-bench]      (default: check)
+#   ANCHORS=dir   where the peers' scripts are (default ../shared/anchors)
+set -u
+export NCCL_NVLS_ENABLE=0
+out=${OUT:-build/gpu-logs}
+mkdir -p "$out"
+anchors=${ANCHORS:-../shared/anchors}
+what=" ${*:-check} "
+summary="$out/summary.txt"
+: > "$summary"
+note() { echo "$*" | tee -a "$summary"; }
+has() { case "$what" in *" $1 "*) return 0 ;; esac; return 1; }
+
+# max relative difference of the "lm loss" columns of two trainer logs, line by line
+compare_losses() {
+    paste "$1" "$2" | awk -F'\t' '/lm loss/ {
+        split($1, a, "lm loss: "); split($2, b, "lm loss: "); x = a[2] + 0; y = b[2] + 0;
+        d = (x > y ? x - y : y - x) / x; if (d > m) m = d; n++; last = sprintf("%.6f vs %.6f", x, y) }
+        END { printf "%d iterations compared, max relative difference %.2e, last %s", n, m, last }'
+}
+
+nvidia-smi -L
+
+if has check; then
+    for t in gpu_kernels gpu_attention; do
+        ./build/$t > "$out/$t.log" 2>&1
+        note "$t (exit $?): $(tail -n 1 "$out/$t.log")"
+    done
+    small="--train-iters 10 --eval-iters 1 --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 48"
+    ./build/train_gpt $small > "$out/cpu10.log" 2>&1
+    ./build/train_gpt_cuda --fp32 $small > "$out/gpu10.log" 2>&1
+    note "fp32 GPU vs CPU: $(compare_losses "$out/cpu10.log" "$out/gpu10.log")"
+    mid="--train-iters 100 --eval-iters 4 --num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length 192 --micro-batch-size 16 --lr 1e-3"
+    ./build/train_gpt_cuda --fp32 $mid > "$out/fp32_100.log" 2>&1
+    ./build/train_gpt_cuda --bf16 $mid > "$out/bf16_100.log" 2>&1
+    note "bf16 vs fp32 on the GPU: $(compare_losses "$out/fp32_100.log" "$out/bf16_100.log")"
+    note "fp32: $(grep -h 'held-out' "$out/fp32_100.log")  bf16: $(grep -h 'held-out' "$out/bf16_100.log")"
+fi
+
+if has bench; then
+    ./build/bench_kernels > "$out/bench_kernels.log" 2>&1
+    note "bench_kernels exit $?"
+    ./build/bench_attention > "$out/bench_attention.log" 2>&1
+    note "bench_attention exit $?"
+    python3 "$anchors/sdpa_bench.py" flash > "$out/sdpa_flash.log" 2>&1
+    python3 "$anchors/sdpa_bench.py" > "$out/sdpa_default.log" 2>&1
+fi
+
+if has train-bench; then
+    for cfg in "d12 12 768 12 32" "d24 24 1024 16 16" "d48 48 1600 25 8"; do
+        set -- $cfg
+        ./build/train_gpt_cuda --bf16 --num-layers $2 --hidden-size $3 --num-attention-heads $4 --micro-batch-size $5 \
+            --seq-length 1024 --vocab-size 50304 --train-iters 20 --eval-iters 1 --log-interval 5 > "$out/train_$1.log" 2>&1
+        note "ours $1 B=$5: $(grep -h '^speed:' "$out/train_$1.log" || tail -n 2 "$out/train_$1.log")"
+    done
+    PYTHONUNBUFFERED=1 python3 "$anchors/torch_gpt.py" d12 d24 d48 > "$out/torch_gpt.log" 2>&1
+    grep RESULT "$out/torch_gpt.log" | tee -a "$summary"
+fi
+
+echo "==== summary"
+cat "$summary"
