@@ -321,21 +321,20 @@ mt__flash_fwd_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, c
 
 /* ------------------------------------------------------------------ backward */
 
-/* delta (B,H,T) = rowsum(dout * out) in fp32; zero dq_acc (B,H,T,D). One warp per (b, t, h) row. */
+/* delta (B,H,T) = rowsum(dout * out) in fp32; zero dq_acc (B,H,T,D). One thread per 16-byte chunk of a
+ * (b, t, h) row; the D/8 lanes of a row (a power of two dividing 32) reduce by shuffles. */
 __global__ void mt__flash_bwd_pre_kernel(float *__restrict__ delta, float *__restrict__ dq_acc,
                                          const __nv_bfloat16 *__restrict__ dout, const __nv_bfloat16 *__restrict__ out,
                                          int B, int T, int H, int D) {
-    const int lane = threadIdx.x & 31;
-    const size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= (size_t)B * T * H) return;
-    const int h = (int)(row % H);
-    const size_t bt = row / H;
-    const int t = (int)(bt % T), b = (int)(bt / T);
-    const __nv_bfloat16 *po = out + row * D, *pd = dout + row * D;
+    const int CPR = D / 8;
+    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const size_t nrows = (size_t)B * T * H;
+    const size_t row = i / CPR; /* (b, t, h); whole rows per warp, so the shuffles below see one row */
+    const int c = (int)(i % CPR);
     float acc = 0.f;
-    for (int c = lane; c < D / 8; c += 32) {
-        uint4 vo = *reinterpret_cast<const uint4 *>(po + c * 8);
-        uint4 vd = *reinterpret_cast<const uint4 *>(pd + c * 8);
+    if (row < nrows) {
+        uint4 vo = *reinterpret_cast<const uint4 *>(out + row * D + c * 8);
+        uint4 vd = *reinterpret_cast<const uint4 *>(dout + row * D + c * 8);
         const __nv_bfloat162 *ho = reinterpret_cast<const __nv_bfloat162 *>(&vo);
         const __nv_bfloat162 *hd = reinterpret_cast<const __nv_bfloat162 *>(&vd);
 #pragma unroll
@@ -345,12 +344,18 @@ __global__ void mt__flash_bwd_pre_kernel(float *__restrict__ delta, float *__res
             acc = fmaf(fo.y, fd.y, acc);
         }
     }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    const size_t bht = ((size_t)b * H + h) * T + t;
-    if (lane == 0) delta[bht] = acc;
-    float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int c = lane; c < D / 4; c += 32) reinterpret_cast<float4 *>(dq_acc + bht * D)[c] = z;
+    for (int off = 1; off < CPR; off <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (row < nrows) {
+        const int h = (int)(row % H);
+        const size_t bt = row / H;
+        const int t = (int)(bt % T), b = (int)(bt / T);
+        const size_t bht = ((size_t)b * H + h) * T + t;
+        if (c == 0) delta[bht] = acc;
+        float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+        float4 *dst = reinterpret_cast<float4 *>(dq_acc + bht * D + c * 8);
+        dst[0] = z;
+        dst[1] = z;
+    }
 }
 
 /* dqkv's query slots = bf16(dq_acc * scale). One thread per 8 elements. */
@@ -650,8 +655,8 @@ static inline mt_status mt__flash_bwd_run(const mt_ctx *cx, void *dqkv, const vo
     const int H = Hkv * G;
     cudaStream_t s = (cudaStream_t)cx->stream;
     {
-        const size_t rows = (size_t)B * T * H;
-        mt__flash_bwd_pre_kernel<<<(unsigned)((rows + 7) / 8), 256, 0, s>>>(
+        const size_t n = (size_t)B * T * H * (D / 8);
+        mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
             delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
         MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
     }

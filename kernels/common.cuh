@@ -104,6 +104,8 @@ struct mt_gpu_state {
                                    0: plain GEMMs + separate kernels (tests check both) */
     mt__matmul_plan plans[MT_GPU_MATMUL_CACHE]; /* heuristic cache, round-robin replacement */
     int next_plan;
+    struct { const void *fn; int threads, blocks; } occ[16]; /* resident blocks per SM, per kernel */
+    int next_occ;
 };
 
 #ifdef __cplusplus
@@ -253,6 +255,25 @@ MT_API unsigned mt__ew_grid(const mt_ctx *cx, size_t npk) {
     return want ? (unsigned)want : 1u;
 }
 
+
+/* Blocks of `fn` with `threads` threads that fit on one SM at once (cached; at least 1). */
+MT_API int mt__occupancy(const mt_ctx *cx, const void *fn, int threads) {
+    struct mt_gpu_state *g = cx->gpu;
+    for (int i = 0; i < 16; i++)
+        if (g->occ[i].fn == fn && g->occ[i].threads == threads) return g->occ[i].blocks;
+    int blocks = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, threads, 0) != cudaSuccess) {
+        cudaGetLastError();
+        blocks = 1;
+    }
+    if (blocks < 1) blocks = 1;
+    int i = g->next_occ;
+    g->next_occ = (i + 1) % 16;
+    g->occ[i].fn = fn;
+    g->occ[i].threads = threads;
+    g->occ[i].blocks = blocks;
+    return blocks;
+}
 
 /* ------------------------------------------------------------------ device helpers */
 

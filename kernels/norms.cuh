@@ -11,17 +11,18 @@
  * Layout of the work: one thread block per row, the row held in registers (each thread owns NP
  * 16-byte packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block reduction.
  * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
- * kernels run with scalar accesses (any C).  The backward runs a fixed grid of blocks over the
- * rows, each accumulating its rows' dw/db contributions in registers and writing one partial row
- * to the scratch; a second kernel adds the partials in block order to dw/db: deterministic, no
- * atomics.
+ * kernels run with scalar accesses (any C).  The backward runs as many blocks as fit on the GPU at
+ * once (at most 1024), each walking rows blockIdx.x + k*gridDim.x with the next row prefetched,
+ * accumulating its rows' dw/db contributions in registers and writing one partial row to the
+ * scratch; a second kernel adds the partials in block order to dw/db.  Deterministic (the order
+ * depends on N, C and the device only), no atomics.
  */
 #ifndef MT_KERNELS_NORMS_CUH
 #define MT_KERNELS_NORMS_CUH
 #include "common.cuh"
 
 #define MT__NORM_EPS 1e-5f
-#define MT__NORM_BWD_MAX_BLOCKS 512
+#define MT__NORM_BWD_MAX_BLOCKS 1024
 
 /* ------------------------------------------------------------------ kernels */
 
@@ -116,7 +117,9 @@ __global__ void mt__rmsnorm_fwd_kernel(T *__restrict__ out, float *__restrict__ 
 }
 
 /* Backward of both norms.  RMS = 0: LayerNorm (mean used, partial rows dw then db);
- * RMS = 1: RMSNorm (mean ignored, partial rows dw only).  partial: (gridDim.x, NV, C) or NULL. */
+ * RMS = 1: RMSNorm (mean ignored, partial rows dw only).  partial: (gridDim.x, NV, C) or NULL.
+ * Each block walks rows blockIdx.x, + gridDim.x, ...; the next row's inp and dout are loaded
+ * before the current row's reduction, so loads stay in flight across the barriers. */
 template <typename T, int VEC, int NP, int RMS>
 __global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const T *__restrict__ dout, const T *dresid,
                                     const T *__restrict__ inp, const T *__restrict__ w,
@@ -129,8 +132,34 @@ __global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const 
 #pragma unroll
         for (int k = 0; k < VEC; k++) dwacc[p][k] = dbacc[p][k] = 0.0f;
 
-    for (int row = blockIdx.x; row < N; row += gridDim.x) {
+    mt__vec<T, VEC> nx[NP], ng[NP]; /* the row being prefetched */
+    int row = blockIdx.x;
+    if (row < N) {
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            int c = (p * blockDim.x + threadIdx.x) * VEC;
+            if (c < C) {
+                nx[p] = mt__ldcs<T, VEC>(inp + (size_t)row * C + c);
+                ng[p] = mt__ldcs<T, VEC>(dout + (size_t)row * C + c);
+            }
+        }
+    }
+    for (; row < N; row += gridDim.x) {
         size_t off = (size_t)row * C;
+        mt__vec<T, VEC> cx[NP], cg[NP];
+#pragma unroll
+        for (int p = 0; p < NP; p++) { cx[p] = nx[p]; cg[p] = ng[p]; }
+        int next = row + gridDim.x;
+        if (next < N) {
+#pragma unroll
+            for (int p = 0; p < NP; p++) {
+                int c = (p * blockDim.x + threadIdx.x) * VEC;
+                if (c < C) {
+                    nx[p] = mt__ldcs<T, VEC>(inp + (size_t)next * C + c);
+                    ng[p] = mt__ldcs<T, VEC>(dout + (size_t)next * C + c);
+                }
+            }
+        }
         float m = RMS ? 0.0f : mean[row], s = rstd[row];
         float xh[NP][VEC], wd[NP][VEC], dv[NP][VEC];
         float acc[2] = {0.0f, 0.0f};
@@ -138,13 +167,11 @@ __global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const 
         for (int p = 0; p < NP; p++) {
             int c = (p * blockDim.x + threadIdx.x) * VEC;
             if (c < C) {
-                mt__vec<T, VEC> xv = mt__ldcs<T, VEC>(inp + off + c);
-                mt__vec<T, VEC> gv = mt__ldcs<T, VEC>(dout + off + c);
                 mt__vec<T, VEC> wv = mt__ld<T, VEC>(w + c);
 #pragma unroll
                 for (int k = 0; k < VEC; k++) {
-                    xh[p][k] = (mt__f(xv.v[k]) - m) * s;
-                    dv[p][k] = mt__f(gv.v[k]);
+                    xh[p][k] = (mt__f(cx[p].v[k]) - m) * s;
+                    dv[p][k] = mt__f(cg[p].v[k]);
                     wd[p][k] = mt__f(wv.v[k]) * dv[p][k];
                     acc[0] += wd[p][k];
                     acc[1] += wd[p][k] * xh[p][k];
@@ -250,6 +277,26 @@ MT_API mt_status mt__row_geom(const char *op, int C, int vec, int max_threads, i
             }                                                                                    \
         }                                                                                        \
     } while (0)
+/* *occ = resident blocks per SM of the KERNEL(VEC, NP) instance that MT__ROW_LAUNCH would pick */
+#define MT__ROW_OCC(vec, np, KERNEL, threads, occ)                                                          \
+    do {                                                                                                    \
+        constexpr int PW = mt__pack_width<T>::value;                                                        \
+        if ((vec) == PW) {                                                                                  \
+            switch (np) {                                                                                   \
+                case 1: *(occ) = mt__occupancy(cx, (const void *)KERNEL(PW, 1), threads); break; \
+                case 2: *(occ) = mt__occupancy(cx, (const void *)KERNEL(PW, 2), threads); break; \
+                case 4: *(occ) = mt__occupancy(cx, (const void *)KERNEL(PW, 4), threads); break; \
+                default: *(occ) = mt__occupancy(cx, (const void *)KERNEL(PW, 8), threads); break; \
+            }                                                                                               \
+        } else {                                                                                            \
+            switch (np) {                                                                                   \
+                case 1: *(occ) = mt__occupancy(cx, (const void *)KERNEL(1, 1), threads); break;  \
+                case 2: *(occ) = mt__occupancy(cx, (const void *)KERNEL(1, 2), threads); break;  \
+                case 4: *(occ) = mt__occupancy(cx, (const void *)KERNEL(1, 4), threads); break;  \
+                default: *(occ) = mt__occupancy(cx, (const void *)KERNEL(1, 8), threads); break; \
+            }                                                                                               \
+        }                                                                                                   \
+    } while (0)
 #define MT__LNF(V, P) mt__layernorm_fwd_kernel<T, V, P>
 #define MT__RMSF(V, P) mt__rmsnorm_fwd_kernel<T, V, P>
 #define MT__LNB(V, P) mt__norm_bwd_kernel<T, V, P, 0>
@@ -294,7 +341,14 @@ static inline mt_status mt__norm_bwd_launch(const mt_ctx *cx, const char *op, in
     MT_TRY(mt__row_geom(op, C, vec, 512, &np, &threads));
     int want = dw || db;
     size_t per_blk = (size_t)NV * C * sizeof(float);
-    int nblk = N < MT__NORM_BWD_MAX_BLOCKS ? N : MT__NORM_BWD_MAX_BLOCKS;
+    /* as many blocks as fit on the GPU at once (each then walks ~N/nblk rows), at most 1024: the
+     * partition, hence the summation order, depends only on N, C and the device */
+    int occ = 0;
+    if (rms) MT__ROW_OCC(vec, np, MT__RMSB, threads, &occ);
+    else MT__ROW_OCC(vec, np, MT__LNB, threads, &occ);
+    int nblk = cx->gpu->sm_count * (occ > 0 ? occ : 1);
+    if (nblk > MT__NORM_BWD_MAX_BLOCKS) nblk = MT__NORM_BWD_MAX_BLOCKS;
+    if (nblk > N) nblk = N;
     if (want && (size_t)nblk * per_blk > cx->gpu->scratch_nbytes) nblk = (int)(cx->gpu->scratch_nbytes / per_blk);
     if (nblk < 1)
         return mt_errorf(MT_ERR_UNSUPPORTED, "%s: C = %d needs %zu bytes of scratch, have %zu", op, C, per_blk,

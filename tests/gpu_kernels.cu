@@ -341,8 +341,7 @@ static void test_gelu_residual(void) {
             mt_gelu_fwd_cpu_f32(out, x, n);
             mt_gelu_bwd_cpu_f32(dx, x, g, n);
             mt_residual_fwd_cpu_f32(sum, x, y, n);
-            char *bx = (char *)dup_dev(dt, x, n + 1), *bg = (char *)dup_dev(dt, g, n + 1);
-            char *by = (char *)dup_dev(dt, y, n + 1);
+            char *bx = (char *)dup_dev(dt, x, n), *bg = (char *)dup_dev(dt, g, n), *by = (char *)dup_dev(dt, y, n);
             void *dxv = dmalloc((n + 1) * es), *dgv = dmalloc((n + 1) * es), *dyv = dmalloc((n + 1) * es);
             cudaMemcpy((char *)dxv + off * es, bx, n * es, cudaMemcpyDeviceToDevice);
             cudaMemcpy((char *)dgv + off * es, bg, n * es, cudaMemcpyDeviceToDevice);
