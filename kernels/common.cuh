@@ -124,9 +124,12 @@ MT_API mt_status mt_gpu_init(mt_ctx *cx, int device_index, mt_dtype dtype) {
         return mt_errorf(MT_ERR_CUDA, "mt_gpu_init: GPU %d requested but no CUDA device is usable: %s", device_index,
                          cudaGetErrorString(e));
     }
-    if (device_index < 0 || device_index >= count)
-        return mt_errorf(MT_ERR_ARG, "mt_gpu_init: GPU %d requested but this machine has %d GPU%s (valid: %s%d)",
-                         device_index, count, count == 1 ? "" : "s", count ? "0.." : "none", count ? count - 1 : 0);
+    if (device_index < 0 || device_index >= count) {
+        if (count == 0)
+            return mt_errorf(MT_ERR_ARG, "mt_gpu_init: GPU %d requested but this machine has no GPU", device_index);
+        return mt_errorf(MT_ERR_ARG, "mt_gpu_init: GPU %d requested but this machine has %d GPU%s (valid: 0..%d)",
+                         device_index, count, count == 1 ? "" : "s", count - 1);
+    }
     if (dtype != MT_F32 && dtype != MT_BF16)
         return mt_errorf(MT_ERR_UNSUPPORTED, "mt_gpu_init: the GPU computes in f32 or bf16, not %s", mt_dtype_name(dtype));
 

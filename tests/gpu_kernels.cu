@@ -451,7 +451,7 @@ static void test_attention(void) {
 /* ------------------------------------------------------------------ cross-entropy */
 
 static void test_xent(void) {
-    const int Vs[2][2] = {{1000, 1008}, {1001, 1001}};
+    const int Vs[2][2] = {{1003, 1008}, {1001, 1001}}; /* padded, partial last pack; odd, scalar */
     for (int di = 0; di < 2; di++)
         for (int vi = 0; vi < 2; vi++) {
             mt_dtype dt = DTYPES[di];
