@@ -391,7 +391,10 @@ mt__flash_bwd_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_ac
     constexpr int NW = BN / 16, NT = NW * 32;
     constexpr int NQ = BM / 8;  /* n8 tiles of S^T (query columns) */
     constexpr int ND = D / 8;
-    constexpr int WM = BM / 16;            /* dQ: m16 tiles */
+    /* dQ warp tiles: MQ m16 tiles x DW columns; two m16 tiles (32x32 tiles, fewer ldmatrix per mma)
+     * when that still covers BM x D with NW warps and leaves >= 32 columns per warp */
+    constexpr int MQ = ((BM / 32) >= 1 && NW % (BM / 32) == 0 && D / (NW / (BM / 32 > 0 ? BM / 32 : 1)) >= 32) ? 2 : 1;
+    constexpr int WM = BM / (16 * MQ);     /* dQ: warps along the query rows */
     constexpr int WD = NW / WM;            /* dQ: warps along D */
     constexpr int DW = D / WD;             /* dQ: columns per warp */
     static_assert(BM >= 64 && BM % 16 == 0, "BM >= 64 (swizzled dS rows)");
@@ -538,40 +541,51 @@ mt__flash_bwd_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_ac
         }
         __syncthreads(); /* dS^T complete */
 
-        /* dQ (BM x D) += dS K: warp -> (m16 tile, DW columns); fp32 atomics into the accumulator */
+        /* dQ (BM x D) += dS K: warp -> (MQ m16 tiles, DW columns); fp32 atomics into the accumulator */
         {
-            const int mt = warp % WM, d0 = (warp / WM) * DW;
-            float acc[DW / 8][4];
+            const int wm = warp % WM, d0 = (warp / WM) * DW;
+            float acc[MQ][DW / 8][4];
 #pragma unroll
-            for (int dn = 0; dn < DW / 8; dn++)
+            for (int m = 0; m < MQ; m++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) acc[dn][e] = 0.f;
+                for (int dn = 0; dn < DW / 8; dn++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[m][dn][e] = 0.f;
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
-                uint32_t a[4];
-                mt__fa_ldsm_x4_t(a[0], a[1], a[2], a[3],
-                                 sS + mt__fa_swz<BM>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), mt * 2 + ((lane >> 3) & 1)));
+                uint32_t a[MQ][4];
+#pragma unroll
+                for (int m = 0; m < MQ; m++)
+                    mt__fa_ldsm_x4_t(a[m][0], a[m][1], a[m][2], a[m][3],
+                                     sS + mt__fa_swz<BM>(kk * 16 + (lane & 7) + ((lane >> 4) << 3),
+                                                         (wm * MQ + m) * 2 + ((lane >> 3) & 1)));
 #pragma unroll
                 for (int dpi = 0; dpi < DW / 16; dpi++) {
                     uint32_t b0, b1, b2, b3;
                     mt__fa_ldsm_x4_t(b0, b1, b2, b3,
                                      sK + mt__fa_swz<D>(kk * 16 + (lane & 15), d0 / 8 + dpi * 2 + (lane >> 4)));
-                    mt__fa_mma(acc[2 * dpi], a, b0, b1);
-                    mt__fa_mma(acc[2 * dpi + 1], a, b2, b3);
+#pragma unroll
+                    for (int m = 0; m < MQ; m++) {
+                        mt__fa_mma(acc[m][2 * dpi], a[m], b0, b1);
+                        mt__fa_mma(acc[m][2 * dpi + 1], a[m], b2, b3);
+                    }
                 }
             }
             float *dqh = dq_acc + (((size_t)b * H + hh) * T) * D;
 #pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const int q = q0 + mt * 16 + (lane >> 2) + r * 8;
-                if (q < T) {
+            for (int m = 0; m < MQ; m++)
 #pragma unroll
-                    for (int dn = 0; dn < DW / 8; dn++) {
-                        float *dst = dqh + (size_t)q * D + d0 + dn * 8 + (lane & 3) * 2;
-                        atomicAdd(reinterpret_cast<float2 *>(dst), make_float2(acc[dn][2 * r], acc[dn][2 * r + 1]));
+                for (int r = 0; r < 2; r++) {
+                    const int q = q0 + (wm * MQ + m) * 16 + (lane >> 2) + r * 8;
+                    if (q < T) {
+#pragma unroll
+                        for (int dn = 0; dn < DW / 8; dn++) {
+                            float *dst = dqh + (size_t)q * D + d0 + dn * 8 + (lane & 3) * 2;
+                            atomicAdd(reinterpret_cast<float2 *>(dst),
+                                      make_float2(acc[m][dn][2 * r], acc[m][dn][2 * r + 1]));
+                        }
                     }
                 }
-            }
         }
         __syncthreads(); /* sS and this stage are rewritten next iteration */
     }
