@@ -5,8 +5,10 @@
 #   make test-gpu   every kernel against the CPU reference (needs a GPU)
 #   make bench      kernel and training benchmarks beside the PyTorch peers (needs a GPU)
 #   make gpu-check  all of the GPU work in one run: tests, trainer checks, benchmarks
+#   make fuzz       60 s of libFuzzer on the dataset parsers (needs clang)
 
 CC      := gcc
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
 NVCC    ?= nvcc
 CFLAGS  := -std=c11 -O2 -g -Wall -Wextra -Werror -fopenmp -I.
 SANFLAGS:= -std=c11 -O1 -g -Wall -Wextra -Werror -fopenmp -I. -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -22,7 +24,7 @@ TESTS   := $(patsubst tests/%.c,%,$(wildcard tests/test_*.c))
 GPU_TESTS := $(patsubst tests/%.cu,build/%,$(wildcard tests/gpu_*.cu))
 BENCHES := $(patsubst tests/%.cu,build/%,$(wildcard tests/bench_*.cu))
 
-.PHONY: all samples cuda test test-cpu test-cuda-build train test-gpu bench gpu-check clean
+.PHONY: fuzz all samples cuda test test-cpu test-cuda-build train test-gpu bench gpu-check clean
 all: samples $(if $(HAVE_NVCC),cuda)
 samples: $(SAMPLES)
 cuda: $(patsubst build/%,build/%_cuda,$(SAMPLES))
@@ -71,6 +73,12 @@ bench: $(BENCHES) all
 # Everything a GPU machine should run, in one go (tests, trainer checks, benchmarks, peers).
 gpu-check: all $(GPU_TESTS) $(BENCHES)
 	@sh tests/gpu_check.sh check bench train-bench
+
+# Coverage-guided fuzzing of the .idx/.bin parser and index-cache reader (clang's libFuzzer), 60 s.
+fuzz: tests/fuzz_idx.c $(HEADERS)
+	@mkdir -p build/fuzz_corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I. tests/fuzz_idx.c -o build/fuzz_idx -lm -lpthread
+	./build/fuzz_idx -max_total_time=60 build/fuzz_corpus
 
 clean:
 	rm -rf build

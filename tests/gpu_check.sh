@@ -34,11 +34,24 @@ if has check; then
     ./build/train_gpt $small > "$out/cpu10.log" 2>&1
     ./build/train_gpt_cuda --fp32 $small > "$out/gpu10.log" 2>&1
     note "fp32 GPU vs CPU: $(compare_losses "$out/cpu10.log" "$out/gpu10.log")"
-    mid="--train-iters 100 --eval-iters 4 --num-layers 4 --hidden-size 256 --num-attention-heads 4 --seq-length 192 --micro-batch-size 16 --lr 1e-3"
+    # bf16 against fp32 over 100 iterations, reading a byte-level corpus through the data loader:
+    # text from a fixed random Markov chain (awk), tokenized by preprocess_data
+    awk 'BEGIN { srand(7); split("the of and to in is was for on that with as by at from his her they this which", w, " ");
+                 for (d = 0; d < 4000; d++) { n = 20 + int(rand() * 60); s = w[1 + int(rand() * 20)]; p = 1;
+                   for (i = 0; i < n; i++) { p = (p * 7 + int(rand() * 3)) % 20 + 1; s = s " " w[p] }
+                   printf "{\"text\": \"%s.\"}\n", s } }' > "$out/corpus.jsonl"
+    ./build/preprocess_data --input "$out/corpus.jsonl" --output-prefix "$out/corpus" --tokenizer-type ByteLevel \
+        --append-eod > "$out/preprocess.log" 2>&1
+    mid="--data-path $out/corpus_text_document --vocab-size 257 --train-iters 100 --num-layers 4 --hidden-size 256 \
+         --num-attention-heads 4 --seq-length 256 --micro-batch-size 16 --lr 1e-3 --eval-interval 50 --eval-iters 4"
     ./build/train_gpt_cuda --fp32 $mid > "$out/fp32_100.log" 2>&1
     ./build/train_gpt_cuda --bf16 $mid > "$out/bf16_100.log" 2>&1
-    note "bf16 vs fp32 on the GPU: $(compare_losses "$out/fp32_100.log" "$out/bf16_100.log")"
-    note "fp32: $(grep -h 'held-out' "$out/fp32_100.log")  bf16: $(grep -h 'held-out' "$out/bf16_100.log")"
+    note "bf16 vs fp32 on the GPU (byte corpus): $(compare_losses "$out/fp32_100.log" "$out/bf16_100.log")"
+    note "  validation fp32: $(grep -h 'validation loss at iteration 100' "$out/fp32_100.log" | cut -d'|' -f2)" \
+         " bf16: $(grep -h 'validation loss at iteration 100' "$out/bf16_100.log" | cut -d'|' -f2)"
+    # the default synthetic run on the GPU, bf16
+    ./build/train_gpt_cuda > "$out/default_gpu.log" 2>&1
+    note "default run, GPU bf16: $(grep -h -e '^trained' -e 'held-out' "$out/default_gpu.log" | tr '\n' ' ')"
 fi
 
 if has bench; then
@@ -61,5 +74,7 @@ if has train-bench; then
     grep RESULT "$out/torch_gpt.log" | tee -a "$summary"
 fi
 
+# every log in one file (the device call brings back few files), the summary last
+for f in "$out"/*.log; do echo "==== $f"; cat "$f"; done > "$out/all.txt"
 echo "==== summary"
 cat "$summary"
