@@ -18,7 +18,9 @@
  *   - Causal means key u is visible to query t when u <= t (same T for queries and keys).
  *   - Backward: dK and dV of a key block are summed over all G heads of the group inside one CTA
  *     (deterministic). dQ is accumulated in fp32 in the workspace with atomic adds from the
- *     key-block CTAs (so dQ's last bits may differ between runs), then scaled and rounded to bf16.
+ *     key-block CTAs (so dQ's last bits may differ between runs), then scaled and rounded to bf16;
+ *     with MT_FLASH_DETERMINISTIC, a separate pass per query block computes dQ instead (bitwise
+ *     reproducible, more matrix work).
  *   - The workspace (see mt_flash_attention_bwd_workspace_nbytes) holds delta = rowsum(dout*out)
  *     (B, H, T) fp32 and the dQ accumulator (B, H, T, D) fp32; the launchers never allocate.
  *   - All work is asynchronous on cx->stream; pointers must be device memory, 16-byte aligned.
@@ -37,6 +39,13 @@
  */
 #ifndef MT_KERNELS_ATTENTION_CUH
 #define MT_KERNELS_ATTENTION_CUH
+
+/* Option: define MT_FLASH_DETERMINISTIC to 1 before including for a bitwise reproducible backward (dQ by
+ * a separate pass over key tiles instead of fp32 atomics: about 7/5 of the matrix work, no dQ
+ * accumulator in the workspace). */
+#ifndef MT_FLASH_DETERMINISTIC
+#define MT_FLASH_DETERMINISTIC 0
+#endif
 
 #include "../mt/core.h"
 #include <cuda_runtime.h>
@@ -321,7 +330,7 @@ mt__flash_fwd_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, c
 
 /* ------------------------------------------------------------------ backward */
 
-/* delta (B,H,T) = rowsum(dout * out) in fp32; zero dq_acc (B,H,T,D). One thread per 16-byte chunk of a
+/* delta (B,H,T) = rowsum(dout * out) in fp32; zero dq_acc (B,H,T,D) unless it is NULL. One thread per 16-byte chunk of a
  * (b, t, h) row; the D/8 lanes of a row (a power of two dividing 32) reduce by shuffles. */
 __global__ void mt__flash_bwd_pre_kernel(float *__restrict__ delta, float *__restrict__ dq_acc,
                                          const __nv_bfloat16 *__restrict__ dout, const __nv_bfloat16 *__restrict__ out,
@@ -351,10 +360,12 @@ __global__ void mt__flash_bwd_pre_kernel(float *__restrict__ delta, float *__res
         const int t = (int)(bt % T), b = (int)(bt / T);
         const size_t bht = ((size_t)b * H + h) * T + t;
         if (c == 0) delta[bht] = acc;
-        float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
-        float4 *dst = reinterpret_cast<float4 *>(dq_acc + bht * D + c * 8);
-        dst[0] = z;
-        dst[1] = z;
+        if (dq_acc) {
+            float4 z = make_float4(0.f, 0.f, 0.f, 0.f);
+            float4 *dst = reinterpret_cast<float4 *>(dq_acc + bht * D + c * 8);
+            dst[0] = z;
+            dst[1] = z;
+        }
     }
 }
 
@@ -381,8 +392,9 @@ __global__ void mt__flash_bwd_post_kernel(__nv_bfloat16 *__restrict__ dqkv, cons
 }
 
 /* One CTA: BN key rows of kv group blockIdx.y, batch blockIdx.z; NW = BN/16 warps, 16 key rows each.
- * Loops over the G heads of the group and the query blocks (BM rows) that see these keys. */
-template <int D, int BM, int BN>
+ * Loops over the G heads of the group and the query blocks (BM rows) that see these keys. With DQ, it
+ * also adds dQ into dq_acc (atomics); without, dQ comes from mt__flash_bwd_dq_kernel. */
+template <int D, int BM, int BN, bool DQ>
 __global__ void __launch_bounds__(BN * 2, 1)
 mt__flash_bwd_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
                      const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
@@ -519,7 +531,7 @@ mt__flash_bwd_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_ac
             as[2] = mt__fa_pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
             as[3] = mt__fa_pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
             /* dS^T (bf16) to shared memory for dQ: rows = keys, columns = queries */
-            {
+            if (DQ) {
                 const int r0 = warp * 16 + (lane >> 2);
                 const int cch = 2 * kk, cin = (lane & 3) * 4;
                 unsigned char *sp = mt__fa_smem + (sS - base);
@@ -538,6 +550,10 @@ mt__flash_bwd_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_ac
                 mt__fa_mma(dk[2 * dpi], as, b0, b1);
                 mt__fa_mma(dk[2 * dpi + 1], as, b2, b3);
             }
+        }
+        if (!DQ) { /* no dQ here; the barrier keeps the next prefetch off this stage until all warps are done */
+            __syncthreads();
+            continue;
         }
         __syncthreads(); /* dS^T complete */
 
@@ -619,6 +635,193 @@ mt__flash_bwd_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_ac
     }
 }
 
+/* Deterministic dQ (used when MT_FLASH_DETERMINISTIC): one CTA per (query block of BM rows, head,
+ * batch), NW warps of 16*MT rows, key/value tiles of BN rows streamed as in the forward:
+ * S = Q K^T, dP = dO V^T, dS = P (dP - delta), dQ += dS K in registers; dQ * scale -> bf16 into dqkv. */
+template <int D, int BM, int BN, int NW>
+__global__ void __launch_bounds__(NW * 32)
+mt__flash_bwd_dq_kernel(__nv_bfloat16 *__restrict__ dqkv, const __nv_bfloat16 *__restrict__ dout,
+                        const float *__restrict__ lse, const float *__restrict__ delta,
+                        const __nv_bfloat16 *__restrict__ qkv, int T, int Hkv, int G, int causal, float scale,
+                        float scale_log2) {
+    constexpr int NT = NW * 32;
+    constexpr int MT = BM / (16 * NW);
+    constexpr int NN = BN / 8;
+    constexpr int ND = D / 8;
+    static_assert(MT >= 1 && MT * 16 * NW == BM, "BM must be 16 * NW * MT");
+    static_assert(BN % 16 == 0 && D % 16 == 0 && D >= 64, "tile shapes");
+    extern __shared__ __align__(128) unsigned char mt__fa_smem[];
+    const uint32_t sQa = mt__fa_smem_addr(mt__fa_smem);
+    const uint32_t sOa = sQa + BM * D * 2;      /* dO */
+    const uint32_t sKa = sOa + BM * D * 2;      /* 2 stages of BN x D */
+    const uint32_t sVa = sKa + 2 * BN * D * 2;  /* 2 stages of BN x D */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int H = Hkv * G;
+    const int mb = causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int g = h / G, j = h - g * G;
+    const size_t ld = (size_t)Hkv * (G + 2) * D, ldo = (size_t)H * D;
+    const __nv_bfloat16 *qb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + j) * D;
+    const __nv_bfloat16 *kb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + G) * D;
+    const __nv_bfloat16 *vb = kb + D;
+    const __nv_bfloat16 *ob = dout + (size_t)b * T * ldo + (size_t)h * D;
+    const int m0 = mb * BM;
+    const int n_end = causal ? min(T, m0 + BM) : T;
+    const int ntiles = (n_end + BN - 1) / BN;
+    const int wr0 = m0 + warp * MT * 16;
+
+    mt__fa_load_tile<BM, D, NT>(sQa, qb, ld, m0, T, tid);
+    mt__fa_load_tile<BM, D, NT>(sOa, ob, ldo, m0, T, tid);
+    mt__fa_load_tile<BN, D, NT>(sKa, kb, ld, 0, T, tid);
+    mt__fa_load_tile<BN, D, NT>(sVa, vb, ld, 0, T, tid);
+    mt__fa_cp_commit();
+
+    /* this thread's rows: lse in base 2 (+inf past T, so P = 0 there) and delta */
+    float l2[MT][2], dl[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int row = wr0 + mt * 16 + (lane >> 2) + r * 8;
+            const size_t idx = ((size_t)b * H + h) * T + (row < T ? row : 0);
+            l2[mt][r] = row < T ? lse[idx] * 1.4426950408889634f : INFINITY;
+            dl[mt][r] = row < T ? delta[idx] : 0.f;
+        }
+
+    float dq[MT][ND][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int dn = 0; dn < ND; dn++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dq[mt][dn][e] = 0.f;
+
+    for (int t = 0; t < ntiles; t++) {
+        const int n0 = t * BN;
+        const int st = t & 1;
+        if (t + 1 < ntiles) {
+            const int s1 = (t + 1) & 1;
+            mt__fa_load_tile<BN, D, NT>(sKa + s1 * BN * D * 2, kb, ld, n0 + BN, T, tid);
+            mt__fa_load_tile<BN, D, NT>(sVa + s1 * BN * D * 2, vb, ld, n0 + BN, T, tid);
+            mt__fa_cp_commit();
+            mt__fa_cp_wait<1>();
+        } else {
+            mt__fa_cp_wait<0>();
+        }
+        __syncthreads();
+        const uint32_t sK = sKa + st * BN * D * 2, sV = sVa + st * BN * D * 2;
+        if (causal && n0 > wr0 + MT * 16 - 1) {
+            __syncthreads();
+            continue;
+        }
+
+        /* S = Q K^T, dP = dO V^T */
+        float sc[MT][NN][4], dp[MT][NN][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nn = 0; nn < NN; nn++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sc[mt][nn][e] = dp[mt][nn][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t aq[MT][4], ao[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                const uint32_t off = mt__fa_swz<D>(warp * MT * 16 + mt * 16 + (lane & 15), kk * 2 + (lane >> 4));
+                mt__fa_ldsm_x4(aq[mt][0], aq[mt][1], aq[mt][2], aq[mt][3], sQa + off);
+                mt__fa_ldsm_x4(ao[mt][0], ao[mt][1], ao[mt][2], ao[mt][3], sOa + off);
+            }
+#pragma unroll
+            for (int np = 0; np < NN / 2; np++) {
+                uint32_t b0, b1, b2, b3;
+                const uint32_t off = mt__fa_swz<D>(np * 16 + ((lane >> 4) << 3) + (lane & 7), kk * 2 + ((lane >> 3) & 1));
+                mt__fa_ldsm_x4(b0, b1, b2, b3, sK + off);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mt__fa_mma(sc[mt][2 * np], aq[mt], b0, b1);
+                    mt__fa_mma(sc[mt][2 * np + 1], aq[mt], b2, b3);
+                }
+                mt__fa_ldsm_x4(b0, b1, b2, b3, sV + off);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mt__fa_mma(dp[mt][2 * np], ao[mt], b0, b1);
+                    mt__fa_mma(dp[mt][2 * np + 1], ao[mt], b2, b3);
+                }
+            }
+        }
+
+        /* P = exp2(S*scale*log2e - lse*log2e), masked; dS = P (dP - delta), kept in sc */
+        const bool need_mask = n0 + BN > T || (causal && n0 + BN - 1 > wr0);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nn = 0; nn < NN; nn++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float sv = sc[mt][nn][e];
+                    if (need_mask) {
+                        const int row = wr0 + mt * 16 + (lane >> 2) + (e >> 1) * 8;
+                        const int col = n0 + nn * 8 + (lane & 3) * 2 + (e & 1);
+                        if (col >= T || (causal && col > row)) sv = -INFINITY;
+                    }
+                    const float pv = mt__fa_exp2(fmaf(sv, scale_log2, -l2[mt][e >> 1]));
+                    sc[mt][nn][e] = pv * (dp[mt][nn][e] - dl[mt][e >> 1]);
+                }
+
+        /* dQ += dS K */
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                a[mt][0] = mt__fa_pack(sc[mt][2 * kk][0], sc[mt][2 * kk][1]);
+                a[mt][1] = mt__fa_pack(sc[mt][2 * kk][2], sc[mt][2 * kk][3]);
+                a[mt][2] = mt__fa_pack(sc[mt][2 * kk + 1][0], sc[mt][2 * kk + 1][1]);
+                a[mt][3] = mt__fa_pack(sc[mt][2 * kk + 1][2], sc[mt][2 * kk + 1][3]);
+            }
+#pragma unroll
+            for (int dpi = 0; dpi < ND / 2; dpi++) {
+                uint32_t b0, b1, b2, b3;
+                mt__fa_ldsm_x4_t(b0, b1, b2, b3, sK + mt__fa_swz<D>(kk * 16 + (lane & 15), dpi * 2 + (lane >> 4)));
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mt__fa_mma(dq[mt][2 * dpi], a[mt], b0, b1);
+                    mt__fa_mma(dq[mt][2 * dpi + 1], a[mt], b2, b3);
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    /* dQ * scale -> bf16, staged through this warp's rows of sQ, 16-byte stores into dqkv */
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int lr = warp * MT * 16 + mt * 16 + (lane >> 2) + r * 8;
+#pragma unroll
+            for (int dn = 0; dn < ND; dn++)
+                *reinterpret_cast<uint32_t *>(mt__fa_smem + mt__fa_swz<D>(lr, dn) + (lane & 3) * 4) =
+                    mt__fa_pack(dq[mt][dn][2 * r] * scale, dq[mt][dn][2 * r + 1] * scale);
+        }
+    __syncwarp();
+    __nv_bfloat16 *dqb = dqkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + j) * D;
+    constexpr int WCH = MT * 16 * ND;
+#pragma unroll
+    for (int it = 0; it < (WCH + 31) / 32; it++) {
+        const int i = it * 32 + lane;
+        if (i < WCH) {
+            const int r = i / ND, c = i % ND;
+            const int lr = warp * MT * 16 + r, row = m0 + lr;
+            if (row < T)
+                *reinterpret_cast<uint4 *>(dqb + (size_t)row * ld + c * 8) =
+                    *reinterpret_cast<const uint4 *>(mt__fa_smem + mt__fa_swz<D>(lr, c));
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ launchers */
 
 /* Default tile shapes per head dim (forward: BM query rows, BN key rows, NW warps; backward: BM query
@@ -662,35 +865,48 @@ static inline mt_status mt__flash_fwd_run(const mt_ctx *cx, void *out, float *ls
     return mt__fa_cuda("mt_flash_attention_fwd");
 }
 
-template <int D, int BM, int BN>
+/* Backward with key blocks of BN rows and query blocks of BM rows. DET: dQ by mt__flash_bwd_dq_kernel
+ * (query blocks of 64 rows, 4 warps, key tiles of 64) instead of atomics; dq_acc is then unused. */
+template <int D, int BM, int BN, bool DET>
 static inline mt_status mt__flash_bwd_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
                                           const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                           float *delta, float *dq_acc) {
     const int H = Hkv * G;
     cudaStream_t s = (cudaStream_t)cx->stream;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
     {
         const size_t n = (size_t)B * T * H * (D / 8);
         mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
-            delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
+            delta, DET ? (float *)NULL : dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
         MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
     }
     {
         const size_t smem = mt__fa_bwd_smem<D, BM, BN>();
         void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *,
-                  const __nv_bfloat16 *, int, int, int, int, float, float) = mt__flash_bwd_kernel<D, BM, BN>;
+                  const __nv_bfloat16 *, int, int, int, int, float, float) = mt__flash_bwd_kernel<D, BM, BN, !DET>;
         if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
             return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
         dim3 grid((T + BN - 1) / BN, Hkv, B);
-        const float scale = (float)(1.0 / sqrt((double)D));
-        const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
         k<<<grid, BN * 2, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
                                      (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
         MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
     }
-    {
+    if (DET) {
+        enum { QBM = 64, QBN = 64, QNW = 4 };
+        const size_t smem = (size_t)(2 * QBM + 4 * QBN) * D * 2;
+        void (*k)(__nv_bfloat16 *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *, int,
+                  int, int, int, float, float) = mt__flash_bwd_dq_kernel<D, QBM, QBN, QNW>;
+        if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+            return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
+        dim3 grid((T + QBM - 1) / QBM, H, B);
+        k<<<grid, QNW * 32, smem, s>>>((__nv_bfloat16 *)dqkv, (const __nv_bfloat16 *)dout, lse, delta,
+                                       (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
+        MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: dq"));
+    } else {
         const size_t n = (size_t)B * T * H * (D / 8);
-        mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
-            (__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G, D, (float)(1.0 / sqrt((double)D)));
+        mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T,
+                                                                             Hkv, G, D, scale);
         MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: dq"));
     }
     return MT_OK;
@@ -707,8 +923,8 @@ static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const
                                              const float *lse, const void *qkv, int B, int T, int Hkv, int G,
                                              int causal, float *delta, float *dq_acc) {
     typedef mt__fa_cfg<D> C;
-    return mt__flash_bwd_run<D, C::BWD_BM, C::BWD_BN>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta,
-                                                      dq_acc);
+    return mt__flash_bwd_run<D, C::BWD_BM, C::BWD_BN, MT_FLASH_DETERMINISTIC != 0>(cx, dqkv, dout, out, lse, qkv, B,
+                                                                                   T, Hkv, G, causal, delta, dq_acc);
 }
 
 MT_API int mt_flash_attention_supported(int D) { return D == 64 || D == 128; }
@@ -724,10 +940,11 @@ MT_API mt_status mt__fa_check(const char *op, int B, int T, int Hkv, int G, int 
 
 MT_API int mt__fa_misaligned(const void *p) { return ((uintptr_t)p & 15u) != 0; }
 
-/* Bytes of workspace mt_flash_attention_bwd needs: delta (B,H,T) fp32, 256-aligned, then dQ (B,H,T,D) fp32. */
+/* Bytes of workspace mt_flash_attention_bwd needs: delta (B,H,T) fp32, 256-aligned, then (unless
+ * MT_FLASH_DETERMINISTIC) the dQ accumulator (B,H,T,D) fp32. */
 MT_API size_t mt_flash_attention_bwd_workspace_nbytes(int B, int T, int Hkv, int G, int D) {
     const size_t rows = (size_t)B * T * Hkv * G;
-    return ((rows * 4 + 255) & ~(size_t)255) + rows * (size_t)D * 4;
+    return ((rows * 4 + 255) & ~(size_t)255) + (MT_FLASH_DETERMINISTIC ? 0 : rows * (size_t)D * 4);
 }
 
 /* The workspace as delta (B,H,T) fp32 and the dQ accumulator (B,H,T,D) fp32. */
