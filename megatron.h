@@ -16,7 +16,8 @@
 #include "mt/tokenizer.h" // defines: mt_tokenizer (byte-level; GPT-2 byte-level BPE from vocab.json+merges.txt or tokenizer.json), JSON strings
 #include "mt/cpu_ops.h"   // defines: mt_<op>_cpu_f32/_f64 reference ops (embedding, norms, matmul, GELU, SwiGLU, RoPE, attention, xent, AdamW)
 #ifdef __CUDACC__
-#include "kernels/kernels.cuh" // defines: mt_gpu_init, mt_<op>_gpu launchers (CUDA kernels, cuBLASLt GEMMs)
+#include "kernels/kernels.cuh"   // defines: mt_gpu_init, mt_<op>_gpu launchers (CUDA kernels, cuBLASLt GEMMs)
+#include "kernels/attention.cuh" // defines: mt_flash_attention_fwd/bwd (fused, bf16, head dim 64/128, mma.sync)
 #endif
 #include "mt/ops.h"       // defines: mt_<op>_fwd/_bwd dispatching on the context's device and dtype, mt_copy, mt_lr_at
 #include "mt/gpt.h"       // defines: mt_gpt_config, mt_layer_par, mt_gpt (a pipeline stage), its params table, acts, forward/backward

@@ -123,6 +123,18 @@ typedef struct mt_gpt_w {
     mt_gpt_block_w *blocks; /* (layer_end - layer_begin) */
 } mt_gpt_w;
 
+struct mt_gpt;
+
+/* Callbacks that parallel wrappers (data parallelism, ZeRO) install; NULL members are skipped. */
+typedef struct mt_gpt_hooks {
+    void *user;
+    /* During mt_gpt_backward, each time more gradients are final: the first n_ready elements of
+     * grad_mem (backward order), so a bucket's reduction can start while the backward goes on. */
+    mt_status (*grads_ready)(void *user, const struct mt_gpt *m, size_t n_ready);
+    /* Before layer `layer`'s forward (backward = 0) or backward (1): ZeRO-3 gathers its weights here. */
+    mt_status (*before_block)(void *user, const struct mt_gpt *m, int layer, int backward);
+} mt_gpt_hooks;
+
 /* One pipeline stage of the model (the whole model when there is one stage). */
 typedef struct mt_gpt {
     mt_gpt_config cfg;
@@ -138,6 +150,9 @@ typedef struct mt_gpt {
     size_t num_params;           /* elements in param_mem and grad_mem, padding included */
     void *param_mem, *grad_mem;  /* (num_params) in dtype, on device */
     mt_gpt_w w, g;               /* pointers into param_mem and grad_mem */
+    size_t *ready;               /* (nl + 2) gradient elements final after the head, after each
+                                    block (last to first) and after the embedding */
+    mt_gpt_hooks hooks;
 } mt_gpt;
 
 /* The block's parameter list, backward order: X(field, global rows, global cols, split, init). */
@@ -241,6 +256,17 @@ MT_API mt_status mt_gpt_init(const mt_ctx *cx, mt_gpt *m, const mt_gpt_config *c
         mt__gpt_add_param(m, "wpe", c->max_seq_len, C, MT_SPLIT_NONE, MT_INIT_NORMAL, 0, 1);
         mt__gpt_add_param(m, "wte", V, C, MT_SPLIT_ROWS, MT_INIT_NORMAL, 1, 0);
     }
+    MT_TRY(mt_calloc(sizeof(size_t) * (size_t)(nl + 2), (void **)&m->ready));
+    {   /* head params, then 12 per block, then the embedding's: where each group ends */
+        int k = (m->last ? 2 : 0) + (m->last && !m->first ? 1 : 0);
+        m->ready[0] = k ? m->params[k - 1].offset + ((size_t)(m->params[k - 1].rows * m->params[k - 1].cols) + 63) / 64 * 64 : 0;
+        for (int b = 1; b <= nl; b++) {
+            k += 12;
+            const mt_param *p = &m->params[k - 1];
+            m->ready[b] = p->offset + ((size_t)(p->rows * p->cols) + 63) / 64 * 64;
+        }
+        m->ready[nl + 1] = m->num_params;
+    }
     size_t nbytes = m->num_params * mt_dtype_size(m->dtype);
     MT_TRY(mt_calloc(sizeof(mt_gpt_block_w) * (size_t)nl, (void **)&m->w.blocks));
     MT_TRY(mt_calloc(sizeof(mt_gpt_block_w) * (size_t)nl, (void **)&m->g.blocks));
@@ -259,6 +285,7 @@ MT_API void mt_gpt_free(mt_gpt *m) {
     mt_free(m->w.blocks);
     mt_free(m->g.blocks);
     mt_free(m->params);
+    mt_free(m->ready);
     memset(m, 0, sizeof *m);
 }
 
@@ -325,6 +352,8 @@ typedef struct mt_gpt_scratch {
     void *dqkv;        /* (N, QKV) */
     void *datty;       /* (N, H*D) */
     void *dfch;        /* (N, F) */
+    void *attn_ws;     /* attention backward workspace (GPU flash attention), attn_ws_nbytes */
+    size_t attn_ws_nbytes;
 } mt_gpt_scratch;
 
 MT_API mt_status mt__take(mt_arena *a, size_t count, mt_dtype dt, void **out) {
@@ -382,6 +411,12 @@ MT_API mt_status mt_gpt_acts_alloc(const mt_gpt *m, mt_arena *ar, int B, int T, 
         MT_TRY(mt__take(ar, N * m->QKV, dt, &s->dqkv));
         MT_TRY(mt__take(ar, N * m->H * m->D, dt, &s->datty));
         MT_TRY(mt__take(ar, N * m->F, dt, &s->dfch));
+        mt_ctx cx;
+        memset(&cx, 0, sizeof cx);
+        cx.device = m->device;
+        cx.dtype = m->dtype;
+        s->attn_ws_nbytes = mt_attention_workspace_nbytes(&cx, B, T, m->Hkv, m->G, m->D);
+        if (s->attn_ws_nbytes) MT_TRY(mt_arena_alloc(ar, s->attn_ws_nbytes, &s->attn_ws));
     }
     return MT_OK;
 }
@@ -429,7 +464,8 @@ MT_API mt_status mt_gpt_block_bwd(const mt_ctx *cx, const mt_gpt *m, const mt_gp
     MT_TRY(mt_layernorm_bwd(cx, s->dr, g->ln2_w, g->ln2_b, s->dln, s->dres, a->r, w->ln2_w, a->ln2_mean,
                             a->ln2_rstd, N, C));
     MT_TRY(mt_matmul_bwd(cx, s->datty, g->proj_w, g->proj_b, s->dr, a->atty, w->proj_w, NULL, N, HD, C));
-    MT_TRY(mt_attention_bwd(cx, s->dqkv, s->datty, a->atty, a->lse, a->qkv, B, T, m->Hkv, m->G, m->D, 1));
+    MT_TRY(mt_attention_bwd(cx, s->dqkv, s->datty, a->atty, a->lse, a->qkv, B, T, m->Hkv, m->G, m->D, 1, s->attn_ws,
+                            s->attn_ws_nbytes));
     MT_TRY(mt_matmul_bwd(cx, s->dln, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, NULL, N, C, m->QKV));
     MT_TRY(mt_layernorm_bwd(cx, s->dres, g->ln1_w, g->ln1_b, s->dln, s->dr, x, w->ln1_w, a->ln1_mean,
                             a->ln1_rstd, N, C));
@@ -445,8 +481,10 @@ MT_API mt_status mt_gpt_forward(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *
     int B = a->B, T = a->T, N = B * T, C = m->C, nl = m->layer_end - m->layer_begin;
     if (m->first)
         MT_TRY(mt_embedding_fwd(cx, a->res[0], a->tokens, m->w.wte, m->w.wpe, B, T, C, 0, m->vstart, m->Vp));
-    for (int l = 0; l < nl; l++)
+    for (int l = 0; l < nl; l++) {
+        if (m->hooks.before_block) MT_TRY(m->hooks.before_block(m->hooks.user, m, m->layer_begin + l, 0));
         MT_TRY(mt_gpt_block_fwd(cx, m, &m->w.blocks[l], &a->blocks[l], a->res[l], a->res[l + 1], B, T));
+    }
     if (!m->last) return MT_OK;
     MT_TRY(mt_layernorm_fwd(cx, a->lnf, a->lnf_mean, a->lnf_rstd, a->res[nl], m->w.lnf_w, m->w.lnf_b, N, C));
     MT_TRY(mt_matmul_fwd(cx, s->logits, NULL, a->lnf, m->w.wte, NULL, NULL, N, C, m->Vp));
@@ -470,10 +508,15 @@ MT_API mt_status mt_gpt_backward(const mt_ctx *cx, mt_gpt *m, const mt_gpt_acts 
         if (!dout) return mt_errorf(MT_ERR_ARG, "gpt backward: a stage that is not last needs dout");
         MT_TRY(mt_copy(cx, s->dres, dout, nbytes));
     }
-    for (int l = nl - 1; l >= 0; l--)
+    if (m->hooks.grads_ready) MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[0]));
+    for (int l = nl - 1; l >= 0; l--) {
+        if (m->hooks.before_block) MT_TRY(m->hooks.before_block(m->hooks.user, m, m->layer_begin + l, 1));
         MT_TRY(mt_gpt_block_bwd(cx, m, &m->w.blocks[l], &m->g.blocks[l], &a->blocks[l], a->res[l], s, B, T));
+        if (m->hooks.grads_ready) MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[nl - l]));
+    }
     if (m->first)
         MT_TRY(mt_embedding_bwd(cx, m->g.wte, m->g.wpe, s->dres, a->tokens, B, T, C, 0, m->vstart, m->Vp));
+    if (m->hooks.grads_ready) MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[nl + 1]));
     else if (dx)
         MT_TRY(mt_copy(cx, dx, s->dres, nbytes));
     return MT_OK;

@@ -13,7 +13,7 @@
  *   mt_zero, mt_copy, mt_copy_from_f32, mt_copy_to_f32
  *   mt_embedding_fwd/bwd, mt_layernorm_fwd/bwd, mt_rmsnorm_fwd/bwd, mt_matmul_fwd/bwd (bias,
  *   residual and GELU epilogues), mt_gelu_fwd/bwd, mt_swiglu_fwd/bwd, mt_rope_fwd/bwd,
- *   mt_attention_fwd/bwd, mt_xent, mt_residual_fwd, mt_adamw, mt_sumsq, mt_clip_coef
+ *   mt_attention_fwd/bwd (+ mt_attention_workspace_nbytes), mt_xent, mt_residual_fwd, mt_adamw, mt_sumsq, mt_clip_coef
  * The rules (weight gradients +=, activation gradients =) and layouts are in mt/cpu_ops.inl.
  */
 #ifndef MT_OPS_H
@@ -268,22 +268,61 @@ MT_API mt_status mt_rope_bwd(const mt_ctx *cx, void *dinp, const void *dout, int
 #undef MT__BODY
 }
 
+#ifdef __CUDACC__
+/* The GPU picks the fused flash attention (kernels/attention.cuh) for bf16 with head dim 64 or 128,
+ * and the simple reference kernel (kernels/attention_ref.cuh) otherwise (fp32 checks, other D). */
+MT_API int mt__use_flash(const mt_ctx *cx, int D) { return cx->dtype == MT_BF16 && (D == 64 || D == 128); }
+
+MT_API mt_status mt__attention_fwd_gpu(const mt_ctx *cx, void *out, void *lse, const void *qkv, int B, int T,
+                                       int Hkv, int G, int D, int causal) {
+    if (mt__use_flash(cx, D)) return mt_flash_attention_fwd(cx, out, (float *)lse, qkv, B, T, Hkv, G, D, causal);
+    return mt_attention_fwd_gpu(cx, out, lse, qkv, B, T, Hkv, G, D, causal);
+}
+
+MT_API mt_status mt__attention_bwd_gpu(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                       const void *lse, const void *qkv, int B, int T, int Hkv, int G, int D,
+                                       int causal, void *ws, size_t ws_nbytes) {
+    if (mt__use_flash(cx, D)) {
+        if (!ws || ws_nbytes < mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D))
+            return mt_errorf(MT_ERR_ARG, "attention_bwd: workspace of %zu bytes, flash attention needs %zu "
+                             "(mt_attention_workspace_nbytes)", ws_nbytes,
+                             mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D));
+        return mt_flash_attention_bwd(cx, dqkv, dout, out, (const float *)lse, qkv, B, T, Hkv, G, D, causal, ws,
+                                      ws_nbytes);
+    }
+    return mt_attention_bwd_gpu(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, causal);
+}
+#endif
+
+/* Bytes of device workspace mt_attention_bwd needs for these sizes (0 on the CPU). */
+MT_API size_t mt_attention_workspace_nbytes(const mt_ctx *cx, int B, int T, int Hkv, int G, int D) {
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA && mt__use_flash(cx, D)) return mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D);
+#endif
+    (void)cx; (void)B; (void)T; (void)Hkv; (void)G; (void)D;
+    return 0;
+}
+
 /* qkv (B,T,Hkv,G+2,D) -> out (B,T,H,D), lse (B,H,T, stat type); H = Hkv*G. */
 MT_API mt_status mt_attention_fwd(const mt_ctx *cx, void *out, void *lse, const void *qkv, int B, int T, int Hkv,
                                   int G, int D, int causal) {
 #define MT__BODY(R, sfx) mt_attention_fwd_cpu_##sfx((R *)out, (R *)lse, (const R *)qkv, B, T, Hkv, G, D, causal)
-    MT__DISPATCH(cx, "attention_fwd", mt_attention_fwd_gpu(cx, out, lse, qkv, B, T, Hkv, G, D, causal));
+    MT__DISPATCH(cx, "attention_fwd", mt__attention_fwd_gpu(cx, out, lse, qkv, B, T, Hkv, G, D, causal));
 #undef MT__BODY
 }
 
-/* dqkv (B,T,Hkv,G+2,D) from dout (B,T,H,D), the forward's out and lse, and qkv.  Assigns dqkv. */
+/* dqkv (B,T,Hkv,G+2,D) from dout (B,T,H,D), the forward's out and lse, and qkv.  Assigns dqkv.
+ * ws: device workspace of mt_attention_workspace_nbytes (NULL/0 on the CPU). */
 MT_API mt_status mt_attention_bwd(const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const void *lse,
-                                  const void *qkv, int B, int T, int Hkv, int G, int D, int causal) {
+                                  const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws,
+                                  size_t ws_nbytes) {
+    (void)ws;
+    (void)ws_nbytes;
 #define MT__BODY(R, sfx)                                                                                      \
     mt_attention_bwd_cpu_##sfx((R *)dqkv, (const R *)dout, (const R *)out, (const R *)lse, (const R *)qkv, B, \
                                T, Hkv, G, D, causal)
     MT__DISPATCH(cx, "attention_bwd",
-                 mt_attention_bwd_gpu(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, causal));
+                 mt__attention_bwd_gpu(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, causal, ws, ws_nbytes));
 #undef MT__BODY
 }
 

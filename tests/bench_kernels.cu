@@ -226,9 +226,9 @@ int main(int argc, char **argv) {
         float *lse = (float *)dalloc(B * NH * T * f4);
         double fl = 4.0 * B * NH * (double)T * T * HD / 2; /* causal */
         snprintf(shape, sizeof shape, "B%zu T%zu H%zu D%zu causal", B, T, NH, HD);
-        TIME_MS(ms, mt_attention_fwd(cx, out, lse, qkv, (int)B, (int)T, (int)NH, 1, (int)HD, 1));
+        TIME_MS(ms, mt_attention_fwd_gpu(cx, out, lse, qkv, (int)B, (int)T, (int)NH, 1, (int)HD, 1));
         row_flop("attention_ref fwd", shape, ms, fl);
-        TIME_MS(ms, mt_attention_bwd(cx, dqkv, g, out, lse, qkv, (int)B, (int)T, (int)NH, 1, (int)HD, 1));
+        TIME_MS(ms, mt_attention_bwd_gpu(cx, dqkv, g, out, lse, qkv, (int)B, (int)T, (int)NH, 1, (int)HD, 1));
         row_flop("attention_ref bwd", shape, ms, 2.5 * fl);
         cudaFree(qkv); cudaFree(out); cudaFree(g); cudaFree(dqkv); cudaFree(lse);
     }

@@ -419,7 +419,7 @@ static void run_attention_case(mt_dtype dt, int B, int T, int Hkv, int G, int D,
     float *out = (float *)hmalloc(no * 4), *lse = (float *)hmalloc(nl * 4);
     mt_attention_fwd_cpu_f32(out, lse, qkv, B, T, Hkv, G, D, causal);
     void *dqkv_in = dup_dev(dt, qkv, nq), *dout = poison_dev(dt, no), *dlse = poison_dev(MT_F32, nl);
-    MT_CHECK(mt_attention_fwd(&cx, dout, dlse, dqkv_in, B, T, Hkv, G, D, causal));
+    MT_CHECK(mt_attention_fwd_gpu(&cx, dout, dlse, dqkv_in, B, T, Hkv, G, D, causal));
     snprintf(what, sizeof what, "fwd out B%d T%d Hkv%d G%d D%d %s", B, T, Hkv, G, D, causal ? "causal" : "full");
     check_dev("attention", dt, what, dout, dt, out, no, tol_of(dt));
     snprintf(what, sizeof what, "fwd lse D%d %s", D, causal ? "causal" : "full");
@@ -431,7 +431,7 @@ static void run_attention_case(mt_dtype dt, int B, int T, int Hkv, int G, int D,
     mt_attention_bwd_cpu_f32(dq, g, out, lse, qkv, B, T, Hkv, G, D, causal);
     void *dg = dup_dev(dt, g, no), *dout_ref = dup_dev(dt, out, no), *dlse_ref = dup_dev(MT_F32, lse, nl);
     void *ddq = poison_dev(dt, nq);
-    MT_CHECK(mt_attention_bwd(&cx, ddq, dg, dout_ref, dlse_ref, dqkv_in, B, T, Hkv, G, D, causal));
+    MT_CHECK(mt_attention_bwd_gpu(&cx, ddq, dg, dout_ref, dlse_ref, dqkv_in, B, T, Hkv, G, D, causal));
     snprintf(what, sizeof what, "bwd dqkv D%d %s", D, causal ? "causal" : "full");
     check_dev("attention", dt, what, ddq, dt, dq, nq, tol_of(dt));
 }

@@ -229,10 +229,68 @@ static void test_gpt_config(void) {
     mt_gpt_free(&m);
 }
 
+/* The hooks: grads_ready reports a growing prefix of the gradient buffer that ends with all of it,
+ * and every gradient in the reported prefix is final (equal to its value after the backward). */
+typedef struct hook_log {
+    size_t ready[16];
+    int n_ready, n_before_fwd, n_before_bwd;
+    double *snap; /* gradient values at each report */
+    size_t snap_n;
+} hook_log;
+
+static mt_status on_ready(void *user, const mt_gpt *m, size_t n_ready) {
+    hook_log *h = (hook_log *)user;
+    if (h->n_ready < 16) {
+        memcpy(h->snap + (size_t)h->n_ready * h->snap_n, m->grad_mem, sizeof(double) * h->snap_n);
+        h->ready[h->n_ready++] = n_ready;
+    }
+    return MT_OK;
+}
+
+static mt_status on_block(void *user, const mt_gpt *m, int layer, int backward) {
+    hook_log *h = (hook_log *)user;
+    (void)m; (void)layer;
+    if (backward) h->n_before_bwd++; else h->n_before_fwd++;
+    return MT_OK;
+}
+
+static void test_gpt_hooks(void) {
+    mt_gpt_config cfg = tiny_config();
+    fixture f;
+    int B = 2, T = 5, N = B * T;
+    fixture_init(&f, &cfg, MT_F64, 0, 0, B, T);
+    random_batch(&f, 9);
+    hook_log h;
+    memset(&h, 0, sizeof h);
+    h.snap_n = f.m.num_params;
+    MT_CHECK(mt_calloc(sizeof(double) * 16 * h.snap_n, (void **)&h.snap));
+    f.m.hooks.user = &h;
+    f.m.hooks.grads_ready = on_ready;
+    f.m.hooks.before_block = on_block;
+    MT_CHECK(mt_gpt_forward(&f.cx, &f.m, &f.a, &f.s, 1.0f / N));
+    MT_CHECK(mt_gpt_backward(&f.cx, &f.m, &f.a, &f.s, NULL, NULL));
+    MT_EXPECT(h.n_before_fwd == cfg.n_layer && h.n_before_bwd == cfg.n_layer, "before_block %d/%d times",
+              h.n_before_fwd, h.n_before_bwd);
+    MT_EXPECT(h.n_ready == cfg.n_layer + 2, "grads_ready called %d times", h.n_ready);
+    MT_EXPECT(h.ready[h.n_ready - 1] == f.m.num_params, "last report covers the buffer");
+    int monotone = 1, final_ok = 1;
+    const double *g = (const double *)f.m.grad_mem;
+    for (int i = 0; i < h.n_ready; i++) {
+        if (i && h.ready[i] < h.ready[i - 1]) monotone = 0;
+        for (size_t k = 0; k < h.ready[i]; k++)
+            if (h.snap[(size_t)i * h.snap_n + k] != g[k]) final_ok = 0;
+    }
+    MT_EXPECT(monotone, "reported prefixes grow");
+    MT_EXPECT(final_ok, "every reported gradient is already final");
+    mt_free(h.snap);
+    fixture_free(&f);
+}
+
 int main(void) {
     MT_RUN(test_gpt_config);
     MT_RUN(test_gpt_gradients_fd);
     MT_RUN(test_gpt_pipeline_stages);
     MT_RUN(test_gpt_f32_and_training);
+    MT_RUN(test_gpt_hooks);
     return mt_test_summary("test_gpt");
 }

@@ -758,7 +758,7 @@ static void attention_case(int B, int T, int Hkv, int G, int D, int causal) {
 
     double *dqkv = dalloc(nq);
     dfill(dqkv, nq, NAN);
-    OK(mt_attention_bwd(&CX64, dqkv, A.r, A.out, A.lse, A.qkv, B, T, Hkv, G, D, causal));
+    OK(mt_attention_bwd(&CX64, dqkv, A.r, A.out, A.lse, A.qkv, B, T, Hkv, G, D, causal, NULL, 0));
     expect_finite("attention dqkv", dqkv, nq);
     snprintf(name, sizeof name, "attention dqkv (G=%d, %s)", G, causal ? "causal" : "non-causal");
     grad_check(name, loss_attention, A.qkv, dqkv, nq);
@@ -770,7 +770,7 @@ static void attention_case(int B, int T, int Hkv, int G, int D, int causal) {
     loss_attention();
     expect_f32("attention out", o32, A.out, no);
     expect_f32("attention lse", l32, A.lse, nl);
-    OK(mt_attention_bwd(&CX32, d32, r32, o32, l32, q32, B, T, Hkv, G, D, causal));
+    OK(mt_attention_bwd(&CX32, d32, r32, o32, l32, q32, B, T, Hkv, G, D, causal, NULL, 0));
     expect_f32("attention dqkv", d32, dqkv, nq);
 }
 
@@ -1027,7 +1027,7 @@ static void test_threads(void) {
         OK(mt_matmul_bwd(&CX64, r[1], r[2], r[3], dout, x, w, NULL, N, IC, OC));
         for (int causal = 0; causal < 2; causal++) {
             OK(mt_attention_fwd(&CX64, r[4], r[5], qkv, B, T, Hkv, G, D, causal));
-            OK(mt_attention_bwd(&CX64, r[6], dO, r[4], r[5], qkv, B, T, Hkv, G, D, causal));
+            OK(mt_attention_bwd(&CX64, r[6], dO, r[4], r[5], qkv, B, T, Hkv, G, D, causal, NULL, 0));
         }
         OK(mt_xent(&CX64, r[7], r[8], lg, tg, 0.5f, N, V, V));
     }
