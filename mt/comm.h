@@ -20,7 +20,7 @@
  *   mt_comm_all_reduce, mt_comm_all_gather, mt_comm_reduce_scatter, mt_comm_all_to_all,
  *   mt_comm_all_to_allv, mt_comm_broadcast, mt_comm_barrier, mt_comm_wait
  *   mt_comm_group_start, mt_comm_send, mt_comm_recv, mt_comm_group_end   (batched p2p)
- *   mt_comm_split, mt_comm_destroy
+ *   mt_comm_split, mt_comm_abort, mt_comm_destroy
  *   host backend: mt_host_world, mt_host_world_create/destroy, mt_comm_host_init, mt_host_run
  *   launch: mt_launch_info, mt_launch_env, mt_launch_env_from, mt_rendezvous_bcast
  *   NCCL backend (nvcc only): mt_comm_nccl_init_rank, mt_comm_nccl_init_launch, mt_nccl_run,
@@ -1488,8 +1488,8 @@ MT_API mt_status mt__nccl_finish_init(mt_comm *c, int device, double timeout_s, 
 
 MT_API void mt__nccl_env_defaults(void) {
     /* NVLink SHARP (multicast) is off unless the user asks: it reserves memory per communicator
-     * and is not available on every system. */
-    setenv("NCCL_NVLS_ENABLE", "0", 0);
+     * and is not available on every system. Set once, before NCCL's threads read the environment. */
+    if (!getenv("NCCL_NVLS_ENABLE")) setenv("NCCL_NVLS_ENABLE", "0", 0);
 }
 
 MT_API mt_status mt_nccl_get_unique_id(ncclUniqueId *id) {
@@ -1521,6 +1521,7 @@ MT_API mt_status mt_comm_nccl_init_rank(int device, int rank, int world, const n
                          cudaGetErrorString(e));
     }
     MT_TRY(mt__comm_alloc(&c));
+    c->backend = MT__COMM_NCCL;
     c->rank = rank;
     c->size = world;
     c->world_rank = rank;
@@ -1926,6 +1927,7 @@ MT_API mt_status mt_comm_split(mt_comm *parent, int color, int key, const char *
         double t0 = mt__now_s();
         mt_status st;
         MT_TRY(mt__nccl_usable(parent, "split"));
+        cudaSetDevice(parent->device); /* the child's event and scratch live on the parent's GPU */
         r = ncclCommSplit(parent->nccl, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &nc, &cfg);
         if (r != ncclSuccess && r != ncclInProgress) return mt__nccl_after(parent, "split", r, 0, t0);
         MT_TRY(mt__nccl_ready(parent, parent->nccl, "split", t0));
@@ -1948,6 +1950,28 @@ MT_API mt_status mt_comm_split(mt_comm *parent, int color, int key, const char *
     }
 #endif
     return mt__host_split(parent, color, key, name, child);
+}
+
+/* Give up on a communicator (a peer failed, the trainer is shutting down after an error): NCCL
+ * communicators are aborted (ncclCommAbort, which also stops their kernels); a host group is
+ * marked unusable, so its other ranks' next collectives fail at once. Destroy it afterwards. */
+MT_API void mt_comm_abort(mt_comm *c) {
+    if (!c) return;
+#ifdef __CUDACC__
+    if (c->backend == MT__COMM_NCCL) {
+        mt__nccl_abort(c, "aborted by the caller");
+        return;
+    }
+#endif
+    if (c->g) {
+        pthread_mutex_lock(&c->g->mu);
+        if (!c->g->broken) {
+            c->g->broken = 1;
+            snprintf(c->g->broken_msg, sizeof c->g->broken_msg, "rank %d aborted the group", c->rank);
+        }
+        pthread_cond_broadcast(&c->g->cv);
+        pthread_mutex_unlock(&c->g->mu);
+    }
 }
 
 MT_API void mt_comm_destroy(mt_comm *c) {
