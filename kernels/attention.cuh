@@ -107,20 +107,21 @@ __device__ __forceinline__ uint32_t mt__fa_swz(int row, int chunk) {
 }
 
 /* Asynchronously load ROWS rows x D bf16 (global row stride ld elements; rows row0.. of a matrix with
- * `nrows` valid rows; rows past the end are zero-filled) into a swizzled shared tile at s. */
+ * `nrows` valid rows; rows past the end are zero-filled) into a swizzled shared tile at s.
+ * Thread tid copies chunk tid % (D/8) of rows tid / (D/8) + k * NT/(D/8): one base address per thread. */
 template <int ROWS, int D, int NT>
 __device__ __forceinline__ void mt__fa_load_tile(uint32_t s, const __nv_bfloat16 *g, size_t ld, int row0, int nrows,
                                                  int tid) {
     constexpr int CPR = D / 8;
-    constexpr int TOTAL = ROWS * CPR;
-    static_assert(TOTAL % NT == 0, "tile chunks must divide among the threads");
+    constexpr int RS = NT / CPR; /* rows per pass */
+    static_assert(NT % CPR == 0 && ROWS % RS == 0 && RS % 8 == 0, "tile rows must divide among the threads");
+    const int c = tid % CPR, r0 = tid / CPR;
+    const __nv_bfloat16 *src = g + (size_t)(row0 + r0) * ld + c * 8;
+    const uint32_t dst = s + mt__fa_swz<D>(r0, c); /* (r0 + k*RS) & 7 == r0 & 7: same swizzle every pass */
 #pragma unroll
-    for (int it = 0; it < TOTAL / NT; it++) {
-        int i = it * NT + tid;
-        int r = i / CPR, c = i % CPR;
-        bool ok = row0 + r < nrows;
-        const __nv_bfloat16 *src = g + (size_t)(ok ? row0 + r : 0) * ld + c * 8;
-        mt__fa_cp16(s + mt__fa_swz<D>(r, c), src, ok);
+    for (int k = 0; k < ROWS / RS; k++) {
+        const bool ok = row0 + r0 + k * RS < nrows;
+        mt__fa_cp16(dst + k * RS * D * 2, ok ? (const void *)(src + (size_t)k * RS * ld) : (const void *)g, ok);
     }
 }
 

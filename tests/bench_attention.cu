@@ -95,6 +95,7 @@ static const variant g_variants[] = {
     {"fwd 128x64 w8", 64, mt__flash_fwd_run<64, 128, 64, 8>, NULL},
     {"fwd 64x64 w4", 64, mt__flash_fwd_run<64, 64, 64, 4>, NULL},
     {"fwd 128x128 w8", 64, mt__flash_fwd_run<64, 128, 128, 8>, NULL},
+    {"fwd 128x128 w4", 64, mt__flash_fwd_run<64, 128, 128, 4>, NULL},
     {"bwd 64x128 w8 (default)", 64, NULL, mt__flash_bwd_run<64, 64, 128, false>},
     {"bwd 128x128 w8", 64, NULL, mt__flash_bwd_run<64, 128, 128, false>},
     {"bwd 64x64 w4", 64, NULL, mt__flash_bwd_run<64, 64, 64, false>},
