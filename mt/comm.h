@@ -299,7 +299,8 @@ struct mt__host_group {
     int n, refs;
     double timeout_s;
     char name[32];
-    int broken;                /* a collective timed out: the group is unusable */
+    int broken;                /* a collective timed out or a rank aborted: the group is unusable */
+    mt_status broken_status;   /* MT_ERR_TIMEOUT or MT_ERR_COMM (aborted) */
     char broken_msg[256];
     int *world_ranks;          /* (n) */
     mt__host_slot *slots;      /* (n) */
@@ -479,9 +480,16 @@ MT_API mt_status mt__host_arrive(mt_comm *c, const mt__host_slot *mine) {
     }
     if (timed_out && !g->broken) {
         g->broken = 1;
+        g->broken_status = MT_ERR_TIMEOUT;
         snprintf(g->broken_msg, sizeof g->broken_msg, "%s timed out waiting for rank(s) %s",
                  mt__coll_name(mine->kind), missing);
         pthread_cond_broadcast(&g->cv);
+    }
+    if (g->broken_status == MT_ERR_COMM) { /* another rank aborted the group while this one waited */
+        char why[256];
+        memcpy(why, g->broken_msg, sizeof why);
+        pthread_mutex_unlock(&g->mu);
+        return mt_errorf(MT_ERR_COMM, "%s: %s while waiting for rank(s) %s", where, why, missing);
     }
     pthread_mutex_unlock(&g->mu);
     return mt_errorf(MT_ERR_TIMEOUT, "%s: timed out after %.2f s: rank(s) %s never arrived (%d of %d ranks did)", where,
@@ -1967,6 +1975,7 @@ MT_API void mt_comm_abort(mt_comm *c) {
         pthread_mutex_lock(&c->g->mu);
         if (!c->g->broken) {
             c->g->broken = 1;
+            c->g->broken_status = MT_ERR_COMM;
             snprintf(c->g->broken_msg, sizeof c->g->broken_msg, "rank %d aborted the group", c->rank);
         }
         pthread_cond_broadcast(&c->g->cv);
