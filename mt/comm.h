@@ -1818,8 +1818,9 @@ MT_API mt_status mt_comm_group_start(mt_comm *c) {
     return MT_OK;
 }
 
-/* Ends the group; with NCCL the batched send/recv are issued on the stream given to them.
- * `stream` for the completion event: pass the same stream as the sends and receives. */
+/* Ends the group: the batched sends and receives run together (host: the receives wait here).
+ * With NCCL they are issued on the streams given to them; the completion event that
+ * mt_comm_set_blocking_wait and mt_comm_wait watch is recorded on the last one's stream. */
 MT_API mt_status mt_comm_group_end(mt_comm *c) {
     if (!c) return mt_errorf(MT_ERR_ARG, "mt_comm group_end: communicator is NULL");
     if (c->group_depth <= 0) {
