@@ -15,12 +15,17 @@ summary="$out/summary.txt"
 note() { echo "$*" | tee -a "$summary"; }
 has() { case "$what" in *" $1 "*) return 0 ;; esac; return 1; }
 
-# max relative difference of the "lm loss" columns of two trainer logs, line by line
+# relative difference of the "lm loss" of two trainer logs, iteration by iteration: the largest,
+# the mean, and the largest over 10-iteration windows (batch noise averaged out)
 compare_losses() {
-    paste "$1" "$2" | awk -F'\t' '/lm loss/ {
-        split($1, a, "lm loss: "); split($2, b, "lm loss: "); x = a[2] + 0; y = b[2] + 0;
-        d = (x > y ? x - y : y - x) / x; if (d > m) m = d; n++; last = sprintf("%.6f vs %.6f", x, y) }
-        END { printf "%d iterations compared, max relative difference %.2e, last %s", n, m, last }'
+    for f in "$1" "$2"; do grep -o 'iteration *[0-9]*/ *[0-9]* | lm loss: [^ ]*' "$f" | sed 's/.*lm loss: //'; echo END; done |
+    awk 'BEGIN { k = 0 } /END/ { k++; next } { v[k, n[k]++] = $1 + 0 }
+         END { m = n[0] < n[1] ? n[0] : n[1]; worst = 0; sum = 0; wworst = 0
+               for (i = 0; i < m; i++) { d = v[0, i] - v[1, i]; d = (d < 0 ? -d : d) / v[0, i]; sum += d; if (d > worst) { worst = d; at = i + 1 } }
+               for (i = 0; i + 10 <= m; i++) { a = 0; b = 0; for (j = i; j < i + 10; j++) { a += v[0, j]; b += v[1, j] }
+                   d = (a - b) / a; d = d < 0 ? -d : d; if (d > wworst) wworst = d }
+               printf "%d iterations: max relative difference %.2e (iteration %d), mean %.2e, max over 10-iteration windows %.2e; last %.6f vs %.6f",
+                      m, worst, at, m ? sum / m : 0, wworst, v[0, m - 1], v[1, m - 1] }'
 }
 
 nvidia-smi -L
