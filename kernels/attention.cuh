@@ -636,6 +636,266 @@ mt__flash_bwd_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_ac
     }
 }
 
+/* Backward with FlashAttention-2's warp layout (an alternative to mt__flash_bwd_kernel, timed by the
+ * benchmark): 64 query rows x 128 key rows per step, 8 warps. S and dP in 32x32 warp tiles (2 along
+ * queries x 4 along keys), P and dS through shared memory ([q][k], bf16), dV/dK in 32-key x D/2 warp
+ * tiles (registers, whole CTA), dQ in 32 x D/4 warp tiles added with atomics. Fewer ldmatrix per mma
+ * than the 16-keys-per-warp layout (hd128: ~152 vs 176 per warp and step). */
+template <int D>
+__global__ void __launch_bounds__(256, 1)
+mt__flash_bwd2_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
+                      const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
+                      const float *__restrict__ delta, const __nv_bfloat16 *__restrict__ qkv, int T, int Hkv, int G,
+                      int causal, float scale, float scale_log2) {
+    constexpr int BM = 64, BN = 128, NT = 256;
+    constexpr int DV = D / 2; /* dK/dV columns per warp */
+    constexpr int DQ = D / 4; /* dQ columns per warp */
+    static_assert(D == 64 || D == 128, "head dim");
+    extern __shared__ __align__(128) unsigned char mt__fa_smem[];
+    const uint32_t base = mt__fa_smem_addr(mt__fa_smem);
+    const uint32_t sK = base;                   /* BN x D */
+    const uint32_t sV = sK + BN * D * 2;        /* BN x D */
+    const uint32_t sQ0 = sV + BN * D * 2;       /* 2 stages of BM x D */
+    const uint32_t sO0 = sQ0 + 2 * BM * D * 2;  /* dO, 2 stages */
+    const uint32_t sP = sO0 + 2 * BM * D * 2;   /* P, BM x BN ([q][k]) */
+    const uint32_t sS = sP + BM * BN * 2;       /* dS, BM x BN ([q][k]) */
+    const uint32_t sL0 = sS + BM * BN * 2;      /* lse, 2 stages of BM floats */
+    const uint32_t sD0 = sL0 + 2 * BM * 4;      /* delta, 2 stages */
+    const float *sLf = reinterpret_cast<const float *>(mt__fa_smem + (sL0 - base));
+    const float *sDf = reinterpret_cast<const float *>(mt__fa_smem + (sD0 - base));
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int H = Hkv * G;
+    const int nb = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    const int n0 = nb * BN;
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const size_t ldo = (size_t)H * D;
+    const __nv_bfloat16 *grp = qkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+    const int nqb = (T + BM - 1) / BM;
+    const int qb0 = causal ? n0 / BM : 0;
+    const int per_head = nqb - qb0;
+    const int total = G * per_head;
+    /* warp tiles */
+    const int sq = (warp & 1) * 32, sk = (warp >> 1) * 32;  /* S/dP: query rows sq.., key cols sk.. */
+    const int vk = (warp & 3) * 32, vd = (warp >> 2) * DV;  /* dK/dV: key rows vk.., cols vd.. */
+    const int qq = (warp & 1) * 32, qd = (warp >> 1) * DQ;  /* dQ: query rows qq.., cols qd.. */
+
+    auto load_q = [&](int it, int st) {
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        mt__fa_load_tile<BM, D, NT>(sQ0 + st * BM * D * 2, grp + (size_t)jj * D, ld, q0, T, tid);
+        mt__fa_load_tile<BM, D, NT>(sO0 + st * BM * D * 2, dout + (size_t)b * T * ldo + (size_t)hh * D, ldo, q0, T,
+                                    tid);
+        if (tid < BM) {
+            const size_t off = ((size_t)b * H + hh) * T;
+            const bool ok = q0 + tid < T;
+            const int qi = ok ? q0 + tid : 0;
+            mt__fa_cp4(sL0 + st * BM * 4 + tid * 4, lse + off + qi, ok);
+            mt__fa_cp4(sD0 + st * BM * 4 + tid * 4, delta + off + qi, ok);
+        }
+    };
+
+    mt__fa_load_tile<BN, D, NT>(sK, grp + (size_t)G * D, ld, n0, T, tid);
+    mt__fa_load_tile<BN, D, NT>(sV, grp + (size_t)(G + 1) * D, ld, n0, T, tid);
+    load_q(0, 0);
+    mt__fa_cp_commit();
+
+    float dk[2][DV / 8][4], dv[2][DV / 8][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int dn = 0; dn < DV / 8; dn++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dk[m][dn][e] = dv[m][dn][e] = 0.f;
+
+    for (int it = 0; it < total; it++) {
+        const int st = it & 1;
+        if (it + 1 < total) {
+            load_q(it + 1, st ^ 1);
+            mt__fa_cp_commit();
+            mt__fa_cp_wait<1>();
+        } else {
+            mt__fa_cp_wait<0>();
+        }
+        __syncthreads();
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        const uint32_t sQ = sQ0 + st * BM * D * 2, sO = sO0 + st * BM * D * 2;
+        const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
+
+        /* S = Q K^T and dP = dO V^T on this warp's 32 x 32 tile */
+        {
+            float sc[2][4][4], dp[2][4][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int n = 0; n < 4; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) sc[m][n][e] = dp[m][n][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                uint32_t aq[2][4], ao[2][4];
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    const uint32_t off = mt__fa_swz<D>(sq + m * 16 + (lane & 15), kk * 2 + (lane >> 4));
+                    mt__fa_ldsm_x4(aq[m][0], aq[m][1], aq[m][2], aq[m][3], sQ + off);
+                    mt__fa_ldsm_x4(ao[m][0], ao[m][1], ao[m][2], ao[m][3], sO + off);
+                }
+#pragma unroll
+                for (int np = 0; np < 2; np++) {
+                    uint32_t b0, b1, b2, b3;
+                    const uint32_t off =
+                        mt__fa_swz<D>(sk + np * 16 + ((lane >> 4) << 3) + (lane & 7), kk * 2 + ((lane >> 3) & 1));
+                    mt__fa_ldsm_x4(b0, b1, b2, b3, sK + off);
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        mt__fa_mma(sc[m][2 * np], aq[m], b0, b1);
+                        mt__fa_mma(sc[m][2 * np + 1], aq[m], b2, b3);
+                    }
+                    mt__fa_ldsm_x4(b0, b1, b2, b3, sV + off);
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        mt__fa_mma(dp[m][2 * np], ao[m], b0, b1);
+                        mt__fa_mma(dp[m][2 * np + 1], ao[m], b2, b3);
+                    }
+                }
+            }
+            /* P = exp2(S c - lse log2e), masked; dS = P (dP - delta); both to shared memory as bf16 */
+            const bool need_mask = (q0 + BM > T) || (n0 + BN > T) || (causal && n0 + sk + 31 > q0 + sq);
+            unsigned char *pP = mt__fa_smem + (sP - base), *pS = mt__fa_smem + (sS - base);
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const int ql = sq + m * 16 + (lane >> 2) + r * 8;
+                    const float l2 = sL[ql] * 1.4426950408889634f, dl = sDl[ql];
+#pragma unroll
+                    for (int n = 0; n < 4; n++) {
+                        float v[2], w[2];
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            float sv = sc[m][n][2 * r + e];
+                            if (need_mask) {
+                                const int q = q0 + ql, kv = n0 + sk + n * 8 + (lane & 3) * 2 + e;
+                                if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
+                            }
+                            v[e] = mt__fa_exp2(fmaf(sv, scale_log2, -l2));
+                            w[e] = v[e] * (dp[m][n][2 * r + e] - dl);
+                        }
+                        const uint32_t off = mt__fa_swz<BN>(ql, (sk >> 3) + n) + (lane & 3) * 4;
+                        *reinterpret_cast<uint32_t *>(pP + off) = mt__fa_pack(v[0], v[1]);
+                        *reinterpret_cast<uint32_t *>(pS + off) = mt__fa_pack(w[0], w[1]);
+                    }
+                }
+        }
+        __syncthreads(); /* P and dS complete */
+
+        /* dV += P^T dO, dK += dS^T Q: this warp's 32 keys x DV columns; A = P^T / dS^T by ldmatrix.trans */
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) {
+            uint32_t ap[2][4], as[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++) {
+                const uint32_t off =
+                    mt__fa_swz<BN>(kk * 16 + (lane & 7) + ((lane >> 4) << 3), ((vk + m * 16) >> 3) + ((lane >> 3) & 1));
+                mt__fa_ldsm_x4_t(ap[m][0], ap[m][1], ap[m][2], ap[m][3], sP + off);
+                mt__fa_ldsm_x4_t(as[m][0], as[m][1], as[m][2], as[m][3], sS + off);
+            }
+#pragma unroll
+            for (int dpi = 0; dpi < DV / 16; dpi++) {
+                uint32_t b0, b1, b2, b3;
+                const uint32_t off = mt__fa_swz<D>(kk * 16 + (lane & 15), (vd >> 3) + dpi * 2 + (lane >> 4));
+                mt__fa_ldsm_x4_t(b0, b1, b2, b3, sO + off);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    mt__fa_mma(dv[m][2 * dpi], ap[m], b0, b1);
+                    mt__fa_mma(dv[m][2 * dpi + 1], ap[m], b2, b3);
+                }
+                mt__fa_ldsm_x4_t(b0, b1, b2, b3, sQ + off);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    mt__fa_mma(dk[m][2 * dpi], as[m], b0, b1);
+                    mt__fa_mma(dk[m][2 * dpi + 1], as[m], b2, b3);
+                }
+            }
+        }
+
+        /* dQ += dS K: this warp's 32 queries x DQ columns; atomics into the fp32 accumulator */
+        {
+            float acc[2][DQ / 8][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int dn = 0; dn < DQ / 8; dn++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[m][dn][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                uint32_t a[2][4];
+#pragma unroll
+                for (int m = 0; m < 2; m++)
+                    mt__fa_ldsm_x4(a[m][0], a[m][1], a[m][2], a[m][3],
+                                   sS + mt__fa_swz<BN>(qq + m * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+#pragma unroll
+                for (int dpi = 0; dpi < DQ / 16; dpi++) {
+                    uint32_t b0, b1, b2, b3;
+                    mt__fa_ldsm_x4_t(b0, b1, b2, b3,
+                                     sK + mt__fa_swz<D>(kk * 16 + (lane & 15), (qd >> 3) + dpi * 2 + (lane >> 4)));
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        mt__fa_mma(acc[m][2 * dpi], a[m], b0, b1);
+                        mt__fa_mma(acc[m][2 * dpi + 1], a[m], b2, b3);
+                    }
+                }
+            }
+            float *dqh = dq_acc + (((size_t)b * H + hh) * T) * D;
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const int q = q0 + qq + m * 16 + (lane >> 2) + r * 8;
+                    if (q < T) {
+#pragma unroll
+                        for (int dn = 0; dn < DQ / 8; dn++) {
+                            float *dst = dqh + (size_t)q * D + qd + dn * 8 + (lane & 3) * 2;
+                            atomicAdd(reinterpret_cast<float2 *>(dst),
+                                      make_float2(acc[m][dn][2 * r], acc[m][dn][2 * r + 1]));
+                        }
+                    }
+                }
+        }
+        __syncthreads(); /* P, dS and this stage are rewritten next iteration */
+    }
+
+    /* dK * scale and dV to bf16 through sK / sV (all warps are past their last read), then 16-byte stores */
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int lr = vk + m * 16 + (lane >> 2) + r * 8;
+#pragma unroll
+            for (int dn = 0; dn < DV / 8; dn++) {
+                const uint32_t off = mt__fa_swz<D>(lr, (vd >> 3) + dn) + (lane & 3) * 4;
+                *reinterpret_cast<uint32_t *>(mt__fa_smem + (sK - base) + off) =
+                    mt__fa_pack(dk[m][dn][2 * r] * scale, dk[m][dn][2 * r + 1] * scale);
+                *reinterpret_cast<uint32_t *>(mt__fa_smem + (sV - base) + off) =
+                    mt__fa_pack(dv[m][dn][2 * r], dv[m][dn][2 * r + 1]);
+            }
+        }
+    __syncthreads();
+    __nv_bfloat16 *dgrp = dqkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+    constexpr int CPR = D / 8;
+#pragma unroll
+    for (int k = 0; k < BN * CPR / NT; k++) {
+        const int i = k * NT + tid, r = i / CPR, c = i % CPR, row = n0 + r;
+        if (row < T) {
+            __nv_bfloat16 *dst = dgrp + (size_t)row * ld + (size_t)G * D + c * 8;
+            *reinterpret_cast<uint4 *>(dst) =
+                *reinterpret_cast<const uint4 *>(mt__fa_smem + (sK - base) + mt__fa_swz<D>(r, c));
+            *reinterpret_cast<uint4 *>(dst + D) =
+                *reinterpret_cast<const uint4 *>(mt__fa_smem + (sV - base) + mt__fa_swz<D>(r, c));
+        }
+    }
+}
+
 /* Deterministic dQ (used when MT_FLASH_DETERMINISTIC): one CTA per (query block of BM rows, head,
  * batch), NW warps of 16*MT rows, key/value tiles of BN rows streamed as in the forward:
  * S = Q K^T, dP = dO V^T, dS = P (dP - delta), dQ += dS K in registers; dQ * scale -> bf16 into dqkv. */
@@ -911,6 +1171,33 @@ static inline mt_status mt__flash_bwd_run(const mt_ctx *cx, void *dqkv, const vo
         MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: dq"));
     }
     return MT_OK;
+}
+
+/* The backward through mt__flash_bwd2_kernel (FlashAttention-2's warp layout; atomics for dQ). */
+template <int D>
+static inline mt_status mt__flash_bwd2_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                           const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
+                                           float *delta, float *dq_acc) {
+    const int H = Hkv * G;
+    cudaStream_t s = (cudaStream_t)cx->stream;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
+    const size_t n = (size_t)B * T * H * (D / 8);
+    mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
+        delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
+    MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
+    const size_t smem = (size_t)2 * 128 * D * 2 + (size_t)4 * 64 * D * 2 + (size_t)2 * 64 * 128 * 2 + 4 * 64 * 4;
+    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
+              int, int, int, int, float, float) = mt__flash_bwd2_kernel<D>;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
+    dim3 grid((T + 127) / 128, Hkv, B);
+    k<<<grid, 256, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
+                              (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
+    MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
+    mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G,
+                                                                         D, scale);
+    return mt__fa_cuda("mt_flash_attention_bwd: dq");
 }
 
 template <int D>

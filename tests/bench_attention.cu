@@ -100,6 +100,7 @@ static const variant g_variants[] = {
     {"bwd 128x128 w8", 64, NULL, mt__flash_bwd_run<64, 128, 128, false>},
     {"bwd 64x64 w4", 64, NULL, mt__flash_bwd_run<64, 64, 64, false>},
     {"bwd 64x128 w8 deterministic", 64, NULL, mt__flash_bwd_run<64, 64, 128, true>},
+    {"bwd FA2 layout 64x128 w8", 64, NULL, mt__flash_bwd2_run<64>},
     {"fwd 128x64 w4 (default)", 128, mt__flash_fwd_run<128, 128, 64, 4>, NULL},
     {"fwd 128x64 w8", 128, mt__flash_fwd_run<128, 128, 64, 8>, NULL},
     {"fwd 64x64 w4", 128, mt__flash_fwd_run<128, 64, 64, 4>, NULL},
@@ -108,6 +109,7 @@ static const variant g_variants[] = {
     {"bwd 64x128 w8 (default)", 128, NULL, mt__flash_bwd_run<128, 64, 128, false>},
     {"bwd 64x64 w4", 128, NULL, mt__flash_bwd_run<128, 64, 64, false>},
     {"bwd 64x128 w8 deterministic", 128, NULL, mt__flash_bwd_run<128, 64, 128, true>},
+    {"bwd FA2 layout 64x128 w8", 128, NULL, mt__flash_bwd2_run<128>},
 };
 
 static const variant *g_cur_variant;

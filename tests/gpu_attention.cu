@@ -5,7 +5,8 @@
  * the float reference (mt_attention_fwd_cpu_f32 / mt_attention_bwd_cpu_f32, double accumulation)
  * on the same bf16-rounded inputs. Passes when ||x - ref|| / ||ref|| < 1e-2 for out, lse, dq, dk, dv
  * and every element is finite. The deterministic backward (MT_FLASH_DETERMINISTIC's path) is checked
- * the same way and must be bitwise reproducible; the default one must give bitwise identical dK/dV.
+ * the same way and must be bitwise reproducible; the default one must give bitwise identical dK/dV;
+ * the alternative backward with FlashAttention-2's warp layout is checked against the reference too.
  * Also: an unsupported head dim returns MT_ERR_UNSUPPORTED, a short workspace is refused.
  */
 #if defined(__has_include)
@@ -79,6 +80,15 @@ static mt_status bwd_deterministic(const mt_ctx *cx, void *dqkv, const void *dou
         cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
+/* the backward with FlashAttention-2's warp layout (mt__flash_bwd2_kernel) */
+static mt_status bwd_fa2_layout(const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
+                                const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws) {
+    float *delta, *dq_acc;
+    mt__fa_ws_split(ws, B, T, Hkv, G, &delta, &dq_acc);
+    if (D == 64) return mt__flash_bwd2_run<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    return mt__flash_bwd2_run<128>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+}
+
 static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *worst) {
     const int H = Hkv * G;
     const size_t nqkv = (size_t)B * T * Hkv * (G + 2) * D, nout = (size_t)B * T * H * D, nlse = (size_t)B * H * T;
@@ -145,6 +155,20 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
         free(h2);
     }
 
+    /* the FlashAttention-2-layout backward on fresh poison */
+    float *gdqkv_fa2 = (float *)malloc(nqkv * 4);
+    {
+        uint16_t *h1 = (uint16_t *)malloc(nqkv * 2);
+        CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
+        CK(cudaMemset(d_ws, 0xff, ws));
+        st = bwd_fa2_layout(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws);
+        MT_EXPECT(st == MT_OK, "FA2-layout bwd status %s", mt_status_str(st));
+        CK(cudaDeviceSynchronize());
+        CK(cudaMemcpy(h1, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < nqkv; i++) gdqkv_fa2[i] = mt_bf16_to_f32(h1[i]);
+        free(h1);
+    }
+
     /* second backward on fresh poison: dK/dV must be bitwise identical (one CTA per key block) */
     uint16_t *hbuf2 = (uint16_t *)malloc(nqkv * 2);
     CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
@@ -178,14 +202,17 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     gather_slots(a, gdqkv, B, T, Hkv, G, D, G + 1, G + 2);
     gather_slots(r, ref_dqkv, B, T, Hkv, G, D, G + 1, G + 2);
     relerr e_dv = rel_error(a, r, nk);
-    relerr e_det[3];
+    relerr e_det[3], e_fa2[3];
     for (int w = 0; w < 3; w++) {
         const int s0 = w == 0 ? 0 : w == 1 ? G : G + 1, s1 = w == 0 ? G : s0 + 1;
-        gather_slots(a, gdqkv_det, B, T, Hkv, G, D, s0, s1);
         gather_slots(r, ref_dqkv, B, T, Hkv, G, D, s0, s1);
+        gather_slots(a, gdqkv_det, B, T, Hkv, G, D, s0, s1);
         e_det[w] = rel_error(a, r, w == 0 ? nq : nk);
+        gather_slots(a, gdqkv_fa2, B, T, Hkv, G, D, s0, s1);
+        e_fa2[w] = rel_error(a, r, w == 0 ? nq : nk);
     }
     free(gdqkv_det);
+    free(gdqkv_fa2);
     free(a);
     free(r);
 
@@ -197,9 +224,12 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     MT_EXPECT(e_dq.err < tol, "%s: dq rel err %.3g (%zu non-finite)", tag, e_dq.err, e_dq.nonfinite);
     MT_EXPECT(e_dk.err < tol, "%s: dk rel err %.3g (%zu non-finite)", tag, e_dk.err, e_dk.nonfinite);
     MT_EXPECT(e_dv.err < tol, "%s: dv rel err %.3g (%zu non-finite)", tag, e_dv.err, e_dv.nonfinite);
-    for (int w = 0; w < 3; w++)
+    for (int w = 0; w < 3; w++) {
         MT_EXPECT(e_det[w].err < tol, "%s: deterministic d%c rel err %.3g (%zu non-finite)", tag, "qkv"[w],
                   e_det[w].err, e_det[w].nonfinite);
+        MT_EXPECT(e_fa2[w].err < tol, "%s: FA2-layout d%c rel err %.3g (%zu non-finite)", tag, "qkv"[w],
+                  e_fa2[w].err, e_fa2[w].nonfinite);
+    }
     printf("    %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n", tag, e_out.err, e_lse.err, e_dq.err, e_dk.err,
            e_dv.err);
     double m = e_out.err;
@@ -207,8 +237,10 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     if (!(m >= e_dq.err)) m = e_dq.err;
     if (!(m >= e_dk.err)) m = e_dk.err;
     if (!(m >= e_dv.err)) m = e_dv.err;
-    for (int w = 0; w < 3; w++)
+    for (int w = 0; w < 3; w++) {
         if (!(m >= e_det[w].err)) m = e_det[w].err;
+        if (!(m >= e_fa2[w].err)) m = e_fa2[w].err;
+    }
     if (!(*worst >= m)) *worst = m;
 
     cudaFree(d_qkv); cudaFree(d_out); cudaFree(d_dout); cudaFree(d_dqkv); cudaFree(d_lse); cudaFree(d_ws);
