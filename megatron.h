@@ -22,5 +22,6 @@
 #include "mt/ops.h"       // defines: mt_<op>_fwd/_bwd dispatching on the context's device and dtype, mt_copy, mt_lr_at
 #include "mt/gpt.h"       // defines: mt_gpt_config, mt_layer_par, mt_gpt (a pipeline stage), its params table, acts, forward/backward
 #include "mt/optim.h"     // defines: mt_optim (AdamW, fp32 master weights, on-device global-norm clipping)
+#include "mt/ddp.h"       // defines: mt_ddp (data parallel: gradient buckets overlapped with the backward; distributed optimizer ZeRO-1/2/3), mt_ddp_check_batch
 
 #endif /* MEGATRON_H */

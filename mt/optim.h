@@ -9,7 +9,8 @@
  * mt_optim_grad_norm reads the last norm back (a sync) for logging.
  * Weight decay applies to 2-D weights only (mt_param.decay), not to biases and norm weights.
  *
- * Defines: mt_optim_hp, mt_optim, mt_optim_init, mt_optim_step, mt_optim_grad_norm, mt_optim_free
+ * Defines: mt_optim_hp, mt_optim, mt_optim_init, mt_optim_step, mt_optim_grad_norm, mt_optim_free,
+ *   mt_optim_resolve_hp, mt_param_in_norm (shared with mt/ddp.h)
  */
 #ifndef MT_OPTIM_H
 #define MT_OPTIM_H
@@ -84,6 +85,26 @@ MT_API mt_status mt_optim_step(const mt_ctx *cx, mt_optim *o, mt_gpt *m, const m
                         &hp, coef, 0));
     }
     return mt_zero(cx, m->grad_mem, o->n * es);
+}
+
+/* AdamW hyper-parameters for step `step` (1-based) with the defaults filled in; weight_decay is
+ * hp->weight_decay (set it to 0 for the params without decay). */
+MT_API void mt_optim_resolve_hp(const mt_optim_hp *hp, int step, mt_adamw_hp *out) {
+    out->lr = hp->lr;
+    out->beta1 = hp->beta1 != 0 ? hp->beta1 : 0.9f;
+    out->beta2 = hp->beta2 != 0 ? hp->beta2 : 0.95f;
+    out->eps = hp->eps != 0 ? hp->eps : 1e-8f;
+    out->weight_decay = hp->weight_decay;
+    out->step = step;
+}
+
+/* 1 when p's gradient counts in the global norm on this rank: a tensor-parallel duplicate
+ * (split == MT_SPLIT_NONE) counts on tp rank 0 only, and the tied embedding only on the first
+ * stage (a last stage that is not first holds a copy), so a sum over all ranks counts each once. */
+MT_API int mt_param_in_norm(const mt_gpt *m, const mt_param *p) {
+    if (p->split == MT_SPLIT_NONE && m->par.tp_size > 1 && m->par.tp_rank != 0) return 0;
+    if (p->tied && !m->first) return 0;
+    return 1;
 }
 
 /* The gradient norm of the last step (before clipping). Synchronises with the device. */

@@ -1,0 +1,856 @@
+/* mt/ddp.h — data parallelism and the distributed optimizer (ZeRO-1/2/3) over one mt_gpt stage.
+ *
+ *   int n_micro;  MT_TRY(mt_ddp_check_batch(global_batch, micro_batch, par.size.dp, &n_micro));
+ *   mt_ddp_config dc = {0};  dc.strategy = MT_SHARD_OPTIM;        // --use-distributed-optimizer
+ *   mt_ddp ddp;   MT_TRY(mt_ddp_init(&cx, &ddp, &model, &par, &dc, host_init));
+ *   for (mb = 0; mb < n_micro; mb++) {
+ *       mt_ddp_set_sync(&ddp, mb == n_micro - 1);                  // communicate on the last only
+ *       MT_TRY(mt_gpt_forward(&cx, &model, &acts, &scratch, 1.0f / global_tokens));
+ *       MT_TRY(mt_gpt_backward(&cx, &model, &acts, &scratch, NULL, NULL)); // buckets launch inside
+ *   }
+ *   MT_TRY(mt_ddp_step(&cx, &ddp, &hp));   // finish, clip by the global norm, AdamW, gather params
+ *
+ * Strategies (--data-parallel-sharding-strategy; mt_shard_strategy_parse reads the names)
+ *   no_shard            DDP: every rank all-reduces every gradient and updates every parameter.
+ *   optim               ZeRO-1 (--use-distributed-optimizer): rank r owns 1/dp of every bucket: the
+ *                       gradients are reduce-scattered, AdamW runs on the shard only (fp32 master
+ *                       for 16-bit params, m and v for the shard only), the params are all-gathered.
+ *   optim_grads         ZeRO-2: as optim, and only the shard's gradients are kept across
+ *                       micro-batches: every micro-batch's buckets are reduce-scattered as soon as
+ *                       they are ready, added into a shard accumulator (1/dp of the buffer) and the
+ *                       bucket's region of the model's gradient buffer is zeroed (free for reuse).
+ *   optim_grads_params  ZeRO-3: as optim_grads, and a layer's parameters are all-gathered just
+ *                       before its forward or backward (mt_gpt_hooks.before_block) and released
+ *                       after; the embedding and head ("root") stay gathered.
+ *
+ * Layout. mt_gpt keeps params and grads in one buffer each, in backward order, every tensor
+ * 64-element aligned. This layer splits that buffer into buckets: bucket ends are multiples of
+ * unit = lcm(dp, 128) elements, placed at the last point where the backward has made every
+ * gradient before them final (mt_gpt.ready, one per block) once the bucket holds bucket_size
+ * elements (default max(40M, 1M*dp), like Megatron; ZeRO-3 cuts at every block, so a layer is
+ * a gather unit). Buckets may cut a tensor: a bucket's reduction needs only that every element in
+ * it is final. Megatron pads each bucket end; here only the buffer end needs padding, so
+ * mt_ddp_init reallocates the model's param and grad buffers once with their length rounded up
+ * to a multiple of unit (contents kept, m->w and m->g rebound; pointers taken before are stale).
+ * Shards: rank r owns [start + r*s, start + (r+1)*s) of each bucket, s = (end - start) / dp; its
+ * optimizer state is those pieces back to back. AdamW runs per (tensor ∩ shard) range ("runs":
+ * adjacent ranges with the same weight-decay and norm flags merged), so per-tensor weight decay
+ * stays right when a shard cuts a tensor.
+ *
+ * Reduction. Default MT_SUM, with the loss scaled by 1 / (tokens in the global batch): exact for
+ * any dp, and the same gradient sum the single-rank trainer accumulates. cfg.average = 1 uses
+ * MT_AVG instead (loss scaled per rank). Every bucket's collective is issued from the
+ * grads_ready hook while the backward goes on; on the GPU on a side stream that waits on an
+ * event recorded on the compute stream, and the compute stream waits on the side stream in
+ * mt_ddp_finish (no host sync anywhere in a step). grad_reduce_in_fp32 (16-bit grads): each
+ * bucket is cast into an fp32 buffer and reduced there; the optimizer reads the fp32 sum (cast back
+ * to the param dtype for mt_adamw, which takes grads in the param dtype). The host backend does
+ * not reduce f64: f64 buckets (CPU tests) reduce here by all-to-all plus a sum in rank order.
+ *
+ * Global gradient-norm clipping: sum of squares over this rank's reduced gradients (its shards
+ * when sharded), skipping tp duplicates on tp ranks > 0 and the tied embedding copy of a last
+ * stage that is not first (mt_param_in_norm), all-reduced over dp (sharded only), tp and pp, on
+ * the device. mt_ddp_grad_norm reads it back (a sync) for logging.
+ *
+ * Memory: what is real and what is simulated (see mt_ddp_stats)
+ *   optim: real. master (16-bit params) + m + v exist for the shard only.
+ *   optim_grads: the shard accumulator is real, but mt_gpt still owns a full-size gradient buffer
+ *     that its backward writes in place, so the full buffer is still allocated; what a layout that
+ *     only keeps in-flight buckets would need is measured (stats.peak_live_grad).
+ *   optim_grads_params: param_mem stays full-size; released regions are poisoned with NaN on the
+ *     CPU, so a layer computed without its gather would fail the tests; the elements a real
+ *     implementation keeps are measured (stats.peak_gathered + root + shard).
+ *
+ * Defines: mt_shard_strategy (MT_SHARD_*), mt_shard_strategy_parse/name, mt_ddp_config,
+ *   mt_ddp_bucket, mt_ddp_run, mt_ddp_stats, mt_ddp, mt_ddp_check_batch, mt_ddp_init, mt_ddp_free,
+ *   mt_ddp_set_sync, mt_ddp_finish, mt_ddp_step, mt_ddp_grad_norm, mt_ddp_gather_params
+ */
+#ifndef MT_DDP_H
+#define MT_DDP_H
+#include "core.h"
+#include "comm.h"
+#include "parallel.h"
+#include "gpt.h"
+#include "optim.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    MT_SHARD_NONE = 0,               /* no_shard */
+    MT_SHARD_OPTIM = 1,              /* optim (ZeRO-1) */
+    MT_SHARD_OPTIM_GRADS = 2,        /* optim_grads (ZeRO-2) */
+    MT_SHARD_OPTIM_GRADS_PARAMS = 3  /* optim_grads_params (ZeRO-3) */
+} mt_shard_strategy;
+
+MT_API const char *mt_shard_strategy_name(mt_shard_strategy s) {
+    switch (s) {
+        case MT_SHARD_NONE: return "no_shard";
+        case MT_SHARD_OPTIM: return "optim";
+        case MT_SHARD_OPTIM_GRADS: return "optim_grads";
+        case MT_SHARD_OPTIM_GRADS_PARAMS: return "optim_grads_params";
+        default: return "?";
+    }
+}
+
+MT_API mt_status mt_shard_strategy_parse(const char *name, mt_shard_strategy *out) {
+    for (int s = 0; s <= 3; s++)
+        if (name && !strcmp(name, mt_shard_strategy_name((mt_shard_strategy)s))) {
+            *out = (mt_shard_strategy)s;
+            return MT_OK;
+        }
+    return mt_errorf(MT_ERR_ARG, "--data-parallel-sharding-strategy '%s': expected no_shard, optim, optim_grads or "
+                     "optim_grads_params", name ? name : "(null)");
+}
+
+typedef struct mt_ddp_config {
+    mt_shard_strategy strategy;  /* default no_shard */
+    size_t bucket_size;          /* elements per bucket; 0 = max(40M, 1M * dp) */
+    int grad_reduce_in_fp32;     /* 16-bit grads are reduced (and, sharded, accumulated) in fp32 */
+    int average;                 /* 1: MT_AVG in the collective; 0 (default): MT_SUM */
+    int no_overlap;              /* 1: no_shard/optim reduce every bucket in mt_ddp_finish */
+} mt_ddp_config;
+
+typedef struct mt_ddp_bucket {
+    size_t start, end;    /* elements [start, end) of the padded buffers; (end - start) % nshard == 0 */
+    size_t shard;         /* (end - start) / nshard: the piece each rank owns */
+    size_t soff;          /* where this rank's piece starts in the shard-state buffers */
+    int root;             /* holds embedding or head params (ZeRO-3 keeps it gathered) */
+    int gathered;         /* ZeRO-3: the pieces of other ranks are valid in param_mem */
+} mt_ddp_bucket;
+
+/* A range this rank updates: one (tensor ∩ own piece), merged with its neighbours when flags match. */
+typedef struct mt_ddp_run {
+    size_t off;    /* elements from the start of param_mem / grad_mem */
+    size_t n;
+    size_t soff;   /* elements from the start of the shard-state buffers */
+    int decay;     /* weight decay applies */
+    int in_norm;   /* counts in the global gradient norm on this rank */
+} mt_ddp_run;
+
+typedef struct mt_ddp_stats {
+    size_t num_params;        /* elements of the model's buffers before padding (64-aligned tensors) */
+    size_t padded_params;     /* after padding the end to lcm(dp, 128) */
+    size_t shard_params;      /* elements this rank updates (padded / dp; all of them for no_shard) */
+    size_t optim_nbytes;      /* allocated here for optimizer state: fp32 master + m + v */
+    size_t grad_shard_nbytes; /* ZeRO-2/3 shard accumulator */
+    size_t comm_nbytes;       /* fp32 reduction buffer, f64 host scratch */
+    size_t pad_nbytes;        /* bytes the padding added to the model's param + grad buffers */
+    size_t peak_live_grad;    /* ZeRO-2/3: most grad elements produced but not yet reduce-scattered */
+    size_t root_params;       /* ZeRO-3: elements of root buckets (kept gathered) */
+    size_t peak_gathered;     /* ZeRO-3: most non-root bucket elements gathered at once */
+} mt_ddp_stats;
+
+typedef struct mt_ddp {
+    mt_ddp_config cfg;
+    mt_gpt *m;
+    mt_ctx cx;                /* the compute context (stream of the forward/backward) */
+    mt_ctx ccx;               /* the same on the communication stream */
+    mt_comm *dp, *tp, *pp;    /* gradient group (dp x cp), tensor and pipeline groups; NULL = size 1 */
+    int nshard, rank;         /* shards per bucket (dp for sharded strategies, else 1), this rank's */
+    size_t unit;              /* lcm(dp, 128) */
+    size_t padded;            /* elements in the padded buffers */
+    size_t nshard_elems;      /* elements in the shard-state buffers */
+    int n_buckets;
+    mt_ddp_bucket *buckets;   /* (n_buckets), backward order */
+    int n_runs;
+    mt_ddp_run *runs;         /* (n_runs) */
+    mt_dtype pdt, rdt;        /* param/grad dtype, reduction dtype */
+    float *master;            /* (nshard_elems) fp32 master weights for 16-bit params, else NULL */
+    void *mom, *var;          /* (nshard_elems) Adam moments, stat type */
+    void *acc;                /* (nshard_elems) ZeRO-2/3 gradient shard, rdt */
+    void *rbuf;               /* (padded) fp32 reduction buffer (grad_reduce_in_fp32 with 16-bit grads) */
+    void *scratch;            /* host f64 reductions: (scratch_n) doubles */
+    size_t scratch_n;
+    void *scalars;            /* 2 stat-type scalars on the device: norm squared, clip coefficient */
+    int step;
+    int sync;                 /* this micro-batch's backward communicates (no_shard/optim) */
+    int next_bucket;          /* first bucket not launched in the current backward */
+    int reduced;              /* no_shard/optim: the gradients of this step were reduced */
+    size_t released;          /* ZeRO-2/3 stats: elements reduce-scattered in this backward */
+    mt_ddp_stats stats;
+    void *comm_stream;        /* cudaStream_t (GPU) */
+    void **events;            /* (n_buckets) cudaEvent_t: bucket ready on the compute stream */
+    void *ev_done;            /* cudaEvent_t: the comm stream's work so far */
+} mt_ddp;
+
+/* ------------------------------------------------------------------ batch validation */
+
+/* The trainer's check of the batch sizes: global = micro * dp * n_micro. */
+MT_API mt_status mt_ddp_check_batch(int global_batch, int micro_batch, int dp, int *n_micro) {
+    if (n_micro) *n_micro = 0;
+    if (micro_batch <= 0 || dp <= 0 || global_batch <= 0)
+        return mt_errorf(MT_ERR_ARG, "batch: --global-batch-size %d, --micro-batch-size %d and data-parallel size %d "
+                         "must be positive", global_batch, micro_batch, dp);
+    if (global_batch % ((long)micro_batch * dp))
+        return mt_errorf(MT_ERR_ARG, "batch: --global-batch-size %d is not divisible by --micro-batch-size %d x "
+                         "data-parallel size %d = %ld (expected a multiple of %ld, e.g. %ld)", global_batch, micro_batch,
+                         dp, (long)micro_batch * dp, (long)micro_batch * dp,
+                         ((long)global_batch / ((long)micro_batch * dp) + 1) * micro_batch * dp);
+    if (n_micro) *n_micro = global_batch / (micro_batch * dp);
+    return MT_OK;
+}
+
+/* ------------------------------------------------------------------ conversions (CPU and GPU) */
+
+MT_HD static inline double mt__ddp_load(int dt, const void *p, size_t i) {
+    switch (dt) {
+        case MT_F32: return ((const float *)p)[i];
+        case MT_F64: return ((const double *)p)[i];
+        case MT_BF16: return mt_bf16_to_f32(((const uint16_t *)p)[i]);
+        case MT_F16: return mt_f16_to_f32(((const uint16_t *)p)[i]);
+        default: return 0;
+    }
+}
+
+MT_HD static inline void mt__ddp_store(int dt, void *p, size_t i, double v) {
+    switch (dt) {
+        case MT_F32: ((float *)p)[i] = (float)v; break;
+        case MT_F64: ((double *)p)[i] = v; break;
+        case MT_BF16: ((uint16_t *)p)[i] = mt_f32_to_bf16((float)v); break;
+        case MT_F16: ((uint16_t *)p)[i] = mt_f32_to_f16((float)v); break;
+        default: break;
+    }
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#ifdef __CUDACC__
+/* dst (DD) = src (DS), or dst += src; in fp32 unless one side is f64. Each element once. */
+template <int DD, int DS>
+__global__ void mt__ddp_convert_kernel(void *dst, const void *src, size_t n, int accumulate) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        if (DD == MT_F64 || DS == MT_F64) {
+            double v = mt__ddp_load(DS, src, i);
+            if (accumulate) v += mt__ddp_load(DD, dst, i);
+            mt__ddp_store(DD, dst, i, v);
+        } else {
+            float v = (float)mt__ddp_load(DS, src, i);
+            if (accumulate) v += (float)mt__ddp_load(DD, dst, i);
+            mt__ddp_store(DD, dst, i, (double)v);
+        }
+    }
+}
+
+static inline mt_status mt__ddp_convert_gpu(const mt_ctx *cx, mt_dtype dd, void *dst, mt_dtype ds, const void *src,
+                                            size_t n, int accumulate) {
+    size_t want = (n + 255) / 256, cap = cx->gpu ? (size_t)cx->gpu->sm_count * 8 : 1024;
+    unsigned grid = (unsigned)(want < 1 ? 1 : want > cap ? cap : want);
+    cudaStream_t s = (cudaStream_t)cx->stream;
+#define MT__DDP_K(a, b)                                                                    \
+    if (dd == a && ds == b) {                                                              \
+        mt__ddp_convert_kernel<a, b><<<grid, 256, 0, s>>>(dst, src, n, accumulate);        \
+        goto launched;                                                                     \
+    }
+#define MT__DDP_KS(a) MT__DDP_K(a, MT_F32) MT__DDP_K(a, MT_F64) MT__DDP_K(a, MT_BF16) MT__DDP_K(a, MT_F16)
+    MT__DDP_KS(MT_F32) MT__DDP_KS(MT_F64) MT__DDP_KS(MT_BF16) MT__DDP_KS(MT_F16)
+#undef MT__DDP_KS
+#undef MT__DDP_K
+    return mt_errorf(MT_ERR_UNSUPPORTED, "ddp: no conversion from %s to %s", mt_dtype_name(ds), mt_dtype_name(dd));
+launched : {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: convert kernel: %s", cudaGetErrorString(e));
+    return MT_OK;
+}
+}
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* dst (dd) = src (ds), or += with accumulate; n elements on cx's device, on cx's stream. */
+MT_API mt_status mt__ddp_convert(const mt_ctx *cx, mt_dtype dd, void *dst, mt_dtype ds, const void *src, size_t n,
+                                 int accumulate) {
+    if (n == 0) return MT_OK;
+    if (cx->device.type == MT_CUDA) {
+#ifdef __CUDACC__
+        return mt__ddp_convert_gpu(cx, dd, dst, ds, src, n, accumulate);
+#else
+        return mt__no_gpu("ddp convert");
+#endif
+    }
+    if (dd == MT_F32 && ds == MT_F32 && accumulate) {
+        float *d = (float *)dst;
+        const float *s = (const float *)src;
+        for (size_t i = 0; i < n; i++) d[i] += s[i];
+    } else if (dd == MT_F64 && ds == MT_F64 && accumulate) {
+        double *d = (double *)dst;
+        const double *s = (const double *)src;
+        for (size_t i = 0; i < n; i++) d[i] += s[i];
+    } else {
+        int f64 = dd == MT_F64 || ds == MT_F64;
+        for (size_t i = 0; i < n; i++) {
+            double v = mt__ddp_load(ds, src, i);
+            if (accumulate) v = f64 ? v + mt__ddp_load(dd, dst, i) : (double)((float)v + (float)mt__ddp_load(dd, dst, i));
+            mt__ddp_store(dd, dst, i, v);
+        }
+    }
+    return MT_OK;
+}
+
+/* ------------------------------------------------------------------ collectives */
+
+/* 1 when c reduces dt itself (the host backend does not reduce f64). */
+MT_API int mt__ddp_native(const mt_comm *c, mt_dtype dt) { return dt != MT_F64 || c->backend != MT__COMM_HOST; }
+
+/* In-place reduce-scatter of buf (n * cpr elements of dt) over c: rank r's chunk ends up at
+ * buf + r * cpr. Host f64: all-to-all into the scratch, then a sum in rank order. */
+MT_API mt_status mt__ddp_reduce_scatter(mt_ddp *d, mt_comm *c, void *buf, size_t cpr, mt_dtype dt, void *stream) {
+    int n = mt_comm_size(c), r = mt_comm_rank(c);
+    mt_reduce_op op = d->cfg.average ? MT_AVG : MT_SUM;
+    size_t es = mt_dtype_size(dt);
+    if (n <= 1 || cpr == 0) return MT_OK;
+    if (mt__ddp_native(c, dt))
+        return mt_comm_reduce_scatter(c, buf, (char *)buf + (size_t)r * cpr * es, cpr, dt, op, stream);
+    if (d->scratch_n < (size_t)n * cpr)
+        return mt_errorf(MT_ERR_INTERNAL, "ddp: f64 scratch of %zu elements, bucket needs %zu", d->scratch_n, n * cpr);
+    MT_TRY(mt_comm_all_to_all(c, buf, d->scratch, cpr, MT_F64, stream));
+    const double *s = (const double *)d->scratch;
+    double *out = (double *)buf + (size_t)r * cpr;
+    for (size_t i = 0; i < cpr; i++) {
+        double v = s[i];
+        for (int q = 1; q < n; q++) v += s[(size_t)q * cpr + i];
+        out[i] = op == MT_AVG ? v / n : v;
+    }
+    return MT_OK;
+}
+
+/* In-place all-reduce of buf (count elements of dt) over c with `op`. */
+MT_API mt_status mt__ddp_all_reduce(mt_ddp *d, mt_comm *c, void *buf, size_t count, mt_dtype dt, mt_reduce_op op,
+                                    void *stream) {
+    int n = mt_comm_size(c), r = mt_comm_rank(c);
+    if (n <= 1 || count == 0) return MT_OK;
+    if (mt__ddp_native(c, dt)) return mt_comm_all_reduce(c, buf, buf, count, dt, op, stream);
+    if (count % (size_t)n == 0) {  /* buckets: reduce-scatter, then all-gather */
+        mt_ddp_config save = d->cfg;
+        d->cfg.average = op == MT_AVG;
+        mt_status st = mt__ddp_reduce_scatter(d, c, buf, count / n, dt, stream);
+        d->cfg = save;
+        MT_TRY(st);
+        return mt_comm_all_gather(c, (double *)buf + (size_t)r * (count / n), buf, count / n, dt, stream);
+    }
+    if (d->scratch_n < (size_t)n * count)  /* scalars: gather everything, sum in rank order */
+        return mt_errorf(MT_ERR_INTERNAL, "ddp: f64 scratch of %zu elements, all-reduce needs %zu", d->scratch_n,
+                         n * count);
+    MT_TRY(mt_comm_all_gather(c, buf, d->scratch, count, dt, stream));
+    const double *s = (const double *)d->scratch;
+    for (size_t i = 0; i < count; i++) {
+        double v = s[i];
+        for (int q = 1; q < n; q++) v += s[(size_t)q * count + i];
+        ((double *)buf)[i] = op == MT_AVG ? v / n : v;
+    }
+    return MT_OK;
+}
+
+/* ------------------------------------------------------------------ streams (GPU) */
+
+/* The comm stream waits for the compute stream's work so far (bucket b's gradients). */
+MT_API mt_status mt__ddp_comm_waits_compute(mt_ddp *d, int b) {
+#ifdef __CUDACC__
+    if (d->cx.device.type == MT_CUDA) {
+        cudaEvent_t ev = (cudaEvent_t)d->events[b];
+        cudaError_t e = cudaEventRecord(ev, (cudaStream_t)d->cx.stream);
+        if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)d->comm_stream, ev, 0);
+        if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: bucket %d event: %s", b, cudaGetErrorString(e));
+    }
+#endif
+    (void)d; (void)b;
+    return MT_OK;
+}
+
+/* The compute stream waits for everything issued on the comm stream so far (no host sync). */
+MT_API mt_status mt__ddp_compute_waits_comm(mt_ddp *d) {
+#ifdef __CUDACC__
+    if (d->cx.device.type == MT_CUDA) {
+        cudaEvent_t ev = (cudaEvent_t)d->ev_done;
+        cudaError_t e = cudaEventRecord(ev, (cudaStream_t)d->comm_stream);
+        if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)d->cx.stream, ev, 0);
+        if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: comm event: %s", cudaGetErrorString(e));
+    }
+#endif
+    (void)d;
+    return MT_OK;
+}
+
+/* ------------------------------------------------------------------ gradient buckets */
+
+/* Reduce bucket b of the current backward (on the comm stream). */
+MT_API mt_status mt__ddp_launch(mt_ddp *d, int b) {
+    mt_ddp_bucket *bk = &d->buckets[b];
+    size_t n = bk->end - bk->start, es = mt_dtype_size(d->pdt), rs = mt_dtype_size(d->rdt);
+    char *g = (char *)d->m->grad_mem + bk->start * es, *buf = g;
+    MT_TRY(mt__ddp_comm_waits_compute(d, b));
+    if (d->rbuf) {
+        buf = (char *)d->rbuf + bk->start * rs;
+        MT_TRY(mt__ddp_convert(&d->ccx, d->rdt, buf, d->pdt, g, n, 0));
+    }
+    if (d->cfg.strategy == MT_SHARD_NONE)
+        return mt__ddp_all_reduce(d, d->dp, buf, n, d->rdt, d->cfg.average ? MT_AVG : MT_SUM, d->comm_stream);
+    MT_TRY(mt__ddp_reduce_scatter(d, d->dp, buf, bk->shard, d->rdt, d->comm_stream));
+    if (d->cfg.strategy >= MT_SHARD_OPTIM_GRADS) {
+        /* keep only the shard: accumulate it, free the bucket (zero it for the next backward) */
+        MT_TRY(mt__ddp_convert(&d->ccx, d->rdt, (char *)d->acc + bk->soff * rs, d->rdt,
+                               buf + (size_t)d->rank * bk->shard * rs, bk->shard, 1));
+        MT_TRY(mt_zero(&d->ccx, g, n * es));
+    }
+    return MT_OK;
+}
+
+/* Tied wte of a stage that is first and last: the head's backward writes its gradient first. */
+MT_API size_t mt__ddp_wte_early(const mt_gpt *m, size_t n_ready) {
+    if (!(m->first && m->last)) return 0;
+    const mt_param *p = &m->params[m->n_params - 1];
+    return p->offset >= n_ready ? (size_t)(p->rows * p->cols) : 0;
+}
+
+/* mt_gpt_hooks.grads_ready: launch every bucket whose gradients are all final. */
+MT_API mt_status mt__ddp_grads_ready(void *user, const mt_gpt *m, size_t n_ready) {
+    mt_ddp *d = (mt_ddp *)user;
+    int every = d->cfg.strategy >= MT_SHARD_OPTIM_GRADS, last = n_ready >= m->num_params;
+    if (!every && (!d->sync || d->cfg.no_overlap)) return MT_OK;
+    if (!every && d->reduced)
+        return mt_errorf(MT_ERR_ARG, "ddp: a second backward with sync on before mt_ddp_step: the gradients of this "
+                         "step were already reduced (set sync only on the last micro-batch)");
+    if (every) {  /* gradient elements alive at once, had the buffer held only what is in flight */
+        size_t live = n_ready - d->released + mt__ddp_wte_early(m, n_ready);
+        if (live > d->stats.peak_live_grad) d->stats.peak_live_grad = live;
+    }
+    while (d->next_bucket < d->n_buckets && (last || d->buckets[d->next_bucket].end <= n_ready)) {
+        MT_TRY(mt__ddp_launch(d, d->next_bucket));
+        d->released = d->buckets[d->next_bucket].end;
+        d->next_bucket++;
+    }
+    if (last) {
+        d->next_bucket = 0;
+        d->released = 0;
+        if (every) MT_TRY(mt__ddp_compute_waits_comm(d));  /* the next backward writes the zeroed buckets */
+        else d->reduced = 1;
+    }
+    return MT_OK;
+}
+
+/* Communicate this micro-batch's gradients (no_shard/optim); call before each backward.
+ * ZeRO-2/3 reduce every micro-batch whatever the flag. */
+MT_API void mt_ddp_set_sync(mt_ddp *d, int sync) { d->sync = sync; }
+
+/* After the last micro-batch's backward: launch what the hooks did not (no_overlap) and make the
+ * compute stream wait for the communication. Idempotent; mt_ddp_step calls it. */
+MT_API mt_status mt_ddp_finish(const mt_ctx *cx, mt_ddp *d) {
+    (void)cx;
+    if (d->cfg.strategy <= MT_SHARD_OPTIM && !d->reduced) {
+        for (int b = d->next_bucket; b < d->n_buckets; b++) MT_TRY(mt__ddp_launch(d, b));
+        d->next_bucket = 0;
+        d->reduced = 1;
+    }
+    return mt__ddp_compute_waits_comm(d);
+}
+
+/* ------------------------------------------------------------------ ZeRO-3 parameter gathering */
+
+MT_API mt_status mt__ddp_gather_bucket(mt_ddp *d, int b) {
+    mt_ddp_bucket *bk = &d->buckets[b];
+    size_t es = mt_dtype_size(d->pdt);
+    char *p = (char *)d->m->param_mem + bk->start * es;
+    if (mt_comm_size(d->dp) > 1)
+        MT_TRY(mt_comm_all_gather(d->dp, p + (size_t)d->rank * bk->shard * es, p, bk->shard, d->pdt, d->cx.stream));
+    bk->gathered = 1;
+    return MT_OK;
+}
+
+/* Drop the other ranks' pieces of bucket b. Nothing to free in this layout; on the CPU the
+ * region is poisoned with NaN so that computing with it cannot go unnoticed. */
+MT_API void mt__ddp_release_bucket(mt_ddp *d, int b) {
+    mt_ddp_bucket *bk = &d->buckets[b];
+    size_t es = mt_dtype_size(d->pdt);
+    char *p = (char *)d->m->param_mem;
+    bk->gathered = 0;
+    if (d->cx.device.type != MT_CPU || d->nshard <= 1) return;
+    size_t own0 = bk->start + (size_t)d->rank * bk->shard, own1 = own0 + bk->shard;
+    memset(p + bk->start * es, 0xff, (own0 - bk->start) * es);
+    memset(p + own1 * es, 0xff, (bk->end - own1) * es);
+}
+
+/* The elements [lo, hi) of the buffer that local block l (0 = the stage's first) occupies. */
+MT_API void mt__ddp_block_range(const mt_gpt *m, int l, size_t *lo, size_t *hi) {
+    int nl = m->layer_end - m->layer_begin;
+    *lo = m->ready[nl - 1 - l];
+    *hi = m->ready[nl - l];
+}
+
+/* Make exactly the root buckets and those of block l (l < 0: none) gathered. */
+MT_API mt_status mt__ddp_gather_only(mt_ddp *d, int l) {
+    size_t lo = 0, hi = 0, gathered = 0;
+    if (l >= 0) mt__ddp_block_range(d->m, l, &lo, &hi);
+    for (int b = 0; b < d->n_buckets; b++) {
+        mt_ddp_bucket *bk = &d->buckets[b];
+        int need = bk->root || (bk->start < hi && lo < bk->end);
+        if (!need && bk->gathered) mt__ddp_release_bucket(d, b);
+    }
+    for (int b = 0; b < d->n_buckets; b++) {
+        mt_ddp_bucket *bk = &d->buckets[b];
+        int need = bk->root || (bk->start < hi && lo < bk->end);
+        if (need && !bk->gathered) MT_TRY(mt__ddp_gather_bucket(d, b));
+        if (bk->gathered && !bk->root) gathered += bk->end - bk->start;
+    }
+    if (gathered > d->stats.peak_gathered) d->stats.peak_gathered = gathered;
+    return MT_OK;
+}
+
+/* mt_gpt_hooks.before_block (ZeRO-3): gather this layer's parameters, release the others'. */
+MT_API mt_status mt__ddp_before_block(void *user, const mt_gpt *m, int layer, int backward) {
+    (void)backward;
+    return mt__ddp_gather_only((mt_ddp *)user, layer - m->layer_begin);
+}
+
+/* Make every parameter valid on every rank (ZeRO-3; a no-op otherwise): before a checkpoint or
+ * reading the weights. The next forward releases them again. */
+MT_API mt_status mt_ddp_gather_params(const mt_ctx *cx, mt_ddp *d) {
+    (void)cx;
+    if (d->cfg.strategy != MT_SHARD_OPTIM_GRADS_PARAMS) return MT_OK;
+    for (int b = 0; b < d->n_buckets; b++)
+        if (!d->buckets[b].gathered) MT_TRY(mt__ddp_gather_bucket(d, b));
+    return MT_OK;
+}
+
+/* ------------------------------------------------------------------ init */
+
+MT_API size_t mt__ddp_gcd(size_t a, size_t b) {
+    while (b) { size_t t = a % b; a = b; b = t; }
+    return a;
+}
+
+MT_API mt_status mt__ddp_alloc(mt_ddp *d, size_t nbytes, void **out, size_t *counter) {
+    MT_TRY(mt_device_alloc(d->cx.device, nbytes, out));
+    MT_TRY(mt_zero(&d->cx, *out, nbytes));
+    if (counter) *counter += nbytes;
+    return MT_OK;
+}
+
+/* Replace the model's param and grad buffers by ones of `padded` elements (contents kept). */
+MT_API mt_status mt__ddp_pad_model(mt_ddp *d, mt_gpt *m, size_t padded) {
+    size_t es = mt_dtype_size(m->dtype), used = m->num_params * es;
+    void *p = NULL, *g = NULL;
+    if (padded == m->num_params) return MT_OK;
+    MT_TRY(mt__ddp_alloc(d, padded * es, &p, NULL));
+    mt_status st = mt__ddp_alloc(d, padded * es, &g, NULL);
+    if (st == MT_OK) st = mt_copy(&d->cx, p, m->param_mem, used);
+    if (st == MT_OK) st = mt_copy(&d->cx, g, m->grad_mem, used);
+#ifdef __CUDACC__
+    if (st == MT_OK && m->device.type == MT_CUDA && cudaStreamSynchronize((cudaStream_t)d->cx.stream) != cudaSuccess)
+        st = mt_errorf(MT_ERR_CUDA, "ddp: padding the model buffers: %s", cudaGetErrorString(cudaGetLastError()));
+#endif
+    if (st != MT_OK) {
+        mt_device_free(m->device, p);
+        mt_device_free(m->device, g);
+        return st;
+    }
+    mt_device_free(m->device, m->param_mem);
+    mt_device_free(m->device, m->grad_mem);
+    m->param_mem = p;
+    m->grad_mem = g;
+    mt__gpt_bind(m, (char *)p, &m->w);
+    mt__gpt_bind(m, (char *)g, &m->g);
+    d->stats.pad_nbytes = 2 * (padded - m->num_params) * es;
+    return MT_OK;
+}
+
+/* Buckets: ends at multiples of unit, at a ready point once the bucket holds bucket_size elements
+ * (ZeRO-3: at every ready point); the last ends at the padded length. */
+MT_API mt_status mt__ddp_make_buckets(mt_ddp *d) {
+    const mt_gpt *m = d->m;
+    int nl = m->layer_end - m->layer_begin, nb = 0;
+    size_t start = 0;
+    MT_TRY(mt_calloc(sizeof(mt_ddp_bucket) * (size_t)(nl + 2), (void **)&d->buckets));
+    for (int i = 0; i <= nl + 1; i++) {
+        size_t e = i == nl + 1 ? d->padded : m->ready[i] / d->unit * d->unit;
+        int cut = d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS || e - start >= d->cfg.bucket_size || i == nl + 1;
+        if (e <= start || !cut) continue;
+        mt_ddp_bucket *bk = &d->buckets[nb++];
+        bk->start = start;
+        bk->end = e;
+        bk->shard = (e - start) / (size_t)d->nshard;
+        start = e;
+    }
+    d->n_buckets = nb;
+    /* this rank's pieces, back to back; root = holds head or embedding params */
+    size_t soff = 0, head_end = m->ready[0], emb_begin = m->ready[nl];
+    for (int b = 0; b < nb; b++) {
+        mt_ddp_bucket *bk = &d->buckets[b];
+        bk->soff = soff;
+        soff += bk->shard;
+        bk->root = bk->start < head_end || bk->end > emb_begin;
+        bk->gathered = 1;
+    }
+    d->nshard_elems = soff;
+    return MT_OK;
+}
+
+/* Runs: (tensor ∩ own piece), each tensor with the padding after it; merged when contiguous. */
+MT_API mt_status mt__ddp_make_runs(mt_ddp *d) {
+    const mt_gpt *m = d->m;
+    int cap = m->n_params + d->n_buckets + 1, n = 0;
+    MT_TRY(mt_calloc(sizeof(mt_ddp_run) * (size_t)cap, (void **)&d->runs));
+    for (int b = 0; b < d->n_buckets; b++) {
+        const mt_ddp_bucket *bk = &d->buckets[b];
+        size_t p0 = bk->start + (size_t)d->rank * bk->shard, p1 = p0 + bk->shard;
+        int first_in_bucket = n;
+        for (int i = 0; i < m->n_params; i++) {
+            const mt_param *p = &m->params[i];
+            size_t t0 = p->offset, t1 = i + 1 < m->n_params ? m->params[i + 1].offset : m->num_params;
+            size_t lo = t0 > p0 ? t0 : p0, hi = t1 < p1 ? t1 : p1;
+            if (lo >= hi) continue;
+            int decay = p->decay, in_norm = mt_param_in_norm(m, p);
+            mt_ddp_run *prev = n > first_in_bucket ? &d->runs[n - 1] : NULL;
+            if (prev && prev->off + prev->n == lo && prev->decay == decay && prev->in_norm == in_norm) {
+                prev->n += hi - lo;
+                continue;
+            }
+            if (n >= cap) return mt_errorf(MT_ERR_INTERNAL, "ddp: more than %d runs", cap);
+            mt_ddp_run *r = &d->runs[n++];
+            r->off = lo;
+            r->n = hi - lo;
+            r->soff = bk->soff + (lo - p0);
+            r->decay = decay;
+            r->in_norm = in_norm;
+        }
+    }
+    d->n_runs = n;
+    return MT_OK;
+}
+
+MT_API void mt_ddp_free(mt_ddp *d) {
+    mt_device dev = d->cx.device;
+    if (d->m && (d->m->hooks.user == (void *)d)) memset(&d->m->hooks, 0, sizeof d->m->hooks);
+    mt_device_free(dev, d->master);
+    mt_device_free(dev, d->mom);
+    mt_device_free(dev, d->var);
+    mt_device_free(dev, d->acc);
+    mt_device_free(dev, d->rbuf);
+    mt_device_free(dev, d->scalars);
+    mt_free(d->scratch);
+#ifdef __CUDACC__
+    if (d->events)
+        for (int b = 0; b < d->n_buckets; b++)
+            if (d->events[b]) cudaEventDestroy((cudaEvent_t)d->events[b]);
+    if (d->ev_done) cudaEventDestroy((cudaEvent_t)d->ev_done);
+    if (d->comm_stream) cudaStreamDestroy((cudaStream_t)d->comm_stream);
+#endif
+    mt_free(d->events);
+    mt_free(d->buckets);
+    mt_free(d->runs);
+    memset(d, 0, sizeof *d);
+}
+
+/* Set up data parallelism for model stage m. par: the rank grid (gradients reduce over its dp_cp
+ * group, the norm over dp_cp, tp and pp); NULL = one rank. host_init: the num_params floats the
+ * params were initialised from (the fp32 master of 16-bit params starts there); NULL reads them
+ * back from m->param_mem. Installs m->hooks; pads m's buffers (see the layout notes above).
+ * Collective over the dp group when ZeRO-3 (the first release). */
+MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_parallel *par,
+                             const mt_ddp_config *cfg, const float *host_init) {
+    memset(d, 0, sizeof *d);
+    if (cfg) d->cfg = *cfg;
+    d->cx = *cx;
+    d->ccx = *cx;
+    d->m = m;
+    if (par) {
+        d->dp = par->dp_cp;
+        d->tp = par->tp;
+        d->pp = par->pp;
+    }
+    int dp = d->dp ? mt_comm_size(d->dp) : 1;
+    if ((int)d->cfg.strategy < 0 || (int)d->cfg.strategy > 3)
+        return mt_errorf(MT_ERR_ARG, "ddp: unknown sharding strategy %d", (int)d->cfg.strategy);
+    if (m->device.type != cx->device.type || m->dtype != cx->dtype)
+        return mt_errorf(MT_ERR_ARG, "ddp: the context (%s on %s) is not the model's (%s on %s)",
+                         mt_dtype_name(cx->dtype), cx->device.type == MT_CUDA ? "GPU" : "CPU",
+                         mt_dtype_name(m->dtype), m->device.type == MT_CUDA ? "GPU" : "CPU");
+    if (m->hooks.grads_ready || m->hooks.before_block)
+        return mt_errorf(MT_ERR_ARG, "ddp: the model's hooks are already installed (one mt_ddp per model)");
+    if (!d->cfg.bucket_size) d->cfg.bucket_size = (size_t)(dp > 40 ? dp : 40) * 1000000;
+    d->nshard = d->cfg.strategy == MT_SHARD_NONE ? 1 : dp;
+    d->rank = d->nshard > 1 ? mt_comm_rank(d->dp) : 0;
+    d->unit = (size_t)dp * 128 / mt__ddp_gcd((size_t)dp, 128);
+    d->padded = (m->num_params + d->unit - 1) / d->unit * d->unit;
+    d->pdt = m->dtype;
+    int sixteen = d->pdt == MT_BF16 || d->pdt == MT_F16;
+    d->rdt = d->cfg.grad_reduce_in_fp32 && sixteen ? MT_F32 : d->pdt;
+    mt_status st = MT_OK;
+#define MT__DDP_TRY(expr) do { st = (expr); if (st != MT_OK) goto fail; } while (0)
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA) {
+        cudaStream_t s;
+        if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) != cudaSuccess) {
+            st = mt_errorf(MT_ERR_CUDA, "ddp: creating the comm stream: %s", cudaGetErrorString(cudaGetLastError()));
+            goto fail;
+        }
+        d->comm_stream = (void *)s;
+        d->ccx.stream = d->comm_stream;
+    }
+#endif
+    MT__DDP_TRY(mt__ddp_pad_model(d, m, d->padded));
+    MT__DDP_TRY(mt__ddp_make_buckets(d));
+    MT__DDP_TRY(mt__ddp_make_runs(d));
+    {
+        size_t ss = mt_dtype_size(mt_stat_dtype(cx)), ne = d->nshard_elems;
+        MT__DDP_TRY(mt__ddp_alloc(d, ne * ss, &d->mom, &d->stats.optim_nbytes));
+        MT__DDP_TRY(mt__ddp_alloc(d, ne * ss, &d->var, &d->stats.optim_nbytes));
+        MT__DDP_TRY(mt__ddp_alloc(d, 2 * ss, &d->scalars, NULL));
+        if (d->cfg.strategy >= MT_SHARD_OPTIM_GRADS)
+            MT__DDP_TRY(mt__ddp_alloc(d, ne * mt_dtype_size(d->rdt), &d->acc, &d->stats.grad_shard_nbytes));
+        if (d->rdt != d->pdt) MT__DDP_TRY(mt__ddp_alloc(d, d->padded * 4, &d->rbuf, &d->stats.comm_nbytes));
+        if (sixteen) {
+            float *host = NULL, *shard = NULL;
+            MT__DDP_TRY(mt__ddp_alloc(d, ne * sizeof(float), (void **)&d->master, &d->stats.optim_nbytes));
+            MT__DDP_TRY(mt_calloc(d->padded * sizeof(float), (void **)&host));
+            st = mt_calloc(ne * sizeof(float) + 1, (void **)&shard);
+            if (st == MT_OK && host_init) memcpy(host, host_init, m->num_params * sizeof(float));
+            else if (st == MT_OK) st = mt_copy_to_f32(cx, host, m->param_mem, d->pdt, m->num_params);
+            for (int b = 0; st == MT_OK && b < d->n_buckets; b++) {
+                const mt_ddp_bucket *bk = &d->buckets[b];
+                memcpy(shard + bk->soff, host + bk->start + (size_t)d->rank * bk->shard, bk->shard * sizeof(float));
+            }
+            if (st == MT_OK) {
+                mt_ctx f32 = *cx;
+                f32.dtype = MT_F32;
+                st = mt_copy_from_f32(&f32, d->master, shard, ne);
+            }
+            mt_free(host);
+            mt_free(shard);
+            if (st != MT_OK) goto fail;
+        }
+    }
+    {   /* host backend reductions of f64 (the CPU tests): a bucket-sized scratch */
+        int world = par && par->world ? mt_comm_size(par->world) : 1;
+        if (d->pdt == MT_F64 && cx->device.type == MT_CPU) {
+            size_t most = (size_t)world + 1;
+            for (int b = 0; b < d->n_buckets; b++)
+                if (d->buckets[b].end - d->buckets[b].start > most) most = d->buckets[b].end - d->buckets[b].start;
+            d->scratch_n = most;
+            MT__DDP_TRY(mt_calloc(most * sizeof(double), &d->scratch));
+            d->stats.comm_nbytes += most * sizeof(double);
+        }
+    }
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA) {
+        MT__DDP_TRY(mt_calloc(sizeof(void *) * (size_t)d->n_buckets, (void **)&d->events));
+        for (int b = 0; b < d->n_buckets; b++) {
+            cudaEvent_t ev;
+            if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) {
+                st = mt_errorf(MT_ERR_CUDA, "ddp: cudaEventCreate: %s", cudaGetErrorString(cudaGetLastError()));
+                goto fail;
+            }
+            d->events[b] = (void *)ev;
+        }
+        cudaEvent_t ev;
+        if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) {
+            st = mt_errorf(MT_ERR_CUDA, "ddp: cudaEventCreate: %s", cudaGetErrorString(cudaGetLastError()));
+            goto fail;
+        }
+        d->ev_done = (void *)ev;
+    }
+#endif
+    d->stats.num_params = m->num_params;
+    d->stats.padded_params = d->padded;
+    d->stats.shard_params = d->nshard_elems;
+    d->sync = 1;
+    m->hooks.user = d;
+    m->hooks.grads_ready = mt__ddp_grads_ready;
+    if (d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS) {
+        m->hooks.before_block = mt__ddp_before_block;
+        for (int b = 0; b < d->n_buckets; b++)
+            if (d->buckets[b].root) d->stats.root_params += d->buckets[b].end - d->buckets[b].start;
+        MT__DDP_TRY(mt__ddp_gather_only(d, -1));  /* start sharded: every layer must be gathered */
+        d->stats.peak_gathered = 0;
+    }
+#undef MT__DDP_TRY
+    return MT_OK;
+fail:
+    mt_ddp_free(d);
+    return st;
+}
+
+/* ------------------------------------------------------------------ the optimizer step */
+
+/* Where run r's reduced gradient is, in rdt. */
+MT_API void *mt__ddp_reduced_grad(const mt_ddp *d, const mt_ddp_run *r) {
+    size_t rs = mt_dtype_size(d->rdt);
+    if (d->acc) return (char *)d->acc + r->soff * rs;
+    if (d->rbuf) return (char *)d->rbuf + r->off * rs;
+    return (char *)d->m->grad_mem + r->off * rs;
+}
+
+/* finish; global gradient norm and clip coefficient (on the device); AdamW on this rank's runs;
+ * all-gather the updated params (ZeRO-3: the root only); zero the gradients. No host sync. */
+MT_API mt_status mt_ddp_step(const mt_ctx *cx, mt_ddp *d, const mt_optim_hp *hp_in) {
+    mt_gpt *m = d->m;
+    size_t es = mt_dtype_size(d->pdt), ss = mt_dtype_size(mt_stat_dtype(cx));
+    char *norm_sq = (char *)d->scalars, *coef = norm_sq + ss;
+    mt_ctx rcx = *cx;
+    rcx.dtype = d->rdt;
+    MT_TRY(mt_ddp_finish(cx, d));
+    /* the global norm: this rank's reduced gradients, then over shards, tp and pp */
+    MT_TRY(mt_zero(cx, norm_sq, ss));
+    for (int i = 0; i < d->n_runs; i++)
+        if (d->runs[i].in_norm) MT_TRY(mt_sumsq(&rcx, norm_sq, mt__ddp_reduced_grad(d, &d->runs[i]), d->runs[i].n));
+    mt_dtype sdt = mt_stat_dtype(cx);
+    if (d->nshard > 1) MT_TRY(mt__ddp_all_reduce(d, d->dp, norm_sq, 1, sdt, MT_SUM, cx->stream));
+    if (d->tp) MT_TRY(mt__ddp_all_reduce(d, d->tp, norm_sq, 1, sdt, MT_SUM, cx->stream));
+    if (d->pp) MT_TRY(mt__ddp_all_reduce(d, d->pp, norm_sq, 1, sdt, MT_SUM, cx->stream));
+    MT_TRY(mt_clip_coef(cx, coef, norm_sq, hp_in->clip_grad));
+    /* AdamW per run (grads in the param dtype: cast back from fp32 where needed) */
+    d->step++;
+    mt_adamw_hp hp;
+    mt_optim_resolve_hp(hp_in, d->step, &hp);
+    for (int i = 0; i < d->n_runs; i++) {
+        const mt_ddp_run *r = &d->runs[i];
+        const void *g = mt__ddp_reduced_grad(d, r);
+        if (d->rdt != d->pdt) {
+            MT_TRY(mt__ddp_convert(cx, d->pdt, (char *)m->grad_mem + r->off * es, d->rdt, g, r->n, 0));
+            g = (char *)m->grad_mem + r->off * es;
+        }
+        hp.weight_decay = r->decay ? hp_in->weight_decay : 0.0f;
+        MT_TRY(mt_adamw(cx, (char *)m->param_mem + r->off * es, d->master ? d->master + r->soff : NULL,
+                        (char *)d->mom + r->soff * ss, (char *)d->var + r->soff * ss, g, r->n, &hp, coef, 0));
+    }
+    /* parameters: everyone's updated pieces */
+    if (d->nshard > 1) {
+        for (int b = 0; b < d->n_buckets; b++) {
+            if (d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS && !d->buckets[b].root) {
+                mt__ddp_release_bucket(d, b);  /* stale now; gathered again before its layer runs */
+                continue;
+            }
+            MT_TRY(mt__ddp_gather_bucket(d, b));
+        }
+    }
+    /* gradients: zero for the next step */
+    if (d->acc) {
+        MT_TRY(mt_zero(cx, d->acc, d->nshard_elems * mt_dtype_size(d->rdt)));
+        if (d->rdt != d->pdt) MT_TRY(mt_zero(cx, m->grad_mem, d->padded * es));
+    } else {
+        MT_TRY(mt_zero(cx, m->grad_mem, d->padded * es));
+    }
+    d->reduced = 0;
+    d->next_bucket = 0;
+    return MT_OK;
+}
+
+/* The global gradient norm of the last step, before clipping. Synchronises with the device. */
+MT_API mt_status mt_ddp_grad_norm(const mt_ctx *cx, const mt_ddp *d, double *norm) {
+    float v = 0;
+    if (cx->device.type == MT_CPU && mt_stat_dtype(cx) == MT_F64) {
+        *norm = sqrt(*(const double *)d->scalars);
+        return MT_OK;
+    }
+    MT_TRY(mt_copy_to_f32(cx, &v, d->scalars, mt_stat_dtype(cx), 1));
+    *norm = sqrt((double)v);
+    return MT_OK;
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MT_DDP_H */
