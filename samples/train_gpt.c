@@ -16,7 +16,7 @@
 
 typedef struct args {
     mt_gpt_config model;
-    int seq_len, micro_batch, global_batch, train_iters, world_size;
+    int seq_len, micro_batch, global_batch, train_iters, world_size, tp;
     double lr, min_lr, weight_decay, clip_grad, beta1, beta2, eps;
     int warmup_iters, decay_iters;
     const char *decay_style, *split;
@@ -36,7 +36,7 @@ static void usage(void) {
             "  --lr X  --min-lr X  --lr-warmup-iters N  --lr-decay-iters N  --lr-decay-style cosine|linear|constant\n"
             "  --weight-decay X  --clip-grad X  --adam-beta1 X  --adam-beta2 X  --adam-eps X  --seed N\n"
             "  --data-path [W] PREFIX...  --split 949,50,1  --eval-interval N  --eval-iters N  --log-interval N\n"
-            "  --world-size N  --device N  --bf16 | --fp32\n");
+            "  --world-size N  --tensor-model-parallel-size N  --device N  --bf16 | --fp32\n");
 }
 
 static int fail(const char *fmt, const char *a, const char *b) {
@@ -80,7 +80,7 @@ static int parse_args(int argc, char **argv, args *a) {
     a->seq_len = 48; a->micro_batch = 16; a->global_batch = 0; a->train_iters = 600;
     a->lr = 3e-3; a->min_lr = 3e-4; a->warmup_iters = 30; a->decay_iters = 0; a->decay_style = "cosine";
     a->weight_decay = 0.1; a->clip_grad = 1.0; a->beta1 = 0.9; a->beta2 = 0.95; a->eps = 1e-8;
-    a->seed = 1234; a->world_size = 1; a->log_interval = 1; a->eval_iters = 0; a->eval_interval = 0;
+    a->seed = 1234; a->world_size = 1; a->tp = 1; a->log_interval = 1; a->eval_iters = 0; a->eval_interval = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(); exit(0); }
@@ -115,6 +115,7 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (!strcmp(f, "--eval-iters")) ok = parse_int(f, v, 0, &a->eval_iters);
         else if (!strcmp(f, "--log-interval")) ok = parse_int(f, v, 1, &a->log_interval);
         else if (!strcmp(f, "--world-size")) ok = parse_int(f, v, 1, &a->world_size);
+        else if (!strcmp(f, "--tensor-model-parallel-size")) ok = parse_int(f, v, 1, &a->tp);
         else if (!strcmp(f, "--device")) ok = parse_int(f, v, 0, &a->device);
         else if (!strcmp(f, "--seed")) { int s; ok = parse_int(f, v, 0, &s); a->seed = (uint64_t)s; }
         else if (!strcmp(f, "--lr")) ok = parse_double(f, v, 1e-30, 1e30, &a->lr);
@@ -138,12 +139,7 @@ static int parse_args(int argc, char **argv, args *a) {
                 a->model.max_seq_len);
         return 0;
     }
-    if (!a->global_batch) a->global_batch = a->micro_batch * a->world_size;
-    if (a->global_batch % (a->micro_batch * a->world_size)) {
-        fprintf(stderr, "train_gpt: --global-batch-size %d is not divisible by --micro-batch-size %d x world size %d\n",
-                a->global_batch, a->micro_batch, a->world_size);
-        return 0;
-    }
+    if (!a->global_batch) a->global_batch = a->micro_batch * (a->world_size / a->tp > 0 ? a->world_size / a->tp : 1);
     if (!a->decay_iters) a->decay_iters = a->train_iters;
     return 1;
 }
@@ -179,9 +175,10 @@ static void task_row(int32_t *row, int T, uint64_t seed, uint64_t sub, int slot,
     }
 }
 
-/* Micro-batch `step`: B rows, reproducible from the seed. */
-static void task_batch(int32_t *rows, int B, int T, uint64_t seed, uint64_t step) {
-    for (int r = 0; r < B; r++) task_row(rows + (size_t)r * (T + 1), T, seed, step * 65536 + (uint64_t)r, -1, 0);
+/* B rows holding global samples first, first+1, ...: each is drawn from (seed, sample index), so
+ * the data does not depend on how samples are spread over ranks and micro-batches. */
+static void task_batch(int32_t *rows, int B, int T, uint64_t seed, uint64_t first) {
+    for (int r = 0; r < B; r++) task_row(rows + (size_t)r * (T + 1), T, seed, first + (uint64_t)r, -1, 0);
 }
 
 /* ------------------------------------------------------------------ helpers */
@@ -253,6 +250,22 @@ static double task_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, m
     return total ? (double)right / total : 0;
 }
 
+/* The world size must split into tensor-parallel groups, and the global batch into micro-batches
+ * over the data-parallel ranks. */
+static int validate_world(const args *a, int world) {
+    if (world % a->tp) {
+        fprintf(stderr, "train_gpt: world size %d is not divisible by --tensor-model-parallel-size %d\n", world, a->tp);
+        return 0;
+    }
+    int dp = world / a->tp;
+    if (a->global_batch % (a->micro_batch * dp)) {
+        fprintf(stderr, "train_gpt: --global-batch-size %d is not divisible by --micro-batch-size %d x data-parallel "
+                        "size %d\n", a->global_batch, a->micro_batch, dp);
+        return 0;
+    }
+    return 1;
+}
+
 /* " | loader wait (ms): x" for the line of an iteration that read files. */
 static const char *loader_note(const mt_loader *ld) {
     static char buf[64];
@@ -262,7 +275,7 @@ static const char *loader_note(const mt_loader *ld) {
 
 /* The validation loss: the mean per-token loss over `iters` micro-batches of the valid split. */
 static mt_status evaluate(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s, mt_loader *valid,
-                          int32_t *rows, int32_t *staging, int iters, float *loss_host, int it) {
+                          int32_t *rows, int32_t *staging, int iters, float *loss_host, int it, int talk) {
     size_t N = (size_t)a->B * a->T;
     double sum = 0;
     for (int i = 0; i < iters; i++) {
@@ -272,7 +285,7 @@ static mt_status evaluate(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_
         MT_TRY(mt_copy_to_f32(cx, loss_host, a->losses, mt_stat_dtype(cx), N));
         for (size_t k = 0; k < N; k++) sum += loss_host[k];
     }
-    printf("validation loss at iteration %d | lm loss: %.6E | over %d micro-batches\n", it, sum / ((double)N * iters), iters);
+    if (talk) printf("validation loss at iteration %d | lm loss: %.6E | over %d micro-batches\n", it, sum / ((double)N * iters), iters);
     return MT_OK;
 }
 
@@ -299,6 +312,179 @@ static void print_speed(const args *a, const mt_gpt_config *c, double *step_ms, 
 
 /* ------------------------------------------------------------------ main */
 
+/* One rank of the run: everything from the data to the last iteration. `world` is NULL for a
+ * single rank, else a communicator over all ranks (threads on the CPU, NCCL on GPUs). */
+typedef struct run_args {
+    const args *a;
+    int device_base;  /* GPU of rank 0 in this process */
+} run_args;
+
+static mt_status train(mt_comm *world, void *arg) {
+    const run_args *ra = (const run_args *)arg;
+    const args *ap = ra->a;
+    args a = *ap;
+    int synthetic = a.n_data_path == 0, rank = world ? mt_comm_rank(world) : 0;
+    int talk = rank == 0; /* only the first rank prints */
+
+    /* 1. The rank grid: tensor parallel (tp), then data parallel (dp) over what is left. */
+    mt_parallel par;
+    memset(&par, 0, sizeof par);
+    par.size.tp = par.size.dp = par.size.cp = par.size.pp = 1;
+    if (world) {
+        mt_parallel_config pc = {0};
+        pc.tp = a.tp;
+        MT_TRY(mt_parallel_init(&par, world, &pc));
+    }
+    int dp = par.size.dp, dp_rank = par.dp_rank;
+    mt_layer_par lp = {0};
+    lp.tp_rank = par.tp_rank; lp.tp_size = par.size.tp; lp.tp = par.tp;
+
+    /* 2. The data: Megatron .bin/.idx (or llm.c) token files, or the synthetic task; each dp rank
+     * reads its own micro-batches of every global batch. */
+    mt_loader train_data, valid_data;
+    memset(&train_data, 0, sizeof train_data);
+    memset(&valid_data, 0, sizeof valid_data);
+    if (!synthetic) {
+        mt_data_path dpath;
+        MT_TRY(mt_parse_data_path(a.data_path, a.n_data_path, &dpath));
+        mt_loader_config lc;
+        memset(&lc, 0, sizeof lc);
+        lc.paths = (const char *const *)dpath.paths; lc.weights = dpath.weights; lc.n_paths = dpath.n;
+        lc.split = a.split; lc.seq_len = a.seq_len; lc.micro_batch = a.micro_batch; lc.seed = a.seed;
+        lc.vocab_size = a.model.vocab_size; lc.dp_rank = dp_rank; lc.dp_size = dp;
+        lc.num_samples = (int64_t)a.train_iters * a.global_batch;
+        mt_status st = mt_loader_open(&train_data, &lc);
+        if (st == MT_OK && a.eval_iters > 0 && a.eval_interval > 0) {
+            lc.split_index = 1;
+            lc.num_samples = (int64_t)(a.train_iters / a.eval_interval + 1) * a.eval_iters * a.micro_batch * dp;
+            st = mt_loader_open(&valid_data, &lc);
+        }
+        mt_data_path_free(&dpath);
+        MT_TRY(st);
+    }
+
+    /* 3. Where to run: the GPU when this is the nvcc build and one is present. */
+    mt_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    cx.dtype = MT_F32;
+#ifdef __CUDACC__
+    int n_gpu = 0;
+    if (cudaGetDeviceCount(&n_gpu) != cudaSuccess) n_gpu = 0;
+    if (n_gpu > 0 || a.device > 0)
+        MT_TRY(mt_gpu_init(&cx, ra->device_base + (world && a.world_size > 1 ? rank : 0),
+                           a.dtype_flag == 1 ? MT_F32 : MT_BF16));
+    else if (talk) fprintf(stderr, "train_gpt: no GPU found, running on the CPU\n");
+#else
+    if (a.dtype_flag == 2 && talk) fprintf(stderr, "train_gpt: --bf16 needs the GPU build; the CPU computes in fp32\n");
+#endif
+
+    /* 4. The model (one pipeline stage holding every layer), its optimizer, and one arena. */
+    int B = a.micro_batch, T = a.seq_len, n_micro = a.global_batch / (a.micro_batch * dp);
+    mt_gpt model;
+    MT_TRY(mt_gpt_init(&cx, &model, &a.model, &lp, 0, 0));
+    float *init;
+    MT_TRY(mt_calloc(model.num_params * sizeof(float), (void **)&init));
+    mt_gpt_init_values(&model, init);
+    MT_TRY(mt_copy_from_f32(&cx, model.param_mem, init, model.num_params));
+    mt_optim opt;
+    MT_TRY(mt_optim_init(&cx, &opt, &model, init));
+    mt_free(init);
+    mt_arena arena;
+    MT_TRY(mt_arena_init(&arena, cx.device, mt_gpt_acts_nbytes(&model, B, T, 1) + (size_t)n_micro * B * T * 8 + 1024));
+    mt_gpt_acts acts;
+    mt_gpt_scratch scratch;
+    MT_TRY(mt_gpt_acts_alloc(&model, &arena, B, T, &acts, &scratch));
+    void *losses; /* (n_micro, B*T) per-token losses of the step, read back once per step */
+    MT_TRY(mt__take(&arena, (size_t)n_micro * B * T, mt_stat_dtype(&cx), &losses));
+    void *loss_mean; /* one stat-type scalar: the step's mean loss, averaged over data-parallel ranks */
+    MT_TRY(mt__take(&arena, 1, mt_stat_dtype(&cx), &loss_mean));
+    int32_t *rows, *staging;
+    float *loss_host, *logits_row;
+    MT_TRY(mt_calloc(sizeof(int32_t) * B * (T + 1), (void **)&rows));
+    MT_TRY(mt_calloc(sizeof(int32_t) * 2 * B * T, (void **)&staging));
+    MT_TRY(mt_calloc(sizeof(float) * n_micro * B * T, (void **)&loss_host));
+    MT_TRY(mt_calloc(sizeof(float) * model.Vp, (void **)&logits_row));
+    if (talk) {
+        printf("model: %d layers, hidden %d, %d heads, vocab %d (padded %d), seq %d: %.3fM parameters on %s (%s)\n",
+               a.model.n_layer, a.model.n_embd, a.model.n_head, a.model.vocab_size, a.model.padded_vocab, T,
+               mt_gpt_num_params(&model.cfg, 1) / 1e6, cx.device.type == MT_CUDA ? "GPU" : "CPU",
+               mt_dtype_name(cx.dtype));
+        printf("ranks: %d (tensor parallel %d, data parallel %d)\n", world ? mt_comm_size(world) : 1, par.size.tp, dp);
+        printf("batch: %d x %d tokens (micro-batch %d, %d accumulation steps), %d iterations, %s\n", a.global_batch,
+               T, B, n_micro, a.train_iters,
+               synthetic ? "synthetic task: encipher 5 digits (1 string in 10 held out)" : "data");
+    }
+
+    /* 5. Train. */
+    double first_loss = 0, last_loss = 0, t_start = now_ms(), *step_ms;
+    MT_TRY(mt_calloc(sizeof(double) * a.train_iters, (void **)&step_ms));
+    size_t sb = mt_dtype_size(mt_stat_dtype(&cx)), nb = (size_t)B * T;
+    for (int it = 0; it < a.train_iters; it++) {
+        double t0 = now_ms();
+        mt_optim_hp hp = {0};
+        hp.lr = (float)mt_lr_at(it, a.warmup_iters, a.decay_iters, a.lr, a.min_lr, a.decay_style);
+        hp.beta1 = (float)a.beta1; hp.beta2 = (float)a.beta2; hp.eps = (float)a.eps;
+        hp.weight_decay = (float)a.weight_decay; hp.clip_grad = (float)a.clip_grad;
+        for (int mb = 0; mb < n_micro; mb++) {
+            /* Megatron's order: micro-batch mb of step it is global samples it*G + mb*dp*B + dp_rank*B + b */
+            if (synthetic) task_batch(rows, B, T, a.seed, (uint64_t)it * a.global_batch + ((uint64_t)mb * dp + dp_rank) * B);
+            else MT_TRY(mt_loader_next(&train_data, rows));
+            MT_TRY(upload_batch(&cx, &acts, rows, staging));
+            MT_TRY(mt_gpt_forward(&cx, &model, &acts, &scratch, 1.0f / (float)(n_micro * nb)));
+            MT_TRY(mt_copy(&cx, (char *)losses + mb * nb * sb, acts.losses, nb * sb));
+            MT_TRY(mt_gpt_backward(&cx, &model, &acts, &scratch, NULL, NULL));
+        }
+        if (dp > 1) /* the mean gradient over data-parallel ranks */
+            MT_TRY(mt_comm_all_reduce(par.dp, model.grad_mem, model.grad_mem, model.num_params, cx.dtype, MT_AVG, cx.stream));
+        MT_TRY(mt_optim_step(&cx, &opt, &model, &hp));
+        MT_TRY(mt_copy_to_f32(&cx, loss_host, losses, mt_stat_dtype(&cx), n_micro * nb)); /* waits for the step */
+        double loss = 0, gnorm = 0;
+        for (size_t i = 0; i < n_micro * nb; i++) loss += loss_host[i];
+        loss /= (double)(n_micro * nb);
+        if (dp > 1) {
+            float lf = (float)loss;
+            mt_ctx f32 = cx;
+            f32.dtype = MT_F32;
+            MT_TRY(mt_copy_from_f32(&f32, loss_mean, &lf, 1));
+            MT_TRY(mt_comm_all_reduce(par.dp, loss_mean, loss_mean, 1, MT_F32, MT_AVG, cx.stream));
+            MT_TRY(mt_copy_to_f32(&cx, &lf, loss_mean, MT_F32, 1));
+            loss = lf;
+        }
+        MT_TRY(mt_optim_grad_norm(&cx, &opt, &gnorm));
+        double ms = now_ms() - t0;
+        step_ms[it] = ms;
+        if (it == 0) first_loss = loss;
+        last_loss = loss;
+        if (talk && ((it + 1) % a.log_interval == 0 || it == 0 || it + 1 == a.train_iters))
+            printf("iteration %6d/%6d | lm loss: %.6E | grad norm: %.4f | lr: %.4E | elapsed time per iteration "
+                   "(ms): %.1f | tokens/s: %.0f%s\n", it + 1, a.train_iters, loss, gnorm, hp.lr, ms,
+                   a.global_batch * (double)T / (ms / 1e3), synthetic ? "" : loader_note(&train_data));
+        if (!synthetic && valid_data.seq_len && ((it + 1) % a.eval_interval == 0 || it + 1 == a.train_iters))
+            MT_TRY(evaluate(&cx, &model, &acts, &scratch, &valid_data, rows, staging, a.eval_iters, loss_host, it + 1, talk));
+        if (talk) fflush(stdout);
+    }
+    double total_s = (now_ms() - t_start) / 1e3;
+    if (talk) {
+        printf("trained %d iterations in %.1f s: lm loss %.4f -> %.4f\n", a.train_iters, total_s, first_loss, last_loss);
+        print_speed(&a, &model.cfg, step_ms, cx.device.type == MT_CUDA);
+    }
+    mt_free(step_ms);
+    if (synthetic && talk) {
+        uint32_t n_eval = a.eval_iters > 0 && a.eval_iters * B < TASK_EVAL ? (uint32_t)(a.eval_iters * B) : TASK_EVAL;
+        double acc = task_accuracy(&cx, &model, &acts, &scratch, rows, staging, logits_row, a.seed, n_eval);
+        printf("held-out accuracy: %.1f%% of %u held-out strings enciphered exactly\n", 100.0 * acc, n_eval);
+    }
+    if (!synthetic) mt_loader_close(&train_data);
+    if (valid_data.seq_len) mt_loader_close(&valid_data);
+    mt_free(rows); mt_free(staging); mt_free(loss_host); mt_free(logits_row);
+    mt_gpt_acts_free(&acts);
+    mt_arena_free(&arena);
+    mt_optim_free(&opt);
+    mt_gpt_free(&model);
+    if (world) mt_parallel_free(&par);
+    return MT_OK;
+}
+
 int main(int argc, char **argv) {
     args a;
     if (!parse_args(argc, argv, &a)) return 1;
@@ -312,129 +498,40 @@ int main(int argc, char **argv) {
         fprintf(stderr, "train_gpt: the synthetic task needs --seq-length >= %d (got %d)\n", 2 * TASK_LEN, a.seq_len);
         return 1;
     }
-    if (a.world_size > 1) {
-        fprintf(stderr, "train_gpt: --world-size %d: parallel ranks are not wired into this trainer yet\n",
-                a.world_size);
-        return 1;
-    }
-    if (mt_gpt_config_resolve(&a.model, 1) != MT_OK) return 1;
+    if (mt_gpt_config_resolve(&a.model, a.tp) != MT_OK) return 1;
     if (!a.model.padded_vocab || a.model.vocab_size < 128) a.model.padded_vocab = (a.model.vocab_size + 7) / 8 * 8;
+    run_args ra = {&a, a.device};
 
-    /* 1. The data: Megatron .bin/.idx (or llm.c) token files, or the synthetic task. */
-    mt_loader train_data, valid_data;
-    memset(&train_data, 0, sizeof train_data);
-    memset(&valid_data, 0, sizeof valid_data);
-    if (!synthetic) {
-        mt_data_path dp;
-        if (mt_parse_data_path(a.data_path, a.n_data_path, &dp) != MT_OK) return 1;
-        mt_loader_config lc;
-        memset(&lc, 0, sizeof lc);
-        lc.paths = (const char *const *)dp.paths; lc.weights = dp.weights; lc.n_paths = dp.n; lc.split = a.split;
-        lc.seq_len = a.seq_len; lc.micro_batch = a.micro_batch; lc.seed = a.seed; lc.vocab_size = a.model.vocab_size;
-        lc.num_samples = (int64_t)a.train_iters * a.global_batch;
-        if (mt_loader_open(&train_data, &lc) != MT_OK) return 1;
-        if (a.eval_iters > 0 && a.eval_interval > 0) {
-            lc.split_index = 1;
-            lc.num_samples = (int64_t)(a.train_iters / a.eval_interval + 1) * a.eval_iters * a.micro_batch;
-            if (mt_loader_open(&valid_data, &lc) != MT_OK) return 1;
-        }
-        mt_data_path_free(&dp);
+    /* Launched by torchrun, Slurm or mpirun: one process per GPU, ranks from the environment. */
+    if (getenv("WORLD_SIZE") || getenv("OMPI_COMM_WORLD_SIZE") || getenv("SLURM_NTASKS")) {
+#ifdef __CUDACC__
+        mt_launch_info li;
+        mt_comm *world;
+        if (mt_launch_env(&li) != MT_OK) return 1;
+        a.world_size = li.world;
+        ra.device_base = li.local_rank;
+        if (!validate_world(&a, li.world)) return 1;
+        if (mt_comm_nccl_init_launch(&li, 300.0, &world) != MT_OK) return 1;
+        mt_status st = train(world, &ra);
+        mt_comm_destroy(world);
+        return st == MT_OK ? 0 : 1;
+#else
+        fprintf(stderr, "train_gpt: launched as one of several processes (WORLD_SIZE is set): that needs the GPU build "
+                        "(build/train_gpt_cuda); the CPU build runs ranks as threads with --world-size N\n");
+        return 1;
+#endif
     }
-
-    /* 2. Where to run: the GPU when this is the nvcc build and one is present. */
-    mt_ctx cx;
-    memset(&cx, 0, sizeof cx);
-    cx.dtype = MT_F32;
+    if (!validate_world(&a, a.world_size)) return 1;
+    if (a.world_size == 1) return train(NULL, &ra) == MT_OK ? 0 : 1;
 #ifdef __CUDACC__
     int n_gpu = 0;
-    if (cudaGetDeviceCount(&n_gpu) != cudaSuccess) n_gpu = 0;
-    if (n_gpu > 0 || a.device > 0) MT_CHECK(mt_gpu_init(&cx, a.device, a.dtype_flag == 1 ? MT_F32 : MT_BF16));
-    else fprintf(stderr, "train_gpt: no GPU found, running on the CPU\n");
-#else
-    if (a.dtype_flag == 2) fprintf(stderr, "train_gpt: --bf16 needs the GPU build; the CPU computes in fp32\n");
-#endif
-
-    /* 3. The model (one pipeline stage holding every layer), its optimizer, and one arena. */
-    int B = a.micro_batch, T = a.seq_len, n_micro = a.global_batch / a.micro_batch;
-    mt_gpt model;
-    MT_CHECK(mt_gpt_init(&cx, &model, &a.model, NULL, 0, 0));
-    float *init;
-    MT_CHECK(mt_calloc(model.num_params * sizeof(float), (void **)&init));
-    mt_gpt_init_values(&model, init);
-    MT_CHECK(mt_copy_from_f32(&cx, model.param_mem, init, model.num_params));
-    mt_optim opt;
-    MT_CHECK(mt_optim_init(&cx, &opt, &model, init));
-    mt_free(init);
-    mt_arena arena;
-    MT_CHECK(mt_arena_init(&arena, cx.device, mt_gpt_acts_nbytes(&model, B, T, 1) + (size_t)n_micro * B * T * 8));
-    mt_gpt_acts acts;
-    mt_gpt_scratch scratch;
-    MT_CHECK(mt_gpt_acts_alloc(&model, &arena, B, T, &acts, &scratch));
-    void *losses; /* (n_micro, B*T) per-token losses of the step, read back once per step */
-    MT_CHECK(mt__take(&arena, (size_t)n_micro * B * T, mt_stat_dtype(&cx), &losses));
-    int32_t *rows, *staging;
-    float *loss_host, *logits_row;
-    MT_CHECK(mt_calloc(sizeof(int32_t) * B * (T + 1), (void **)&rows));
-    MT_CHECK(mt_calloc(sizeof(int32_t) * 2 * B * T, (void **)&staging));
-    MT_CHECK(mt_calloc(sizeof(float) * n_micro * B * T, (void **)&loss_host));
-    MT_CHECK(mt_calloc(sizeof(float) * model.Vp, (void **)&logits_row));
-    printf("model: %d layers, hidden %d, %d heads, vocab %d (padded %d), seq %d: %.3fM parameters on %s (%s)\n",
-           a.model.n_layer, a.model.n_embd, a.model.n_head, a.model.vocab_size, a.model.padded_vocab, T,
-           mt_gpt_num_params(&model.cfg, 1) / 1e6, cx.device.type == MT_CUDA ? "GPU" : "CPU", mt_dtype_name(cx.dtype));
-    printf("batch: %d x %d tokens (micro-batch %d, %d accumulation steps), %d iterations, %s\n", a.global_batch, T,
-           B, n_micro, a.train_iters, synthetic ? "synthetic task: encipher 5 digits (1 string in 10 held out)" : "data");
-
-    /* 4. Train. */
-    double first_loss = 0, last_loss = 0, t_start = now_ms(), *step_ms;
-    MT_CHECK(mt_calloc(sizeof(double) * a.train_iters, (void **)&step_ms));
-    size_t sb = mt_dtype_size(mt_stat_dtype(&cx)), nb = (size_t)B * T;
-    for (int it = 0; it < a.train_iters; it++) {
-        double t0 = now_ms();
-        mt_optim_hp hp = {0};
-        hp.lr = (float)mt_lr_at(it, a.warmup_iters, a.decay_iters, a.lr, a.min_lr, a.decay_style);
-        hp.beta1 = (float)a.beta1; hp.beta2 = (float)a.beta2; hp.eps = (float)a.eps;
-        hp.weight_decay = (float)a.weight_decay; hp.clip_grad = (float)a.clip_grad;
-        for (int mb = 0; mb < n_micro; mb++) {
-            if (synthetic) task_batch(rows, B, T, a.seed, (uint64_t)it * n_micro + mb);
-            else MT_CHECK(mt_loader_next(&train_data, rows));
-            MT_CHECK(upload_batch(&cx, &acts, rows, staging));
-            MT_CHECK(mt_gpt_forward(&cx, &model, &acts, &scratch, 1.0f / (float)(n_micro * nb)));
-            MT_CHECK(mt_copy(&cx, (char *)losses + mb * nb * sb, acts.losses, nb * sb));
-            MT_CHECK(mt_gpt_backward(&cx, &model, &acts, &scratch, NULL, NULL));
+    if (cudaGetDeviceCount(&n_gpu) == cudaSuccess && n_gpu > 0) {  /* one process, one thread per GPU */
+        if (a.world_size > n_gpu) {
+            fprintf(stderr, "train_gpt: --world-size %d but this machine has %d GPUs\n", a.world_size, n_gpu);
+            return 1;
         }
-        MT_CHECK(mt_optim_step(&cx, &opt, &model, &hp));
-        MT_CHECK(mt_copy_to_f32(&cx, loss_host, losses, mt_stat_dtype(&cx), n_micro * nb)); /* waits for the step */
-        double loss = 0, gnorm = 0;
-        for (size_t i = 0; i < n_micro * nb; i++) loss += loss_host[i];
-        loss /= (double)(n_micro * nb);
-        MT_CHECK(mt_optim_grad_norm(&cx, &opt, &gnorm));
-        double ms = now_ms() - t0;
-        step_ms[it] = ms;
-        if (it == 0) first_loss = loss;
-        last_loss = loss;
-        if ((it + 1) % a.log_interval == 0 || it == 0 || it + 1 == a.train_iters)
-            printf("iteration %6d/%6d | lm loss: %.6E | grad norm: %.4f | lr: %.4E | elapsed time per iteration "
-                   "(ms): %.1f | tokens/s: %.0f%s\n", it + 1, a.train_iters, loss, gnorm, hp.lr, ms,
-                   a.global_batch * (double)T / (ms / 1e3), synthetic ? "" : loader_note(&train_data));
-        if (!synthetic && valid_data.seq_len && ((it + 1) % a.eval_interval == 0 || it + 1 == a.train_iters))
-            MT_CHECK(evaluate(&cx, &model, &acts, &scratch, &valid_data, rows, staging, a.eval_iters, loss_host, it + 1));
-        fflush(stdout);
+        return mt_nccl_run(a.world_size, 300.0, train, &ra, NULL) == MT_OK ? 0 : 1;
     }
-    double total_s = (now_ms() - t_start) / 1e3;
-    printf("trained %d iterations in %.1f s: lm loss %.4f -> %.4f\n", a.train_iters, total_s, first_loss, last_loss);
-    print_speed(&a, &model.cfg, step_ms, cx.device.type == MT_CUDA);
-    mt_free(step_ms);
-    if (synthetic) {
-        uint32_t n_eval = a.eval_iters > 0 && a.eval_iters * B < TASK_EVAL ? (uint32_t)(a.eval_iters * B) : TASK_EVAL;
-        double acc = task_accuracy(&cx, &model, &acts, &scratch, rows, staging, logits_row, a.seed, n_eval);
-        printf("held-out accuracy: %.1f%% of %u held-out strings enciphered exactly\n", 100.0 * acc, n_eval);
-    }
-    mt_loader_close(&train_data);
-    if (valid_data.seq_len) mt_loader_close(&valid_data);
-    mt_free(rows); mt_free(staging); mt_free(loss_host); mt_free(logits_row);
-    mt_gpt_acts_free(&acts);
-    mt_arena_free(&arena);
-    mt_optim_free(&opt);
-    mt_gpt_free(&model);
-    return 0;
+#endif
+    return mt_host_run(a.world_size, 300.0, train, &ra, NULL) == MT_OK ? 0 : 1;  /* ranks as CPU threads */
 }

@@ -36,7 +36,7 @@ static void test_cli_bad_input(void) {
     expect_error("--data-path does/not/exist", "does/not/exist");
     expect_error("--data-path", "--data-path needs a value");
     expect_error("--seq-length 64 --max-position-embeddings 32", "exceeds --max-position-embeddings 32");
-    expect_error("--global-batch-size 10 --micro-batch-size 4", "not divisible by --micro-batch-size 4");
+    expect_error("--global-batch-size 10 --micro-batch-size 4", "not divisible by --micro-batch-size 4 x data-parallel size 1");
     expect_error("--lr-decay-style weird", "bad value 'weird' for --lr-decay-style");
 }
 
@@ -83,9 +83,41 @@ static void test_cli_indexed_dataset(void) {
     MT_EXPECT(system("rm -f build/test_cli_data.bin build/test_cli_data.idx build/test_cli_data-*.mtidx") == 0, "clean up");
 }
 
+/* The lm loss of each iteration line in `out` (up to `max`). */
+static int read_losses(const char *out, double *loss, int max) {
+    int n = 0;
+    for (const char *p = strstr(out, "lm loss: "); p && n < max; p = strstr(p + 1, "lm loss: "))
+        if (p > out + 2 && strncmp(p - 2, "| ", 2) == 0 && strstr(p, "grad norm")) loss[n++] = atof(p + 9);
+    return n;
+}
+
+/* Data parallelism over CPU threads: 1, 2 and 4 ranks, the same global batch, the same losses. */
+static void test_cli_data_parallel_threads(void) {
+    static char out[1 << 16];
+    double ref[8], got[8];
+    const char *base = "--train-iters 4 --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 24 "
+                       "--micro-batch-size 2 --global-batch-size 8 --eval-iters 1 --lr 1e-2";
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s --world-size 1", base);
+    MT_EXPECT(run_trainer(cmd, out, sizeof out) == 0, "world 1: %.300s", out);
+    int n = read_losses(out, ref, 8);
+    MT_EXPECT(n == 4, "4 iterations at world 1, read %d", n);
+    for (int w = 2; w <= 4; w *= 2) {
+        snprintf(cmd, sizeof cmd, "%s --world-size %d", base, w);
+        MT_EXPECT(run_trainer(cmd, out, sizeof out) == 0, "world %d: %.300s", w, out);
+        MT_EXPECT(strstr(out, "data parallel ") != NULL, "ranks line printed");
+        int m = read_losses(out, got, 8);
+        MT_EXPECT(m == n, "world %d printed %d iterations", w, m);
+        for (int i = 0; i < m && i < n; i++) MT_EXPECT_REL(got[i], ref[i], 1e-5, 1e-12);
+    }
+    expect_error("--world-size 3 --tensor-model-parallel-size 2", "world size 3 is not divisible by --tensor-model-parallel-size 2");
+    expect_error("--world-size 2 --micro-batch-size 4 --global-batch-size 12", "not divisible by --micro-batch-size 4 x data-parallel size 2");
+}
+
 int main(void) {
     MT_RUN(test_cli_bad_input);
     MT_RUN(test_cli_short_run);
     MT_RUN(test_cli_indexed_dataset);
+    MT_RUN(test_cli_data_parallel_threads);
     return mt_test_summary("test_train_cli");
 }
