@@ -29,11 +29,13 @@
  *   forward   one CTA per (query block of BM rows, head, batch); each warp owns 16*MT query rows,
  *             streams key/value tiles of BN rows through shared memory (two stages), keeps O and
  *             the running max/sum in registers, and writes O through shared memory (16-byte stores).
- *   backward  1) delta = rowsum(dO*O), zero the dQ accumulator;  2) one CTA per (key block of BN
- *             rows, kv group, batch), 16 key rows per warp: for each head of the group and each
- *             query block, S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO, dP^T = V dO^T,
- *             dS^T = P^T (dP^T - delta), dK += dS^T Q, dS to shared memory, dQ += dS K (atomics);
- *             3) dQ accumulator * scale -> bf16 into dqkv.
+ *   backward  1) delta = rowsum(dO*O), zero the dQ accumulator;  2) one CTA per (key block of 128
+ *             rows, kv group, batch), 8 warps: for each head of the group and each query block of 64
+ *             rows, S = Q K^T and dP = dO V^T in 32x32 warp tiles, P = exp(S - lse) and
+ *             dS = P (dP - delta) to shared memory, dV += P^T dO and dK += dS^T Q in registers
+ *             (32 keys x D/2 per warp, for the whole CTA), dQ += dS K with atomics;
+ *             3) dQ accumulator * scale -> bf16 into dqkv. (mt__flash_bwd_kernel is the same
+ *             algorithm with 16 keys per warp and P kept in registers; the benchmark times both.)
  *   Shared-memory tiles are rows of D bf16 with 16-byte chunks XOR-swizzled by (row & 7), so that
  *   ldmatrix and cp.async are free of bank conflicts.
  */
@@ -1085,9 +1087,10 @@ mt__flash_bwd_dq_kernel(__nv_bfloat16 *__restrict__ dqkv, const __nv_bfloat16 *_
 
 /* ------------------------------------------------------------------ launchers */
 
-/* Default tile shapes per head dim (forward: BM query rows, BN key rows, NW warps; backward: BM query
- * rows, BN key rows, BN/16 warps). mt__flash_fwd_run / mt__flash_bwd_run take any valid shape (the
- * benchmark times a few). */
+/* Default tile shapes per head dim (forward: BM query rows, BN key rows, NW warps; backward with 16 keys
+ * per warp, used by MT_FLASH_DETERMINISTIC: BM query rows, BN key rows, BN/16 warps). The default
+ * backward is mt__flash_bwd2_run (64 x 128, FlashAttention-2's warp layout). mt__flash_fwd_run /
+ * mt__flash_bwd_run take any valid shape (the benchmark times a few). */
 template <int D> struct mt__fa_cfg;
 template <> struct mt__fa_cfg<64> {
     enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128 };
@@ -1211,8 +1214,10 @@ static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const
                                              const float *lse, const void *qkv, int B, int T, int Hkv, int G,
                                              int causal, float *delta, float *dq_acc) {
     typedef mt__fa_cfg<D> C;
-    return mt__flash_bwd_run<D, C::BWD_BM, C::BWD_BN, MT_FLASH_DETERMINISTIC != 0>(cx, dqkv, dout, out, lse, qkv, B,
-                                                                                   T, Hkv, G, causal, delta, dq_acc);
+    if (MT_FLASH_DETERMINISTIC)
+        return mt__flash_bwd_run<D, C::BWD_BM, C::BWD_BN, true>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
+                                                                delta, dq_acc);
+    return mt__flash_bwd2_run<D>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
 MT_API int mt_flash_attention_supported(int D) { return D == 64 || D == 128; }

@@ -6,7 +6,7 @@
  * on the same bf16-rounded inputs. Passes when ||x - ref|| / ||ref|| < 1e-2 for out, lse, dq, dk, dv
  * and every element is finite. The deterministic backward (MT_FLASH_DETERMINISTIC's path) is checked
  * the same way and must be bitwise reproducible; the default one must give bitwise identical dK/dV;
- * the alternative backward with FlashAttention-2's warp layout is checked against the reference too.
+ * the alternative backward (16 keys per warp, P in registers) is checked against the reference too.
  * Also: an unsupported head dim returns MT_ERR_UNSUPPORTED, a short workspace is refused.
  */
 #if defined(__has_include)
@@ -80,13 +80,16 @@ static mt_status bwd_deterministic(const mt_ctx *cx, void *dqkv, const void *dou
         cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
-/* the backward with FlashAttention-2's warp layout (mt__flash_bwd2_kernel) */
-static mt_status bwd_fa2_layout(const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
+/* the alternative backward with 16 keys per warp (mt__flash_bwd_kernel, atomic dQ) */
+static mt_status bwd_alt_layout(const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
                                 const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws) {
     float *delta, *dq_acc;
     mt__fa_ws_split(ws, B, T, Hkv, G, &delta, &dq_acc);
-    if (D == 64) return mt__flash_bwd2_run<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
-    return mt__flash_bwd2_run<128>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    if (D == 64)
+        return mt__flash_bwd_run<64, mt__fa_cfg<64>::BWD_BM, mt__fa_cfg<64>::BWD_BN, false>(
+            cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    return mt__flash_bwd_run<128, mt__fa_cfg<128>::BWD_BM, mt__fa_cfg<128>::BWD_BN, false>(
+        cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
 static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *worst) {
@@ -155,17 +158,17 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
         free(h2);
     }
 
-    /* the FlashAttention-2-layout backward on fresh poison */
-    float *gdqkv_fa2 = (float *)malloc(nqkv * 4);
+    /* the alternative (16 keys per warp) backward on fresh poison */
+    float *gdqkv_alt = (float *)malloc(nqkv * 4);
     {
         uint16_t *h1 = (uint16_t *)malloc(nqkv * 2);
         CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
         CK(cudaMemset(d_ws, 0xff, ws));
-        st = bwd_fa2_layout(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws);
-        MT_EXPECT(st == MT_OK, "FA2-layout bwd status %s", mt_status_str(st));
+        st = bwd_alt_layout(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws);
+        MT_EXPECT(st == MT_OK, "16-keys-per-warp bwd status %s", mt_status_str(st));
         CK(cudaDeviceSynchronize());
         CK(cudaMemcpy(h1, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < nqkv; i++) gdqkv_fa2[i] = mt_bf16_to_f32(h1[i]);
+        for (size_t i = 0; i < nqkv; i++) gdqkv_alt[i] = mt_bf16_to_f32(h1[i]);
         free(h1);
     }
 
@@ -202,17 +205,17 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     gather_slots(a, gdqkv, B, T, Hkv, G, D, G + 1, G + 2);
     gather_slots(r, ref_dqkv, B, T, Hkv, G, D, G + 1, G + 2);
     relerr e_dv = rel_error(a, r, nk);
-    relerr e_det[3], e_fa2[3];
+    relerr e_det[3], e_alt[3];
     for (int w = 0; w < 3; w++) {
         const int s0 = w == 0 ? 0 : w == 1 ? G : G + 1, s1 = w == 0 ? G : s0 + 1;
         gather_slots(r, ref_dqkv, B, T, Hkv, G, D, s0, s1);
         gather_slots(a, gdqkv_det, B, T, Hkv, G, D, s0, s1);
         e_det[w] = rel_error(a, r, w == 0 ? nq : nk);
-        gather_slots(a, gdqkv_fa2, B, T, Hkv, G, D, s0, s1);
-        e_fa2[w] = rel_error(a, r, w == 0 ? nq : nk);
+        gather_slots(a, gdqkv_alt, B, T, Hkv, G, D, s0, s1);
+        e_alt[w] = rel_error(a, r, w == 0 ? nq : nk);
     }
     free(gdqkv_det);
-    free(gdqkv_fa2);
+    free(gdqkv_alt);
     free(a);
     free(r);
 
@@ -227,8 +230,8 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     for (int w = 0; w < 3; w++) {
         MT_EXPECT(e_det[w].err < tol, "%s: deterministic d%c rel err %.3g (%zu non-finite)", tag, "qkv"[w],
                   e_det[w].err, e_det[w].nonfinite);
-        MT_EXPECT(e_fa2[w].err < tol, "%s: FA2-layout d%c rel err %.3g (%zu non-finite)", tag, "qkv"[w],
-                  e_fa2[w].err, e_fa2[w].nonfinite);
+        MT_EXPECT(e_alt[w].err < tol, "%s: 16-keys-per-warp d%c rel err %.3g (%zu non-finite)", tag, "qkv"[w],
+                  e_alt[w].err, e_alt[w].nonfinite);
     }
     printf("    %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e\n", tag, e_out.err, e_lse.err, e_dq.err, e_dk.err,
            e_dv.err);
@@ -239,7 +242,7 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     if (!(m >= e_dv.err)) m = e_dv.err;
     for (int w = 0; w < 3; w++) {
         if (!(m >= e_det[w].err)) m = e_det[w].err;
-        if (!(m >= e_fa2[w].err)) m = e_fa2[w].err;
+        if (!(m >= e_alt[w].err)) m = e_alt[w].err;
     }
     if (!(*worst >= m)) *worst = m;
 
