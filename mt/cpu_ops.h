@@ -5,7 +5,8 @@
  *
  * Defines, each as _cpu_f32 and _cpu_f64: embedding_fwd/bwd, layernorm_fwd/bwd, rmsnorm_fwd/bwd,
  * matmul_fwd/bwd, gelu_fwd/bwd, swiglu_fwd/bwd, rope, attention_fwd/bwd, xent (fused softmax
- * cross-entropy forward + backward), residual_fwd/bwd, adamw, sumsq. The rules and layouts are at
+ * cross-entropy forward + backward), vocab_xent_local/finish (vocab-parallel cross-entropy),
+ * bias_residual (row-parallel epilogue), residual_fwd/bwd, adamw, sumsq. The rules and layouts are at
  * the top of mt/cpu_ops.inl. Matmuls and attention use OpenMP when compiled with -fopenmp.
  */
 #ifndef MT_CPU_OPS_H

@@ -335,6 +335,68 @@ MT_API void MT__FN(residual_bwd_cpu_)(MT_R *da, MT_R *db, const MT_R *dout, size
     }
 }
 
+/* ---- vocab-parallel softmax cross-entropy (tensor parallelism). This rank holds the logit columns
+ * [vstart, vstart + Vl) of the padded vocabulary; global columns >= V are padding. Two parts, with the
+ * tp group's exchange between them (mt/tensor_parallel.h), so the full logits are never gathered:
+ *   local:  stats (3, N): [0][i] max over the local real columns (-inf when there are none),
+ *           [1][i] sum of exp(x - that max) (0 when none), [2][i] the target's logit when the target
+ *           is one of the local columns, else 0;
+ *   finish: all (tp, 3, N), every rank's stats in rank order: M = max_q m_q, S = sum_q s_q e^(m_q - M),
+ *           xt = sum_q t_q (one rank holds the target); losses (N) = M + log S - xt; dlogits over the
+ *           local columns = (exp(x - M) / S - onehot) * dscale, 0 in padding (may alias logits, or NULL).
+ * A target < 0 or >= V is ignored: loss 0, gradient row 0. */
+MT_API void MT__FN(vocab_xent_local_cpu_)(MT_R *stats, const MT_R *logits, const int32_t *targets, int N, int V,
+                                          int Vl, int vstart) {
+    int nreal = V - vstart < Vl ? (V - vstart > 0 ? V - vstart : 0) : Vl;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const MT_R *x = logits + (size_t)i * Vl;
+        double mx = -INFINITY, sum = 0;
+        for (int v = 0; v < nreal; v++) mx = x[v] > mx ? x[v] : mx;
+        for (int v = 0; v < nreal; v++) sum += exp(x[v] - mx);
+        int t = targets[i] - vstart;
+        stats[i] = (MT_R)mx;
+        stats[(size_t)N + i] = (MT_R)sum;
+        stats[2 * (size_t)N + i] = targets[i] >= 0 && targets[i] < V && t >= 0 && t < Vl ? x[t] : 0;
+    }
+}
+
+MT_API void MT__FN(vocab_xent_finish_cpu_)(MT_R *losses, MT_R *dlogits, const MT_R *logits, const int32_t *targets,
+                                           const MT_R *all, MT_R dscale, int N, int V, int Vl, int vstart, int tp) {
+    int nreal = V - vstart < Vl ? (V - vstart > 0 ? V - vstart : 0) : Vl;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        double M = -INFINITY, S = 0, xt = 0;
+        for (int q = 0; q < tp; q++) M = all[(size_t)q * 3 * N + i] > M ? all[(size_t)q * 3 * N + i] : M;
+        for (int q = 0; q < tp; q++) {
+            double m = all[(size_t)q * 3 * N + i];
+            if (m != -INFINITY) S += all[(size_t)q * 3 * N + N + i] * exp(m - M);
+            xt += all[(size_t)q * 3 * N + 2 * (size_t)N + i];
+        }
+        double l = M + log(S);
+        int tgt = targets[i], ok = tgt >= 0 && tgt < V;
+        losses[i] = ok ? (MT_R)(l - xt) : 0;
+        if (!dlogits) continue;
+        const MT_R *x = logits + (size_t)i * Vl;
+        MT_R *d = dlogits + (size_t)i * Vl;
+        for (int v = 0; v < Vl; v++) {
+            double p = v < nreal ? exp(x[v] - l) : 0;
+            d[v] = ok ? (MT_R)((p - (vstart + v == tgt ? 1.0 : 0.0)) * dscale) : 0;
+        }
+    }
+}
+
+/* ---- the epilogue of a row-parallel linear, after its partial products were summed over tp:
+ * out (N,C) = inp + bias (C) + resid (N,C); bias, resid may be NULL; out may alias inp. */
+MT_API void MT__FN(bias_residual_cpu_)(MT_R *out, const MT_R *inp, const MT_R *bias, const MT_R *resid, int N,
+                                       int C) {
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            size_t k = (size_t)i * C + c;
+            out[k] = inp[k] + (bias ? bias[c] : 0) + (resid ? resid[k] : 0);
+        }
+}
+
 /* ---- AdamW (decoupled weight decay), bias-corrected, step t >= 1. grad is multiplied by grad_scale
  * first (clipping, loss scale). */
 MT_API void MT__FN(adamw_cpu_)(MT_R *param, MT_R *m, MT_R *v, const MT_R *grad, size_t n, double lr, double beta1,

@@ -19,14 +19,29 @@
  *     weights; weights split by rows (column-parallel: qkv, fc, the vocabulary) or by columns
  *     (row-parallel: proj, fc2) over the layer's tensor-parallel group (mt_layer_par).
  *
- * Defines: mt_gpt_config, mt_layer_par, mt_param, mt_gpt, mt_gpt_block_w, mt_gpt_acts,
- *   mt_gpt_scratch, mt_gpt_config_resolve, mt_gpt_init, mt_gpt_free, mt_gpt_init_values,
- *   mt_gpt_acts_alloc, mt_gpt_acts_nbytes, mt_gpt_forward, mt_gpt_backward, mt_gpt_num_params
+ * Tensor parallelism (mt_layer_par.tp_size > 1, Megatron's layout; the collectives and the
+ * activation layout are described in mt/tensor_parallel.h): each tp rank holds H/tp heads (whole
+ * key/value groups of the fused QKV), F/tp of the MLP and Vp/tp rows of the vocabulary. qkv, fc and
+ * the classifier are column-parallel, proj and fc2 row-parallel, the embedding and the loss
+ * vocab-parallel. Every tp rank of a group is given the same tokens and targets and gets the same
+ * per-token losses. With sequence_parallel the residual stream, the norms and their saved inputs hold
+ * B*T/tp rows (mt_gpt_rows): rows [tp_rank*B*T/tp, ...) of the (B*T, C) stream, which is also what
+ * pipeline stages exchange; the norms' weight gradients (partial per rank) are summed over tp inside
+ * the backward, block by block, so every gradient is complete when mt_gpt_backward reports it.
+ * A training step needs nothing more than with tp = 1: forward + backward per micro-batch, then the
+ * data-parallel reduction and the optimizer, whose clipping norm counts each tensor once
+ * (mt_gpt_grad_sumsq: split tensors summed over tp, replicated ones once).
+ *
+ * Defines: mt_gpt_config, mt_param, mt_gpt, mt_gpt_block_w, mt_gpt_acts, mt_gpt_scratch,
+ *   mt_gpt_config_resolve, mt_gpt_init, mt_gpt_free, mt_gpt_init_values, mt_gpt_rows,
+ *   mt_gpt_acts_alloc, mt_gpt_acts_nbytes, mt_gpt_forward, mt_gpt_backward, mt_gpt_num_params,
+ *   mt_gpt_grad_sumsq   (mt_layer_par: mt/tensor_parallel.h)
  */
 #ifndef MT_GPT_H
 #define MT_GPT_H
 #include "core.h"
 #include "ops.h"
+#include "tensor_parallel.h"
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -43,15 +58,6 @@ typedef struct mt_gpt_config {
     float init_std;      /* default 0.02 */
     uint64_t seed;       /* initialisation seed, default 1234 */
 } mt_gpt_config;
-
-/* What a layer knows about its parallel context (sizes of 0 mean 1). */
-typedef struct mt_layer_par {
-    int tp_rank, tp_size;  /* tensor parallel */
-    int cp_rank, cp_size;  /* context parallel */
-    int ep_rank, ep_size;  /* expert parallel */
-    int sequence_parallel;
-    struct mt_comm *tp, *cp, *ep;
-} mt_layer_par;
 
 /* Fill defaults and validate: every message names the value that is wrong. */
 MT_API mt_status mt_gpt_config_resolve(mt_gpt_config *c, int tp) {
@@ -76,9 +82,18 @@ MT_API mt_status mt_gpt_config_resolve(mt_gpt_config *c, int tp) {
     if (c->n_head % c->n_kv_head)
         return mt_errorf(MT_ERR_ARG, "gpt config: heads %d not divisible by key/value heads %d", c->n_head,
                          c->n_kv_head);
-    if (c->n_head % tp || c->n_kv_head % tp || c->ffn_hidden % tp)
-        return mt_errorf(MT_ERR_ARG, "gpt config: tensor-parallel size %d must divide heads %d, key/value heads %d "
-                         "and ffn hidden size %d", tp, c->n_head, c->n_kv_head, c->ffn_hidden);
+    if (c->n_head % tp)
+        return mt_errorf(MT_ERR_ARG, "gpt config: the number of attention heads %d is not divisible by the "
+                         "tensor-parallel size %d", c->n_head, tp);
+    if (c->n_kv_head % tp)
+        return mt_errorf(MT_ERR_ARG, "gpt config: the number of key/value heads %d is not divisible by the "
+                         "tensor-parallel size %d", c->n_kv_head, tp);
+    if (c->n_embd % tp)
+        return mt_errorf(MT_ERR_ARG, "gpt config: the hidden size %d is not divisible by the tensor-parallel size %d",
+                         c->n_embd, tp);
+    if (c->ffn_hidden % tp)
+        return mt_errorf(MT_ERR_ARG, "gpt config: the ffn hidden size %d is not divisible by the tensor-parallel "
+                         "size %d", c->ffn_hidden, tp);
     int mult = 128 * tp;
     if (!c->padded_vocab) c->padded_vocab = (c->vocab_size + mult - 1) / mult * mult;
     if (c->padded_vocab < c->vocab_size || c->padded_vocab % tp)
@@ -152,6 +167,8 @@ typedef struct mt_gpt {
     mt_gpt_w w, g;               /* pointers into param_mem and grad_mem */
     size_t *ready;               /* (nl + 2) gradient elements final after the head, after each
                                     block (last to first) and after the embedding */
+    void *tp_buf;                /* (4, C) sequence parallel: a block's norm gradients before their sum
+                                    over tp (mt__gpt_sp_stage) */
     mt_gpt_hooks hooks;
 } mt_gpt;
 
@@ -220,10 +237,16 @@ MT_API mt_status mt_gpt_init(const mt_ctx *cx, mt_gpt *m, const mt_gpt_config *c
     if (layer_begin < 0 || layer_end > c->n_layer || layer_begin >= layer_end)
         return mt_errorf(MT_ERR_ARG, "gpt: stage layers [%d, %d) outside [0, %d)", layer_begin, layer_end,
                          c->n_layer);
-    if (m->par.tp_size > 1 || m->par.cp_size > 1 || m->par.ep_size > 1)
-        return mt_errorf(MT_ERR_UNSUPPORTED, "gpt: tensor/context/expert parallel sizes %d/%d/%d: only 1 so far",
-                         m->par.tp_size, m->par.cp_size, m->par.ep_size);
+    if (m->par.cp_size > 1 || m->par.ep_size > 1)
+        return mt_errorf(MT_ERR_UNSUPPORTED, "gpt: context/expert parallel sizes %d/%d: only 1 so far",
+                         m->par.cp_size, m->par.ep_size);
     int tp = m->par.tp_size;
+    if (tp > 1 && (!m->par.tp || mt_comm_size(m->par.tp) != tp || mt_comm_rank(m->par.tp) != m->par.tp_rank))
+        return mt_errorf(MT_ERR_ARG, "gpt: tensor-parallel rank %d of %d needs the tp communicator of that group "
+                         "(par.tp is %s of size %d, rank %d)", m->par.tp_rank, tp, m->par.tp ? "a group" : "NULL",
+                         mt_comm_size(m->par.tp), mt_comm_rank(m->par.tp));
+    if (tp == 1 && (m->par.tp_rank != 0)) return mt_errorf(MT_ERR_ARG, "gpt: tp rank %d of 1", m->par.tp_rank);
+    if (tp == 1) m->par.sequence_parallel = 0;
     m->device = cx->device;
     m->dtype = cx->dtype;
     m->layer_begin = layer_begin; m->layer_end = layer_end;
@@ -276,6 +299,7 @@ MT_API mt_status mt_gpt_init(const mt_ctx *cx, mt_gpt *m, const mt_gpt_config *c
     MT_TRY(mt_zero(cx, m->grad_mem, nbytes));
     mt__gpt_bind(m, (char *)m->param_mem, &m->w);
     mt__gpt_bind(m, (char *)m->grad_mem, &m->g);
+    if (mt_tp_sp(&m->par)) MT_TRY(mt_device_alloc(m->device, 4 * (size_t)m->C * mt_dtype_size(m->dtype), &m->tp_buf));
     return MT_OK;
 }
 
@@ -286,6 +310,7 @@ MT_API void mt_gpt_free(mt_gpt *m) {
     mt_free(m->g.blocks);
     mt_free(m->params);
     mt_free(m->ready);
+    mt_device_free(m->device, m->tp_buf);
     memset(m, 0, sizeof *m);
 }
 
@@ -323,38 +348,46 @@ MT_API void mt_gpt_init_values(const mt_gpt *m, float *host) {
 
 /* ------------------------------------------------------------------ activations */
 
-/* Saved for the backward, one set per micro-batch in flight. N = B*T rows; "stat" buffers are in
- * the stat type (float, or double for f64). */
+/* Saved for the backward, one set per micro-batch in flight. N = B*T rows; R = the rows of the
+ * residual stream this rank holds (N, or N/tp under sequence parallelism: mt_gpt_rows); sizes local
+ * to the tp rank (QKV, H, F as in mt_gpt). "stat" buffers are in the stat type (float, or double for
+ * f64). */
 typedef struct mt_gpt_block_acts {
-    void *ln1, *ln1_mean, *ln1_rstd;  /* (N,C), (N), (N) */
+    void *ln1, *ln1_mean, *ln1_rstd;  /* (R,C), (R), (R) */
     void *qkv;                        /* (N, QKV) = (B,T,Hkv,G+2,D) */
     void *atty, *lse;                 /* (N, H*D), (B,H,T) */
-    void *r;                          /* (N,C) residual after attention */
-    void *ln2, *ln2_mean, *ln2_rstd;  /* (N,C), (N), (N) */
+    void *r;                          /* (R,C) residual after attention */
+    void *ln2, *ln2_mean, *ln2_rstd;  /* (R,C), (R), (R) */
     void *fch, *fch_gelu;             /* (N,F) before and after GELU */
 } mt_gpt_block_acts;
 
 typedef struct mt_gpt_acts {
     int B, T;
     int32_t *tokens, *targets;  /* (N) on the device: the first stage reads tokens, the last targets */
-    void **res;                 /* (nl+1) residual streams (N,C): res[0] enters the stage, res[nl] leaves */
+    void **res;                 /* (nl+1) residual streams (R,C): res[0] enters the stage, res[nl] leaves */
     mt_gpt_block_acts *blocks;  /* (nl) */
-    void *lnf, *lnf_mean, *lnf_rstd;  /* (N,C), (N), (N) */
-    void *losses;               /* (N) per-token loss (stat type) */
+    void *lnf, *lnf_mean, *lnf_rstd;  /* (R,C), (R), (R) */
+    void *losses;               /* (N) per-token loss (stat type), the same on every tp rank */
 } mt_gpt_acts;
 
 /* Working memory shared by all micro-batches (not kept between forward and backward, except
  * logits: the last stage's forward leaves dlogits there for its backward). */
 typedef struct mt_gpt_scratch {
-    void *logits;      /* (N, Vp) logits, then dlogits in place */
-    void *dres, *dr;   /* (N,C) gradient of the residual stream, and of the mid-block residual */
-    void *dln;         /* (N,C) */
+    void *logits;      /* (N, Vp) logits, then dlogits in place (Vp local: this rank's vocab columns) */
+    void *dres, *dr;   /* (R,C) gradient of the residual stream, and of the mid-block residual */
+    void *dln;         /* (N,C) a column-parallel layer's dgrad before its reduction over tp */
     void *dqkv;        /* (N, QKV) */
     void *datty;       /* (N, H*D) */
     void *dfch;        /* (N, F) */
+    void *gather;      /* (N,C) sequence parallel only: all-gathered rows, row-parallel partial sums */
+    void *xent_stats;  /* (tp, 3, N) stat type, tp > 1 on the last stage: vocab-parallel loss statistics */
     void *attn_ws;     /* attention backward workspace (GPU flash attention), attn_ws_nbytes */
     size_t attn_ws_nbytes;
 } mt_gpt_scratch;
+
+/* Rows of the (B*T, C) residual stream this rank holds: B*T, or B*T/tp under sequence parallelism
+ * (rows [tp_rank*B*T/tp, (tp_rank+1)*B*T/tp)); pipeline stages send and receive this many. */
+MT_API int mt_gpt_rows(const mt_gpt *m, int B, int T) { return mt_tp_rows(&m->par, B * T); }
 
 MT_API mt_status mt__take(mt_arena *a, size_t count, mt_dtype dt, void **out) {
     return mt_arena_alloc(a, count * mt_dtype_size(dt), out);
@@ -364,12 +397,16 @@ MT_API mt_status mt__take(mt_arena *a, size_t count, mt_dtype dt, void **out) {
  * With a measuring arena ({0}) this only counts: see mt_gpt_acts_nbytes. */
 MT_API mt_status mt_gpt_acts_alloc(const mt_gpt *m, mt_arena *ar, int B, int T, mt_gpt_acts *a, mt_gpt_scratch *s) {
     mt_dtype dt = m->dtype, st = m->dtype == MT_F64 ? MT_F64 : MT_F32;
-    size_t N = (size_t)B * T, C = (size_t)m->C;
-    int nl = m->layer_end - m->layer_begin;
+    size_t N = (size_t)B * T, C = (size_t)m->C, R;
+    int nl = m->layer_end - m->layer_begin, tp = m->par.tp_size;
     memset(a, 0, sizeof *a);
     a->B = B; a->T = T;
     if (B <= 0 || T <= 0 || T > m->cfg.max_seq_len)
         return mt_errorf(MT_ERR_ARG, "gpt: micro-batch %d x sequence %d (max sequence %d)", B, T, m->cfg.max_seq_len);
+    if (mt_tp_sp(&m->par) && N % (size_t)tp)
+        return mt_errorf(MT_ERR_ARG, "gpt: sequence parallelism splits the micro-batch's B*T = %d*%d = %zu tokens "
+                         "over the tensor-parallel size %d, which does not divide them", B, T, N, tp);
+    R = (size_t)mt_gpt_rows(m, B, T);
     if (ar->base) {  /* the host-side pointer tables */
         MT_TRY(mt_calloc(sizeof(void *) * (size_t)(nl + 1), (void **)&a->res));
         MT_TRY(mt_calloc(sizeof(mt_gpt_block_acts) * (size_t)nl, (void **)&a->blocks));
@@ -378,39 +415,41 @@ MT_API mt_status mt_gpt_acts_alloc(const mt_gpt *m, mt_arena *ar, int B, int T, 
     MT_TRY(mt_arena_alloc(ar, N * 4, (void **)&a->targets));
     for (int l = 0; l <= nl; l++) {
         void *p;
-        MT_TRY(mt__take(ar, N * C, dt, &p));
+        MT_TRY(mt__take(ar, R * C, dt, &p));
         if (a->res) a->res[l] = p;
     }
     for (int l = 0; l < nl; l++) {
         mt_gpt_block_acts tmp, *b = a->blocks ? &a->blocks[l] : &tmp;
-        MT_TRY(mt__take(ar, N * C, dt, &b->ln1));
-        MT_TRY(mt__take(ar, N, st, &b->ln1_mean));
-        MT_TRY(mt__take(ar, N, st, &b->ln1_rstd));
+        MT_TRY(mt__take(ar, R * C, dt, &b->ln1));
+        MT_TRY(mt__take(ar, R, st, &b->ln1_mean));
+        MT_TRY(mt__take(ar, R, st, &b->ln1_rstd));
         MT_TRY(mt__take(ar, N * m->QKV, dt, &b->qkv));
         MT_TRY(mt__take(ar, N * m->H * m->D, dt, &b->atty));
         MT_TRY(mt__take(ar, N * m->H, st, &b->lse));
-        MT_TRY(mt__take(ar, N * C, dt, &b->r));
-        MT_TRY(mt__take(ar, N * C, dt, &b->ln2));
-        MT_TRY(mt__take(ar, N, st, &b->ln2_mean));
-        MT_TRY(mt__take(ar, N, st, &b->ln2_rstd));
+        MT_TRY(mt__take(ar, R * C, dt, &b->r));
+        MT_TRY(mt__take(ar, R * C, dt, &b->ln2));
+        MT_TRY(mt__take(ar, R, st, &b->ln2_mean));
+        MT_TRY(mt__take(ar, R, st, &b->ln2_rstd));
         MT_TRY(mt__take(ar, N * m->F, dt, &b->fch));
         MT_TRY(mt__take(ar, N * m->F, dt, &b->fch_gelu));
     }
     if (m->last) {
-        MT_TRY(mt__take(ar, N * C, dt, &a->lnf));
-        MT_TRY(mt__take(ar, N, st, &a->lnf_mean));
-        MT_TRY(mt__take(ar, N, st, &a->lnf_rstd));
+        MT_TRY(mt__take(ar, R * C, dt, &a->lnf));
+        MT_TRY(mt__take(ar, R, st, &a->lnf_mean));
+        MT_TRY(mt__take(ar, R, st, &a->lnf_rstd));
         MT_TRY(mt__take(ar, N, st, &a->losses));
     }
     if (s) {
         memset(s, 0, sizeof *s);
         if (m->last) MT_TRY(mt__take(ar, N * m->Vp, dt, &s->logits));
-        MT_TRY(mt__take(ar, N * C, dt, &s->dres));
-        MT_TRY(mt__take(ar, N * C, dt, &s->dr));
+        MT_TRY(mt__take(ar, R * C, dt, &s->dres));
+        MT_TRY(mt__take(ar, R * C, dt, &s->dr));
         MT_TRY(mt__take(ar, N * C, dt, &s->dln));
         MT_TRY(mt__take(ar, N * m->QKV, dt, &s->dqkv));
         MT_TRY(mt__take(ar, N * m->H * m->D, dt, &s->datty));
         MT_TRY(mt__take(ar, N * m->F, dt, &s->dfch));
+        if (mt_tp_sp(&m->par)) MT_TRY(mt__take(ar, N * C, dt, &s->gather));
+        if (m->last && tp > 1) MT_TRY(mt__take(ar, (size_t)tp * 3 * N, st, &s->xent_stats));
         mt_ctx cx;
         memset(&cx, 0, sizeof cx);
         cx.device = m->device;
@@ -441,34 +480,65 @@ MT_API size_t mt_gpt_acts_nbytes(const mt_gpt *m, int B, int T, int n_acts) {
 
 /* ------------------------------------------------------------------ forward and backward */
 
-/* One transformer block:  r = x + proj(attn(LN1(x)));  y = r + fc2(gelu(fc(LN2(r)))) */
+/* One transformer block:  r = x + proj(attn(LN1(x)));  y = r + fc2(gelu(fc(LN2(r)))).
+ * x, r, y and the norms hold this rank's R rows (mt_gpt_rows); qkv and fc are column-parallel, proj
+ * and fc2 row-parallel over the tp group, attention runs on this rank's heads (mt/tensor_parallel.h:
+ * with tp = 1 each of these is the plain fused GEMM). */
 MT_API mt_status mt_gpt_block_fwd(const mt_ctx *cx, const mt_gpt *m, const mt_gpt_block_w *w, mt_gpt_block_acts *a,
-                                  const void *x, void *y, int B, int T) {
-    int N = B * T, C = m->C, HD = m->H * m->D;
-    MT_TRY(mt_layernorm_fwd(cx, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1_w, w->ln1_b, N, C));
-    MT_TRY(mt_matmul_fwd(cx, a->qkv, NULL, a->ln1, w->qkv_w, w->qkv_b, NULL, N, C, m->QKV));
+                                  const void *x, void *y, mt_gpt_scratch *s, int B, int T) {
+    const mt_layer_par *p = &m->par;
+    int N = B * T, R = mt_tp_rows(p, N), C = m->C, HD = m->H * m->D;
+    MT_TRY(mt_layernorm_fwd(cx, a->ln1, a->ln1_mean, a->ln1_rstd, x, w->ln1_w, w->ln1_b, R, C));
+    MT_TRY(mt_column_parallel_fwd(cx, p, a->qkv, NULL, a->ln1, w->qkv_w, w->qkv_b, s->gather, N, C, m->QKV));
     MT_TRY(mt_attention_fwd(cx, a->atty, a->lse, a->qkv, B, T, m->Hkv, m->G, m->D, 1));
-    MT_TRY(mt_matmul_fwd(cx, a->r, NULL, a->atty, w->proj_w, w->proj_b, x, N, HD, C));
-    MT_TRY(mt_layernorm_fwd(cx, a->ln2, a->ln2_mean, a->ln2_rstd, a->r, w->ln2_w, w->ln2_b, N, C));
-    MT_TRY(mt_matmul_fwd(cx, a->fch_gelu, a->fch, a->ln2, w->fc_w, w->fc_b, NULL, N, C, m->F));
-    MT_TRY(mt_matmul_fwd(cx, y, NULL, a->fch_gelu, w->fc2_w, w->fc2_b, a->r, N, m->F, C));
+    MT_TRY(mt_row_parallel_fwd(cx, p, a->r, a->atty, w->proj_w, w->proj_b, x, s->gather, N, HD, C));
+    MT_TRY(mt_layernorm_fwd(cx, a->ln2, a->ln2_mean, a->ln2_rstd, a->r, w->ln2_w, w->ln2_b, R, C));
+    MT_TRY(mt_column_parallel_fwd(cx, p, a->fch_gelu, a->fch, a->ln2, w->fc_w, w->fc_b, s->gather, N, C, m->F));
+    MT_TRY(mt_row_parallel_fwd(cx, p, y, a->fch_gelu, w->fc2_w, w->fc2_b, a->r, s->gather, N, m->F, C));
     return MT_OK;
 }
 
 /* Its backward: dres holds dL/dy on entry and dL/dx on return; weight gradients += into g. */
 MT_API mt_status mt_gpt_block_bwd(const mt_ctx *cx, const mt_gpt *m, const mt_gpt_block_w *w, mt_gpt_block_w *g,
                                   const mt_gpt_block_acts *a, const void *x, mt_gpt_scratch *s, int B, int T) {
-    int N = B * T, C = m->C, HD = m->H * m->D;
-    MT_TRY(mt_matmul_bwd(cx, s->dfch, g->fc2_w, g->fc2_b, s->dres, a->fch_gelu, w->fc2_w, a->fch, N, m->F, C));
-    MT_TRY(mt_matmul_bwd(cx, s->dln, g->fc_w, g->fc_b, s->dfch, a->ln2, w->fc_w, NULL, N, C, m->F));
-    MT_TRY(mt_layernorm_bwd(cx, s->dr, g->ln2_w, g->ln2_b, s->dln, s->dres, a->r, w->ln2_w, a->ln2_mean,
-                            a->ln2_rstd, N, C));
-    MT_TRY(mt_matmul_bwd(cx, s->datty, g->proj_w, g->proj_b, s->dr, a->atty, w->proj_w, NULL, N, HD, C));
+    const mt_layer_par *p = &m->par;
+    int N = B * T, R = mt_tp_rows(p, N), C = m->C, HD = m->H * m->D;
+    void *dln; /* dL/d(norm output) in this rank's rows, inside s->dln */
+    MT_TRY(mt_row_parallel_bwd(cx, p, s->dfch, g->fc2_w, g->fc2_b, s->dres, a->fch_gelu, w->fc2_w, a->fch, s->gather,
+                               N, m->F, C));
+    MT_TRY(mt_column_parallel_bwd(cx, p, s->dln, g->fc_w, g->fc_b, s->dfch, a->ln2, w->fc_w, s->gather, N, C, m->F,
+                                  &dln));
+    MT_TRY(mt_layernorm_bwd(cx, s->dr, g->ln2_w, g->ln2_b, dln, s->dres, a->r, w->ln2_w, a->ln2_mean, a->ln2_rstd,
+                            R, C));
+    MT_TRY(mt_row_parallel_bwd(cx, p, s->datty, g->proj_w, g->proj_b, s->dr, a->atty, w->proj_w, NULL, s->gather, N,
+                               HD, C));
     MT_TRY(mt_attention_bwd(cx, s->dqkv, s->datty, a->atty, a->lse, a->qkv, B, T, m->Hkv, m->G, m->D, 1, s->attn_ws,
                             s->attn_ws_nbytes));
-    MT_TRY(mt_matmul_bwd(cx, s->dln, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, NULL, N, C, m->QKV));
-    MT_TRY(mt_layernorm_bwd(cx, s->dres, g->ln1_w, g->ln1_b, s->dln, s->dr, x, w->ln1_w, a->ln1_mean,
-                            a->ln1_rstd, N, C));
+    MT_TRY(mt_column_parallel_bwd(cx, p, s->dln, g->qkv_w, g->qkv_b, s->dqkv, a->ln1, w->qkv_w, s->gather, N, C,
+                                  m->QKV, &dln));
+    MT_TRY(mt_layernorm_bwd(cx, s->dres, g->ln1_w, g->ln1_b, dln, s->dr, x, w->ln1_w, a->ln1_mean, a->ln1_rstd, R,
+                            C));
+    return MT_OK;
+}
+
+/* Sequence parallelism: a norm's weight and bias gradients from one micro-batch cover this rank's rows
+ * only. The backward sends them to m->tp_buf instead (stage: point the n vectors at it, zeroed), then
+ * sums them over tp and adds them to the gradients (commit: up to 4 of them, NULL-terminated) before
+ * the block's gradients are reported final to hooks.grads_ready. So data-parallel buckets, gradient
+ * accumulation and the optimizer see complete, tp-identical gradients; the trainer calls nothing. */
+MT_API mt_status mt__gpt_sp_stage(const mt_ctx *cx, const mt_gpt *m, void **v[], int n) {
+    size_t es = mt_dtype_size(m->dtype);
+    for (int k = 0; k < n; k++) *v[k] = (char *)m->tp_buf + (size_t)k * m->C * es;
+    return mt_zero(cx, m->tp_buf, (size_t)n * m->C * es);
+}
+
+MT_API mt_status mt__gpt_sp_commit(const mt_ctx *cx, const mt_gpt *m, void *g0, void *g1, void *g2, void *g3) {
+    void *g[4] = {g0, g1, g2, g3};
+    int n = g3 ? 4 : g2 ? 3 : g1 ? 2 : 1;
+    size_t es = mt_dtype_size(m->dtype);
+    MT_TRY(mt_tp_all_reduce(cx, &m->par, m->tp_buf, (size_t)n * m->C, m->dtype));
+    for (int k = 0; k < n; k++)
+        MT_TRY(mt_residual_fwd(cx, g[k], g[k], (char *)m->tp_buf + (size_t)k * m->C * es, (size_t)m->C));
     return MT_OK;
 }
 
@@ -478,47 +548,83 @@ MT_API mt_status mt_gpt_block_bwd(const mt_ctx *cx, const mt_gpt *m, const mt_gp
  * batch)) in s->logits for its backward; loss_scale 0 means forward only (evaluation). */
 MT_API mt_status mt_gpt_forward(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s,
                                 float loss_scale) {
-    int B = a->B, T = a->T, N = B * T, C = m->C, nl = m->layer_end - m->layer_begin;
+    const mt_layer_par *p = &m->par;
+    int B = a->B, T = a->T, N = B * T, R = mt_tp_rows(p, N), C = m->C, nl = m->layer_end - m->layer_begin;
     if (m->first)
-        MT_TRY(mt_embedding_fwd(cx, a->res[0], a->tokens, m->w.wte, m->w.wpe, B, T, C, 0, m->vstart, m->Vp));
+        MT_TRY(mt_vocab_parallel_embedding_fwd(cx, p, a->res[0], a->tokens, m->w.wte, m->w.wpe, s->gather, B, T, C, 0,
+                                               m->vstart, m->Vp));
     for (int l = 0; l < nl; l++) {
         if (m->hooks.before_block) MT_TRY(m->hooks.before_block(m->hooks.user, m, m->layer_begin + l, 0));
-        MT_TRY(mt_gpt_block_fwd(cx, m, &m->w.blocks[l], &a->blocks[l], a->res[l], a->res[l + 1], B, T));
+        MT_TRY(mt_gpt_block_fwd(cx, m, &m->w.blocks[l], &a->blocks[l], a->res[l], a->res[l + 1], s, B, T));
     }
     if (!m->last) return MT_OK;
-    MT_TRY(mt_layernorm_fwd(cx, a->lnf, a->lnf_mean, a->lnf_rstd, a->res[nl], m->w.lnf_w, m->w.lnf_b, N, C));
-    MT_TRY(mt_matmul_fwd(cx, s->logits, NULL, a->lnf, m->w.wte, NULL, NULL, N, C, m->Vp));
-    MT_TRY(mt_xent(cx, a->losses, loss_scale != 0 ? s->logits : NULL, s->logits, a->targets, loss_scale, N,
-                   m->cfg.vocab_size, m->Vp));
+    MT_TRY(mt_layernorm_fwd(cx, a->lnf, a->lnf_mean, a->lnf_rstd, a->res[nl], m->w.lnf_w, m->w.lnf_b, R, C));
+    MT_TRY(mt_column_parallel_fwd(cx, p, s->logits, NULL, a->lnf, m->w.wte, NULL, s->gather, N, C, m->Vp));
+    MT_TRY(mt_vocab_parallel_xent(cx, p, a->losses, loss_scale != 0 ? s->logits : NULL, s->logits, a->targets,
+                                  loss_scale, s->xent_stats, N, m->cfg.vocab_size, m->Vp, m->vstart));
     return MT_OK;
 }
 
 /* The stage's backward for the micro-batch of `a`, right after its forward on the last stage.
- * dout: dL/d(output) (N,C) from the next stage (NULL on the last stage). dx: where to write
- * dL/d(input) (N,C) for the previous stage (NULL on the first stage). Gradients += into m->grad_mem. */
+ * dout: dL/d(output) (R,C) from the next stage (NULL on the last stage). dx: where to write
+ * dL/d(input) (R,C) for the previous stage (NULL on the first stage). Gradients += into m->grad_mem. */
 MT_API mt_status mt_gpt_backward(const mt_ctx *cx, mt_gpt *m, const mt_gpt_acts *a, mt_gpt_scratch *s,
                                  const void *dout, void *dx) {
-    int B = a->B, T = a->T, N = B * T, C = m->C, nl = m->layer_end - m->layer_begin;
-    size_t nbytes = (size_t)N * C * mt_dtype_size(m->dtype);
+    const mt_layer_par *p = &m->par;
+    int B = a->B, T = a->T, N = B * T, R = mt_tp_rows(p, N), C = m->C, nl = m->layer_end - m->layer_begin;
+    size_t nbytes = (size_t)R * C * mt_dtype_size(m->dtype);
     if (m->last) {
-        MT_TRY(mt_matmul_bwd(cx, s->dln, m->g.wte, NULL, s->logits, a->lnf, m->w.wte, NULL, N, C, m->Vp));
-        MT_TRY(mt_layernorm_bwd(cx, s->dres, m->g.lnf_w, m->g.lnf_b, s->dln, NULL, a->res[nl], m->w.lnf_w,
-                                a->lnf_mean, a->lnf_rstd, N, C));
+        void *dln, *dw = m->g.lnf_w, *db = m->g.lnf_b, **stage[2] = {&dw, &db};
+        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_stage(cx, m, stage, 2));
+        MT_TRY(mt_column_parallel_bwd(cx, p, s->dln, m->g.wte, NULL, s->logits, a->lnf, m->w.wte, s->gather, N, C,
+                                      m->Vp, &dln));
+        MT_TRY(mt_layernorm_bwd(cx, s->dres, dw, db, dln, NULL, a->res[nl], m->w.lnf_w, a->lnf_mean, a->lnf_rstd, R,
+                                C));
+        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_commit(cx, m, m->g.lnf_w, m->g.lnf_b, NULL, NULL));
     } else {
         if (!dout) return mt_errorf(MT_ERR_ARG, "gpt backward: a stage that is not last needs dout");
         MT_TRY(mt_copy(cx, s->dres, dout, nbytes));
     }
     if (m->hooks.grads_ready) MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[0]));
     for (int l = nl - 1; l >= 0; l--) {
+        mt_gpt_block_w g = m->g.blocks[l], *gl = &m->g.blocks[l];
+        void **stage[4] = {&g.ln1_w, &g.ln1_b, &g.ln2_w, &g.ln2_b};
         if (m->hooks.before_block) MT_TRY(m->hooks.before_block(m->hooks.user, m, m->layer_begin + l, 1));
-        MT_TRY(mt_gpt_block_bwd(cx, m, &m->w.blocks[l], &m->g.blocks[l], &a->blocks[l], a->res[l], s, B, T));
+        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_stage(cx, m, stage, 4));
+        MT_TRY(mt_gpt_block_bwd(cx, m, &m->w.blocks[l], &g, &a->blocks[l], a->res[l], s, B, T));
+        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_commit(cx, m, gl->ln1_w, gl->ln1_b, gl->ln2_w, gl->ln2_b));
         if (m->hooks.grads_ready) MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[nl - l]));
     }
     if (m->first)
-        MT_TRY(mt_embedding_bwd(cx, m->g.wte, m->g.wpe, s->dres, a->tokens, B, T, C, 0, m->vstart, m->Vp));
-    if (m->hooks.grads_ready) MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[nl + 1]));
+        MT_TRY(mt_vocab_parallel_embedding_bwd(cx, p, m->g.wte, m->g.wpe, s->dres, a->tokens, s->gather, B, T, C, 0,
+                                               m->vstart, m->Vp));
     else if (dx)
         MT_TRY(mt_copy(cx, dx, s->dres, nbytes));
+    if (m->hooks.grads_ready) MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[nl + 1]));
+    return MT_OK;
+}
+
+/* *norm_sq (a stat-type scalar on the device) = the squared norm of this stage's gradients with every
+ * tensor counted once across tensor parallelism: split tensors' sums of squares are summed over tp,
+ * replicated tensors (identical on every tp rank, the norms' too under sequence parallelism) are
+ * added once. Collective over tp when tp > 1; one pass over the buffer
+ * when tp = 1. Runs of neighbouring tensors of the same kind are summed in one call (the padding
+ * between tensors is zero). */
+MT_API mt_status mt_gpt_grad_sumsq(const mt_ctx *cx, const mt_gpt *m, void *norm_sq) {
+    size_t es = mt_dtype_size(m->dtype);
+    MT_TRY(mt_zero(cx, norm_sq, mt_dtype_size(mt_stat_dtype(cx))));
+    if (m->par.tp_size <= 1) return mt_sumsq(cx, norm_sq, m->grad_mem, m->num_params);
+    for (int pass = 0; pass < 2; pass++) { /* 0: split tensors, then the all-reduce; 1: replicated ones */
+        for (int i = 0; i < m->n_params;) {
+            int split = m->params[i].split != MT_SPLIT_NONE, j = i;
+            while (j < m->n_params && (m->params[j].split != MT_SPLIT_NONE) == split) j++;
+            const mt_param *last = &m->params[j - 1];
+            size_t begin = m->params[i].offset, end = last->offset + (size_t)(last->rows * last->cols);
+            if (split == (pass == 0)) MT_TRY(mt_sumsq(cx, norm_sq, (const char *)m->grad_mem + begin * es, end - begin));
+            i = j;
+        }
+        if (pass == 0) MT_TRY(mt_tp_all_reduce(cx, &m->par, norm_sq, 1, mt_stat_dtype(cx)));
+    }
     return MT_OK;
 }
 

@@ -13,7 +13,8 @@
  *   mt_zero, mt_copy, mt_copy_from_f32, mt_copy_to_f32
  *   mt_embedding_fwd/bwd, mt_layernorm_fwd/bwd, mt_rmsnorm_fwd/bwd, mt_matmul_fwd/bwd (bias,
  *   residual and GELU epilogues), mt_gelu_fwd/bwd, mt_swiglu_fwd/bwd, mt_rope_fwd/bwd,
- *   mt_attention_fwd/bwd (+ mt_attention_workspace_nbytes), mt_xent, mt_residual_fwd, mt_adamw, mt_sumsq, mt_clip_coef
+ *   mt_attention_fwd/bwd (+ mt_attention_workspace_nbytes), mt_xent, mt_vocab_xent_local/finish,
+ *   mt_bias_residual_fwd, mt_residual_fwd, mt_adamw, mt_sumsq, mt_clip_coef
  * The rules (weight gradients +=, activation gradients =) and layouts are in mt/cpu_ops.inl.
  */
 #ifndef MT_OPS_H
@@ -334,6 +335,39 @@ MT_API mt_status mt_xent(const mt_ctx *cx, void *losses, void *dlogits, const vo
 #define MT__BODY(R, sfx) \
     mt_xent_cpu_##sfx((R *)losses, (R *)dlogits, (const R *)logits, targets, (R)dscale, N, V, Vp)
     MT__DISPATCH(cx, "xent", mt_xent_gpu(cx, losses, dlogits, logits, targets, dscale, N, V, Vp));
+#undef MT__BODY
+}
+
+/* Vocab-parallel cross-entropy (mt/tensor_parallel.h drives it), rules in mt/cpu_ops.inl: this rank
+ * holds logit columns [vstart, vstart + Vl) of (N, Vp), the first V global columns real.
+ * Local part: stats (3, N, stat type) = this rank's row max, sum of exp below it, and target logit. */
+MT_API mt_status mt_vocab_xent_local(const mt_ctx *cx, void *stats, const void *logits, const int32_t *targets,
+                                     int N, int V, int Vl, int vstart) {
+#define MT__BODY(R, sfx) mt_vocab_xent_local_cpu_##sfx((R *)stats, (const R *)logits, targets, N, V, Vl, vstart)
+    MT__DISPATCH(cx, "vocab_xent_local", mt_vocab_xent_local_gpu(cx, stats, logits, targets, N, V, Vl, vstart));
+#undef MT__BODY
+}
+
+/* Finishing part, from all (tp, 3, N): every rank's stats in rank order. losses (N, stat type);
+ * dlogits (N, Vl) = (softmax - onehot) * dscale on the local columns (may alias logits; NULL = forward only). */
+MT_API mt_status mt_vocab_xent_finish(const mt_ctx *cx, void *losses, void *dlogits, const void *logits,
+                                      const int32_t *targets, const void *all, float dscale, int N, int V, int Vl,
+                                      int vstart, int tp) {
+#define MT__BODY(R, sfx)                                                                                       \
+    mt_vocab_xent_finish_cpu_##sfx((R *)losses, (R *)dlogits, (const R *)logits, targets, (const R *)all,     \
+                                   (R)dscale, N, V, Vl, vstart, tp)
+    MT__DISPATCH(cx, "vocab_xent_finish",
+                 mt_vocab_xent_finish_gpu(cx, losses, dlogits, logits, targets, all, dscale, N, V, Vl, vstart, tp));
+#undef MT__BODY
+}
+
+/* out (N,C) = inp + bias (C) + resid (N,C): a row-parallel linear's epilogue once its partial products are
+ * summed over tp. bias, resid may be NULL; out may alias inp. */
+MT_API mt_status mt_bias_residual_fwd(const mt_ctx *cx, void *out, const void *inp, const void *bias,
+                                      const void *resid, int N, int C) {
+#define MT__BODY(R, sfx) \
+    mt_bias_residual_cpu_##sfx((R *)out, (const R *)inp, (const R *)bias, (const R *)resid, N, C)
+    MT__DISPATCH(cx, "bias_residual_fwd", mt_bias_residual_gpu(cx, out, inp, bias, resid, N, C));
 #undef MT__BODY
 }
 

@@ -66,8 +66,7 @@ MT_API void mt_optim_free(mt_optim *o) {
 MT_API mt_status mt_optim_step(const mt_ctx *cx, mt_optim *o, mt_gpt *m, const mt_optim_hp *hp_in) {
     size_t es = mt_dtype_size(cx->dtype), ss = mt_dtype_size(mt_stat_dtype(cx));
     char *norm_sq = (char *)o->scalars, *coef = norm_sq + ss;
-    MT_TRY(mt_zero(cx, norm_sq, ss));
-    MT_TRY(mt_sumsq(cx, norm_sq, m->grad_mem, o->n));  /* padding between tensors is zero */
+    MT_TRY(mt_gpt_grad_sumsq(cx, m, norm_sq));  /* tp > 1: split tensors summed over tp, replicated ones once */
     MT_TRY(mt_clip_coef(cx, coef, norm_sq, hp_in->clip_grad));
     o->step++;
     mt_adamw_hp hp;

@@ -1,0 +1,258 @@
+/* mt/tensor_parallel.h — Megatron's tensor and sequence parallelism (tensor_parallel/layers.py and
+ * mappings.py) as a few calls: column- and row-parallel linear layers, the vocab-parallel embedding
+ * and cross-entropy, and the collectives between them. mt/gpt.h builds its blocks from these.
+ *
+ *   mt_parallel grid;  MT_TRY(mt_parallel_init(&grid, world, &pcfg));      // pcfg.tp = 2
+ *   mt_layer_par lp;   mt_layer_par_from(&lp, &grid, sequence_parallel);
+ *   MT_TRY(mt_gpt_init(&cx, &model, &cfg, &lp, 0, 0));                     // this rank's shards
+ *   MT_TRY(mt_column_parallel_fwd(&cx, &lp, out, NULL, x, w, b, gather, N, IC, OC));
+ *
+ * Layout of the activations. They are (N, C) row-major with N = B*T tokens in (b, t) order. Without
+ * sequence parallelism every tp rank holds all N rows of the residual stream (replicated). With it,
+ * rank r holds rows [r*N/tp, (r+1)*N/tp) of the flattened tokens. Megatron splits the s of an
+ * (s, b, h) tensor; we split the (b, t) rows of our (b, s, h) tensor into contiguous chunks: the same
+ * thing when B = 1, and equivalent for the per-token ops that run on the slices (norms, residual
+ * adds, dropout); all-gathering the chunks in rank order rebuilds the (B, T, C) tensor that the
+ * matmuls and attention use. It needs B*T divisible by tp (not T).
+ *
+ * Where the collectives are (f forward, b backward; "SP" = with sequence parallelism):
+ *   column-parallel linear (qkv, fc, the classifier): weight rows split (OC/tp); input replicated
+ *     f: SP all-gathers the input rows (N/tp -> N)
+ *     b: dgrad all-reduced (reduce-scattered with SP); SP all-gathers the saved input again for wgrad
+ *   row-parallel linear (proj, fc2): weight columns split (IC/tp); output partial per rank
+ *     f: partial products all-reduced (reduce-scattered with SP), then + bias + residual once
+ *     b: SP all-gathers the output gradient (so the bias gradient is complete on every rank)
+ *   vocab-parallel embedding: rows [vstart, vstart+vcount) of wte; other ids give 0; the position
+ *     embedding is added by tp rank 0 only; f: all-reduce (SP: reduce-scatter); b: SP all-gather
+ *   vocab-parallel cross-entropy: one all-gather of 3 numbers per token (below); logits never move
+ *   norm weights under SP: their gradients are partial sums over this rank's rows; mt/gpt.h
+ *     all-reduces each block's (4 vectors of C, one call) inside the backward, before the block's
+ *     gradients are reported final, so data-parallel buckets see complete gradients
+ * With tp = 1 every call here is the plain op (no extra pass, no copy).
+ *
+ * Cross-entropy exchange. Megatron all-reduces the row max (MAX), then the target logit (SUM), then
+ * the sum of exp (SUM), with a pass over the logits between the first and the last. Here one pass
+ * computes each rank's (max m_q, sum of exp below its own max s_q, target logit or 0), one
+ * all-gather collects them, and the finishing pass forms M = max m_q, S = sum s_q e^(m_q - M) in
+ * rank order: the same numbers, one collective instead of three, one read of the logits fewer,
+ * and the same bits on every rank.
+ *
+ * Dropout and the RNG (there is no dropout op yet). Random numbers here are counter based
+ * (mt_rng_u32(seed, subsequence, index), Philox): a mask drawn from the element's *global* index
+ * (global token row = tp_rank*N/tp + local row under SP; global head = tp_rank*H/tp + local head
+ * in attention) is identical on every tp rank where activations are replicated and different where
+ * they are split, and equal to the tp = 1 mask: no per-rank seed offset (Megatron's CUDA RNG
+ * tracker) is needed, so there is no mt_tp_rng_seed.
+ *
+ * Host backend: it reduces f32/bf16/f16; for f64 (the CPU tests' dtype) mt_tp_all_reduce and
+ * mt_tp_reduce_scatter gather the addends and sum them here in rank order, in double.
+ *
+ * Defines: mt_layer_par, mt_layer_par_from, mt_tp_sp, mt_tp_rows, mt_tp_all_reduce,
+ *   mt_tp_all_gather, mt_tp_reduce_scatter, mt_column_parallel_fwd/bwd, mt_row_parallel_fwd/bwd,
+ *   mt_vocab_parallel_embedding_fwd/bwd, mt_vocab_parallel_xent
+ */
+#ifndef MT_TENSOR_PARALLEL_H
+#define MT_TENSOR_PARALLEL_H
+#include "core.h"
+#include "comm.h"
+#include "parallel.h"
+#include "ops.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What a layer knows about its parallel context (sizes of 0 mean 1). */
+typedef struct mt_layer_par {
+    int tp_rank, tp_size;  /* tensor parallel */
+    int cp_rank, cp_size;  /* context parallel */
+    int ep_rank, ep_size;  /* expert parallel */
+    int sequence_parallel; /* norms and residuals on N/tp rows; ignored when tp_size is 1 */
+    struct mt_comm *tp, *cp, *ep;
+} mt_layer_par;
+
+/* The layer context of this rank of the grid (communicators borrowed from p). */
+MT_API void mt_layer_par_from(mt_layer_par *lp, const mt_parallel *p, int sequence_parallel) {
+    memset(lp, 0, sizeof *lp);
+    lp->tp_rank = p->tp_rank; lp->tp_size = p->size.tp;
+    lp->cp_rank = p->cp_rank; lp->cp_size = p->size.cp;
+    lp->ep_rank = p->ep_rank; lp->ep_size = p->size.ep;
+    lp->sequence_parallel = sequence_parallel && p->size.tp > 1;
+    lp->tp = p->tp; lp->cp = p->cp; lp->ep = p->ep;
+}
+
+/* Sequence parallelism in effect. */
+MT_API int mt_tp_sp(const mt_layer_par *p) { return p->sequence_parallel && p->tp_size > 1; }
+
+/* Rows of the residual stream this rank holds for N tokens. */
+MT_API int mt_tp_rows(const mt_layer_par *p, int N) { return mt_tp_sp(p) ? N / p->tp_size : N; }
+
+/* ------------------------------------------------------------------ collectives over tp */
+
+MT_API int mt__tp_host_f64(const mt_layer_par *p, mt_dtype dt) {
+    return p->tp->backend == MT__COMM_HOST && dt == MT_F64;
+}
+
+/* buf (count, dt) = its sum over the tp group, in place. */
+MT_API mt_status mt_tp_all_reduce(const mt_ctx *cx, const mt_layer_par *p, void *buf, size_t count, mt_dtype dt) {
+    if (p->tp_size <= 1 || count == 0) return MT_OK;
+    if (mt__tp_host_f64(p, dt)) {
+        double *all = NULL, *x = (double *)buf;
+        MT_TRY(mt_calloc(sizeof(double) * count * (size_t)p->tp_size, (void **)&all));
+        mt_status st = mt_comm_all_gather(p->tp, buf, all, count, dt, NULL);
+        for (size_t i = 0; st == MT_OK && i < count; i++) {
+            double s = 0;
+            for (int q = 0; q < p->tp_size; q++) s += all[(size_t)q * count + i];
+            x[i] = s;
+        }
+        mt_free(all);
+        return st;
+    }
+    return mt_comm_all_reduce(p->tp, buf, buf, count, dt, MT_SUM, cx->stream);
+}
+
+/* full (tp * count_per_rank) = every rank's `local` chunk in rank order; in place when
+ * local == full + tp_rank * count_per_rank. */
+MT_API mt_status mt_tp_all_gather(const mt_ctx *cx, const mt_layer_par *p, void *full, const void *local,
+                                  size_t count_per_rank, mt_dtype dt) {
+    return mt_comm_all_gather(p->tp, local, full, count_per_rank, dt, cx->stream);
+}
+
+/* local (count_per_rank) = chunk tp_rank of the sum over ranks of full (tp * count_per_rank); in place
+ * when local == full + tp_rank * count_per_rank. */
+MT_API mt_status mt_tp_reduce_scatter(const mt_ctx *cx, const mt_layer_par *p, void *local, const void *full,
+                                      size_t count_per_rank, mt_dtype dt) {
+    if (mt__tp_host_f64(p, dt)) {
+        double *mine = NULL, *y = (double *)local;
+        size_t n = count_per_rank;
+        MT_TRY(mt_calloc(sizeof(double) * n * (size_t)p->tp_size, (void **)&mine));
+        mt_status st = mt_comm_all_to_all(p->tp, full, mine, n, dt, NULL); /* chunk tp_rank of every rank */
+        for (size_t i = 0; st == MT_OK && i < n; i++) {
+            double s = 0;
+            for (int q = 0; q < p->tp_size; q++) s += mine[(size_t)q * n + i];
+            y[i] = s;
+        }
+        mt_free(mine);
+        return st;
+    }
+    return mt_comm_reduce_scatter(p->tp, full, local, count_per_rank, dt, MT_SUM, cx->stream);
+}
+
+/* ------------------------------------------------------------------ linear layers */
+
+/* Column-parallel linear: w is this rank's OC/tp rows of the global (OC, IC) weight, b its OC/tp.
+ * inp: (N, IC) replicated, or this rank's (N/tp, IC) rows under SP, all-gathered into `gather`
+ * (N, IC) first. out (N, OC/tp), gelu_pre as in mt_matmul_fwd. N is the micro-batch's B*T. */
+MT_API mt_status mt_column_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p, void *out, void *gelu_pre,
+                                        const void *inp, const void *w, const void *b, void *gather, int N, int IC,
+                                        int OC) {
+    const void *x = inp;
+    if (mt_tp_sp(p)) {
+        MT_TRY(mt_tp_all_gather(cx, p, gather, inp, (size_t)N / p->tp_size * IC, cx->dtype));
+        x = gather;
+    }
+    return mt_matmul_fwd(cx, out, gelu_pre, x, w, b, NULL, N, IC, OC);
+}
+
+/* Its backward. dout (N, OC/tp); inp as in the forward (re-gathered into `gather` under SP); dw, db +=.
+ * dinp: an (N, IC) buffer that receives this rank's partial dgrad; on return *dinp_local points at
+ * dL/dinp as this rank holds inp: all of dinp (summed over tp), or under SP the (N/tp, IC) chunk of
+ * dinp at row tp_rank*N/tp (reduce-scattered in place). */
+MT_API mt_status mt_column_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p, void *dinp, void *dw, void *db,
+                                        const void *dout, const void *inp, const void *w, void *gather, int N,
+                                        int IC, int OC, void **dinp_local) {
+    const void *x = inp;
+    size_t rows = (size_t)mt_tp_rows(p, N);
+    *dinp_local = dinp;
+    if (mt_tp_sp(p)) {
+        MT_TRY(mt_tp_all_gather(cx, p, gather, inp, rows * IC, cx->dtype));
+        x = gather;
+    }
+    MT_TRY(mt_matmul_bwd(cx, dinp, dw, db, dout, x, w, NULL, N, IC, OC));
+    if (p->tp_size <= 1) return MT_OK;
+    if (!mt_tp_sp(p)) return mt_tp_all_reduce(cx, p, dinp, (size_t)N * IC, cx->dtype);
+    *dinp_local = (char *)dinp + (size_t)p->tp_rank * rows * IC * mt_dtype_size(cx->dtype);
+    return mt_tp_reduce_scatter(cx, p, *dinp_local, dinp, rows * IC, cx->dtype);
+}
+
+/* Row-parallel linear: w is this rank's IC/tp columns of the global (OC, IC) weight; inp (N, IC/tp).
+ * out = sum over tp of inp @ w^T, + bias + resid, in the rows this rank holds: (N, OC), or (N/tp, OC)
+ * under SP where resid is (N/tp, OC) too. `partial` (N, OC): the SP workspace (unused otherwise, the
+ * sum forms in out). With tp = 1 this is one GEMM with the bias and residual in its epilogue. */
+MT_API mt_status mt_row_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p, void *out, const void *inp,
+                                     const void *w, const void *bias, const void *resid, void *partial, int N,
+                                     int IC, int OC) {
+    if (p->tp_size <= 1) return mt_matmul_fwd(cx, out, NULL, inp, w, bias, resid, N, IC, OC);
+    int rows = mt_tp_rows(p, N);
+    if (mt_tp_sp(p)) {
+        MT_TRY(mt_matmul_fwd(cx, partial, NULL, inp, w, NULL, NULL, N, IC, OC));
+        MT_TRY(mt_tp_reduce_scatter(cx, p, out, partial, (size_t)rows * OC, cx->dtype));
+    } else {
+        MT_TRY(mt_matmul_fwd(cx, out, NULL, inp, w, NULL, NULL, N, IC, OC));
+        MT_TRY(mt_tp_all_reduce(cx, p, out, (size_t)N * OC, cx->dtype));
+    }
+    return mt_bias_residual_fwd(cx, out, out, bias, resid, rows, OC);
+}
+
+/* Its backward. dout: dL/dout as this rank holds it ((N, OC) or (N/tp, OC), all-gathered into
+ * `gather` (N, OC) under SP). dinp (N, IC/tp) = dout @ w (times gelu'(gelu_pre) when given, as in
+ * mt_matmul_bwd); dw, dbias +=, dbias complete on every rank. */
+MT_API mt_status mt_row_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p, void *dinp, void *dw, void *dbias,
+                                     const void *dout, const void *inp, const void *w, const void *gelu_pre,
+                                     void *gather, int N, int IC, int OC) {
+    const void *d = dout;
+    if (mt_tp_sp(p)) {
+        MT_TRY(mt_tp_all_gather(cx, p, gather, dout, (size_t)N / p->tp_size * OC, cx->dtype));
+        d = gather;
+    }
+    return mt_matmul_bwd(cx, dinp, dw, dbias, d, inp, w, gelu_pre, N, IC, OC);
+}
+
+/* ------------------------------------------------------------------ vocab parallel */
+
+/* out = wte[tokens] + wpe[pos_offset + t] in the rows this rank holds ((B*T, C), or (B*T/tp, C) under
+ * SP); wte holds vocab rows [vstart, vstart + vcount); `partial` (B*T, C): SP workspace. */
+MT_API mt_status mt_vocab_parallel_embedding_fwd(const mt_ctx *cx, const mt_layer_par *p, void *out,
+                                                 const int32_t *tokens, const void *wte, const void *wpe,
+                                                 void *partial, int B, int T, int C, int pos_offset, int vstart,
+                                                 int vcount) {
+    if (p->tp_size <= 1) return mt_embedding_fwd(cx, out, tokens, wte, wpe, B, T, C, pos_offset, vstart, vcount);
+    int N = B * T;
+    void *dst = mt_tp_sp(p) ? partial : out;
+    MT_TRY(mt_embedding_fwd(cx, dst, tokens, wte, p->tp_rank == 0 ? wpe : NULL, B, T, C, pos_offset, vstart, vcount));
+    if (mt_tp_sp(p)) return mt_tp_reduce_scatter(cx, p, out, partial, (size_t)N / p->tp_size * C, cx->dtype);
+    return mt_tp_all_reduce(cx, p, out, (size_t)N * C, cx->dtype);
+}
+
+/* Its backward: dout as this rank holds it (all-gathered into `gather` (B*T, C) under SP); dwte (local
+ * rows) and dwpe += (dwpe complete on every rank). */
+MT_API mt_status mt_vocab_parallel_embedding_bwd(const mt_ctx *cx, const mt_layer_par *p, void *dwte, void *dwpe,
+                                                 const void *dout, const int32_t *tokens, void *gather, int B,
+                                                 int T, int C, int pos_offset, int vstart, int vcount) {
+    const void *d = dout;
+    if (mt_tp_sp(p)) {
+        MT_TRY(mt_tp_all_gather(cx, p, gather, dout, (size_t)B * T / p->tp_size * C, cx->dtype));
+        d = gather;
+    }
+    return mt_embedding_bwd(cx, dwte, dwpe, d, tokens, B, T, C, pos_offset, vstart, vcount);
+}
+
+/* Softmax cross-entropy over logits split by vocabulary columns: logits (N, Vl) are this rank's
+ * columns [vstart, vstart + Vl) of the padded vocabulary, the first V global columns real. losses (N,
+ * stat type, the same on every rank); dlogits = (softmax - onehot) * dscale on the local columns (may
+ * alias logits; NULL = forward only); targets (N) global ids, < 0 or >= V ignored. stats: workspace of
+ * tp * 3 * N stat-type elements. With tp = 1 this is mt_xent. */
+MT_API mt_status mt_vocab_parallel_xent(const mt_ctx *cx, const mt_layer_par *p, void *losses, void *dlogits,
+                                        const void *logits, const int32_t *targets, float dscale, void *stats,
+                                        int N, int V, int Vl, int vstart) {
+    if (p->tp_size <= 1) return mt_xent(cx, losses, dlogits, logits, targets, dscale, N, V, Vl);
+    mt_dtype st = mt_stat_dtype(cx);
+    void *mine = (char *)stats + (size_t)p->tp_rank * 3 * N * mt_dtype_size(st);
+    MT_TRY(mt_vocab_xent_local(cx, mine, logits, targets, N, V, Vl, vstart));
+    MT_TRY(mt_tp_all_gather(cx, p, stats, mine, (size_t)3 * N, st));
+    return mt_vocab_xent_finish(cx, losses, dlogits, logits, targets, stats, dscale, N, V, Vl, vstart, p->tp_size);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MT_TENSOR_PARALLEL_H */
