@@ -150,12 +150,15 @@ static const mt_param *find(const mt_param *t, int n, const char *name) {
     return NULL;
 }
 
-/* The value of global element (row, col) of tensor `name` held by rank q of run r, or NAN when q
- * does not hold it. */
-static double held(const run *r, int q, double *const *vals, const char *name, int64_t row, int64_t col) {
-    const mt_param *p = find(r->table[q], r->n_params[q], name);
+/* The value of global element (row, col) of tensor `name` in a rank's table and values, or NAN when
+ * the rank does not hold it. */
+static double held_in(const mt_param *table, int n, const double *vals, const char *name, int64_t row, int64_t col) {
+    const mt_param *p = find(table, n, name);
     if (!p || row < p->row0 || row >= p->row0 + p->rows || col < p->col0 || col >= p->col0 + p->cols) return NAN;
-    return vals[q][p->offset + (size_t)((row - p->row0) * p->cols + (col - p->col0))];
+    return vals[p->offset + (size_t)((row - p->row0) * p->cols + (col - p->col0))];
+}
+static double held(const run *r, int q, double *const *vals, const char *name, int64_t row, int64_t col) {
+    return held_in(r->table[q], r->n_params[q], vals[q], name, row, col);
 }
 
 /* max over every element of every tensor of the tp=1 run of |tp value - tp=1 value| / scale, where
@@ -250,6 +253,125 @@ static void test_tp_default_padding(void) {
     }
     run_free(&r);
     run_free(&one);
+}
+
+/* Pipeline stages under tensor and sequence parallelism: every tp rank runs stage [0, 1) and stage
+ * [1, 3) one after the other over the same tp group, handing its mt_gpt_rows rows of the residual
+ * stream forward and their gradient back, as a pair of pipeline ranks would. The loss and the
+ * gathered gradients equal the one-stage tp = 1 model's (the tied wte: the sum over both stages). */
+typedef struct pp_run {
+    mt_gpt_config cfg;
+    int tp, sp, B, T;
+    double loss;
+    double *g[2][MAXTP];
+    mt_param *table[2][MAXTP];
+    int n[2][MAXTP];
+} pp_run;
+
+static mt_status pp_main(mt_comm *world, void *arg) {
+    pp_run *r = (pp_run *)arg;
+    int q = mt_comm_rank(world), B = r->B, T = r->T, N = B * T;
+    mt_layer_par lp;
+    memset(&lp, 0, sizeof lp);
+    lp.tp_size = r->tp; lp.tp_rank = q; lp.tp = r->tp > 1 ? world : NULL; lp.sequence_parallel = r->sp;
+    mt_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    cx.dtype = MT_F64;
+    mt_gpt m[2];
+    mt_arena ar[2];
+    mt_gpt_acts a[2];
+    mt_gpt_scratch s[2];
+    for (int k = 0; k < 2; k++) {
+        MT_TRY(mt_gpt_init(&cx, &m[k], &r->cfg, &lp, k ? 1 : 0, k ? 3 : 1));
+        float *init;
+        MT_TRY(mt_calloc(sizeof(float) * m[k].num_params, (void **)&init));
+        mt_gpt_init_values(&m[k], init);
+        MT_TRY(mt_copy_from_f32(&cx, m[k].param_mem, init, m[k].num_params));
+        mt_free(init);
+        MT_TRY(mt_arena_init(&ar[k], cx.device, mt_gpt_acts_nbytes(&m[k], B, T, 1)));
+        MT_TRY(mt_gpt_acts_alloc(&m[k], &ar[k], B, T, &a[k], &s[k]));
+    }
+    for (int i = 0; i < N; i++) {
+        a[0].tokens[i] = (int32_t)(mt_rng_u32(7, 1, (uint64_t)i) % (uint32_t)r->cfg.vocab_size);
+        a[1].targets[i] = (int32_t)(mt_rng_u32(7, 2, (uint64_t)i) % (uint32_t)r->cfg.vocab_size);
+    }
+    size_t rows = (size_t)mt_gpt_rows(&m[0], B, T), nbytes = rows * (size_t)r->cfg.n_embd * sizeof(double);
+    double *dx;
+    MT_TRY(mt_calloc(nbytes, (void **)&dx));
+    MT_TRY(mt_gpt_forward(&cx, &m[0], &a[0], &s[0], 1.0f / N));
+    memcpy(a[1].res[0], a[0].res[1], nbytes); /* the pipeline's send: this rank's rows only */
+    MT_TRY(mt_gpt_forward(&cx, &m[1], &a[1], &s[1], 1.0f / N));
+    MT_TRY(mt_gpt_backward(&cx, &m[1], &a[1], &s[1], NULL, dx));
+    MT_TRY(mt_gpt_backward(&cx, &m[0], &a[0], &s[0], dx, NULL));
+    if (q == 0) {
+        r->loss = 0;
+        for (int i = 0; i < N; i++) r->loss += ((double *)a[1].losses)[i] / N;
+    }
+    mt_free(dx);
+    for (int k = 0; k < 2; k++) {
+        MT_TRY(copy_out(&m[k], MT_F64, m[k].grad_mem, &r->g[k][q]));
+        MT_TRY(mt_calloc(sizeof(mt_param) * (size_t)m[k].n_params, (void **)&r->table[k][q]));
+        memcpy(r->table[k][q], m[k].params, sizeof(mt_param) * (size_t)m[k].n_params);
+        r->n[k][q] = m[k].n_params;
+        mt_gpt_acts_free(&a[k]);
+        mt_arena_free(&ar[k]);
+        mt_gpt_free(&m[k]);
+    }
+    return MT_OK;
+}
+
+static void pp_free(pp_run *r) {
+    for (int k = 0; k < 2; k++)
+        for (int q = 0; q < MAXTP; q++) {
+            mt_free(r->g[k][q]);
+            mt_free(r->table[k][q]);
+        }
+}
+
+static void test_tp_pipeline_stages(void) {
+    mt_gpt_config cfg = tp_config();
+    cfg.n_layer = 3;
+    pp_run one, r;
+    memset(&one, 0, sizeof one);
+    one.cfg = cfg; one.tp = 1; one.B = 2; one.T = 6;
+    MT_CHECK(mt_host_run(1, 60.0, pp_main, &one, NULL));
+    for (int tp = 2; tp <= 4; tp *= 2) {
+        memset(&r, 0, sizeof r);
+        r.cfg = cfg; r.tp = tp; r.sp = 1; r.B = 2; r.T = 6;
+        MT_CHECK(mt_host_run(tp, 60.0, pp_main, &r, NULL));
+        double worst = 0;
+        int missing = 0, compared = 0;
+        for (int k0 = 0; k0 < 2; k0++) /* every tensor of the tp=1 stages */
+            for (int i = 0; i < one.n[k0][0]; i++) {
+                const mt_param *p = &one.table[k0][0][i];
+                if (k0 == 1 && !strcmp(p->name, "wte")) continue; /* the tied copy: summed below */
+                double scale = 1e-30;
+                for (int64_t e = 0; e < p->rows * p->cols; e++) scale = fmax(scale, fabs(one.g[k0][0][p->offset + (size_t)e]));
+                for (int64_t row = 0; row < p->grows; row++)
+                    for (int64_t col = 0; col < p->gcols; col++) {
+                        double want = 0, got = 0;
+                        for (int k = 0; k < 2; k++) {
+                            double w = held_in(one.table[k][0], one.n[k][0], one.g[k][0], p->name, row, col);
+                            if (!isnan(w)) want += w;
+                            int found = 0;
+                            for (int q = 0; q < tp && !found; q++) {
+                                double v = held_in(r.table[k][q], r.n[k][q], r.g[k][q], p->name, row, col);
+                                if (!isnan(v)) { got += v; found = 1; }
+                            }
+                            if (found == isnan(w)) missing++;
+                        }
+                        worst = fmax(worst, fabs(got - want) / scale);
+                        compared++;
+                    }
+            }
+        printf("    tp=%d +SP, 2 pipeline stages: loss %.10f vs %.10f, %d gradients, max diff %.1e\n", tp, r.loss, one.loss,
+               compared, worst);
+        MT_EXPECT_REL(r.loss, one.loss, 1e-12, 1e-30);
+        MT_EXPECT(worst < 1e-10 && missing == 0 && compared > 1000, "tp=%d stages: diff %.3e, %d missing", tp, worst,
+                  missing);
+        pp_free(&r);
+    }
+    pp_free(&one);
 }
 
 /* The vocab-parallel cross-entropy, driven as the tp ranks would, equals mt_xent; bias-residual. */
@@ -394,6 +516,7 @@ int main(void) {
     MT_RUN(test_tp_equals_tp1_f64);
     MT_RUN(test_tp_equals_tp1_f32);
     MT_RUN(test_tp_default_padding);
+    MT_RUN(test_tp_pipeline_stages);
     MT_RUN(test_tp_activation_memory);
     MT_RUN(test_tp_bad_input);
     return mt_test_summary("test_tp");
