@@ -63,7 +63,7 @@
  *
  * Defines: mt_shard_strategy (MT_SHARD_*), mt_shard_strategy_parse/name, mt_ddp_config,
  *   mt_ddp_bucket, mt_ddp_run, mt_ddp_stats, mt_ddp, mt_ddp_check_batch, mt_ddp_init, mt_ddp_free,
- *   mt_ddp_set_sync, mt_ddp_finish, mt_ddp_step, mt_ddp_grad_norm, mt_ddp_gather_params
+ *   mt_ddp_set_sync, mt_ddp_finish, mt_ddp_step, mt_ddp_grad_norm, mt_ddp_gather_params, mt_ddp_all_reduce
  */
 #ifndef MT_DDP_H
 #define MT_DDP_H
@@ -318,29 +318,31 @@ MT_API mt_status mt__ddp_reduce_scatter(mt_ddp *d, mt_comm *c, void *buf, size_t
     return MT_OK;
 }
 
-/* In-place all-reduce of buf (count elements of dt) over c with `op`. */
-MT_API mt_status mt__ddp_all_reduce(mt_ddp *d, mt_comm *c, void *buf, size_t count, mt_dtype dt, mt_reduce_op op,
-                                    void *stream) {
-    int n = mt_comm_size(c), r = mt_comm_rank(c);
+/* In-place all-reduce of buf (count elements of dt, on d's device) over c (d's dp, tp or pp group,
+ * or any group of the same ranks' grid), SUM or AVG; on the GPU asynchronous on `stream`. Unlike
+ * mt_comm_all_reduce it also sums f64 on the host backend (by all-gathers of scratch-sized chunks
+ * and a sum in rank order), so a trainer can use it for f64 losses on the CPU. */
+MT_API mt_status mt_ddp_all_reduce(mt_ddp *d, mt_comm *c, void *buf, size_t count, mt_dtype dt, mt_reduce_op op,
+                                   void *stream) {
+    int n = mt_comm_size(c);
     if (n <= 1 || count == 0) return MT_OK;
     if (mt__ddp_native(c, dt)) return mt_comm_all_reduce(c, buf, buf, count, dt, op, stream);
-    if (count % (size_t)n == 0) {  /* buckets: reduce-scatter, then all-gather */
-        mt_ddp_config save = d->cfg;
-        d->cfg.average = op == MT_AVG;
-        mt_status st = mt__ddp_reduce_scatter(d, c, buf, count / n, dt, stream);
-        d->cfg = save;
-        MT_TRY(st);
-        return mt_comm_all_gather(c, (double *)buf + (size_t)r * (count / n), buf, count / n, dt, stream);
-    }
-    if (d->scratch_n < (size_t)n * count)  /* scalars: gather everything, sum in rank order */
-        return mt_errorf(MT_ERR_INTERNAL, "ddp: f64 scratch of %zu elements, all-reduce needs %zu", d->scratch_n,
-                         n * count);
-    MT_TRY(mt_comm_all_gather(c, buf, d->scratch, count, dt, stream));
+    if (op != MT_SUM && op != MT_AVG)
+        return mt_errorf(MT_ERR_UNSUPPORTED, "ddp all-reduce of f64 on the host backend: %s (sum and avg only)",
+                         mt_reduce_op_name(op));
+    size_t chunk = d->scratch_n / (size_t)n;
+    if (chunk == 0)
+        return mt_errorf(MT_ERR_INTERNAL, "ddp: f64 scratch of %zu elements for %d ranks", d->scratch_n, n);
+    double *x = (double *)buf;
     const double *s = (const double *)d->scratch;
-    for (size_t i = 0; i < count; i++) {
-        double v = s[i];
-        for (int q = 1; q < n; q++) v += s[(size_t)q * count + i];
-        ((double *)buf)[i] = op == MT_AVG ? v / n : v;
+    for (size_t off = 0; off < count; off += chunk) {
+        size_t k = count - off < chunk ? count - off : chunk;
+        MT_TRY(mt_comm_all_gather(c, x + off, d->scratch, k, dt, stream));
+        for (size_t i = 0; i < k; i++) {
+            double v = s[i];
+            for (int q = 1; q < n; q++) v += s[(size_t)q * k + i];
+            x[off + i] = op == MT_AVG ? v / n : v;
+        }
     }
     return MT_OK;
 }
@@ -388,7 +390,7 @@ MT_API mt_status mt__ddp_launch(mt_ddp *d, int b) {
         MT_TRY(mt__ddp_convert(&d->ccx, d->rdt, buf, d->pdt, g, n, 0));
     }
     if (d->cfg.strategy == MT_SHARD_NONE)
-        return mt__ddp_all_reduce(d, d->dp, buf, n, d->rdt, d->cfg.average ? MT_AVG : MT_SUM, d->comm_stream);
+        return mt_ddp_all_reduce(d, d->dp, buf, n, d->rdt, d->cfg.average ? MT_AVG : MT_SUM, d->comm_stream);
     MT_TRY(mt__ddp_reduce_scatter(d, d->dp, buf, bk->shard, d->rdt, d->comm_stream));
     if (d->cfg.strategy >= MT_SHARD_OPTIM_GRADS) {
         /* keep only the shard: accumulate it, free the bucket (zero it for the next backward) */
@@ -797,9 +799,9 @@ MT_API mt_status mt_ddp_step(const mt_ctx *cx, mt_ddp *d, const mt_optim_hp *hp_
     for (int i = 0; i < d->n_runs; i++)
         if (d->runs[i].in_norm) MT_TRY(mt_sumsq(&rcx, norm_sq, mt__ddp_reduced_grad(d, &d->runs[i]), d->runs[i].n));
     mt_dtype sdt = mt_stat_dtype(cx);
-    if (d->nshard > 1) MT_TRY(mt__ddp_all_reduce(d, d->dp, norm_sq, 1, sdt, MT_SUM, cx->stream));
-    if (d->tp) MT_TRY(mt__ddp_all_reduce(d, d->tp, norm_sq, 1, sdt, MT_SUM, cx->stream));
-    if (d->pp) MT_TRY(mt__ddp_all_reduce(d, d->pp, norm_sq, 1, sdt, MT_SUM, cx->stream));
+    if (d->nshard > 1) MT_TRY(mt_ddp_all_reduce(d, d->dp, norm_sq, 1, sdt, MT_SUM, cx->stream));
+    if (d->tp) MT_TRY(mt_ddp_all_reduce(d, d->tp, norm_sq, 1, sdt, MT_SUM, cx->stream));
+    if (d->pp) MT_TRY(mt_ddp_all_reduce(d, d->pp, norm_sq, 1, sdt, MT_SUM, cx->stream));
     MT_TRY(mt_clip_coef(cx, coef, norm_sq, hp_in->clip_grad));
     /* AdamW per run (grads in the param dtype: cast back from fp32 where needed) */
     d->step++;

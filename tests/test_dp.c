@@ -106,6 +106,7 @@ typedef struct job {
     /* out, per world rank */
     int unsupported;        /* the model rejected this tp size */
     double loss_part[ITERS][MAXR];
+    double loss_ar[ITERS][MAXR];  /* the sum over dp by mt_ddp_all_reduce, as every rank sees it */
     double gnorm[ITERS];
     double *params[MAXR];   /* (num_params) after the last step, gathered */
     size_t num_params;
@@ -193,6 +194,13 @@ static mt_status rank_body(mt_comm *world, void *arg) {
             if (st == MT_OK) st = mt_ddp_step(&cx, &d, &hp);
             if (st == MT_OK && wr == 0) st = mt_ddp_grad_norm(&cx, &d, &j->gnorm[it]);
             j->loss_part[it][wr] = lsum;
+            if (st == MT_OK) {  /* what a trainer logs: the loss summed over dp, in the model's dtype */
+                double l64 = lsum;
+                float l32 = (float)lsum;
+                void *lp = j->dt == MT_F64 ? (void *)&l64 : (void *)&l32;
+                st = mt_ddp_all_reduce(&d, par.dp, lp, 1, j->dt == MT_F64 ? MT_F64 : MT_F32, MT_SUM, NULL);
+                j->loss_ar[it][wr] = j->dt == MT_F64 ? l64 : l32;
+            }
         }
         if (st == MT_OK && j->dc.strategy == MT_SHARD_OPTIM_GRADS_PARAMS) {
             long nan = 0;
@@ -238,6 +246,9 @@ static void compare(const job *j, int world, const ref_out *ref, double tol, con
         double l = 0;
         for (int r = 0; r < world; r++)
             if (j->tp_rank[r] == 0) l += j->loss_part[it][r];
+        for (int r = 0; r < world; r++)
+            MT_EXPECT(fabs(j->loss_ar[it][r] - l) <= 1e-6 * fabs(l), "%s: rank %d's all-reduced loss %.9g, sum %.9g", what,
+                      r, j->loss_ar[it][r], l);
         l /= (double)G * SEQ;
         worst_loss = fmax(worst_loss, fabs(l - ref->loss[it]) / fabs(ref->loss[it]));
         worst_norm = fmax(worst_norm, fabs(j->gnorm[it] - ref->gnorm[it]) / fabs(ref->gnorm[it]));
