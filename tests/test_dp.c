@@ -101,6 +101,7 @@ typedef struct job {
     /* in */
     mt_dtype dt;
     int tp, micro, n_micro, iters;
+    int sequence_parallel;  /* tp > 1 only */
     mt_ddp_config dc;
     int init_only;          /* set up and report layout and bytes, no training */
     /* out, per world rank */
@@ -137,6 +138,7 @@ static mt_status rank_body(mt_comm *world, void *arg) {
     mt_layer_par lp;
     memset(&lp, 0, sizeof lp);
     lp.tp_rank = par.tp_rank; lp.tp_size = par.size.tp; lp.tp = par.tp;
+    lp.sequence_parallel = j->sequence_parallel;
     mt_gpt_config cfg = tiny_config();
     if (j->init_only) { cfg.n_layer = 2; cfg.n_embd = 128; cfg.n_head = 4; cfg.ffn_hidden = 512; cfg.vocab_size = 1000;
                         cfg.padded_vocab = 0; cfg.max_seq_len = 64; }
@@ -556,16 +558,19 @@ static void test_dp_tp2(void) {
     ref_out ref;
     memset(&ref, 0, sizeof ref);
     run_reference(MT_F32, G, 2, &ref);
-    for (int s = 0; s <= 3; s++) {
-        job j;
-        memset(&j, 0, sizeof j);
-        j.dt = MT_F32; j.tp = 2; j.iters = ITERS; j.micro = 2; j.n_micro = 2;
-        j.dc.strategy = (mt_shard_strategy)s;
-        j.dc.bucket_size = 300;
-        char what[64];
-        snprintf(what, sizeof what, "f32 tp=2 x dp=2 %s", mt_shard_strategy_name(j.dc.strategy));
-        if (run_job(&j, 4)) compare(&j, 4, &ref, 1e-5, what);
-        job_free(&j);
+    for (int sp = 0; sp <= 1; sp++) {
+        for (int s = 0; s <= 3; s++) {
+            job j;
+            memset(&j, 0, sizeof j);
+            j.dt = MT_F32; j.tp = 2; j.iters = ITERS; j.micro = 2; j.n_micro = 2;
+            j.sequence_parallel = sp;
+            j.dc.strategy = (mt_shard_strategy)s;
+            j.dc.bucket_size = 300;
+            char what[64];
+            snprintf(what, sizeof what, "f32 tp=2%s x dp=2 %s", sp ? " (SP)" : "", mt_shard_strategy_name(j.dc.strategy));
+            if (run_job(&j, 4)) compare(&j, 4, &ref, 1e-5, what);
+            job_free(&j);
+        }
     }
     ref_free(&ref);
 }
