@@ -44,8 +44,15 @@
  * event recorded on the compute stream, and the compute stream waits on the side stream in
  * mt_ddp_finish (no host sync anywhere in a step). grad_reduce_in_fp32 (16-bit grads): each
  * bucket is cast into an fp32 buffer and reduced there; the optimizer reads the fp32 sum (cast back
- * to the param dtype for mt_adamw, which takes grads in the param dtype). The host backend does
- * not reduce f64: f64 buckets (CPU tests) reduce here by all-to-all plus a sum in rank order.
+ * to the param dtype for mt_adamw, which takes grads in the param dtype). Accumulation over
+ * micro-batches happens in the model's gradient buffer (its dtype) for no_shard/optim, and in the
+ * fp32 shard accumulator for ZeRO-2/3. The host backend does not reduce f64: f64 buckets (CPU
+ * tests) reduce here by all-to-all or all-gather and a sum in rank order (mt_ddp_all_reduce).
+ *
+ * Not done yet: the params' all-gather after the step runs on the compute stream (overlapping it
+ * with the next forward needs a hook before the embedding); ZeRO-3 gathers on the compute stream
+ * without prefetching the next layer; with pp > 1 the tied embedding's gradient must be summed
+ * over the embedding group before its bucket is reduced here (a pipeline schedule's job, not wired).
  *
  * Global gradient-norm clipping: sum of squares over this rank's reduced gradients (its shards
  * when sharded), skipping tp duplicates on tp ranks > 0 and the tied embedding copy of a last
