@@ -4,7 +4,8 @@
  *   MT_TRY(mt_clip_coef(cx, coef, norm_sq, 1.0f));           // on the device, no host sync
  *   MT_TRY(mt_adamw(cx, params, master, m, v, grads, n, &hp, coef, seed));
  *
- * Defines  mt_adamw_gpu, mt_sumsq_gpu, mt_clip_coef_gpu
+ * Defines  mt_adamw_gpu, mt_sumsq_gpu, mt_clip_coef_gpu, and the pieces of mt_adamw_multi and
+ *          mt_adamw_multi_plan (mt/ops.h): mt__adamw_entry, mt__adamw_batch, mt__adamw_launch
  *
  * AdamW over a flat range of n parameters (call it once over a contiguous parameter buffer, or once
  * per buffer).  param and grad are in cx->dtype; master, m, v are float.  With master (bf16 params):
@@ -13,6 +14,15 @@
  * this call (vary the seed per buffer so that buffers do not share draws).  Without master, param is
  * read and written directly.  gscale (float, on the device, or NULL) multiplies every gradient.
  * 16-byte packs when n's pointers are aligned, the tail element by element.
+ *
+ * Layout of the work: every tensor of a launch is cut into chunks of MT__ADAMW_CHUNK (16384)
+ * elements; a persistent grid (resident blocks x SMs) of 256-thread blocks walks the chunks of all
+ * tensors (block b: chunks b, b + grid, ...), each thread one 16-byte pack of grad at a time with
+ * its m, v, master packs (7 16-byte loads in flight for bf16), streaming loads and stores.  The
+ * tensor table is a kernel parameter (mt_adamw, mt_adamw_multi: up to MT_ADAMW_MULTI_BATCH tensors
+ * per launch) or sits in device memory (mt_adamw_multi_plan: all tensors, one launch, uploaded once).
+ * Tensor i of a multi-tensor call rounds with seed + i and decays with wd when its decay flag is
+ * set, so it equals mt_adamw on that tensor alone with those two settings, bit for bit.
  *
  * mt_sumsq_gpu: deterministic two-pass sum of squares: a grid fixed by n (not by the device) writes
  * one fp64 partial per block into the scratch; one block adds them in order and adds the total to
@@ -25,10 +35,39 @@
 #define MT__SUMSQ_MAX_BLOCKS 1024
 
 typedef struct mt__adamw_args {
-    float lr, beta1, beta2, eps, wd, bc1, bc2;
-    uint64_t seed;
+    float lr, beta1, beta2, eps, rbc1, rbc2; /* rbc = 1 / (1 - beta^step) */
+    float wd;                                /* weight decay of the tensors with decay = 1 */
+    uint64_t seed;                           /* tensor i rounds with seed + seed_off (0: nearest) */
     uint64_t step;
 } mt__adamw_args;
+
+/* One parameter tensor of a launch.  chunk0: index of its first MT__ADAMW_CHUNK-element chunk among
+ * all chunks of the launch (prefix sum over the tensors before it). */
+typedef struct mt__adamw_entry {
+    void *param;       /* (n) cx->dtype */
+    float *master;     /* (n) fp32 master copy, or NULL */
+    float *m, *v;      /* (n) moments */
+    const void *grad;  /* (n) cx->dtype */
+    size_t n;          /* elements */
+    uint64_t seed_off; /* stochastic rounding: this tensor draws with args.seed + seed_off */
+    uint32_t chunk0;   /* first chunk of this tensor in the launch */
+    int decay;         /* 1: weight decay args.wd applies, 0: none */
+    int vec;           /* 1: every pointer 16-byte aligned (packs), 0: element by element */
+    int pad_;
+} mt__adamw_entry;
+
+#define MT__ADAMW_CHUNK 16384 /* elements per work item: a multiple of every pack width */
+#ifndef MT_ADAMW_MULTI_BATCH
+#define MT_ADAMW_MULTI_BATCH 128 /* tensors per launch of mt_adamw_multi (kernel parameter table) */
+#endif
+
+/* The table of one mt_adamw_multi launch, passed by value (a __grid_constant__ kernel parameter:
+ * no allocation, no copy of our own; 128 x 64 bytes < the 32 KB parameter limit of CUDA 12.1+). */
+typedef struct mt__adamw_batch {
+    int count;
+    uint32_t nchunks;
+    mt__adamw_entry e[MT_ADAMW_MULTI_BATCH];
+} mt__adamw_batch;
 
 /* Stochastic rounding float -> bf16 with 16 random bits; Inf/NaN round to nearest. */
 __device__ __forceinline__ __nv_bfloat16 mt__bf16_sr(float x, uint32_t r) {
@@ -48,31 +87,40 @@ __device__ __forceinline__ T mt__round_param(float x, uint32_t r, bool sr) {
     }
 }
 
-/* One element: returns the new parameter; updates m, v in place. */
-__device__ __forceinline__ float mt__adamw_elem(float p, float g, float &m, float &v, const mt__adamw_args &a) {
+/* One element: returns the new parameter; updates m, v in place.  Reciprocals of the bias
+ * corrections are precomputed and the quotient is one MUFU.RCP + FMUL (__fdividef, 2 ulp): the
+ * update agrees with the fp64 CPU reference to ~1e-7 relative. */
+__device__ __forceinline__ float mt__adamw_elem(float p, float g, float &m, float &v, const mt__adamw_args &a,
+                                                float wd) {
     m = a.beta1 * m + (1.0f - a.beta1) * g;
     v = a.beta2 * v + (1.0f - a.beta2) * g * g;
-    float mhat = m / a.bc1, vhat = v / a.bc2;
-    return p - a.lr * (mhat / (sqrtf(vhat) + a.eps) + a.wd * p);
+    float mhat = m * a.rbc1, vhat = v * a.rbc2;
+    return p - a.lr * (__fdividef(mhat, sqrtf(vhat) + a.eps) + wd * p);
 }
 
-template <typename T, int VEC, bool MASTER>
-__global__ void mt__adamw_kernel(T *param, float *master, float *m, float *v, const T *__restrict__ grad, size_t n,
-                                 mt__adamw_args a, const float *__restrict__ gscale) {
-    float gs = gscale ? *gscale : 1.0f;
-    bool sr = sizeof(T) == 2 && a.seed != 0;
-    uint32_t key[2] = {(uint32_t)a.seed, (uint32_t)(a.seed >> 32)};
-    size_t npk = VEC >= 4 ? n / VEC : 0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < npk; i += (size_t)gridDim.x * blockDim.x) {
-        size_t e0 = i * VEC;
+/* Elements [s, e) of tensor t (s a multiple of VEC; e == t.n or a multiple of VEC).  Packs of VEC
+ * when t.vec, elements otherwise.  Random draw of element i: mt_rng_u32(t.seed, step, i). */
+template <typename T, bool MASTER>
+__device__ __forceinline__ void mt__adamw_range(const mt__adamw_entry &t, size_t s, size_t e,
+                                                const mt__adamw_args &a, float gs) {
+    constexpr int VEC = mt__pack_width<T>::value;
+    T *param = (T *)t.param;
+    const T *grad = (const T *)t.grad;
+    float *master = t.master, *m = t.m, *v = t.v;
+    const uint64_t seed = a.seed ? a.seed + t.seed_off : 0;
+    const bool sr = sizeof(T) == 2 && seed != 0;
+    const float wd = t.decay ? a.wd : 0.0f;
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    size_t pe = t.vec ? s + (e - s) / VEC * VEC : s; /* end of the packed part */
+    for (size_t e0 = s + (size_t)threadIdx.x * VEC; e0 < pe; e0 += (size_t)blockDim.x * VEC) {
         mt__vec<T, VEC> gv = mt__ldcs<T, VEC>(grad + e0), pv, out;
-        if (!MASTER) pv = mt__ld<T, VEC>(param + e0);
         float mf[VEC], vf[VEC], pf[VEC];
+        if (!MASTER) pv = mt__ldcs<T, VEC>(param + e0);
 #pragma unroll
         for (int c = 0; c < VEC / 4; c++) {
-            mt__vec<float, 4> m4 = mt__ld<float, 4>(m + e0 + 4 * c), v4 = mt__ld<float, 4>(v + e0 + 4 * c);
+            mt__vec<float, 4> m4 = mt__ldcs<float, 4>(m + e0 + 4 * c), v4 = mt__ldcs<float, 4>(v + e0 + 4 * c);
             mt__vec<float, 4> p4;
-            if (MASTER) p4 = mt__ld<float, 4>(master + e0 + 4 * c);
+            if (MASTER) p4 = mt__ldcs<float, 4>(master + e0 + 4 * c);
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 mf[4 * c + k] = m4.v[k];
@@ -81,6 +129,8 @@ __global__ void mt__adamw_kernel(T *param, float *master, float *m, float *v, co
             }
         }
         uint32_t rnd[VEC];
+#pragma unroll
+        for (int k = 0; k < VEC; k++) rnd[k] = 0;
         if (sr) {
 #pragma unroll
             for (int c = 0; c < VEC / 4; c++) {
@@ -91,13 +141,10 @@ __global__ void mt__adamw_kernel(T *param, float *master, float *m, float *v, co
 #pragma unroll
                 for (int k = 0; k < 4; k++) rnd[4 * c + k] = r4[k];
             }
-        } else {
-#pragma unroll
-            for (int k = 0; k < VEC; k++) rnd[k] = 0;
         }
 #pragma unroll
         for (int k = 0; k < VEC; k++) {
-            pf[k] = mt__adamw_elem(pf[k], mt__f(gv.v[k]) * gs, mf[k], vf[k], a);
+            pf[k] = mt__adamw_elem(pf[k], mt__f(gv.v[k]) * gs, mf[k], vf[k], a, wd);
             out.v[k] = mt__round_param<T>(pf[k], rnd[k], sr);
         }
 #pragma unroll
@@ -109,23 +156,53 @@ __global__ void mt__adamw_kernel(T *param, float *master, float *m, float *v, co
                 v4.v[k] = vf[4 * c + k];
                 p4.v[k] = pf[4 * c + k];
             }
-            mt__st<float, 4>(m + e0 + 4 * c, m4);
-            mt__st<float, 4>(v + e0 + 4 * c, v4);
-            if (MASTER) mt__st<float, 4>(master + e0 + 4 * c, p4);
+            mt__stcs<float, 4>(m + e0 + 4 * c, m4);
+            mt__stcs<float, 4>(v + e0 + 4 * c, v4);
+            if (MASTER) mt__stcs<float, 4>(master + e0 + 4 * c, p4);
         }
-        mt__st<T, VEC>(param + e0, out);
+        mt__stcs<T, VEC>(param + e0, out);
     }
-    /* tail (and the whole range when VEC == 1): one element per thread */
-    for (size_t e = npk * VEC + (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
-         e += (size_t)gridDim.x * blockDim.x) {
-        float mm = m[e], vv = v[e];
-        float p = MASTER ? master[e] : mt__f(param[e]);
-        p = mt__adamw_elem(p, mt__f(grad[e]) * gs, mm, vv, a);
-        m[e] = mm;
-        v[e] = vv;
-        if (MASTER) master[e] = p;
-        param[e] = mt__round_param<T>(p, sr ? mt_rng_u32(a.seed, a.step, e) : 0u, sr);
+    /* the rest (the < VEC tail, or the whole range when not aligned): one element per thread */
+    for (size_t i = pe + threadIdx.x; i < e; i += blockDim.x) {
+        float mm = m[i], vv = v[i];
+        float p = MASTER ? master[i] : mt__f(param[i]);
+        p = mt__adamw_elem(p, mt__f(grad[i]) * gs, mm, vv, a, wd);
+        m[i] = mm;
+        v[i] = vv;
+        if (MASTER) master[i] = p;
+        param[i] = mt__round_param<T>(p, sr ? mt_rng_u32(seed, a.step, i) : 0u, sr);
     }
+}
+
+/* Persistent grid over the chunks of `count` tensors: block b takes chunks b, b + gridDim.x, ...;
+ * chunk indices grow, so the tensor index only moves forward (a linear walk over the table). */
+template <typename T, bool MASTER>
+__device__ __forceinline__ void mt__adamw_tensors(const mt__adamw_entry *tab, int count, uint32_t nchunks,
+                                                  const mt__adamw_args &a, const float *gscale) {
+    float gs = gscale ? *gscale : 1.0f;
+    int t = 0;
+    for (uint32_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        while (t + 1 < count && tab[t + 1].chunk0 <= c) t++;
+        const mt__adamw_entry &te = tab[t];
+        size_t s = (size_t)(c - te.chunk0) * MT__ADAMW_CHUNK;
+        size_t e = s + MT__ADAMW_CHUNK < te.n ? s + MT__ADAMW_CHUNK : te.n;
+        mt__adamw_range<T, MASTER>(te, s, e, a, gs);
+    }
+}
+
+/* table in kernel parameter space (mt_adamw, mt_adamw_multi) */
+template <typename T, bool MASTER>
+__global__ void __launch_bounds__(256) mt__adamw_batch_kernel(const __grid_constant__ mt__adamw_batch b,
+                                                              mt__adamw_args a, const float *__restrict__ gscale) {
+    mt__adamw_tensors<T, MASTER>(b.e, b.count, b.nchunks, a, gscale);
+}
+
+/* table in device memory (mt_adamw_multi_plan: uploaded once) */
+template <typename T, bool MASTER>
+__global__ void __launch_bounds__(256) mt__adamw_table_kernel(const mt__adamw_entry *__restrict__ tab, int count,
+                                                              uint32_t nchunks, mt__adamw_args a,
+                                                              const float *__restrict__ gscale) {
+    mt__adamw_tensors<T, MASTER>(tab, count, nchunks, a, gscale);
 }
 
 /* partial[block] = sum of x^2 over the block's grid-stride share, in fp64 */
@@ -178,43 +255,104 @@ __global__ void mt__clip_coef_kernel(float *coef, const float *norm_sq, float ma
     *coef = (float)(c < 1.0 ? c : 1.0);
 }
 
+/* ---- AdamW launchers.  mt_adamw_gpu is a launch over one tensor; mt_adamw_multi (mt/ops.h) fills a
+ * mt__adamw_batch of up to MT_ADAMW_MULTI_BATCH tensors per launch; a mt_adamw_multi_plan keeps the
+ * table in device memory and runs every tensor in one launch. */
+
+MT_API mt_status mt__adamw_make_args(const mt_adamw_hp *hp, float wd, uint64_t seed, mt__adamw_args *a) {
+    if (!hp || hp->step < 1) return mt_errorf(MT_ERR_ARG, "adamw: hp->step must be >= 1 (got %d)", hp ? hp->step : 0);
+    a->lr = hp->lr;
+    a->beta1 = hp->beta1;
+    a->beta2 = hp->beta2;
+    a->eps = hp->eps;
+    a->rbc1 = (float)(1.0 / (1.0 - pow((double)hp->beta1, hp->step)));
+    a->rbc2 = (float)(1.0 / (1.0 - pow((double)hp->beta2, hp->step)));
+    a->wd = wd;
+    a->seed = seed;
+    a->step = (uint64_t)hp->step;
+    return MT_OK;
+}
+
+/* Fill one table entry (chunk0 is set by the caller). */
+MT_API void mt__adamw_entry_set(mt__adamw_entry *e, void *param, float *master, void *m, void *v, const void *grad,
+                                size_t n, uint64_t seed_off, int decay) {
+    e->param = param;
+    e->master = master;
+    e->m = (float *)m;
+    e->v = (float *)v;
+    e->grad = grad;
+    e->n = n;
+    e->seed_off = seed_off;
+    e->chunk0 = 0;
+    e->decay = decay ? 1 : 0;
+    e->vec = mt__al16(param) && mt__al16(master) && mt__al16(m) && mt__al16(v) && mt__al16(grad);
+    e->pad_ = 0;
+}
+
+MT_API uint32_t mt__adamw_chunks(size_t n) { return (uint32_t)((n + MT__ADAMW_CHUNK - 1) / MT__ADAMW_CHUNK); }
+
+/* Launch over the table: `batch` (by value) when non-NULL, else `dtab` (device memory). */
+template <typename T>
+static inline mt_status mt__adamw_launch_t(const mt_ctx *cx, const mt__adamw_batch *batch, const mt__adamw_entry *dtab,
+                                           int count, uint32_t nchunks, int has_master, const mt__adamw_args *a,
+                                           const void *gscale) {
+    if (nchunks == 0) return MT_OK;
+    const void *fn = batch ? (has_master ? (const void *)mt__adamw_batch_kernel<T, true>
+                                         : (const void *)mt__adamw_batch_kernel<T, false>)
+                           : (has_master ? (const void *)mt__adamw_table_kernel<T, true>
+                                         : (const void *)mt__adamw_table_kernel<T, false>);
+    size_t grid = (size_t)cx->gpu->sm_count * mt__occupancy(cx, fn, 256); /* persistent: one wave */
+    if (grid > nchunks) grid = nchunks;
+    cudaStream_t st = MT__STREAM(cx);
+    const float *gs = (const float *)gscale;
+    if (batch && has_master) mt__adamw_batch_kernel<T, true><<<(unsigned)grid, 256, 0, st>>>(*batch, *a, gs);
+    else if (batch) mt__adamw_batch_kernel<T, false><<<(unsigned)grid, 256, 0, st>>>(*batch, *a, gs);
+    else if (has_master) mt__adamw_table_kernel<T, true><<<(unsigned)grid, 256, 0, st>>>(dtab, count, nchunks, *a, gs);
+    else mt__adamw_table_kernel<T, false><<<(unsigned)grid, 256, 0, st>>>(dtab, count, nchunks, *a, gs);
+    MT__LAUNCHED(cx, "mt__adamw_kernel");
+    return MT_OK;
+}
+
+MT_API mt_status mt__adamw_launch(const mt_ctx *cx, const mt__adamw_batch *batch, const mt__adamw_entry *dtab,
+                                  int count, uint32_t nchunks, int has_master, const mt__adamw_args *a,
+                                  const void *gscale) {
+    MT__GPU_DISPATCH(cx, "adamw", return mt__adamw_launch_t<T>(cx, batch, dtab, count, nchunks, has_master, a, gscale));
+    return MT_OK;
+}
+
+/* Append a tensor to `b` (its launch is pending); launch and empty `b` first when it is full.
+ * All tensors of one batch have a master copy or none have (has_master). */
+MT_API mt_status mt__adamw_batch_add(const mt_ctx *cx, mt__adamw_batch *b, int has_master, const mt__adamw_args *a,
+                                     const void *gscale, const mt__adamw_entry *e) {
+    if (e->n == 0) return MT_OK;
+    if (b->count == MT_ADAMW_MULTI_BATCH) {
+        MT_TRY(mt__adamw_launch(cx, b, NULL, b->count, b->nchunks, has_master, a, gscale));
+        b->count = 0;
+        b->nchunks = 0;
+    }
+    mt__adamw_entry *d = &b->e[b->count++];
+    *d = *e;
+    d->chunk0 = b->nchunks;
+    b->nchunks += mt__adamw_chunks(e->n);
+    return MT_OK;
+}
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 MT_API mt_status mt_adamw_gpu(const mt_ctx *cx, void *param, float *master, void *m, void *v, const void *grad,
                               size_t n, const mt_adamw_hp *hp, const void *gscale, uint64_t seed) {
-    if (!hp || hp->step < 1) return mt_errorf(MT_ERR_ARG, "adamw: hp->step must be >= 1 (got %d)", hp ? hp->step : 0);
-    if (n == 0) return MT_OK;
     mt__adamw_args a;
-    a.lr = hp->lr;
-    a.beta1 = hp->beta1;
-    a.beta2 = hp->beta2;
-    a.eps = hp->eps;
-    a.wd = hp->weight_decay;
-    a.bc1 = (float)(1.0 - pow((double)hp->beta1, hp->step));
-    a.bc2 = (float)(1.0 - pow((double)hp->beta2, hp->step));
-    a.seed = seed;
-    a.step = (uint64_t)hp->step;
-    MT__GPU_DISPATCH(cx, "adamw", {
-        constexpr int PW = mt__pack_width<T>::value;
-        int ok = mt__al16(param) && mt__al16(master) && mt__al16(m) && mt__al16(v) && mt__al16(grad);
-        unsigned grid = mt__ew_grid(cx, ok ? n / PW : n);
-        if (ok && master)
-            mt__adamw_kernel<T, PW, true><<<grid, 256, 0, MT__STREAM(cx)>>>((T *)param, master, (float *)m, (float *)v,
-                                                                            (const T *)grad, n, a, (const float *)gscale);
-        else if (ok)
-            mt__adamw_kernel<T, PW, false><<<grid, 256, 0, MT__STREAM(cx)>>>((T *)param, master, (float *)m, (float *)v,
-                                                                             (const T *)grad, n, a, (const float *)gscale);
-        else if (master)
-            mt__adamw_kernel<T, 1, true><<<grid, 256, 0, MT__STREAM(cx)>>>((T *)param, master, (float *)m, (float *)v,
-                                                                           (const T *)grad, n, a, (const float *)gscale);
-        else
-            mt__adamw_kernel<T, 1, false><<<grid, 256, 0, MT__STREAM(cx)>>>((T *)param, master, (float *)m, (float *)v,
-                                                                            (const T *)grad, n, a, (const float *)gscale);
-    });
-    MT__LAUNCHED(cx, "mt__adamw_kernel");
-    return MT_OK;
+    MT_TRY(mt__adamw_make_args(hp, hp ? hp->weight_decay : 0.0f, seed, &a));
+    if (n == 0) return MT_OK;
+    mt__adamw_batch b;
+    b.count = 0;
+    b.nchunks = 0;
+    mt__adamw_entry e;
+    mt__adamw_entry_set(&e, param, master, m, v, grad, n, 0, 1);
+    MT_TRY(mt__adamw_batch_add(cx, &b, master != NULL, &a, gscale, &e));
+    return mt__adamw_launch(cx, &b, NULL, b.count, b.nchunks, master != NULL, &a, gscale);
 }
 
 MT_API mt_status mt_sumsq_gpu(const mt_ctx *cx, void *acc, const void *x, size_t n) {

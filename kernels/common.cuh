@@ -102,6 +102,10 @@ struct mt_gpu_state {
     size_t scratch_nbytes;
     int lt_epilogues;           /* 1 (default): bias/GELU/dGELU/bias-grad fused into cuBLASLt;
                                    0: plain GEMMs + separate kernels (tests check both) */
+    int norm_fwd_warp;          /* 1 (default): norm forwards one warp per row when the row fits;
+                                   0: one block per row (tests and bench compare both) */
+    int xent_smem;              /* 1 (default): cross-entropy keeps the row in shared memory;
+                                   0: re-reads it for the gradient (tests and bench compare both) */
     mt__matmul_plan plans[MT_GPU_MATMUL_CACHE]; /* heuristic cache, round-robin replacement */
     int next_plan;
     struct { const void *fn; int threads, blocks; } occ[16]; /* resident blocks per SM, per kernel */
@@ -137,6 +141,8 @@ MT_API mt_status mt_gpu_init(mt_ctx *cx, int device_index, mt_dtype dtype) {
     MT_TRY(mt_calloc(sizeof *g, (void **)&g));
     g->device = device_index;
     g->lt_epilogues = 1;
+    g->norm_fwd_warp = 1;
+    g->xent_smem = 1;
     cx->gpu = g; /* so mt_gpu_destroy can clean up a partial init */
     cx->device = mt_gpu(device_index);
     cx->dtype = dtype;

@@ -196,17 +196,19 @@ __global__ void mt__embedding_bwd_wte_kernel(T *dwte, const T *__restrict__ dout
     uint32_t key = keys[i];
     if (key >= vcount || (i > 0 && keys[i - 1] == key)) return;
     int cp = C / VEC;
+    int p0 = pos[i];
     for (int p = threadIdx.x; p < cp; p += blockDim.x) {
+        T *dst = dwte + (size_t)key * C + (size_t)p * VEC;
+        mt__vec<T, VEC> w = mt__ld<T, VEC>(dst); /* issued before the sum: independent of it */
+        mt__vec<T, VEC> d0 = mt__ldcs<T, VEC>(dout + (size_t)p0 * C + (size_t)p * VEC);
         float acc[VEC];
 #pragma unroll
-        for (int k = 0; k < VEC; k++) acc[k] = 0.0f;
-        for (int j = i; j < BT && keys[j] == key; j++) {
-            mt__vec<T, VEC> d = mt__ld<T, VEC>(dout + (size_t)pos[j] * C + (size_t)p * VEC);
+        for (int k = 0; k < VEC; k++) acc[k] = mt__f(d0.v[k]);
+        for (int j = i + 1; j < BT && keys[j] == key; j++) {
+            mt__vec<T, VEC> d = mt__ldcs<T, VEC>(dout + (size_t)pos[j] * C + (size_t)p * VEC);
 #pragma unroll
             for (int k = 0; k < VEC; k++) acc[k] += mt__f(d.v[k]);
         }
-        T *dst = dwte + (size_t)key * C + (size_t)p * VEC;
-        mt__vec<T, VEC> w = mt__ld<T, VEC>(dst);
 #pragma unroll
         for (int k = 0; k < VEC; k++) w.v[k] = mt__cvt<T>(mt__f(w.v[k]) + acc[k]);
         mt__st<T, VEC>(dst, w);
@@ -223,13 +225,23 @@ __global__ void mt__embedding_bwd_wpe_kernel(T *dwpe, const T *__restrict__ dout
         float acc[VEC];
 #pragma unroll
         for (int k = 0; k < VEC; k++) acc[k] = 0.0f;
-        for (int b = 0; b < B; b++) {
+        T *dst = dwpe + (size_t)(pos_offset + t) * C + c;
+        mt__vec<T, VEC> w = mt__ld<T, VEC>(dst);
+        int b = 0;
+        for (; b + 4 <= B; b += 4) { /* 4 rows in flight, added in order */
+            mt__vec<T, VEC> d[4];
+#pragma unroll
+            for (int u = 0; u < 4; u++) d[u] = mt__ld<T, VEC>(dout + ((size_t)(b + u) * Tn + t) * C + c);
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+#pragma unroll
+                for (int k = 0; k < VEC; k++) acc[k] += mt__f(d[u].v[k]);
+        }
+        for (; b < B; b++) {
             mt__vec<T, VEC> d = mt__ld<T, VEC>(dout + ((size_t)b * Tn + t) * C + c);
 #pragma unroll
             for (int k = 0; k < VEC; k++) acc[k] += mt__f(d.v[k]);
         }
-        T *dst = dwpe + (size_t)(pos_offset + t) * C + c;
-        mt__vec<T, VEC> w = mt__ld<T, VEC>(dst);
 #pragma unroll
         for (int k = 0; k < VEC; k++) w.v[k] = mt__cvt<T>(mt__f(w.v[k]) + acc[k]);
         mt__st<T, VEC>(dst, w);

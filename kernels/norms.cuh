@@ -8,11 +8,15 @@
  * forward); dinp is assigned, plus dresid when given (dresid may alias dinp); dw, db accumulate
  * (+=) and may be NULL.
  *
- * Layout of the work: one thread block per row, the row held in registers (each thread owns NP
- * 16-byte packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block reduction.
+ * Layout of the work.  Forward: one warp per row (8 rows per 256-thread block) when the row is at
+ * most 256 packs (C <= 2048 bf16 / 1024 f32): each lane holds NP raw 16-byte packs, statistics by
+ * warp shuffles, no block barrier; wider rows: one thread block per row, the row held in registers
+ * (each thread owns NP packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block
+ * reduction.
  * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
  * kernels run with scalar accesses (any C).  The backward runs as many blocks as fit on the GPU at
- * once (at most 1024), each walking rows blockIdx.x + k*gridDim.x with the next row prefetched,
+ * once (at most 1024), each walking rows blockIdx.x + k*gridDim.x with the next row (inp, dout,
+ * dresid, mean, rstd) prefetched before the current row's reduction,
  * accumulating its rows' dw/db contributions in registers and writing one partial row to the
  * scratch; a second kernel adds the partials in block order to dw/db.  Deterministic (the order
  * depends on N, C and the device only), no atomics.
@@ -116,6 +120,65 @@ __global__ void mt__rmsnorm_fwd_kernel(T *__restrict__ out, float *__restrict__ 
     if (threadIdx.x == 0 && rstd) rstd[row] = r;
 }
 
+/* Forward of both norms, one warp per row (RMS = 0: LayerNorm, 1: RMSNorm): the row sits in
+ * registers as NP raw packs per lane at columns (p*32 + lane)*VEC, all loads issued before the first
+ * use, statistics by warp shuffles (no block barrier, so warps of a block never wait on each other).
+ * For rows up to 32*8 packs (C <= 2048 bf16, 1024 f32). */
+template <typename T, int VEC, int NP, int RMS>
+__global__ void __launch_bounds__(256) mt__norm_fwd_warp_kernel(T *__restrict__ out, float *__restrict__ mean,
+                                                                float *__restrict__ rstd, const T *__restrict__ inp,
+                                                                const T *__restrict__ w, const T *__restrict__ b,
+                                                                int N, int C) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= N) return;
+    const T *x = inp + (size_t)row * C;
+    mt__vec<T, VEC> xv[NP];
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * 32 + lane) * VEC;
+        if (c < C) xv[p] = mt__ldcs<T, VEC>(x + c);
+    }
+    float m = 0.0f;
+    if (!RMS) {
+        float s = 0.0f;
+#pragma unroll
+        for (int p = 0; p < NP; p++)
+            if ((p * 32 + lane) * VEC < C) {
+#pragma unroll
+                for (int k = 0; k < VEC; k++) s += mt__f(xv[p].v[k]);
+            }
+        m = mt__warp_sum(s) / (float)C;
+    }
+    float q = 0.0f;
+#pragma unroll
+    for (int p = 0; p < NP; p++)
+        if ((p * 32 + lane) * VEC < C) {
+#pragma unroll
+            for (int k = 0; k < VEC; k++) {
+                float d = mt__f(xv[p].v[k]) - m;
+                q += d * d;
+            }
+        }
+    float r = 1.0f / sqrtf(mt__warp_sum(q) / (float)C + MT__NORM_EPS);
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * 32 + lane) * VEC;
+        if (c < C) {
+            mt__vec<T, VEC> wv = mt__ld<T, VEC>(w + c), bv, o;
+            if (!RMS && b) bv = mt__ld<T, VEC>(b + c);
+#pragma unroll
+            for (int k = 0; k < VEC; k++)
+                o.v[k] = mt__cvt<T>((mt__f(xv[p].v[k]) - m) * r * mt__f(wv.v[k]) +
+                                    ((!RMS && b) ? mt__f(bv.v[k]) : 0.0f));
+            mt__st<T, VEC>(out + (size_t)row * C + c, o);
+        }
+    }
+    if (lane == 0) {
+        if (!RMS && mean) mean[row] = m;
+        if (rstd) rstd[row] = r;
+    }
+}
+
 /* Backward of both norms.  RMS = 0: LayerNorm (mean used, partial rows dw then db);
  * RMS = 1: RMSNorm (mean ignored, partial rows dw only).  partial: (gridDim.x, NV, C) or NULL.
  * Each block walks rows blockIdx.x, + gridDim.x, ...; the next row's inp and dout are loaded
@@ -132,7 +195,8 @@ __global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const 
 #pragma unroll
         for (int k = 0; k < VEC; k++) dwacc[p][k] = dbacc[p][k] = 0.0f;
 
-    mt__vec<T, VEC> nx[NP], ng[NP]; /* the row being prefetched */
+    mt__vec<T, VEC> nx[NP], ng[NP], nr[NP]; /* the row being prefetched: inp, dout, dresid */
+    float nm = 0.0f, ns = 0.0f;              /* and its mean, rstd */
     int row = blockIdx.x;
     if (row < N) {
 #pragma unroll
@@ -141,14 +205,18 @@ __global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const 
             if (c < C) {
                 nx[p] = mt__ldcs<T, VEC>(inp + (size_t)row * C + c);
                 ng[p] = mt__ldcs<T, VEC>(dout + (size_t)row * C + c);
+                if (dresid) nr[p] = mt__ldcs<T, VEC>(dresid + (size_t)row * C + c);
             }
         }
+        nm = RMS ? 0.0f : mean[row];
+        ns = rstd[row];
     }
     for (; row < N; row += gridDim.x) {
         size_t off = (size_t)row * C;
-        mt__vec<T, VEC> cx[NP], cg[NP];
+        mt__vec<T, VEC> cx[NP], cg[NP], cr[NP];
 #pragma unroll
-        for (int p = 0; p < NP; p++) { cx[p] = nx[p]; cg[p] = ng[p]; }
+        for (int p = 0; p < NP; p++) { cx[p] = nx[p]; cg[p] = ng[p]; cr[p] = nr[p]; }
+        float m = nm, s = ns;
         int next = row + gridDim.x;
         if (next < N) {
 #pragma unroll
@@ -157,10 +225,12 @@ __global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const 
                 if (c < C) {
                     nx[p] = mt__ldcs<T, VEC>(inp + (size_t)next * C + c);
                     ng[p] = mt__ldcs<T, VEC>(dout + (size_t)next * C + c);
+                    if (dresid) nr[p] = mt__ldcs<T, VEC>(dresid + (size_t)next * C + c);
                 }
             }
+            nm = RMS ? 0.0f : mean[next];
+            ns = rstd[next];
         }
-        float m = RMS ? 0.0f : mean[row], s = rstd[row];
         float xh[NP][VEC], wd[NP][VEC], dv[NP][VEC];
         float acc[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -187,16 +257,15 @@ __global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const 
         for (int p = 0; p < NP; p++) {
             int c = (p * blockDim.x + threadIdx.x) * VEC;
             if (c < C) {
-                mt__vec<T, VEC> rv, o;
-                if (dresid) rv = mt__ld<T, VEC>(dresid + off + c);
+                mt__vec<T, VEC> o;
 #pragma unroll
                 for (int k = 0; k < VEC; k++) {
                     float g = (wd[p][k] - a - xh[p][k] * bb) * s;
-                    o.v[k] = mt__cvt<T>((dresid ? mt__f(rv.v[k]) : 0.0f) + g);
+                    o.v[k] = mt__cvt<T>((dresid ? mt__f(cr[p].v[k]) : 0.0f) + g);
                     dwacc[p][k] += xh[p][k] * dv[p][k];
                     dbacc[p][k] += dv[p][k];
                 }
-                mt__st<T, VEC>(dinp + off + c, o);
+                mt__stcs<T, VEC>(dinp + off + c, o);
             }
         }
     }
@@ -257,6 +326,15 @@ MT_API mt_status mt__row_geom(const char *op, int C, int vec, int max_threads, i
     return MT_OK;
 }
 
+/* Packs per lane for the warp-per-row forward: 1 and *np in {1, 2, 4, 8} when the row fits. */
+MT_API int mt__warp_np(int C, int vec, int *np) {
+    int packs = (C + vec - 1) / vec, n = 1;
+    while (n < 8 && n * 32 < packs) n *= 2;
+    if (n * 32 < packs) return 0;
+    *np = n;
+    return 1;
+}
+
 /* Launch KERNEL<T, VEC, NP, EXTRA...> for VEC in {pack width, 1} and NP in {1, 2, 4, 8}. */
 #define MT__ROW_LAUNCH(vec, np, KERNEL, grid, threads, stream, ...)                              \
     do {                                                                                         \
@@ -299,6 +377,8 @@ MT_API mt_status mt__row_geom(const char *op, int C, int vec, int max_threads, i
     } while (0)
 #define MT__LNF(V, P) mt__layernorm_fwd_kernel<T, V, P>
 #define MT__RMSF(V, P) mt__rmsnorm_fwd_kernel<T, V, P>
+#define MT__LNFW(V, P) mt__norm_fwd_warp_kernel<T, V, P, 0>
+#define MT__RMSFW(V, P) mt__norm_fwd_warp_kernel<T, V, P, 1>
 #define MT__LNB(V, P) mt__norm_bwd_kernel<T, V, P, 0>
 #define MT__RMSB(V, P) mt__norm_bwd_kernel<T, V, P, 1>
 
@@ -308,6 +388,12 @@ static inline mt_status mt__layernorm_fwd_launch(const mt_ctx *cx, void *out, vo
     constexpr int PW = mt__pack_width<T>::value;
     int vec = (C % PW == 0 && mt__al16(out) && mt__al16(inp) && mt__al16(w) && mt__al16(b)) ? PW : 1;
     int np = 1, threads = 32;
+    if (cx->gpu->norm_fwd_warp && mt__warp_np(C, vec, &np)) {
+        MT__ROW_LAUNCH(vec, np, MT__LNFW, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean,
+                       (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
+        MT__LAUNCHED(cx, "mt__norm_fwd_warp_kernel");
+        return MT_OK;
+    }
     MT_TRY(mt__row_geom("layernorm_fwd", C, vec, 1024, &np, &threads));
     MT__ROW_LAUNCH(vec, np, MT__LNF, N, threads, MT__STREAM(cx), (T *)out, (float *)mean, (float *)rstd,
                    (const T *)inp, (const T *)w, (const T *)b, N, C);
@@ -321,6 +407,12 @@ static inline mt_status mt__rmsnorm_fwd_launch(const mt_ctx *cx, void *out, void
     constexpr int PW = mt__pack_width<T>::value;
     int vec = (C % PW == 0 && mt__al16(out) && mt__al16(inp) && mt__al16(w)) ? PW : 1;
     int np = 1, threads = 32;
+    if (cx->gpu->norm_fwd_warp && mt__warp_np(C, vec, &np)) {
+        MT__ROW_LAUNCH(vec, np, MT__RMSFW, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)NULL,
+                       (float *)rstd, (const T *)inp, (const T *)w, (const T *)NULL, N, C);
+        MT__LAUNCHED(cx, "mt__norm_fwd_warp_kernel");
+        return MT_OK;
+    }
     MT_TRY(mt__row_geom("rmsnorm_fwd", C, vec, 1024, &np, &threads));
     MT__ROW_LAUNCH(vec, np, MT__RMSF, N, threads, MT__STREAM(cx), (T *)out, (float *)rstd, (const T *)inp,
                    (const T *)w, N, C);

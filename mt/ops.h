@@ -15,6 +15,7 @@
  *   residual and GELU epilogues), mt_gelu_fwd/bwd, mt_swiglu_fwd/bwd, mt_rope_fwd/bwd,
  *   mt_attention_fwd/bwd (+ mt_attention_workspace_nbytes), mt_xent, mt_vocab_xent_local/finish,
  *   mt_bias_residual_fwd, mt_residual_fwd, mt_adamw, mt_sumsq, mt_clip_coef
+ *   mt_adamw_tensor, mt_adamw_multi, mt_adamw_multi_plan (+ _init, _step, _free): AdamW over many tensors
  * The rules (weight gradients +=, activation gradients =) and layouts are in mt/cpu_ops.inl.
  */
 #ifndef MT_OPS_H
@@ -393,6 +394,135 @@ MT_API mt_status mt_adamw(const mt_ctx *cx, void *param, float *master, void *m,
     (void)seed;
     MT__DISPATCH(cx, "adamw", mt_adamw_gpu(cx, param, master, m, v, grad, n, hp, gscale, seed));
 #undef MT__BODY
+}
+
+/* One parameter tensor of a multi-tensor AdamW step (pointers as for mt_adamw). */
+typedef struct mt_adamw_tensor {
+    void *param;      /* (n) cx->dtype */
+    float *master;    /* (n) f32 master copy when param is bf16, else NULL (all tensors alike) */
+    void *m, *v;      /* (n) stat type */
+    const void *grad; /* (n) cx->dtype */
+    size_t n;         /* elements */
+    int decay;        /* 1: weight decay `wd` applies (matrices, embeddings); 0: none (biases, norms) */
+} mt_adamw_tensor;
+
+MT_API mt_status mt__adamw_multi_check(const mt_adamw_tensor *tensors, int n) {
+    if (n < 0 || (n > 0 && !tensors)) return mt_errorf(MT_ERR_ARG, "adamw_multi: %d tensors at %p", n, (const void *)tensors);
+    for (int i = 1; i < n; i++)
+        if ((tensors[i].master == NULL) != (tensors[0].master == NULL))
+            return mt_errorf(MT_ERR_ARG, "adamw_multi: tensor %d %s a master copy but tensor 0 %s", i,
+                             tensors[i].master ? "has" : "lacks", tensors[0].master ? "has" : "lacks");
+    return MT_OK;
+}
+
+/* AdamW over n tensors: hp_base gives lr, betas, eps and step (its weight_decay is not used); tensor i
+ * decays with wd when tensors[i].decay, and rounds stochastically with seed + i (seed 0: nearest).
+ * Equal, bit for bit, to mt_adamw on each tensor with those settings.  On the GPU one launch per
+ * MT_ADAMW_MULTI_BATCH (128) tensors, the table passed as a kernel parameter: no allocation and no
+ * copy.  For one launch over any number of tensors keep a mt_adamw_multi_plan. */
+MT_API mt_status mt_adamw_multi(const mt_ctx *cx, const mt_adamw_tensor *tensors, int n, const mt_adamw_hp *hp_base,
+                                float wd, const void *gscale, uint64_t seed) {
+    MT_TRY(mt__adamw_multi_check(tensors, n));
+    if (!hp_base) return mt_errorf(MT_ERR_ARG, "adamw_multi: hp_base is NULL");
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA) {
+        mt__adamw_args a;
+        MT_TRY(mt__adamw_make_args(hp_base, wd, seed, &a));
+        int has_master = n > 0 && tensors[0].master != NULL;
+        mt__adamw_batch b;
+        b.count = 0;
+        b.nchunks = 0;
+        for (int i = 0; i < n; i++) {
+            const mt_adamw_tensor *t = &tensors[i];
+            mt__adamw_entry e;
+            mt__adamw_entry_set(&e, t->param, t->master, t->m, t->v, t->grad, t->n, (uint64_t)i, t->decay);
+            MT_TRY(mt__adamw_batch_add(cx, &b, has_master, &a, gscale, &e));
+        }
+        return mt__adamw_launch(cx, &b, NULL, b.count, b.nchunks, has_master, &a, gscale);
+    }
+#endif
+    for (int i = 0; i < n; i++) {
+        const mt_adamw_tensor *t = &tensors[i];
+        mt_adamw_hp hp = *hp_base;
+        hp.weight_decay = t->decay ? wd : 0.0f;
+        MT_TRY(mt_adamw(cx, t->param, t->master, t->m, t->v, t->grad, t->n, &hp, gscale, seed ? seed + (uint64_t)i : 0));
+    }
+    return MT_OK;
+}
+
+/* The tensor list of a model, kept for every step: on the GPU the table sits in device memory
+ * (uploaded once by mt_adamw_multi_plan_init), so a step is one launch with no copy. */
+typedef struct mt_adamw_multi_plan {
+    mt_device device;          /* where the table lives */
+    int count;                 /* tensors */
+    int has_master;            /* 1: every tensor has a master copy */
+    uint32_t nchunks;          /* GPU work items over all tensors */
+    void *table;               /* GPU: (count) device-side entries; CPU: (count) mt_adamw_tensor copy */
+} mt_adamw_multi_plan;
+
+MT_API void mt_adamw_multi_plan_free(mt_adamw_multi_plan *plan) {
+    if (plan->table) mt_device_free(plan->device, plan->table);
+    memset(plan, 0, sizeof *plan);
+}
+
+/* Build the plan for `n` tensors (synchronous: at start-up, not in the step). */
+MT_API mt_status mt_adamw_multi_plan_init(const mt_ctx *cx, mt_adamw_multi_plan *plan, const mt_adamw_tensor *tensors,
+                                          int n) {
+    memset(plan, 0, sizeof *plan);
+    (void)cx;
+    MT_TRY(mt__adamw_multi_check(tensors, n));
+    plan->count = n;
+    plan->has_master = n > 0 && tensors[0].master != NULL;
+    plan->device = mt_cpu();
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA) {
+        if (n == 0) return MT_OK;
+        mt__adamw_entry *h = NULL;
+        MT_TRY(mt_calloc(sizeof(mt__adamw_entry) * (size_t)n, (void **)&h));
+        uint64_t chunks = 0;
+        for (int i = 0; i < n; i++) {
+            const mt_adamw_tensor *t = &tensors[i];
+            mt__adamw_entry_set(&h[i], t->param, t->master, t->m, t->v, t->grad, t->n, (uint64_t)i, t->decay);
+            h[i].chunk0 = (uint32_t)chunks;
+            chunks += mt__adamw_chunks(t->n);
+        }
+        mt_status st = MT_OK;
+        if (chunks > 0xffffffffull) st = mt_errorf(MT_ERR_UNSUPPORTED, "adamw_multi_plan: %llu chunks", (unsigned long long)chunks);
+        if (st == MT_OK) st = mt_device_alloc(cx->device, sizeof(mt__adamw_entry) * (size_t)n, &plan->table);
+        if (st == MT_OK) {
+            plan->device = cx->device;
+            cudaError_t e = cudaMemcpy(plan->table, h, sizeof(mt__adamw_entry) * (size_t)n, cudaMemcpyHostToDevice);
+            if (e != cudaSuccess) st = mt_errorf(MT_ERR_CUDA, "adamw_multi_plan: %s", cudaGetErrorString(e));
+        }
+        mt_free(h);
+        plan->nchunks = (uint32_t)chunks;
+        if (st != MT_OK) mt_adamw_multi_plan_free(plan);
+        return st;
+    }
+#endif
+    if (n == 0) return MT_OK;
+    MT_TRY(mt_calloc(sizeof(mt_adamw_tensor) * (size_t)n, &plan->table));
+    memcpy(plan->table, tensors, sizeof(mt_adamw_tensor) * (size_t)n);
+    return MT_OK;
+}
+
+/* One AdamW step over the plan's tensors: the same result as mt_adamw_multi over them. */
+MT_API mt_status mt_adamw_multi_plan_step(const mt_ctx *cx, const mt_adamw_multi_plan *plan,
+                                          const mt_adamw_hp *hp_base, float wd, const void *gscale, uint64_t seed) {
+    if (!hp_base) return mt_errorf(MT_ERR_ARG, "adamw_multi_plan_step: hp_base is NULL");
+    if (plan->count == 0) return MT_OK;
+    if (plan->device.type != cx->device.type)
+        return mt_errorf(MT_ERR_ARG, "adamw_multi_plan_step: the plan was built for the %s, cx runs on the %s",
+                         plan->device.type == MT_CUDA ? "GPU" : "CPU", cx->device.type == MT_CUDA ? "GPU" : "CPU");
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA) {
+        mt__adamw_args a;
+        MT_TRY(mt__adamw_make_args(hp_base, wd, seed, &a));
+        return mt__adamw_launch(cx, NULL, (const mt__adamw_entry *)plan->table, plan->count, plan->nchunks,
+                                plan->has_master, &a, gscale);
+    }
+#endif
+    return mt_adamw_multi(cx, (const mt_adamw_tensor *)plan->table, plan->count, hp_base, wd, gscale, seed);
 }
 
 /* *acc (stat type, on the device) += sum of squares of x (n, cx->dtype).  Deterministic. */

@@ -7,7 +7,11 @@
  * V=50304, MLP 4C): memory-bound kernels report TB/s (each input read once + each output written
  * once) and the share of the copy bandwidth, matmuls report TFLOP/s and the share of the GEMM
  * ceiling.  Timing: CUDA events around each call on the op stream, 5 warm-up calls, median of
- * `reps` (default 25).
+ * `reps` (default 25).  Events around one call include the gap while the launch reaches the GPU
+ * (a few us), which is most of a 26 MB norm; so the norms and the residual are also timed as K
+ * calls captured in one CUDA graph over K rotating buffer sets (per-call time: no launch gap and
+ * no L2 reuse, as inside a captured training step), and at 65536 rows, a size that fills the chip.
+ * Rows starting with two spaces are the previous variant or a part of the row above.
  */
 #include "megatron.h"
 
@@ -80,6 +84,49 @@ static int cmp_float(const void *a, const void *b) {
         cudaEventDestroy(e1_);                                                         \
     } while (0)
 
+/* Median milliseconds per call of K back-to-back calls captured in one CUDA graph: `call` may use
+ * k_ (0..K-1) to rotate among K buffer sets, so that repeated calls read memory and not L2, while
+ * the launch gaps shrink to what they are inside a captured training step. */
+#define TIME_GRAPH_MS(out_ms, K, call)                                                  \
+    do {                                                                                \
+        cudaStream_t s_ = (cudaStream_t)g_cx.stream;                                    \
+        cudaGraph_t g_;                                                                 \
+        cudaGraphExec_t ge_;                                                            \
+        cudaEvent_t e0_, e1_;                                                           \
+        cudaEventCreate(&e0_);                                                          \
+        cudaEventCreate(&e1_);                                                          \
+        for (int k_ = 0; k_ < (K); k_++) MT_CHECK(call); /* warm-up outside the graph */ \
+        MT_CHECK(mt_gpu_sync(&g_cx));                                                   \
+        if (cudaStreamBeginCapture(s_, cudaStreamCaptureModeRelaxed) != cudaSuccess) {  \
+            fprintf(stderr, "bench: stream capture failed\n");                         \
+            exit(1);                                                                    \
+        }                                                                               \
+        for (int k_ = 0; k_ < (K); k_++) MT_CHECK(call);                                \
+        if (cudaStreamEndCapture(s_, &g_) != cudaSuccess ||                             \
+            cudaGraphInstantiate(&ge_, g_, 0) != cudaSuccess) {                         \
+            fprintf(stderr, "bench: graph capture of %s failed\n", #call);             \
+            exit(1);                                                                    \
+        }                                                                               \
+        for (int w_ = 0; w_ < 3; w_++) cudaGraphLaunch(ge_, s_);                        \
+        float *t_ = (float *)malloc(sizeof(float) * g_reps);                            \
+        for (int r_ = 0; r_ < g_reps; r_++) {                                           \
+            cudaEventRecord(e0_, s_);                                                   \
+            cudaGraphLaunch(ge_, s_);                                                   \
+            cudaEventRecord(e1_, s_);                                                   \
+            cudaEventSynchronize(e1_);                                                  \
+            cudaEventElapsedTime(&t_[r_], e0_, e1_);                                    \
+            t_[r_] /= (float)(K);                                                       \
+        }                                                                               \
+        qsort(t_, g_reps, sizeof(float), cmp_float);                                    \
+        (out_ms) = t_[g_reps / 2];                                                      \
+        free(t_);                                                                       \
+        cudaGraphExecDestroy(ge_);                                                      \
+        cudaGraphDestroy(g_);                                                           \
+        cudaEventDestroy(e0_);                                                          \
+        cudaEventDestroy(e1_);                                                          \
+        MT_CHECK(mt_gpu_sync(&g_cx));                                                   \
+    } while (0)
+
 static void row_mem(const char *name, const char *shape, double ms, double bytes) {
     double tbs = bytes / (ms * 1e-3) / 1e12;
     printf("%-22s %-26s %9.3f %8.2f TB/s %5.0f%% copy\n", name, shape, ms, tbs, 100.0 * tbs / g_copy_tbs);
@@ -130,26 +177,60 @@ int main(int argc, char **argv) {
         cudaFree(o);
     }
 
-    /* ---- norms, residual */
-    {
-        size_t n = N * C;
-        void *x = drand(MT_BF16, n, 2.0f), *w = drand(MT_BF16, C, 1.0f), *b = drand(MT_BF16, C, 1.0f);
-        void *out = dalloc(n * bf), *g = drand(MT_BF16, n, 1.0f), *dres = drand(MT_BF16, n, 1.0f);
+    /* ---- norms, residual.  Each at the d48 size (B*T = 8192 rows) and at 65536 rows; timed three ways:
+     * "1 launch" as the rest of the table (events around one call: includes the launch gap),
+     * "graph xK" (K calls in a CUDA graph over K rotating buffer sets, per call: no launch gap, no
+     * L2 reuse), and for the forwards the previous layout (one block per row) under the same graph. */
+    for (int si = 0; si < 2; si++) {
+        size_t NR = si == 0 ? N : 65536;
+        int K = si == 0 ? 8 : 2; /* 8 x 105 MB or 2 x 840 MB: well beyond L2 */
+        size_t n = NR * C;
+        void *x[8], *out[8], *g[8], *dres[8];
+        float *mean[8], *rstd[8];
+        for (int k = 0; k < K; k++) {
+            x[k] = drand(MT_BF16, n, 2.0f);
+            out[k] = dalloc(n * bf);
+            g[k] = drand(MT_BF16, n, 1.0f);
+            dres[k] = drand(MT_BF16, n, 1.0f);
+            mean[k] = (float *)dalloc(NR * f4);
+            rstd[k] = (float *)dalloc(NR * f4);
+        }
+        void *w = drand(MT_BF16, C, 1.0f), *b = drand(MT_BF16, C, 1.0f);
         void *dw = drand(MT_BF16, C, 1.0f), *db = drand(MT_BF16, C, 1.0f);
-        float *mean = (float *)dalloc(N * f4), *rstd = (float *)dalloc(N * f4);
-        snprintf(shape, sizeof shape, "(%zu, %zu)", N, C);
-        TIME_MS(ms, mt_layernorm_fwd(cx, out, mean, rstd, x, w, b, (int)N, (int)C));
-        row_mem("layernorm fwd", shape, ms, 2.0 * n * bf + 2 * C * bf + 2 * N * f4);
-        TIME_MS(ms, mt_layernorm_bwd(cx, dres, dw, db, g, dres, x, w, mean, rstd, (int)N, (int)C));
-        row_mem("layernorm bwd", shape, ms, 4.0 * n * bf + 5 * C * bf + 2 * N * f4);
-        TIME_MS(ms, mt_rmsnorm_fwd(cx, out, rstd, x, w, (int)N, (int)C));
-        row_mem("rmsnorm fwd", shape, ms, 2.0 * n * bf + C * bf + N * f4);
-        TIME_MS(ms, mt_rmsnorm_bwd(cx, dres, dw, g, dres, x, w, rstd, (int)N, (int)C));
-        row_mem("rmsnorm bwd", shape, ms, 4.0 * n * bf + 3 * C * bf + N * f4);
-        TIME_MS(ms, mt_residual_fwd(cx, out, x, g, n));
-        row_mem("residual", shape, ms, 3.0 * n * bf);
-        cudaFree(x); cudaFree(w); cudaFree(b); cudaFree(out); cudaFree(g); cudaFree(dres);
-        cudaFree(dw); cudaFree(db); cudaFree(mean); cudaFree(rstd);
+        double lnf = 2.0 * n * bf + 2 * C * bf + 2 * NR * f4, lnb = 4.0 * n * bf + 5 * C * bf + 2 * NR * f4;
+        double rmf = 2.0 * n * bf + C * bf + NR * f4, rmb = 4.0 * n * bf + 3 * C * bf + NR * f4, res = 3.0 * n * bf;
+        int Nn = (int)NR, Cc = (int)C;
+        char g1[16];
+        snprintf(g1, sizeof g1, "graph x%d", K);
+#define NORM_ROW(name, bytes, call)                                         \
+        do {                                                                \
+            snprintf(shape, sizeof shape, "(%zu, %zu) 1 launch", NR, C);    \
+            { const int k_ = 0; (void)k_; TIME_MS(ms, call); }              \
+            row_mem(name, shape, ms, bytes);                                \
+            snprintf(shape, sizeof shape, "(%zu, %zu) %s", NR, C, g1);      \
+            TIME_GRAPH_MS(ms, K, call);                                     \
+            row_mem(name, shape, ms, bytes);                                \
+        } while (0)
+        NORM_ROW("layernorm fwd", lnf, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
+        cx->gpu->norm_fwd_warp = 0;
+        snprintf(shape, sizeof shape, "(%zu, %zu) %s", NR, C, g1);
+        TIME_GRAPH_MS(ms, K, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
+        row_mem("  (block/row, before)", shape, ms, lnf);
+        cx->gpu->norm_fwd_warp = 1;
+        NORM_ROW("layernorm bwd", lnb,
+                 mt_layernorm_bwd(cx, dres[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
+        NORM_ROW("rmsnorm fwd", rmf, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
+        cx->gpu->norm_fwd_warp = 0;
+        TIME_GRAPH_MS(ms, K, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
+        row_mem("  (block/row, before)", shape, ms, rmf);
+        cx->gpu->norm_fwd_warp = 1;
+        NORM_ROW("rmsnorm bwd", rmb, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
+        NORM_ROW("residual", res, mt_residual_fwd(cx, out[k_], x[k_], g[k_], n));
+#undef NORM_ROW
+        for (int k = 0; k < K; k++) {
+            cudaFree(x[k]); cudaFree(out[k]); cudaFree(g[k]); cudaFree(dres[k]); cudaFree(mean[k]); cudaFree(rstd[k]);
+        }
+        cudaFree(w); cudaFree(b); cudaFree(dw); cudaFree(db);
     }
 
     /* ---- GELU */
@@ -175,6 +256,11 @@ int main(int argc, char **argv) {
         /* random tokens: ~N distinct rows of dwte read and written, dwpe read and written */
         TIME_MS(ms, mt_embedding_bwd(cx, dwte, dwpe, g, tok, (int)B, (int)T, (int)C, 0, 0, (int)V));
         row_mem("embedding bwd", shape, ms, 3.0 * N * C * bf + 2.0 * T * C * bf + N * 4);
+        /* the two halves: dwte (keys, radix sort, per-id sums) and dwpe (sums over the batch) */
+        TIME_MS(ms, mt_embedding_bwd(cx, dwte, NULL, g, tok, (int)B, (int)T, (int)C, 0, 0, (int)V));
+        row_mem("  dwte only (sort+sum)", shape, ms, 3.0 * N * C * bf + N * 4);
+        TIME_MS(ms, mt_embedding_bwd(cx, NULL, dwpe, g, tok, (int)B, (int)T, (int)C, 0, 0, (int)V));
+        row_mem("  dwpe only", shape, ms, 1.0 * N * C * bf + 2.0 * T * C * bf);
         cudaFree(wte); cudaFree(wpe); cudaFree(out); cudaFree(dwte); cudaFree(dwpe); cudaFree(g); cudaFree(tok);
     }
 
@@ -186,6 +272,10 @@ int main(int argc, char **argv) {
         snprintf(shape, sizeof shape, "(%zu, %zu)", N, V);
         TIME_MS(ms, mt_xent(cx, losses, logits, logits, tg, 1.0f / N, (int)N, (int)V, (int)V));
         row_mem("xent fwd+bwd", shape, ms, 2.0 * N * V * bf + N * (f4 + 4));
+        cx->gpu->xent_smem = 0;
+        TIME_MS(ms, mt_xent(cx, losses, logits, logits, tg, 1.0f / N, (int)N, (int)V, (int)V));
+        row_mem("  (row re-read, before)", shape, ms, 2.0 * N * V * bf + N * (f4 + 4));
+        cx->gpu->xent_smem = 1;
         TIME_MS(ms, mt_xent(cx, losses, NULL, logits, tg, 1.0f / N, (int)N, (int)V, (int)V));
         row_mem("xent fwd only", shape, ms, 1.0 * N * V * bf + N * (f4 + 4));
         cudaFree(logits); cudaFree(losses); cudaFree(tg);
@@ -252,6 +342,39 @@ int main(int argc, char **argv) {
         row_mem("adamw (sr, gscale)", shape, ms, (2.0 + 2 + 4 * 6) * n + 4);
         TIME_MS(ms, mt_sumsq(cx, acc, g, n));
         row_mem("sumsq (grad norm)", shape, ms, 2.0 * n);
+        /* the same bytes cut into the d48 model's tensors (wte, wpe, 48 x 12, final norm), each
+         * starting 16-byte aligned: mt_adamw_multi (5 launches of <= 128) and a plan (1 launch) */
+        {
+            static mt_adamw_tensor ts[600];
+            size_t sz[12] = {C, C, 3 * C * C, 3 * C, C * C, C, C, C, 4 * C * C, 4 * C, 4 * C * C, C};
+            int dec[12] = {0, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0};
+            int nt = 0;
+            size_t off = 0;
+            for (int i = 0; i < 2 + 48 * 12 + 2; i++) {
+                size_t len = i == 0 ? V * C : i == 1 ? T * C : i >= 2 + 48 * 12 ? C : sz[(i - 2) % 12];
+                int d = i < 2 ? 1 : i >= 2 + 48 * 12 ? 0 : dec[(i - 2) % 12];
+                if (off + len > n) break;
+                mt_adamw_tensor *t = &ts[nt++];
+                t->param = (char *)p + off * bf;
+                t->master = master + off;
+                t->m = m + off;
+                t->v = v + off;
+                t->grad = (char *)g + off * bf;
+                t->n = len;
+                t->decay = d;
+                off = (off + len + 7) / 8 * 8;
+            }
+            double used = 0;
+            for (int i = 0; i < nt; i++) used += (double)ts[i].n;
+            snprintf(shape, sizeof shape, "%d tensors, %.3fB", nt, used / 1e9);
+            TIME_MS(ms, mt_adamw_multi(cx, ts, nt, &hp, 0.1f, acc, 777));
+            row_mem("adamw_multi (sr,gscale)", shape, ms, (2.0 + 2 + 4 * 6) * used + 4);
+            mt_adamw_multi_plan plan;
+            MT_CHECK(mt_adamw_multi_plan_init(cx, &plan, ts, nt));
+            TIME_MS(ms, mt_adamw_multi_plan_step(cx, &plan, &hp, 0.1f, acc, 777));
+            row_mem("adamw plan (1 launch)", shape, ms, (2.0 + 2 + 4 * 6) * used + 4);
+            mt_adamw_multi_plan_free(&plan);
+        }
         cudaFree(p); cudaFree(g); cudaFree(master); cudaFree(m); cudaFree(v); cudaFree(acc);
     }
     MT_CHECK(mt_gpu_sync(cx));

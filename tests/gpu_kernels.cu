@@ -175,13 +175,20 @@ static void test_layernorm(void) {
             mt_layernorm_fwd_cpu_f32(out, mean, rstd, x, w, b, N, C);
             void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C), *db = dup_dev(dt, b, C);
             void *dout = poison_dev(dt, n), *dmean = poison_dev(MT_F32, N), *drstd = poison_dev(MT_F32, N);
-            MT_CHECK(mt_layernorm_fwd(&cx, dout, dmean, drstd, dx, dw, db, N, C));
-            snprintf(what, sizeof what, "fwd out C=%d", C);
-            check_dev("layernorm", dt, what, dout, dt, out, n, tol_of(dt));
-            snprintf(what, sizeof what, "fwd mean C=%d", C);
-            check_dev("layernorm", dt, what, dmean, MT_F32, mean, N, 1e-5);
-            snprintf(what, sizeof what, "fwd rstd C=%d", C);
-            check_dev("layernorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
+            for (int warp = 1; warp >= 0; warp--) { /* one warp per row; one block per row */
+                cx.gpu->norm_fwd_warp = warp;
+                cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
+                cudaMemset(dmean, 0xff, N * 4);
+                cudaMemset(drstd, 0xff, N * 4);
+                MT_CHECK(mt_layernorm_fwd(&cx, dout, dmean, drstd, dx, dw, db, N, C));
+                snprintf(what, sizeof what, "fwd out C=%d %s", C, warp ? "warp/row" : "block/row");
+                check_dev("layernorm", dt, what, dout, dt, out, n, tol_of(dt));
+                snprintf(what, sizeof what, "fwd mean C=%d %s", C, warp ? "warp/row" : "block/row");
+                check_dev("layernorm", dt, what, dmean, MT_F32, mean, N, 1e-5);
+                snprintf(what, sizeof what, "fwd rstd C=%d %s", C, warp ? "warp/row" : "block/row");
+                check_dev("layernorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
+            }
+            cx.gpu->norm_fwd_warp = 1;
 
             /* backward: dinp = dresid + ..., dw, db += ; then in place (dresid == dinp) */
             float *g = hrand(n, 1.0f, dt), *res = hrand(n, 1.0f, dt);
@@ -227,11 +234,17 @@ static void test_rmsnorm(void) {
             mt_rmsnorm_fwd_cpu_f32(out, rstd, x, w, N, C);
             void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C);
             void *dout = poison_dev(dt, n), *drstd = poison_dev(MT_F32, N);
-            MT_CHECK(mt_rmsnorm_fwd(&cx, dout, drstd, dx, dw, N, C));
-            snprintf(what, sizeof what, "fwd out C=%d", C);
-            check_dev("rmsnorm", dt, what, dout, dt, out, n, tol_of(dt));
-            snprintf(what, sizeof what, "fwd rstd C=%d", C);
-            check_dev("rmsnorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
+            for (int warp = 1; warp >= 0; warp--) {
+                cx.gpu->norm_fwd_warp = warp;
+                cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
+                cudaMemset(drstd, 0xff, N * 4);
+                MT_CHECK(mt_rmsnorm_fwd(&cx, dout, drstd, dx, dw, N, C));
+                snprintf(what, sizeof what, "fwd out C=%d %s", C, warp ? "warp/row" : "block/row");
+                check_dev("rmsnorm", dt, what, dout, dt, out, n, tol_of(dt));
+                snprintf(what, sizeof what, "fwd rstd C=%d %s", C, warp ? "warp/row" : "block/row");
+                check_dev("rmsnorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
+            }
+            cx.gpu->norm_fwd_warp = 1;
 
             float *g = hrand(n, 1.0f, dt), *res = hrand(n, 1.0f, dt), *dw0 = hrand(C, 1.0f, dt);
             float *rdx = (float *)hmalloc(n * 4), *rdw = hcopy(dw0, C);
@@ -452,10 +465,13 @@ static void test_attention(void) {
 
 static void test_xent(void) {
     const int Vs[2][2] = {{1003, 1008}, {1001, 1001}}; /* padded, partial last pack; odd, scalar */
+    for (int smem = 1; smem >= 0; smem--)
     for (int di = 0; di < 2; di++)
         for (int vi = 0; vi < 2; vi++) {
             mt_dtype dt = DTYPES[di];
             mt_ctx cx = ctx_of(dt);
+            cx.gpu->xent_smem = smem;
+            if (di == 0 && vi == 0) printf("    (cross-entropy with the row %s)\n", smem ? "in shared memory" : "re-read");
             int N = 37, V = Vs[vi][0], Vp = Vs[vi][1];
             size_t n = (size_t)N * Vp;
             char what[64];
@@ -483,6 +499,7 @@ static void test_xent(void) {
             MT_CHECK(mt_xent(&cx, dloss, dx, dx, dtg, dscale, N, V, Vp));
             check_dev("xent", dt, "dlogits in place", dx, dt, dl, n, tol_of(dt));
         }
+    g_cx.gpu->xent_smem = 1;
     free_all();
 }
 
@@ -558,6 +575,123 @@ static void test_adamw(void) {
     }
 }
 
+/* Multi-tensor AdamW: 131 tensors (two launches of mt_adamw_multi, one of the plan), sizes across
+ * chunk boundaries, one of 0 elements, one starting off 16-byte alignment; against the CPU per tensor,
+ * and bit for bit against mt_adamw per tensor (decay flag -> wd, seed + i). */
+static void test_adamw_multi(void) {
+    const int NT = 131;
+    size_t sizes[131], offs[131], total = 0;
+    for (int i = 0; i < NT; i++) sizes[i] = (size_t)((i * 37) % 101) + 1;
+    sizes[3] = 40003;  /* three chunks, odd tail */
+    sizes[7] = 16384;  /* exactly one chunk */
+    sizes[8] = 0;
+    sizes[20] = 70001;
+    sizes[NT - 1] = 33;
+    for (int i = 0; i < NT; i++) {
+        total = (total + 7) / 8 * 8 + (i == 5 ? 1 : 0); /* tensor 5 is not 16-byte aligned */
+        offs[i] = total;
+        total += sizes[i];
+    }
+    mt_adamw_hp hp;
+    hp.lr = 0.05f; hp.beta1 = 0.9f; hp.beta2 = 0.95f; hp.eps = 1e-8f; hp.weight_decay = 123.0f; /* unused */
+    hp.step = 4;
+    float wd = 0.1f, gsv = 0.7f;
+    for (int di = 0; di < 2; di++)
+        for (int sri = 0; sri < (di == 1 ? 2 : 1); sri++) {
+            mt_dtype dt = DTYPES[di];
+            mt_ctx cx = ctx_of(dt);
+            int master = dt == MT_BF16;
+            uint64_t seed = sri ? 4242 : 0;
+            float *p0 = hrand(total, 1.0f, master ? MT_F32 : dt), *g = hrand(total, 1.0f, dt);
+            float *m0 = hrand(total, 0.1f, MT_F32), *v0 = hrand(total, 0.1f, MT_F32);
+            for (size_t i = 0; i < total; i++) v0[i] = v0[i] * v0[i];
+            float *pr = hcopy(p0, total), *mr = hcopy(m0, total), *vr = hcopy(v0, total);
+            for (int i = 0; i < NT; i++)
+                mt_adamw_cpu_f32(pr + offs[i], mr + offs[i], vr + offs[i], g + offs[i], sizes[i], hp.lr, hp.beta1,
+                                 hp.beta2, hp.eps, (i % 3) ? wd : 0.0f, hp.step, gsv);
+            void *dgs = dup_dev(MT_F32, &gsv, 1), *dg = dup_dev(dt, g, total);
+            /* three copies of the state: multi, plan, one call per tensor */
+            void *dp[3], *dmaster[3], *dm[3], *dv[3];
+            for (int k = 0; k < 3; k++) {
+                dp[k] = master ? poison_dev(dt, total) : dup_dev(dt, p0, total);
+                dmaster[k] = master ? dup_dev(MT_F32, p0, total) : NULL;
+                dm[k] = dup_dev(MT_F32, m0, total);
+                dv[k] = dup_dev(MT_F32, v0, total);
+            }
+            size_t es = mt_dtype_size(dt);
+            mt_adamw_tensor ts[3][131];
+            for (int k = 0; k < 3; k++)
+                for (int i = 0; i < NT; i++) {
+                    mt_adamw_tensor *t = &ts[k][i];
+                    t->param = (char *)dp[k] + offs[i] * es;
+                    t->master = master ? (float *)dmaster[k] + offs[i] : NULL;
+                    t->m = (float *)dm[k] + offs[i];
+                    t->v = (float *)dv[k] + offs[i];
+                    t->grad = (const char *)dg + offs[i] * es;
+                    t->n = sizes[i];
+                    t->decay = (i % 3) != 0;
+                }
+            MT_CHECK(mt_adamw_multi(&cx, ts[0], NT, &hp, wd, dgs, seed));
+            mt_adamw_multi_plan plan;
+            MT_CHECK(mt_adamw_multi_plan_init(&cx, &plan, ts[1], NT));
+            MT_CHECK(mt_adamw_multi_plan_step(&cx, &plan, &hp, wd, dgs, seed));
+            for (int i = 0; i < NT; i++) {
+                mt_adamw_hp h1 = hp;
+                h1.weight_decay = ts[2][i].decay ? wd : 0.0f;
+                MT_CHECK(mt_adamw(&cx, ts[2][i].param, ts[2][i].master, ts[2][i].m, ts[2][i].v, ts[2][i].grad,
+                                  sizes[i], &h1, dgs, seed ? seed + (uint64_t)i : 0));
+            }
+            const char *tag = master ? (seed ? "multi, bf16 master, sr" : "multi, bf16 master") : "multi";
+            float *upd = down(master ? dmaster[0] : dp[0], MT_F32, total);
+            float *dref = (float *)hmalloc(total * 4);
+            for (size_t i = 0; i < total; i++) {
+                upd[i] -= p0[i];
+                dref[i] = pr[i] - p0[i];
+            }
+            char what[64];
+            snprintf(what, sizeof what, "%s: update, 131 tensors", tag);
+            check("adamw_multi", dt, what, upd, dref, total, 1e-5);
+            check_dev("adamw_multi", dt, "m", dm[0], MT_F32, mr, total, 1e-5);
+            check_dev("adamw_multi", dt, "v", dv[0], MT_F32, vr, total, 1e-5);
+            if (master) { /* the gaps between tensors keep their poison: compare the tensors only */
+                float *got = down(dp[0], dt, total), *gc = (float *)hmalloc(total * 4), *rc = (float *)hmalloc(total * 4);
+                size_t k = 0;
+                for (int i = 0; i < NT; i++)
+                    for (size_t j = 0; j < sizes[i]; j++, k++) {
+                        gc[k] = got[offs[i] + j];
+                        rc[k] = pr[offs[i] + j];
+                    }
+                check("adamw_multi", dt, "bf16 param (every tensor written)", gc, rc, k, tol_of(dt));
+            }
+            /* plan and per-tensor calls: bitwise the same as the multi call */
+            float *a0 = down(dp[0], dt, total), *a1 = down(dp[1], dt, total), *a2 = down(dp[2], dt, total);
+            float *b0 = down(dm[0], MT_F32, total), *b1 = down(dm[1], MT_F32, total), *b2 = down(dm[2], MT_F32, total);
+            float *c0 = down(dv[0], MT_F32, total), *c1 = down(dv[1], MT_F32, total), *c2 = down(dv[2], MT_F32, total);
+            int same_plan = !memcmp(a0, a1, total * 4) && !memcmp(b0, b1, total * 4) && !memcmp(c0, c1, total * 4);
+            int same_single = !memcmp(a0, a2, total * 4) && !memcmp(b0, b2, total * 4) && !memcmp(c0, c2, total * 4);
+            if (master) {
+                float *d0 = down(dmaster[0], MT_F32, total), *d1 = down(dmaster[1], MT_F32, total);
+                float *d2 = down(dmaster[2], MT_F32, total);
+                same_plan = same_plan && !memcmp(d0, d1, total * 4);
+                same_single = same_single && !memcmp(d0, d2, total * 4);
+            }
+            printf("    %-14s %-5s %-34s plan %s, per-tensor mt_adamw %s\n", "adamw_multi", mt_dtype_name(dt), tag,
+                   same_plan ? "identical" : "DIFFERENT", same_single ? "identical" : "DIFFERENT");
+            MT_EXPECT(same_plan, "adamw_multi_plan_step differs from adamw_multi (%s)", tag);
+            MT_EXPECT(same_single, "adamw_multi differs from per-tensor adamw (%s)", tag);
+            mt_adamw_multi_plan_free(&plan);
+            free_all();
+        }
+    /* mixing tensors with and without a master copy is refused */
+    mt_adamw_tensor bad[2];
+    memset(bad, 0, sizeof bad);
+    float dummy = 0;
+    bad[0].master = &dummy;
+    bad[0].n = bad[1].n = 1;
+    mt_ctx cx = ctx_of(MT_BF16);
+    MT_EXPECT(mt_adamw_multi(&cx, bad, 2, &hp, wd, NULL, 0) == MT_ERR_ARG, "mixed master copies accepted");
+}
+
 static void test_sumsq_clip(void) {
     for (int di = 0; di < 2; di++) {
         mt_dtype dt = DTYPES[di];
@@ -625,6 +759,7 @@ int main(void) {
     MT_RUN(test_attention);
     MT_RUN(test_xent);
     MT_RUN(test_adamw);
+    MT_RUN(test_adamw_multi);
     MT_RUN(test_sumsq_clip);
     MT_RUN(test_init_errors);
     mt_gpu_destroy(&g_cx);
