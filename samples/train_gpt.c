@@ -16,7 +16,8 @@
 
 typedef struct args {
     mt_gpt_config model;
-    int seq_len, micro_batch, global_batch, train_iters, world_size, tp;
+    int seq_len, micro_batch, global_batch, train_iters, world_size, tp, sequence_parallel, grad_fp32;
+    mt_shard_strategy sharding;
     double lr, min_lr, weight_decay, clip_grad, beta1, beta2, eps;
     int warmup_iters, decay_iters;
     const char *decay_style, *split;
@@ -36,7 +37,9 @@ static void usage(void) {
             "  --lr X  --min-lr X  --lr-warmup-iters N  --lr-decay-iters N  --lr-decay-style cosine|linear|constant\n"
             "  --weight-decay X  --clip-grad X  --adam-beta1 X  --adam-beta2 X  --adam-eps X  --seed N\n"
             "  --data-path [W] PREFIX...  --split 949,50,1  --eval-interval N  --eval-iters N  --log-interval N\n"
-            "  --world-size N  --tensor-model-parallel-size N  --device N  --bf16 | --fp32\n");
+            "  --world-size N  --tensor-model-parallel-size N  --sequence-parallel  --use-distributed-optimizer\n"
+            "  --data-parallel-sharding-strategy no_shard|optim|optim_grads|optim_grads_params\n"
+            "  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n");
 }
 
 static int fail(const char *fmt, const char *a, const char *b) {
@@ -86,6 +89,9 @@ static int parse_args(int argc, char **argv, args *a) {
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) { usage(); exit(0); }
         if (!strcmp(f, "--bf16")) { a->dtype_flag = 2; continue; }
         if (!strcmp(f, "--fp32")) { a->dtype_flag = 1; continue; }
+        if (!strcmp(f, "--sequence-parallel")) { a->sequence_parallel = 1; continue; }
+        if (!strcmp(f, "--use-distributed-optimizer")) { a->sharding = MT_SHARD_OPTIM; continue; }
+        if (!strcmp(f, "--accumulate-allreduce-grads-in-fp32")) { a->grad_fp32 = 1; continue; }
         if (!strcmp(f, "--data-path")) {
             while (i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) {
                 if (a->n_data_path == 16) { fprintf(stderr, "train_gpt: --data-path takes at most 16 values\n"); return 0; }
@@ -116,6 +122,10 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (!strcmp(f, "--log-interval")) ok = parse_int(f, v, 1, &a->log_interval);
         else if (!strcmp(f, "--world-size")) ok = parse_int(f, v, 1, &a->world_size);
         else if (!strcmp(f, "--tensor-model-parallel-size")) ok = parse_int(f, v, 1, &a->tp);
+        else if (!strcmp(f, "--data-parallel-sharding-strategy")) {
+            if (mt_shard_strategy_parse(v, &a->sharding) != MT_OK)
+                return fail("bad value '%s' for %s (no_shard, optim, optim_grads or optim_grads_params)", v, f);
+        }
         else if (!strcmp(f, "--device")) ok = parse_int(f, v, 0, &a->device);
         else if (!strcmp(f, "--seed")) { int s; ok = parse_int(f, v, 0, &s); a->seed = (uint64_t)s; }
         else if (!strcmp(f, "--lr")) ok = parse_double(f, v, 1e-30, 1e30, &a->lr);
@@ -217,7 +227,7 @@ static mt_status upload_batch(const mt_ctx *cx, mt_gpt_acts *a, const int32_t *r
  * Each row holds training examples as context, then the held-out prompt "ddddd>" in the last slot
  * where a whole example fits. */
 static double task_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s, int32_t *rows,
-                            int32_t *staging, float *logits_row, uint64_t seed, uint32_t n_eval) {
+                            int32_t *staging, float *logits_row, void *row_buf, uint64_t seed, uint32_t n_eval) {
     int B = a->B, T = a->T, right = 0, total = 0;
     int slot = (T - TASK_LEN + 2) / TASK_LEN, sep = slot * TASK_LEN + TASK_DIGITS;
     uint32_t *held, n_held = 0;
@@ -233,9 +243,13 @@ static double task_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, m
         for (int d = 0; d < TASK_DIGITS; d++) {  /* predict digit d after the separator */
             if (upload_batch(cx, a, rows, staging) != MT_OK || mt_gpt_forward(cx, m, a, s, 0.0f) != MT_OK) return -1;
             for (int r = 0; r < B; r++) {
-                size_t at = (size_t)r * T + sep + d;
-                mt_copy_to_f32(cx, logits_row, (char *)s->logits + at * m->Vp * mt_dtype_size(cx->dtype), cx->dtype,
-                               (size_t)m->cfg.vocab_size);
+                size_t at = (size_t)r * T + sep + d, es = mt_dtype_size(cx->dtype);
+                const void *row = (char *)s->logits + at * m->Vp * es;
+                if (m->par.tp_size > 1) { /* each tensor-parallel rank holds Vp/tp of the vocabulary */
+                    if (mt_comm_all_gather(m->par.tp, row, row_buf, (size_t)m->Vp, cx->dtype, cx->stream) != MT_OK) return -1;
+                    row = row_buf;
+                }
+                mt_copy_to_f32(cx, logits_row, row, cx->dtype, (size_t)m->cfg.vocab_size);
                 int best = 0;
                 for (int v = 1; v < m->cfg.vocab_size; v++) best = logits_row[v] > logits_row[best] ? v : best;
                 int32_t *next = &rows[(size_t)r * (T + 1) + sep + d + 1];
@@ -336,8 +350,9 @@ static mt_status train(mt_comm *world, void *arg) {
         MT_TRY(mt_parallel_init(&par, world, &pc));
     }
     int dp = par.size.dp, dp_rank = par.dp_rank;
-    mt_layer_par lp = {0};
-    lp.tp_rank = par.tp_rank; lp.tp_size = par.size.tp; lp.tp = par.tp;
+    mt_layer_par lp;
+    memset(&lp, 0, sizeof lp);
+    if (world) mt_layer_par_from(&lp, &par, a.sequence_parallel);
 
     /* 2. The data: Megatron .bin/.idx (or llm.c) token files, or the synthetic task; each dp rank
      * reads its own micro-batches of every global batch. */
@@ -386,11 +401,23 @@ static mt_status train(mt_comm *world, void *arg) {
     MT_TRY(mt_calloc(model.num_params * sizeof(float), (void **)&init));
     mt_gpt_init_values(&model, init);
     MT_TRY(mt_copy_from_f32(&cx, model.param_mem, init, model.num_params));
-    mt_optim opt;
-    MT_TRY(mt_optim_init(&cx, &opt, &model, init));
+    mt_optim opt; /* one rank: AdamW over the model; several: data parallelism and its optimizer */
+    mt_ddp ddp;
+    memset(&opt, 0, sizeof opt);
+    memset(&ddp, 0, sizeof ddp);
+    if (world) {
+        mt_ddp_config dc;
+        memset(&dc, 0, sizeof dc);
+        dc.strategy = a.sharding;
+        dc.grad_reduce_in_fp32 = a.grad_fp32;
+        MT_TRY(mt_ddp_init(&cx, &ddp, &model, &par, &dc, init));
+    } else {
+        MT_TRY(mt_optim_init(&cx, &opt, &model, init));
+    }
     mt_free(init);
     mt_arena arena;
-    MT_TRY(mt_arena_init(&arena, cx.device, mt_gpt_acts_nbytes(&model, B, T, 1) + (size_t)n_micro * B * T * 8 + 1024));
+    MT_TRY(mt_arena_init(&arena, cx.device, mt_gpt_acts_nbytes(&model, B, T, 1) + (size_t)n_micro * B * T * 8 +
+                                               (size_t)a.model.padded_vocab * 8 + 4096));
     mt_gpt_acts acts;
     mt_gpt_scratch scratch;
     MT_TRY(mt_gpt_acts_alloc(&model, &arena, B, T, &acts, &scratch));
@@ -403,13 +430,17 @@ static mt_status train(mt_comm *world, void *arg) {
     MT_TRY(mt_calloc(sizeof(int32_t) * B * (T + 1), (void **)&rows));
     MT_TRY(mt_calloc(sizeof(int32_t) * 2 * B * T, (void **)&staging));
     MT_TRY(mt_calloc(sizeof(float) * n_micro * B * T, (void **)&loss_host));
-    MT_TRY(mt_calloc(sizeof(float) * model.Vp, (void **)&logits_row));
+    MT_TRY(mt_calloc(sizeof(float) * a.model.padded_vocab, (void **)&logits_row));
+    void *row_buf; /* one row of logits over the whole vocabulary (tensor parallelism gathers it here) */
+    MT_TRY(mt__take(&arena, (size_t)a.model.padded_vocab, cx.dtype, &row_buf));
     if (talk) {
         printf("model: %d layers, hidden %d, %d heads, vocab %d (padded %d), seq %d: %.3fM parameters on %s (%s)\n",
                a.model.n_layer, a.model.n_embd, a.model.n_head, a.model.vocab_size, a.model.padded_vocab, T,
                mt_gpt_num_params(&model.cfg, 1) / 1e6, cx.device.type == MT_CUDA ? "GPU" : "CPU",
                mt_dtype_name(cx.dtype));
-        printf("ranks: %d (tensor parallel %d, data parallel %d)\n", world ? mt_comm_size(world) : 1, par.size.tp, dp);
+        printf("ranks: %d (tensor parallel %d%s, data parallel %d, %s)\n", world ? mt_comm_size(world) : 1,
+               par.size.tp, model.par.sequence_parallel ? " with sequence parallelism" : "", dp,
+               world ? mt_shard_strategy_name(a.sharding) : "one rank");
         printf("batch: %d x %d tokens (micro-batch %d, %d accumulation steps), %d iterations, %s\n", a.global_batch,
                T, B, n_micro, a.train_iters,
                synthetic ? "synthetic task: encipher 5 digits (1 string in 10 held out)" : "data");
@@ -426,17 +457,17 @@ static mt_status train(mt_comm *world, void *arg) {
         hp.beta1 = (float)a.beta1; hp.beta2 = (float)a.beta2; hp.eps = (float)a.eps;
         hp.weight_decay = (float)a.weight_decay; hp.clip_grad = (float)a.clip_grad;
         for (int mb = 0; mb < n_micro; mb++) {
+            if (world) mt_ddp_set_sync(&ddp, mb == n_micro - 1);  /* communicate on the last micro-batch */
             /* Megatron's order: micro-batch mb of step it is global samples it*G + mb*dp*B + dp_rank*B + b */
             if (synthetic) task_batch(rows, B, T, a.seed, (uint64_t)it * a.global_batch + ((uint64_t)mb * dp + dp_rank) * B);
             else MT_TRY(mt_loader_next(&train_data, rows));
             MT_TRY(upload_batch(&cx, &acts, rows, staging));
-            MT_TRY(mt_gpt_forward(&cx, &model, &acts, &scratch, 1.0f / (float)(n_micro * nb)));
+            MT_TRY(mt_gpt_forward(&cx, &model, &acts, &scratch, 1.0f / ((float)a.global_batch * T)));
             MT_TRY(mt_copy(&cx, (char *)losses + mb * nb * sb, acts.losses, nb * sb));
             MT_TRY(mt_gpt_backward(&cx, &model, &acts, &scratch, NULL, NULL));
         }
-        if (dp > 1) /* the mean gradient over data-parallel ranks */
-            MT_TRY(mt_comm_all_reduce(par.dp, model.grad_mem, model.grad_mem, model.num_params, cx.dtype, MT_AVG, cx.stream));
-        MT_TRY(mt_optim_step(&cx, &opt, &model, &hp));
+        if (world) MT_TRY(mt_ddp_step(&cx, &ddp, &hp));  /* reduce, clip by the global norm, AdamW, gather */
+        else MT_TRY(mt_optim_step(&cx, &opt, &model, &hp));
         MT_TRY(mt_copy_to_f32(&cx, loss_host, losses, mt_stat_dtype(&cx), n_micro * nb)); /* waits for the step */
         double loss = 0, gnorm = 0;
         for (size_t i = 0; i < n_micro * nb; i++) loss += loss_host[i];
@@ -450,7 +481,8 @@ static mt_status train(mt_comm *world, void *arg) {
             MT_TRY(mt_copy_to_f32(&cx, &lf, loss_mean, MT_F32, 1));
             loss = lf;
         }
-        MT_TRY(mt_optim_grad_norm(&cx, &opt, &gnorm));
+        if (world) MT_TRY(mt_ddp_grad_norm(&cx, &ddp, &gnorm));
+        else MT_TRY(mt_optim_grad_norm(&cx, &opt, &gnorm));
         double ms = now_ms() - t0;
         step_ms[it] = ms;
         if (it == 0) first_loss = loss;
@@ -469,17 +501,20 @@ static mt_status train(mt_comm *world, void *arg) {
         print_speed(&a, &model.cfg, step_ms, cx.device.type == MT_CUDA);
     }
     mt_free(step_ms);
-    if (synthetic && talk) {
+    if (world) MT_TRY(mt_ddp_gather_params(&cx, &ddp));  /* ZeRO-3 holds shards: gather the weights */
+    if (synthetic) { /* every rank takes part: tensor-parallel ranks compute the forward together */
         uint32_t n_eval = a.eval_iters > 0 && a.eval_iters * B < TASK_EVAL ? (uint32_t)(a.eval_iters * B) : TASK_EVAL;
-        double acc = task_accuracy(&cx, &model, &acts, &scratch, rows, staging, logits_row, a.seed, n_eval);
-        printf("held-out accuracy: %.1f%% of %u held-out strings enciphered exactly\n", 100.0 * acc, n_eval);
+        double acc = task_accuracy(&cx, &model, &acts, &scratch, rows, staging, logits_row, row_buf, a.seed, n_eval);
+        if (acc < 0) return MT_ERR_INTERNAL;
+        if (talk) printf("held-out accuracy: %.1f%% of %u held-out strings enciphered exactly\n", 100.0 * acc, n_eval);
     }
     if (!synthetic) mt_loader_close(&train_data);
     if (valid_data.seq_len) mt_loader_close(&valid_data);
     mt_free(rows); mt_free(staging); mt_free(loss_host); mt_free(logits_row);
     mt_gpt_acts_free(&acts);
     mt_arena_free(&arena);
-    mt_optim_free(&opt);
+    if (world) mt_ddp_free(&ddp);
+    else mt_optim_free(&opt);
     mt_gpt_free(&model);
     if (world) mt_parallel_free(&par);
     return MT_OK;

@@ -91,23 +91,33 @@ static int read_losses(const char *out, double *loss, int max) {
     return n;
 }
 
-/* Data parallelism over CPU threads: 1, 2 and 4 ranks, the same global batch, the same losses. */
-static void test_cli_data_parallel_threads(void) {
+/* Ranks as CPU threads: data, tensor and sequence parallelism and every sharding strategy give the
+ * losses of one rank for the same global batch. */
+static void test_cli_parallel_threads(void) {
     static char out[1 << 16];
     double ref[8], got[8];
     const char *base = "--train-iters 4 --num-layers 1 --hidden-size 32 --num-attention-heads 2 --seq-length 24 "
-                       "--micro-batch-size 2 --global-batch-size 8 --eval-iters 1 --lr 1e-2";
+                       "--micro-batch-size 2 --global-batch-size 8 --eval-iters 2 --lr 1e-2";
     char cmd[512];
     snprintf(cmd, sizeof cmd, "%s --world-size 1", base);
     MT_EXPECT(run_trainer(cmd, out, sizeof out) == 0, "world 1: %.300s", out);
     int n = read_losses(out, ref, 8);
     MT_EXPECT(n == 4, "4 iterations at world 1, read %d", n);
-    for (int w = 2; w <= 4; w *= 2) {
-        snprintf(cmd, sizeof cmd, "%s --world-size %d", base, w);
-        MT_EXPECT(run_trainer(cmd, out, sizeof out) == 0, "world %d: %.300s", w, out);
+    const char *layouts[] = {
+        "--world-size 2", "--world-size 4",
+        "--world-size 2 --tensor-model-parallel-size 2",
+        "--world-size 2 --tensor-model-parallel-size 2 --sequence-parallel",
+        "--world-size 4 --tensor-model-parallel-size 2 --use-distributed-optimizer",
+        "--world-size 4 --data-parallel-sharding-strategy optim_grads",
+        "--world-size 4 --data-parallel-sharding-strategy optim_grads_params",
+    };
+    for (size_t k = 0; k < sizeof layouts / sizeof layouts[0]; k++) {
+        snprintf(cmd, sizeof cmd, "%s %s", base, layouts[k]);
+        MT_EXPECT(run_trainer(cmd, out, sizeof out) == 0, "%s: %.300s", layouts[k], out);
         MT_EXPECT(strstr(out, "data parallel ") != NULL, "ranks line printed");
+        MT_EXPECT(strstr(out, "held-out accuracy: ") != NULL, "%s: every rank evaluates", layouts[k]);
         int m = read_losses(out, got, 8);
-        MT_EXPECT(m == n, "world %d printed %d iterations", w, m);
+        MT_EXPECT(m == n, "%s printed %d iterations", layouts[k], m);
         for (int i = 0; i < m && i < n; i++) MT_EXPECT_REL(got[i], ref[i], 1e-5, 1e-12);
     }
     expect_error("--world-size 3 --tensor-model-parallel-size 2", "world size 3 is not divisible by --tensor-model-parallel-size 2");
@@ -118,6 +128,6 @@ int main(void) {
     MT_RUN(test_cli_bad_input);
     MT_RUN(test_cli_short_run);
     MT_RUN(test_cli_indexed_dataset);
-    MT_RUN(test_cli_data_parallel_threads);
+    MT_RUN(test_cli_parallel_threads);
     return mt_test_summary("test_train_cli");
 }
