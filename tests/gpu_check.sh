@@ -41,13 +41,15 @@ if has check; then
     note "fp32 GPU vs CPU: $(compare_losses "$out/cpu10.log" "$out/gpu10.log")"
     # bf16 against fp32 over 100 iterations, reading a byte-level corpus through the data loader:
     # text from a fixed random Markov chain (awk), tokenized by preprocess_data
+    corpus=build/gpu-corpus
+    mkdir -p "$corpus"
     awk 'BEGIN { srand(7); split("the of and to in is was for on that with as by at from his her they this which", w, " ");
                  for (d = 0; d < 4000; d++) { n = 20 + int(rand() * 60); s = w[1 + int(rand() * 20)]; p = 1;
                    for (i = 0; i < n; i++) { p = (p * 7 + int(rand() * 3)) % 20 + 1; s = s " " w[p] }
-                   printf "{\"text\": \"%s.\"}\n", s } }' > "$out/corpus.jsonl"
-    ./build/preprocess_data --input "$out/corpus.jsonl" --output-prefix "$out/corpus" --tokenizer-type ByteLevel \
+                   printf "{\"text\": \"%s.\"}\n", s } }' > "$corpus/corpus.jsonl"
+    ./build/preprocess_data --input "$corpus/corpus.jsonl" --output-prefix "$corpus/corpus" --tokenizer-type ByteLevel \
         --append-eod > "$out/preprocess.log" 2>&1
-    mid="--data-path $out/corpus_text_document --vocab-size 257 --train-iters 100 --num-layers 4 --hidden-size 256 \
+    mid="--data-path $corpus/corpus_text_document --vocab-size 257 --train-iters 100 --num-layers 4 --hidden-size 256 \
          --num-attention-heads 4 --seq-length 256 --micro-batch-size 16 --lr 1e-3 --eval-interval 50 --eval-iters 4"
     ./build/train_gpt_cuda --fp32 $mid > "$out/fp32_100.log" 2>&1
     ./build/train_gpt_cuda --bf16 $mid > "$out/bf16_100.log" 2>&1

@@ -2,14 +2,14 @@
 # The multi-GPU part of the GPU checks (2+ GPUs): collectives in both launch modes and a killed
 # rank, data- and tensor-parallel equivalence, NCCL bandwidth and the trainer's scaling next to the
 # PyTorch peers. Build first (`make all test-cuda-build`); logs go to $OUT (or build/gpu-logs).
-#   sh tests/gpu_multi.sh [tests] [comm-bench] [scaling]       (default: all three)
+#   sh tests/gpu_multi.sh [comm] [tests] [comm-bench] [scaling] [launch-modes]   (default: all)
 #   ANCHORS=dir   where the peers' scripts are (default ../shared/anchors)
 set -u
 export NCCL_NVLS_ENABLE=0
 out=${OUT:-build/gpu-logs}
 mkdir -p "$out"
 anchors=${ANCHORS:-../shared/anchors}
-what=" ${*:-tests comm-bench scaling} "
+what=" ${*:-comm tests comm-bench scaling launch-modes} "
 summary="$out/multi_summary.txt"
 : > "$summary"
 note() { echo "$*" | tee -a "$summary"; }
@@ -18,11 +18,14 @@ speed() { grep -h '^speed:' "$1" | sed 's/speed: //' || tail -n 3 "$1"; }
 ngpu=$(nvidia-smi -L | wc -l)
 note "GPUs: $ngpu"
 
-if has tests; then
-    OUT_DIR="$out" sh tests/gpu_comm.sh > "$out/gpu_comm.log" 2>&1
+if has comm; then
+    sh tests/gpu_comm.sh > "$out/gpu_comm.log" 2>&1
     note "gpu_comm.sh (exit $?): $(grep -h -E 'passed, [0-9]+ failed|PASS|FAIL' "$out/gpu_comm.log" | tr '\n' ' ' | cut -c1-600)"
+fi
+
+if has tests; then
     for t in gpu_dp gpu_tp; do
-        ./build/$t > "$out/$t.log" 2>&1
+        timeout 150 ./build/$t > "$out/$t.log" 2>&1
         note "$t (exit $?): $(tail -n 1 "$out/$t.log")"
     done
 fi
@@ -42,15 +45,19 @@ if has scaling; then
     note "ours d12 1 GPU: $(speed "$out/d12_1gpu.log")"
     ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 --world-size 2 > "$out/d12_2gpu.log" 2>&1
     note "ours d12 2 GPUs (dp=2, one process): $(speed "$out/d12_2gpu.log")"
-    python3 -m torch.distributed.run --no-python --nproc_per_node=2 ./build/train_gpt_cuda $common $d12 \
-        --micro-batch-size 32 > "$out/d12_2gpu_torchrun.log" 2>&1
-    note "ours d12 2 GPUs (dp=2, torchrun): $(speed "$out/d12_2gpu_torchrun.log")"
+    if has launch-modes; then
+        python3 -m torch.distributed.run --no-python --nproc_per_node=2 ./build/train_gpt_cuda $common $d12 \
+            --micro-batch-size 32 > "$out/d12_2gpu_torchrun.log" 2>&1
+        note "ours d12 2 GPUs (dp=2, torchrun): $(speed "$out/d12_2gpu_torchrun.log")"
+    fi
     ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 > "$out/d48_1gpu.log" 2>&1
     note "ours d48 1 GPU: $(speed "$out/d48_1gpu.log")"
     ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 > "$out/d48_2gpu.log" 2>&1
     note "ours d48 2 GPUs (dp=2): $(speed "$out/d48_2gpu.log")"
-    ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 --use-distributed-optimizer > "$out/d48_2gpu_zero1.log" 2>&1
-    note "ours d48 2 GPUs (dp=2, ZeRO-1): $(speed "$out/d48_2gpu_zero1.log")"
+    if has launch-modes; then
+        ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 --use-distributed-optimizer > "$out/d48_2gpu_zero1.log" 2>&1
+        note "ours d48 2 GPUs (dp=2, ZeRO-1): $(speed "$out/d48_2gpu_zero1.log")"
+    fi
     # tensor parallelism needs the heads divisible by tp: d48's width with 26 heads of 64
     d48tp="--num-layers 48 --hidden-size 1664 --num-attention-heads 26"
     ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 > "$out/d48tp_1gpu.log" 2>&1
