@@ -1339,6 +1339,7 @@ MT_API mt_status mt_rendezvous_bcast(const char *addr, int port, int rank, int w
 MT_API ncclDataType_t mt__nccl_dtype(mt_dtype dt) {
     switch (dt) {
         case MT_F32: return ncclFloat32;
+        case MT_F64: return ncclFloat64;
         case MT_BF16: return ncclBfloat16;
         case MT_F16: return ncclFloat16;
 #if defined(NCCL_VERSION_CODE) && NCCL_VERSION_CODE >= NCCL_VERSION(2, 24, 0)
