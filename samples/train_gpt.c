@@ -80,7 +80,7 @@ static int parse_args(int argc, char **argv, args *a) {
     memset(a, 0, sizeof *a);
     /* the default run: small enough to learn the synthetic task in about a minute on 2 CPU cores */
     a->model.n_layer = 2; a->model.n_embd = 64; a->model.n_head = 4; a->model.vocab_size = 0;
-    a->seq_len = 48; a->micro_batch = 16; a->global_batch = 0; a->train_iters = 600;
+    a->seq_len = 48; a->micro_batch = 16; a->global_batch = 0; a->train_iters = 400;
     a->lr = 3e-3; a->min_lr = 3e-4; a->warmup_iters = 30; a->decay_iters = 0; a->decay_style = "cosine";
     a->weight_decay = 0.1; a->clip_grad = 1.0; a->beta1 = 0.9; a->beta2 = 0.95; a->eps = 1e-8;
     a->seed = 1234; a->world_size = 1; a->tp = 1; a->log_interval = 1; a->eval_iters = 0; a->eval_interval = 0;
