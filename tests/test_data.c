@@ -25,47 +25,15 @@ static void test_log(int level, const char *msg) {
 
 #include "mt/data.h"
 #include "mt_test.h"
+#include "mt_test_files.h"
 #include "fixtures/megatron_ref.h"
 
 static char g_tmp[256];
 
 static void path_of(char *out, size_t n, const char *name) { snprintf(out, n, "%s/%s", g_tmp, name); }
 
-static int write_bytes(const char *path, const void *data, size_t n) {
-    unlink(path); /* a new file: ext4 flushes files truncated and rewritten in place on close */
-    FILE *f = fopen(path, "wb");
-    if (!f) return 0;
-    if (n && fwrite(data, 1, n, f) != n) { fclose(f); return 0; }
-    return fclose(f) == 0;
-}
 
-static size_t read_bytes(const char *path, unsigned char **out) {
-    FILE *f = fopen(path, "rb");
-    long n;
-    *out = NULL;
-    if (!f) return 0;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    *out = (unsigned char *)malloc((size_t)n + 1);
-    if (n > 0 && fread(*out, 1, (size_t)n, f) != (size_t)n) n = 0;
-    fclose(f);
-    return (size_t)n;
-}
 
-static void rm_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[1024];
-    if (!d) return;
-    while ((e = readdir(d)) != NULL) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static int count_files_with(const char *needle) {
     DIR *d = opendir(g_tmp);

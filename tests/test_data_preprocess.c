@@ -14,6 +14,7 @@ static void test_log(int level, const char *msg) {
 #define PREPROCESS_NO_MAIN
 #include "../samples/preprocess_data.c"
 #include "mt_test.h"
+#include "mt_test_files.h"
 #include "fixtures/tokenizer_ref.h"
 
 static char g_tmp[256];
@@ -46,19 +47,6 @@ static int open_out(const char *name, mt_indexed *ds) {
     return mt_indexed_open(ds, p) == MT_OK;
 }
 
-static void rm_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[1024];
-    if (!d) return;
-    while ((e = readdir(d)) != NULL) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
 
 static void test_jsonl_bytelevel(void) {
     const char *jsonl =
