@@ -330,7 +330,8 @@ static void print_speed(const args *a, const mt_gpt_config *c, double *step_ms, 
  * single rank, else a communicator over all ranks (threads on the CPU, NCCL on GPUs). */
 typedef struct run_args {
     const args *a;
-    int device_base;  /* GPU of rank 0 in this process */
+    int device;           /* this process's GPU (torchrun: LOCAL_RANK), or the first of its threads' */
+    int thread_per_gpu;   /* one process drives several GPUs: rank r uses GPU device + r */
 } run_args;
 
 static mt_status train(mt_comm *world, void *arg) {
@@ -386,8 +387,7 @@ static mt_status train(mt_comm *world, void *arg) {
     int n_gpu = 0;
     if (cudaGetDeviceCount(&n_gpu) != cudaSuccess) n_gpu = 0;
     if (n_gpu > 0 || a.device > 0)
-        MT_TRY(mt_gpu_init(&cx, ra->device_base + (world && a.world_size > 1 ? rank : 0),
-                           a.dtype_flag == 1 ? MT_F32 : MT_BF16));
+        MT_TRY(mt_gpu_init(&cx, ra->device + (ra->thread_per_gpu ? rank : 0), a.dtype_flag == 1 ? MT_F32 : MT_BF16));
     else if (talk) fprintf(stderr, "train_gpt: no GPU found, running on the CPU\n");
 #else
     if (a.dtype_flag == 2 && talk) fprintf(stderr, "train_gpt: --bf16 needs the GPU build; the CPU computes in fp32\n");
@@ -535,7 +535,7 @@ int main(int argc, char **argv) {
     }
     if (mt_gpt_config_resolve(&a.model, a.tp) != MT_OK) return 1;
     if (!a.model.padded_vocab || a.model.vocab_size < 128) a.model.padded_vocab = (a.model.vocab_size + 7) / 8 * 8;
-    run_args ra = {&a, a.device};
+    run_args ra = {&a, a.device, 0};
 
     /* Launched by torchrun, Slurm or mpirun: one process per GPU, ranks from the environment. */
     if (getenv("WORLD_SIZE") || getenv("OMPI_COMM_WORLD_SIZE") || getenv("SLURM_NTASKS")) {
@@ -544,7 +544,7 @@ int main(int argc, char **argv) {
         mt_comm *world;
         if (mt_launch_env(&li) != MT_OK) return 1;
         a.world_size = li.world;
-        ra.device_base = li.local_rank;
+        ra.device = li.local_rank;
         if (!validate_world(&a, li.world)) return 1;
         if (mt_comm_nccl_init_launch(&li, 300.0, &world) != MT_OK) return 1;
         mt_status st = train(world, &ra);
@@ -565,6 +565,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "train_gpt: --world-size %d but this machine has %d GPUs\n", a.world_size, n_gpu);
             return 1;
         }
+        ra.thread_per_gpu = 1;
         return mt_nccl_run(a.world_size, 300.0, train, &ra, NULL) == MT_OK ? 0 : 1;
     }
 #endif
