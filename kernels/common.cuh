@@ -106,6 +106,9 @@ struct mt_gpu_state {
                                    0: one block per row (tests and bench compare both) */
     int xent_smem;              /* 1 (default): cross-entropy keeps the row in shared memory;
                                    0: re-reads it for the gradient (tests and bench compare both) */
+    int xent_variant;           /* kernel variant of the cross-entropy (0 = default; bench compares) */
+    int adamw_variant;          /* kernel variant of AdamW (0 = default; bench compares) */
+    int norm_bwd_variant;       /* kernel variant of the norm backwards (0 = default; bench compares) */
     mt__matmul_plan plans[MT_GPU_MATMUL_CACHE]; /* heuristic cache, round-robin replacement */
     int next_plan;
     struct { const void *fn; int threads, blocks; } occ[16]; /* resident blocks per SM, per kernel */
