@@ -14,12 +14,12 @@
  * (each thread owns NP packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block
  * reduction.
  * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
- * kernels run with scalar accesses (any C).  The backward runs as many blocks as fit on the GPU at
- * once (at most 1024), each walking rows blockIdx.x + k*gridDim.x with the next row (inp, dout,
- * dresid, mean, rstd) prefetched before the current row's reduction,
- * accumulating its rows' dw/db contributions in registers and writing one partial row to the
- * scratch; a second kernel adds the partials in block order to dw/db.  Deterministic (the order
- * depends on N, C and the device only), no atomics.
+ * kernels run with scalar accesses (any C).  The backward runs up to 4 resident blocks per SM
+ * (norm_bwd_variant picks other caps: fewer blocks write fewer partial rows), each walking rows
+ * blockIdx.x + k*gridDim.x with the next row (inp, dout, dresid, mean, rstd) prefetched before
+ * the current row's reduction, accumulating its rows' dw/db contributions in registers and writing
+ * one partial row to the scratch; a second kernel adds the partials in block order to dw/db.
+ * Deterministic (the order depends on N, C and the device only), no atomics.
  */
 #ifndef MT_KERNELS_NORMS_CUH
 #define MT_KERNELS_NORMS_CUH
@@ -286,21 +286,34 @@ __global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const 
 }
 
 /* dw[c] += sum over blocks of partial[blk][0][c]; db likewise from partial[blk][1][c] (NV == 2).
- * Block (32, 32): x = column, y = a stride-32 slice of the blocks, then a fixed-order sum. */
+ * Block (32, 32): x = column, y = a stride-32 slice of the blocks, summed with four independent
+ * accumulators (four loads in flight per thread), then a fixed-order sum over y. */
 template <typename T>
 __global__ void mt__norm_wgrad_finalize_kernel(T *dw, T *db, const float *__restrict__ partial, int nblk, int NV,
                                                int C) {
     __shared__ float sh[2][32][33];
     int c = blockIdx.x * 32 + threadIdx.x;
-    float s0 = 0.0f, s1 = 0.0f;
+    float a0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, a1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (c < C) {
-        for (int k = threadIdx.y; k < nblk; k += 32) {
-            s0 += partial[((size_t)k * NV) * C + c];
-            if (NV == 2) s1 += partial[((size_t)k * NV + 1) * C + c];
+        int k = threadIdx.y;
+        for (; k + 96 < nblk; k += 128) {
+#pragma unroll
+            for (int u = 0; u < 4; u++) a0[u] += partial[((size_t)(k + 32 * u) * NV) * C + c];
+            if (NV == 2) {
+#pragma unroll
+                for (int u = 0; u < 4; u++) a1[u] += partial[((size_t)(k + 32 * u) * NV + 1) * C + c];
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 3; u++) { /* at most three rows of the slice remain */
+            if (k + 32 * u < nblk) {
+                a0[u] += partial[((size_t)(k + 32 * u) * NV) * C + c];
+                if (NV == 2) a1[u] += partial[((size_t)(k + 32 * u) * NV + 1) * C + c];
+            }
         }
     }
-    sh[0][threadIdx.y][threadIdx.x] = s0;
-    sh[1][threadIdx.y][threadIdx.x] = s1;
+    sh[0][threadIdx.y][threadIdx.x] = (a0[0] + a0[1]) + (a0[2] + a0[3]);
+    sh[1][threadIdx.y][threadIdx.x] = (a1[0] + a1[1]) + (a1[2] + a1[3]);
     __syncthreads();
     if (threadIdx.y == 0 && c < C) {
         float t0 = 0.0f, t1 = 0.0f;
@@ -438,7 +451,12 @@ static inline mt_status mt__norm_bwd_launch(const mt_ctx *cx, const char *op, in
     int occ = 0;
     if (rms) MT__ROW_OCC(vec, np, MT__RMSB, threads, &occ);
     else MT__ROW_OCC(vec, np, MT__LNB, threads, &occ);
-    int nblk = cx->gpu->sm_count * (occ > 0 ? occ : 1);
+    /* resident blocks per SM used: norm_bwd_variant 0 (default) at most 4, 1 all that fit (each
+     * block then has few rows and the partial rows cost as much as the rows), 2: at most 2, 3: 8 */
+    static const int k_cap[4] = {4, 1 << 20, 2, 8};
+    int cap = k_cap[cx->gpu->norm_bwd_variant & 3];
+    if (occ < 1) occ = 1;
+    int nblk = cx->gpu->sm_count * (occ < cap ? occ : cap);
     if (nblk > MT__NORM_BWD_MAX_BLOCKS) nblk = MT__NORM_BWD_MAX_BLOCKS;
     if (nblk > N) nblk = N;
     if (want && (size_t)nblk * per_blk > cx->gpu->scratch_nbytes) nblk = (int)(cx->gpu->scratch_nbytes / per_blk);

@@ -217,14 +217,32 @@ int main(int argc, char **argv) {
         TIME_GRAPH_MS(ms, K, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
         row_mem("  (block/row, before)", shape, ms, lnf);
         cx->gpu->norm_fwd_warp = 1;
+        /* the practical ceiling at this size: a copy of one activation (n bf16 in, n out) */
+        snprintf(shape, sizeof shape, "(%zu, %zu) %s", NR, C, g1);
+        TIME_GRAPH_MS(ms, K, copy_op(out[k_], x[k_], n * bf));
+        row_mem("copy (same size)", shape, ms, 2.0 * n * bf);
         NORM_ROW("layernorm bwd", lnb,
                  mt_layernorm_bwd(cx, dres[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
+        for (int var = 1; var < 4; var++) { /* resident blocks per SM: 0: <= 4, 1: all, 2: <= 2, 3: <= 8 */
+            static const char *vn[4] = {"", "  (bwd v1: all blocks)", "  (bwd v2: 2/SM)", "  (bwd v3: 8/SM)"};
+            cx->gpu->norm_bwd_variant = var;
+            TIME_GRAPH_MS(ms, K, mt_layernorm_bwd(cx, dres[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
+            row_mem(vn[var], shape, ms, lnb);
+        }
+        cx->gpu->norm_bwd_variant = 0;
         NORM_ROW("rmsnorm fwd", rmf, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
         cx->gpu->norm_fwd_warp = 0;
         TIME_GRAPH_MS(ms, K, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
         row_mem("  (block/row, before)", shape, ms, rmf);
         cx->gpu->norm_fwd_warp = 1;
         NORM_ROW("rmsnorm bwd", rmb, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
+        for (int var = 1; var < 4; var++) {
+            static const char *vn[4] = {"", "  (bwd v1: all blocks)", "  (bwd v2: 2/SM)", "  (bwd v3: 8/SM)"};
+            cx->gpu->norm_bwd_variant = var;
+            TIME_GRAPH_MS(ms, K, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
+            row_mem(vn[var], shape, ms, rmb);
+        }
+        cx->gpu->norm_bwd_variant = 0;
         NORM_ROW("residual", res, mt_residual_fwd(cx, out[k_], x[k_], g[k_], n));
 #undef NORM_ROW
         for (int k = 0; k < K; k++) {
@@ -242,6 +260,14 @@ int main(int argc, char **argv) {
         row_mem("gelu fwd", shape, ms, 2.0 * n * bf);
         TIME_MS(ms, mt_gelu_bwd(cx, out, x, g, n));
         row_mem("gelu bwd", shape, ms, 3.0 * n * bf);
+        /* as the norms: two calls in a graph over two buffer sets (no launch gap, no L2 reuse) */
+        void *xs[2] = {x, drand(MT_BF16, n, 3.0f)}, *gs[2] = {g, drand(MT_BF16, n, 1.0f)}, *os[2] = {out, dalloc(n * bf)};
+        snprintf(shape, sizeof shape, "(%zu, %zu) graph x2", N, F);
+        TIME_GRAPH_MS(ms, 2, mt_gelu_fwd(cx, os[k_], xs[k_], n));
+        row_mem("gelu fwd", shape, ms, 2.0 * n * bf);
+        TIME_GRAPH_MS(ms, 2, mt_gelu_bwd(cx, os[k_], xs[k_], gs[k_], n));
+        row_mem("gelu bwd", shape, ms, 3.0 * n * bf);
+        cudaFree(xs[1]); cudaFree(gs[1]); cudaFree(os[1]);
         cudaFree(x); cudaFree(g); cudaFree(out);
     }
 

@@ -68,6 +68,11 @@ static void *dup_dev(mt_dtype dt, const float *h, size_t n) {
     MT_CHECK(mt_copy_from_f32(&c, d, h, n));
     return d;
 }
+/* overwrite device buffer d (dtype dt) with h again */
+static void reupload(void *d, mt_dtype dt, const float *h, size_t n) {
+    mt_ctx c = ctx_of(dt);
+    MT_CHECK(mt_copy_from_f32(&c, d, h, n));
+}
 static void *poison_dev(mt_dtype dt, size_t n) {
     void *d = dmalloc(n * mt_dtype_size(dt));
     cudaMemset(d, 0xff, n * mt_dtype_size(dt)); /* NaN in f32 and bf16 */
@@ -166,7 +171,7 @@ static void test_layernorm(void) {
         for (int ci = 0; ci < 3; ci++) {
             mt_dtype dt = DTYPES[di];
             mt_ctx cx = ctx_of(dt);
-            int N = 67, C = Cs[ci];
+            int N = ci == 0 ? 3001 : 67, C = Cs[ci]; /* 3001 rows: several rows per backward block */
             size_t n = (size_t)N * C;
             char what[64];
             float *x = hrand(n, 1.0f, dt), *w = hrand(C, 1.0f, dt), *b = hrand(C, 1.0f, dt);
@@ -198,13 +203,20 @@ static void test_layernorm(void) {
             void *dg = dup_dev(dt, g, n), *dres = dup_dev(dt, res, n), *ddx = poison_dev(dt, n);
             void *ddw = dup_dev(dt, dw0, C), *ddb = dup_dev(dt, db0, C);
             void *dmean_ref = dup_dev(MT_F32, mean, N), *drstd_ref = dup_dev(MT_F32, rstd, N);
-            MT_CHECK(mt_layernorm_bwd(&cx, ddx, ddw, ddb, dg, dres, dx, dw, dmean_ref, drstd_ref, N, C));
-            snprintf(what, sizeof what, "bwd dinp C=%d", C);
-            check_dev("layernorm", dt, what, ddx, dt, rdx, n, tol_of(dt));
-            snprintf(what, sizeof what, "bwd dw C=%d", C);
-            check_dev("layernorm", dt, what, ddw, dt, rdw, C, tol_of(dt));
-            snprintf(what, sizeof what, "bwd db C=%d", C);
-            check_dev("layernorm", dt, what, ddb, dt, rdb, C, tol_of(dt));
+            for (int var = 0; var < 4; var++) { /* blocks per SM: 4 (default), all, 2, 8 */
+                cx.gpu->norm_bwd_variant = var;
+                cudaMemset(ddx, 0xff, n * mt_dtype_size(dt));
+                reupload(ddw, dt, dw0, C);
+                reupload(ddb, dt, db0, C);
+                MT_CHECK(mt_layernorm_bwd(&cx, ddx, ddw, ddb, dg, dres, dx, dw, dmean_ref, drstd_ref, N, C));
+                snprintf(what, sizeof what, "bwd dinp N=%d C=%d v%d", N, C, var);
+                check_dev("layernorm", dt, what, ddx, dt, rdx, n, tol_of(dt));
+                snprintf(what, sizeof what, "bwd dw N=%d C=%d v%d", N, C, var);
+                check_dev("layernorm", dt, what, ddw, dt, rdw, C, tol_of(dt));
+                snprintf(what, sizeof what, "bwd db N=%d C=%d v%d", N, C, var);
+                check_dev("layernorm", dt, what, ddb, dt, rdb, C, tol_of(dt));
+            }
+            cx.gpu->norm_bwd_variant = 0;
             /* in place, no weight grads */
             MT_CHECK(mt_layernorm_bwd(&cx, dres, NULL, NULL, dg, dres, dx, dw, dmean_ref, drstd_ref, N, C));
             snprintf(what, sizeof what, "bwd dinp in place C=%d", C);
@@ -226,7 +238,7 @@ static void test_rmsnorm(void) {
         for (int ci = 0; ci < 3; ci++) {
             mt_dtype dt = DTYPES[di];
             mt_ctx cx = ctx_of(dt);
-            int N = 67, C = Cs[ci];
+            int N = ci == 0 ? 3001 : 67, C = Cs[ci];
             size_t n = (size_t)N * C;
             char what[64];
             float *x = hrand(n, 1.0f, dt), *w = hrand(C, 1.0f, dt);
@@ -251,11 +263,17 @@ static void test_rmsnorm(void) {
             mt_rmsnorm_bwd_cpu_f32(rdx, rdw, g, res, x, w, rstd, N, C);
             void *dg = dup_dev(dt, g, n), *dres = dup_dev(dt, res, n), *ddx = poison_dev(dt, n);
             void *ddw = dup_dev(dt, dw0, C), *drstd_ref = dup_dev(MT_F32, rstd, N);
-            MT_CHECK(mt_rmsnorm_bwd(&cx, ddx, ddw, dg, dres, dx, dw, drstd_ref, N, C));
-            snprintf(what, sizeof what, "bwd dinp C=%d", C);
-            check_dev("rmsnorm", dt, what, ddx, dt, rdx, n, tol_of(dt));
-            snprintf(what, sizeof what, "bwd dw C=%d", C);
-            check_dev("rmsnorm", dt, what, ddw, dt, rdw, C, tol_of(dt));
+            for (int var = 0; var < 4; var++) {
+                cx.gpu->norm_bwd_variant = var;
+                cudaMemset(ddx, 0xff, n * mt_dtype_size(dt));
+                reupload(ddw, dt, dw0, C);
+                MT_CHECK(mt_rmsnorm_bwd(&cx, ddx, ddw, dg, dres, dx, dw, drstd_ref, N, C));
+                snprintf(what, sizeof what, "bwd dinp N=%d C=%d v%d", N, C, var);
+                check_dev("rmsnorm", dt, what, ddx, dt, rdx, n, tol_of(dt));
+                snprintf(what, sizeof what, "bwd dw N=%d C=%d v%d", N, C, var);
+                check_dev("rmsnorm", dt, what, ddw, dt, rdw, C, tol_of(dt));
+            }
+            cx.gpu->norm_bwd_variant = 0;
         }
     free_all();
 }
