@@ -419,6 +419,10 @@ static mt_status rank_main(mt_comm *c, void *argp) {
         return MT_OK;
     }
 
+    /* GPU_COMM_ASYNC_FIRST=1: the non-blocking check before any other (isolates it from the
+     * communicators that check_split creates and destroys) */
+    int async_first = getenv("GPU_COMM_ASYNC_FIRST") && atoi(getenv("GPU_COMM_ASYNC_FIRST"));
+    if (async_first) check_async(&x);
     for (int d = 0; d < 3; d++) {
         for (int k = 0; k < 3; k++) {
             uint64_t seed = 100u * (uint64_t)(d + 1) + 10u * (uint64_t)k;
@@ -433,7 +437,7 @@ static mt_status rank_main(mt_comm *c, void *argp) {
         check_all_to_allv(&x, k_dtypes[d], 7 + (uint64_t)d);
     }
     check_split(&x);
-    check_async(&x);
+    if (!async_first) check_async(&x);
     ctx_free(&x);
     return MT_OK;
 }
@@ -460,6 +464,12 @@ static void test_split_and_grid(void) { expect_test(T_SPLIT); }
 static void test_async_and_wait(void) { expect_test(T_WAIT); }
 static void test_killed_rank(void) { expect_test(T_KILL); }
 
+/* seconds a collective may take before it counts as hung: GPU_COMM_TIMEOUT, default 120 */
+static double timeout_s(void) {
+    const char *e = getenv("GPU_COMM_TIMEOUT");
+    return e && atof(e) > 0 ? atof(e) : 120.0;
+}
+
 int main(int argc, char **argv) {
     char name[64];
     mt_status statuses[MAXR];
@@ -482,7 +492,7 @@ int main(int argc, char **argv) {
             printf("%s: --kill-rank needs 2+ ranks: skipped\n%s: 0 passed, 0 failed\n", name, name);
             return 0;
         }
-        MT_CHECK(mt_comm_nccl_init_launch(&li, 120.0, &world));
+        MT_CHECK(mt_comm_nccl_init_launch(&li, timeout_s(), &world));
         g_lo = li.rank;
         g_hi = li.rank + 1;
         mt_status st = rank_main(world, &g_arg);
@@ -505,7 +515,7 @@ int main(int argc, char **argv) {
         fflush(stdout);
         g_lo = 0;
         g_hi = ndev;
-        mt_status st = mt_nccl_run(ndev, 120.0, rank_main, &g_arg, statuses);
+        mt_status st = mt_nccl_run(ndev, timeout_s(), rank_main, &g_arg, statuses);
         for (int r = 0; r < ndev; r++) g_arg.res[r].status = statuses[r];
         MT_EXPECT(st == MT_OK || g_arg.kill, "mt_nccl_run: %s", mt_status_str(st));
     }

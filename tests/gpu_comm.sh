@@ -48,7 +48,16 @@ show() { # show MODE: print each rank's log with its exit code
 }
 
 echo "== 1. one process, $N GPUs, one thread each"
-timeout "$LIMIT" ./build/gpu_comm || { echo "  FAIL thread mode"; fail=1; }
+if ! timeout "$LIMIT" ./build/gpu_comm; then
+    echo "  FAIL thread mode"
+    fail=1
+    echo "== 1b. (diagnosis) thread mode again, the non-blocking check first, NCCL warnings on"
+    GPU_COMM_ASYNC_FIRST=1 GPU_COMM_TIMEOUT=30 NCCL_DEBUG=WARN timeout "$LIMIT" ./build/gpu_comm
+    echo "== 1c. (diagnosis) thread mode, default order, NCCL warnings on"
+    GPU_COMM_TIMEOUT=30 NCCL_DEBUG=WARN timeout "$LIMIT" ./build/gpu_comm
+    echo "== 1d. (diagnosis) thread mode, every NCCL connection made at init (NCCL_RUNTIME_CONNECT=0)"
+    GPU_COMM_TIMEOUT=30 NCCL_RUNTIME_CONNECT=0 timeout "$LIMIT" ./build/gpu_comm
+fi
 
 echo "== 2. $N processes, torchrun-style environment, MASTER_PORT=$PORT"
 launch procs "$PORT"
