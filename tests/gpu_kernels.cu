@@ -9,6 +9,14 @@
  * error ||gpu - ref|| / ||ref|| and the bound (f32 < 1e-5, bf16 < 1e-2).  Odd sizes run through the
  * scalar paths; shapes the GPU refuses (bf16 matmul dims not multiples of 8) must fail cleanly.
  */
+#include <stdio.h>
+/* the last error message is kept, so the bad-input tests can check what it says */
+static char g_msg[1024];
+static void test_log(int level, const char *msg) {
+    if (level >= 3) snprintf(g_msg, sizeof g_msg, "%s", msg);
+    if (level >= 1) fprintf(stderr, "megatron.h: %s\n", msg);
+}
+#define MT_LOG_FN(level, msg) test_log(level, msg)
 #include "megatron.h"
 #include "mt_test.h"
 #include <time.h>
@@ -753,6 +761,27 @@ static void test_init_errors(void) {
     mt_status st = mt_gpu_init(&bad, count + 3, MT_BF16);
     MT_EXPECT(st == MT_ERR_ARG, "mt_gpu_init of a missing GPU gave %s", mt_status_str(st));
     MT_EXPECT(bad.gpu == NULL && bad.device.type == MT_CPU, "failed init left state behind");
+    MT_EXPECT(strstr(g_msg, "requested") && strstr(g_msg, "GPU"), "message: %s", g_msg);
+
+    /* out of memory at start: an arena larger than the GPU names the request and what is free */
+    size_t total = 0, fr = 0;
+    cudaMemGetInfo(&fr, &total);
+    mt_arena big;
+    printf("    expecting an out-of-memory error for an arena of %.0f GiB:\n", 2.0 * total / 1073741824.0);
+    st = mt_arena_init(&big, g_cx.device, 2 * total);
+    MT_EXPECT(st == MT_ERR_OOM, "arena twice the GPU's memory gave %s", mt_status_str(st));
+    MT_EXPECT(strstr(g_msg, "MiB free of"), "message: %s", g_msg);
+    cudaGetLastError();
+
+    /* a model too large for the arena it is given: the request and the arena's size in the message */
+    mt_arena small;
+    MT_CHECK(mt_arena_init(&small, g_cx.device, (size_t)1 << 20));
+    void *p = NULL;
+    printf("    expecting an arena overflow:\n");
+    st = mt_arena_alloc(&small, (size_t)3 << 20, &p);
+    MT_EXPECT(st == MT_ERR_OOM && p == NULL, "3 MiB from a 1 MiB arena gave %s", mt_status_str(st));
+    MT_EXPECT(strstr(g_msg, "3145728") && strstr(g_msg, "1048576"), "message: %s", g_msg);
+    mt_arena_free(&small);
 }
 
 int main(void) {
