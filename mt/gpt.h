@@ -30,7 +30,10 @@
  * the backward, block by block, so every gradient is complete when mt_gpt_backward reports it.
  * A training step needs nothing more than with tp = 1: forward + backward per micro-batch, then the
  * data-parallel reduction and the optimizer, whose clipping norm counts each tensor once
- * (mt_gpt_grad_sumsq: split tensors summed over tp, replicated ones once).
+ * (mt_gpt_grad_sumsq: split tensors summed over tp, replicated ones once). On the GPU the
+ * column-parallel backwards (qkv, fc, the classifier) hide their tp collectives behind their GEMMs on
+ * a side stream that mt_gpt_init creates (mt/tensor_parallel.h); par.no_comm_overlap = 1 (before
+ * mt_gpt_init, or in m->par at any time between steps) runs them in line instead.
  *
  * Defines: mt_gpt_config, mt_param, mt_gpt, mt_gpt_block_w, mt_gpt_acts, mt_gpt_scratch,
  *   mt_gpt_config_resolve, mt_gpt_init, mt_gpt_free, mt_gpt_init_values, mt_gpt_rows,
@@ -228,6 +231,7 @@ MT_API mt_status mt_gpt_init(const mt_ctx *cx, mt_gpt *m, const mt_gpt_config *c
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     if (par) m->par = *par;
+    m->par.comm_stream = m->par.comm_ev[0] = m->par.comm_ev[1] = NULL; /* this model's own, made below */
     if (m->par.tp_size <= 0) m->par.tp_size = 1;
     if (m->par.cp_size <= 0) m->par.cp_size = 1;
     if (m->par.ep_size <= 0) m->par.ep_size = 1;
@@ -300,7 +304,7 @@ MT_API mt_status mt_gpt_init(const mt_ctx *cx, mt_gpt *m, const mt_gpt_config *c
     mt__gpt_bind(m, (char *)m->param_mem, &m->w);
     mt__gpt_bind(m, (char *)m->grad_mem, &m->g);
     if (mt_tp_sp(&m->par)) MT_TRY(mt_device_alloc(m->device, 4 * (size_t)m->C * mt_dtype_size(m->dtype), &m->tp_buf));
-    return MT_OK;
+    return mt_tp_overlap_init(cx, &m->par); /* the backward's side stream for tp collectives (GPU, tp > 1) */
 }
 
 MT_API void mt_gpt_free(mt_gpt *m) {
@@ -311,6 +315,7 @@ MT_API void mt_gpt_free(mt_gpt *m) {
     mt_free(m->params);
     mt_free(m->ready);
     mt_device_free(m->device, m->tp_buf);
+    mt_tp_overlap_free(&m->par);
     memset(m, 0, sizeof *m);
 }
 

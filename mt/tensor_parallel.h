@@ -30,6 +30,22 @@
  *     gradients are reported final, so data-parallel buckets see complete gradients
  * With tp = 1 every call here is the plain op (no extra pass, no copy).
  *
+ * Overlap (GPU, NCCL; Megatron's async tensor-parallel all-reduce and its SP variant). The
+ * column-parallel backward computes dgrad first, then launches its collective on a side stream
+ * (lp.comm_stream, made once by mt_tp_overlap_init; mt_gpt_init does it) and runs the weight
+ * gradient GEMM (+ bias gradient) on the compute stream meanwhile:
+ *     no SP: all-reduce of dgrad                         behind the wgrad GEMM
+ *     SP:    all-gather of the saved input (for wgrad)   behind the dgrad GEMM
+ *            reduce-scatter of dgrad                     behind the wgrad GEMM
+ * Two events order the streams (compute -> comm before each launch; comm -> compute before the
+ * gathered input is used and before returning), so the caller sees the usual in-order semantics,
+ * no step allocates or synchronises with the host, CUDA graph capture sees a fork that joins, and
+ * tp collectives never run two at a time on one communicator. The side stream has the highest
+ * priority. The data-parallel buckets (mt/ddp.h) wait on the compute stream, after the join. The
+ * forward has nothing to overlap without splitting GEMMs: each collective's result is the next op's
+ * input. lp.no_comm_overlap = 1 keeps everything in line on cx's stream (A/B timing); the host
+ * backend always does (it is synchronous), and results are the same either way (the same GEMMs).
+ *
  * Cross-entropy exchange. Megatron all-reduces the row max (MAX), then the target logit (SUM), then
  * the sum of exp (SUM), with a pass over the logits between the first and the last. Here one pass
  * computes each rank's (max m_q, sum of exp below its own max s_q, target logit or 0), one
@@ -47,8 +63,8 @@
  * Host backend: it reduces f32/bf16/f16; for f64 (the CPU tests' dtype) mt_tp_all_reduce and
  * mt_tp_reduce_scatter gather the addends and sum them here in rank order, in double.
  *
- * Defines: mt_layer_par, mt_layer_par_from, mt_tp_sp, mt_tp_rows, mt_tp_all_reduce,
- *   mt_tp_all_gather, mt_tp_reduce_scatter, mt_column_parallel_fwd/bwd, mt_row_parallel_fwd/bwd,
+ * Defines: mt_layer_par, mt_layer_par_from, mt_tp_overlap_init/free, mt_tp_sp, mt_tp_rows,
+ *   mt_tp_all_reduce, mt_tp_all_gather, mt_tp_reduce_scatter, mt_column_parallel_fwd/bwd, mt_row_parallel_fwd/bwd,
  *   mt_vocab_parallel_embedding_fwd/bwd, mt_vocab_parallel_xent
  */
 #ifndef MT_TENSOR_PARALLEL_H
@@ -68,6 +84,10 @@ typedef struct mt_layer_par {
     int ep_rank, ep_size;  /* expert parallel */
     int sequence_parallel; /* norms and residuals on N/tp rows; ignored when tp_size is 1 */
     struct mt_comm *tp, *cp, *ep;
+    int no_comm_overlap;   /* 1: every tp collective in line on cx's stream (to measure what the
+                              overlap buys); 0 (default): the backward overlaps, see below */
+    void *comm_stream;     /* cudaStream_t of the overlapped tp collectives (mt_tp_overlap_init), or NULL */
+    void *comm_ev[2];      /* cudaEvent_t: [0] compute -> comm stream, [1] comm -> compute stream */
 } mt_layer_par;
 
 /* The layer context of this rank of the grid (communicators borrowed from p). */
@@ -78,6 +98,46 @@ MT_API void mt_layer_par_from(mt_layer_par *lp, const mt_parallel *p, int sequen
     lp->ep_rank = p->ep_rank; lp->ep_size = p->size.ep;
     lp->sequence_parallel = sequence_parallel && p->size.tp > 1;
     lp->tp = p->tp; lp->cp = p->cp; lp->ep = p->ep;
+}
+
+/* Destroy what mt_tp_overlap_init created (NULL members skipped). */
+MT_API void mt_tp_overlap_free(mt_layer_par *p) {
+#ifdef __CUDACC__
+    for (int k = 0; k < 2; k++)
+        if (p->comm_ev[k]) cudaEventDestroy((cudaEvent_t)p->comm_ev[k]);
+    if (p->comm_stream) cudaStreamDestroy((cudaStream_t)p->comm_stream);
+#endif
+    p->comm_stream = p->comm_ev[0] = p->comm_ev[1] = NULL;
+}
+
+/* Create the side stream and the two events of the overlapped backward (GPU and tp > 1; otherwise
+ * nothing): once, at model build time (mt_gpt_init does it for its copy of the layer context). The
+ * stream has the highest priority, so the collective's blocks are scheduled ahead of the GEMM it
+ * overlaps as SMs free up. No-op on the CPU. */
+MT_API mt_status mt_tp_overlap_init(const mt_ctx *cx, mt_layer_par *p) {
+    p->comm_stream = p->comm_ev[0] = p->comm_ev[1] = NULL;
+#ifdef __CUDACC__
+    if (cx->device.type != MT_CUDA || p->tp_size <= 1) return MT_OK;
+    int least = 0, greatest = 0;
+    cudaStream_t s;
+    cudaError_t e = cudaDeviceGetStreamPriorityRange(&least, &greatest);
+    if (e == cudaSuccess) e = cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, greatest);
+    if (e != cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "tp: creating the communication stream: %s", cudaGetErrorString(e));
+    p->comm_stream = (void *)s;
+    for (int k = 0; k < 2; k++) {
+        cudaEvent_t ev;
+        e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
+        if (e != cudaSuccess) {
+            mt_tp_overlap_free(p);
+            return mt_errorf(MT_ERR_CUDA, "tp: cudaEventCreate: %s", cudaGetErrorString(e));
+        }
+        p->comm_ev[k] = (void *)ev;
+    }
+#else
+    (void)cx;
+#endif
+    return MT_OK;
 }
 
 /* Sequence parallelism in effect. */
@@ -137,6 +197,37 @@ MT_API mt_status mt_tp_reduce_scatter(const mt_ctx *cx, const mt_layer_par *p, v
     return mt_comm_reduce_scatter(p->tp, full, local, count_per_rank, dt, MT_SUM, cx->stream);
 }
 
+/* ------------------------------------------------------------------ the overlapped backward (GPU) */
+
+/* The backward overlaps its tp collectives with GEMMs: NCCL backend on the GPU, streams made by
+ * mt_tp_overlap_init, and not switched off. The host backend is synchronous and stays in line. */
+MT_API int mt__tp_overlap(const mt_ctx *cx, const mt_layer_par *p) {
+    return p->tp_size > 1 && p->tp && p->comm_stream && !p->no_comm_overlap && cx->device.type == MT_CUDA &&
+           p->tp->backend == MT__COMM_NCCL;
+}
+
+/* Record event k on `stream` (the work queued on it so far). */
+MT_API mt_status mt__tp_record(const mt_layer_par *p, int k, void *stream) {
+#ifdef __CUDACC__
+    cudaError_t e = cudaEventRecord((cudaEvent_t)p->comm_ev[k], (cudaStream_t)stream);
+    if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "tp: cudaEventRecord: %s", cudaGetErrorString(e));
+#else
+    (void)p; (void)k; (void)stream;
+#endif
+    return MT_OK;
+}
+
+/* `stream` waits for event k's latest record (no host sync; legal under CUDA graph capture). */
+MT_API mt_status mt__tp_wait(const mt_layer_par *p, int k, void *stream) {
+#ifdef __CUDACC__
+    cudaError_t e = cudaStreamWaitEvent((cudaStream_t)stream, (cudaEvent_t)p->comm_ev[k], 0);
+    if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "tp: cudaStreamWaitEvent: %s", cudaGetErrorString(e));
+#else
+    (void)p; (void)k; (void)stream;
+#endif
+    return MT_OK;
+}
+
 /* ------------------------------------------------------------------ linear layers */
 
 /* Column-parallel linear: w is this rank's OC/tp rows of the global (OC, IC) weight, b its OC/tp.
@@ -163,6 +254,39 @@ MT_API mt_status mt_column_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p,
     const void *x = inp;
     size_t rows = (size_t)mt_tp_rows(p, N);
     *dinp_local = dinp;
+    if (mt__tp_overlap(cx, p)) {
+        /* Megatron's overlap. The collectives go on p->comm_stream, forked from cx's stream by event 0
+         * (recorded after everything queued so far: the inputs are final and `gather` is free); cx's
+         * stream waits on event 1 where it needs their results, so nothing is left running on the
+         * side stream when this returns (the next tp collective, and a CUDA graph capture, may
+         * follow on cx's stream).
+         *   SP:    all-gather inp -> gather   || dgrad GEMM
+         *          reduce-scatter dgrad       || wgrad GEMM (+ bias grad) on the gathered inp
+         *   no SP: all-reduce dgrad           || wgrad GEMM (+ bias grad) */
+        mt_ctx cc = *cx;
+        void *cs = cx->stream; /* the compute stream */
+        cc.stream = p->comm_stream;
+        if (mt_tp_sp(p)) {
+            MT_TRY(mt__tp_record(p, 0, cs));
+            MT_TRY(mt__tp_wait(p, 0, cc.stream));
+            MT_TRY(mt_tp_all_gather(&cc, p, gather, inp, rows * IC, cx->dtype));
+            MT_TRY(mt__tp_record(p, 1, cc.stream)); /* the gathered input, for wgrad */
+            x = gather;
+        }
+        MT_TRY(mt_matmul_bwd(cx, dinp, NULL, NULL, dout, x, w, NULL, N, IC, OC));
+        MT_TRY(mt__tp_record(p, 0, cs));
+        MT_TRY(mt__tp_wait(p, 0, cc.stream));
+        if (mt_tp_sp(p)) {
+            *dinp_local = (char *)dinp + (size_t)p->tp_rank * rows * IC * mt_dtype_size(cx->dtype);
+            MT_TRY(mt_tp_reduce_scatter(&cc, p, *dinp_local, dinp, rows * IC, cx->dtype));
+            MT_TRY(mt__tp_wait(p, 1, cs));
+        } else {
+            MT_TRY(mt_tp_all_reduce(&cc, p, dinp, (size_t)N * IC, cx->dtype));
+        }
+        MT_TRY(mt_matmul_bwd(cx, NULL, dw, db, dout, x, w, NULL, N, IC, OC));
+        MT_TRY(mt__tp_record(p, 1, cc.stream));
+        return mt__tp_wait(p, 1, cs);
+    }
     if (mt_tp_sp(p)) {
         MT_TRY(mt_tp_all_gather(cx, p, gather, inp, rows * IC, cx->dtype));
         x = gather;

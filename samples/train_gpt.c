@@ -17,6 +17,7 @@
 typedef struct args {
     mt_gpt_config model;
     int seq_len, micro_batch, global_batch, train_iters, world_size, tp, sequence_parallel, grad_fp32;
+    int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
     mt_shard_strategy sharding;
     double lr, min_lr, weight_decay, clip_grad, beta1, beta2, eps;
     int warmup_iters, decay_iters;
@@ -39,7 +40,7 @@ static void usage(void) {
             "  --data-path [W] PREFIX...  --split 949,50,1  --eval-interval N  --eval-iters N  --log-interval N\n"
             "  --world-size N  --tensor-model-parallel-size N  --sequence-parallel  --use-distributed-optimizer\n"
             "  --data-parallel-sharding-strategy no_shard|optim|optim_grads|optim_grads_params\n"
-            "  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n");
+            "  --no-tp-comm-overlap  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n");
 }
 
 static int fail(const char *fmt, const char *a, const char *b) {
@@ -90,6 +91,7 @@ static int parse_args(int argc, char **argv, args *a) {
         if (!strcmp(f, "--bf16")) { a->dtype_flag = 2; continue; }
         if (!strcmp(f, "--fp32")) { a->dtype_flag = 1; continue; }
         if (!strcmp(f, "--sequence-parallel")) { a->sequence_parallel = 1; continue; }
+        if (!strcmp(f, "--no-tp-comm-overlap")) { a->no_tp_comm_overlap = 1; continue; }
         if (!strcmp(f, "--use-distributed-optimizer")) { a->sharding = MT_SHARD_OPTIM; continue; }
         if (!strcmp(f, "--accumulate-allreduce-grads-in-fp32")) { a->grad_fp32 = 1; continue; }
         if (!strcmp(f, "--data-path")) {
@@ -354,6 +356,7 @@ static mt_status train(mt_comm *world, void *arg) {
     mt_layer_par lp;
     memset(&lp, 0, sizeof lp);
     if (world) mt_layer_par_from(&lp, &par, a.sequence_parallel);
+    lp.no_comm_overlap = a.no_tp_comm_overlap;
 
     /* 2. The data: Megatron .bin/.idx (or llm.c) token files, or the synthetic task; each dp rank
      * reads its own micro-batches of every global batch. */
@@ -438,8 +441,9 @@ static mt_status train(mt_comm *world, void *arg) {
                a.model.n_layer, a.model.n_embd, a.model.n_head, a.model.vocab_size, a.model.padded_vocab, T,
                mt_gpt_num_params(&model.cfg, 1) / 1e6, cx.device.type == MT_CUDA ? "GPU" : "CPU",
                mt_dtype_name(cx.dtype));
-        printf("ranks: %d (tensor parallel %d%s, data parallel %d, %s)\n", world ? mt_comm_size(world) : 1,
-               par.size.tp, model.par.sequence_parallel ? " with sequence parallelism" : "", dp,
+        printf("ranks: %d (tensor parallel %d%s%s, data parallel %d, %s)\n", world ? mt_comm_size(world) : 1,
+               par.size.tp, model.par.sequence_parallel ? " with sequence parallelism" : "",
+               par.size.tp > 1 && model.par.no_comm_overlap ? ", collectives not overlapped" : "", dp,
                world ? mt_shard_strategy_name(a.sharding) : "one rank");
         printf("batch: %d x %d tokens (micro-batch %d, %d accumulation steps), %d iterations, %s\n", a.global_batch,
                T, B, n_micro, a.train_iters,

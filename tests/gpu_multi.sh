@@ -1,7 +1,8 @@
 #!/bin/sh
 # The multi-GPU part of the GPU checks (2+ GPUs): collectives in both launch modes and a killed
 # rank, data- and tensor-parallel equivalence, NCCL bandwidth and the trainer's scaling next to the
-# PyTorch peers. Build first (`make all test-cuda-build`); logs go to $OUT (or build/gpu-logs).
+# PyTorch peers (tp=2 with and without the backward's communication overlap). Build first
+# (`make all test-cuda-build`); logs go to $OUT (or build/gpu-logs).
 #   sh tests/gpu_multi.sh [comm] [tests] [comm-bench] [scaling] [launch-modes]   (default: all)
 #   ANCHORS=dir   where the peers' scripts are (default ../shared/anchors)
 set -u
@@ -66,6 +67,11 @@ if has scaling; then
     note "ours 48x1664 tp=2: $(speed "$out/d48tp_tp2.log")"
     ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --sequence-parallel > "$out/d48tp_tp2sp.log" 2>&1
     note "ours 48x1664 tp=2 + SP: $(speed "$out/d48tp_tp2sp.log")"
+    # the same two with the backward's tp collectives in line: what the overlap buys
+    ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --no-tp-comm-overlap > "$out/d48tp_tp2_nooverlap.log" 2>&1
+    note "ours 48x1664 tp=2, no tp comm overlap: $(speed "$out/d48tp_tp2_nooverlap.log")"
+    ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --sequence-parallel --no-tp-comm-overlap > "$out/d48tp_tp2sp_nooverlap.log" 2>&1
+    note "ours 48x1664 tp=2 + SP, no tp comm overlap: $(speed "$out/d48tp_tp2sp_nooverlap.log")"
     PYTHONUNBUFFERED=1 python3 -m torch.distributed.run --nproc_per_node=2 "$anchors/torch_gpt.py" d12 d48 > "$out/torch_ddp.log" 2>&1
     grep RESULT "$out/torch_ddp.log" | tee -a "$summary"
 fi

@@ -12,6 +12,10 @@
  *    iterations (relative < 1e-5) and the gathered f32 gradients after the first backward
  *    (||tp - tp1|| / ||tp1|| per tensor < 1e-4); bf16 lm loss over 50 iterations (relative < 2e-2).
  *    Head dim 64, so bf16 attention is the flash kernel.
+ * 3. The backward's communication overlap (mt/tensor_parallel.h), on by default in part 2: each tp = 2
+ *    run again with it off (lp.no_comm_overlap), against the run with it on: the same GEMMs and
+ *    collectives, only on two streams, so the same numbers are expected; bounds f32 1e-6 (losses and
+ *    every rank's gradient buffer), bf16 1e-2 (losses).
  */
 #include "megatron.h"
 #include "mt_test.h"
@@ -119,9 +123,11 @@ static mt_gpt_config gpu_config(void) {
 typedef struct run {
     mt_gpt_config cfg;
     mt_dtype dt;
-    int tp, sp, B, T, iters;
+    int tp, sp, no_overlap, B, T, iters;
     double loss[MAXTP][64];
     float *grads[MAXTP];
+    size_t n_grads[MAXTP];
+    int overlapped[MAXTP];  /* the backward took the overlapped path (mt__tp_overlap) */
     mt_param *table[MAXTP];
     int n_params[MAXTP];
 } run;
@@ -139,8 +145,10 @@ static mt_status rank_main(mt_comm *world, void *arg) {
     MT_TRY(mt_parallel_init(&grid, world, &pc));
     mt_layer_par lp;
     mt_layer_par_from(&lp, &grid, r->sp);
+    lp.no_comm_overlap = r->no_overlap;
     mt_gpt m;
     MT_TRY(mt_gpt_init(&cx, &m, &r->cfg, &lp, 0, 0));
+    r->overlapped[rank] = mt__tp_overlap(&cx, &m.par);
     float *init = (float *)calloc(m.num_params, sizeof(float));
     mt_gpt_init_values(&m, init);
     MT_TRY(mt_copy_from_f32(&cx, m.param_mem, init, m.num_params));
@@ -170,6 +178,7 @@ static mt_status rank_main(mt_comm *world, void *arg) {
         r->loss[rank][it] = l / N;
         if (it == 0 && r->dt == MT_F32) {
             r->grads[rank] = (float *)calloc(m.num_params, sizeof(float));
+            r->n_grads[rank] = m.num_params;
             MT_TRY(mt_copy_to_f32(&cx, r->grads[rank], m.grad_mem, m.dtype, m.num_params));
         }
         mt_optim_hp hp;
@@ -191,11 +200,13 @@ static mt_status rank_main(mt_comm *world, void *arg) {
     return MT_OK;
 }
 
-static int do_run(run *r, mt_dtype dt, int tp, int sp, int iters) {
+static int do_run(run *r, mt_dtype dt, int tp, int sp, int no_overlap, int iters) {
     memset(r, 0, sizeof *r);
-    r->cfg = gpu_config(); r->dt = dt; r->tp = tp; r->sp = sp; r->B = 4; r->T = 64; r->iters = iters;
+    r->cfg = gpu_config(); r->dt = dt; r->tp = tp; r->sp = sp; r->no_overlap = no_overlap;
+    r->B = 4; r->T = 64; r->iters = iters;
     mt_status st = mt_nccl_run(tp, 120.0, rank_main, r, NULL);
-    MT_EXPECT(st == MT_OK, "tp=%d sp=%d %s: %s", tp, sp, mt_dtype_name(dt), mt_status_str(st));
+    MT_EXPECT(st == MT_OK, "tp=%d sp=%d overlap %s %s: %s", tp, sp, no_overlap ? "off" : "on", mt_dtype_name(dt),
+              mt_status_str(st));
     return st == MT_OK;
 }
 
@@ -240,9 +251,9 @@ static void test_tp_model(void) {
         int iters = k ? 50 : 5;
         double tol = k ? 2e-2 : 1e-5;
         run one, r;
-        if (!do_run(&one, dt, 1, 0, iters)) return;
+        if (!do_run(&one, dt, 1, 0, 0, iters)) return;
         for (int sp = 0; sp <= 1; sp++) {
-            if (do_run(&r, dt, 2, sp, iters)) {
+            if (do_run(&r, dt, 2, sp, 0, iters)) {
                 double worst = 0;
                 for (int q = 0; q < 2; q++)
                     for (int it = 0; it < iters; it++)
@@ -252,6 +263,26 @@ static void test_tp_model(void) {
                        mt_dtype_name(dt), sp ? " +SP" : "", one.loss[0][0], one.loss[0][iters - 1], iters, worst, dg);
                 MT_EXPECT(worst < tol, "%s tp=2 sp=%d: loss rel diff %.3e", mt_dtype_name(dt), sp, worst);
                 MT_EXPECT(dg < 1e-4, "%s tp=2 sp=%d: gradients differ by %.3e", mt_dtype_name(dt), sp, dg);
+                MT_EXPECT(r.overlapped[0] && r.overlapped[1], "tp=2 sp=%d: the backward did not overlap", sp);
+                run off;
+                if (do_run(&off, dt, 2, sp, 1, iters)) {
+                    MT_EXPECT(!off.overlapped[0] && !off.overlapped[1], "tp=2 sp=%d: overlap not switched off", sp);
+                    double lo = 0, go = 0, bound = dt == MT_F32 ? 1e-6 : 1e-2;
+                    for (int q = 0; q < 2; q++) {
+                        for (int it = 0; it < iters; it++)
+                            lo = fmax(lo, fabs(r.loss[q][it] - off.loss[q][it]) / off.loss[q][it]);
+                        if (dt == MT_F32)
+                            go = r.n_grads[q] == off.n_grads[q]
+                                     ? fmax(go, rel_err(r.grads[q], off.grads[q], r.n_grads[q])) : INFINITY;
+                    }
+                    printf("    %s tp=2%s: overlap on vs off: loss max rel diff %.2e, grads %.2e (bound %.0e)\n",
+                           mt_dtype_name(dt), sp ? " +SP" : "", lo, go, bound);
+                    MT_EXPECT(lo < bound, "%s tp=2 sp=%d: overlap on/off losses differ by %.3e", mt_dtype_name(dt),
+                              sp, lo);
+                    MT_EXPECT(go < bound, "%s tp=2 sp=%d: overlap on/off gradients differ by %.3e",
+                              mt_dtype_name(dt), sp, go);
+                }
+                run_free(&off);
             }
             run_free(&r);
         }
