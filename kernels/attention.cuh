@@ -1085,6 +1085,294 @@ mt__flash_bwd_dq_kernel(__nv_bfloat16 *__restrict__ dqkv, const __nv_bfloat16 *_
     }
 }
 
+/* ------------------------------------------------------------------ backward on Hopper's wgmma (sm_90a) */
+
+/* wgmma (warpgroup matrix multiply, 4 warps = 128 threads issue one m64nNk16 product together).
+ * A shared-memory operand is named by a 64-bit descriptor: start address, leading and stride byte
+ * offsets (all >> 4) and the swizzle mode (bits 62-63, 1 = 128-byte swizzle). Every tile here is rows
+ * of 64 bf16 (128 bytes) whose 16-byte chunks are XOR-swizzled by (row & 7), i.e. mt__fa_swz<64>: on a
+ * tile starting at a 1024-byte boundary that is exactly the hardware's 128-byte swizzle. So:
+ *   K-major operand (tile rows = M or N, the 64 columns = K): 8-row groups 1024 bytes apart (stride
+ *     offset); the k16 step kk starts kk*32 bytes into the rows (the swizzle applies to the address).
+ *   MN-major operand (tile rows = K, the 64 columns = M or N; imm-trans 1): 8-row groups along K 1024
+ *     bytes apart (stride offset); the k16 step kk starts at row 16*kk, kk*2048 bytes on. One swizzle
+ *     atom spans all 64 columns, so the leading offset (between atoms along M/N) is never used. */
+__device__ __forceinline__ uint64_t mt__wg_desc(uint32_t saddr) {
+    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MT__WG_OK 1
+#else
+#define MT__WG_OK 0
+#endif
+
+__device__ __forceinline__ void mt__wg_fence() {
+#if MT__WG_OK
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mt__wg_commit() {
+#if MT__WG_OK
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void mt__wg_wait() {
+#if MT__WG_OK
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+/* Pin the accumulator registers here: code after a wait may not be moved above it. */
+__device__ __forceinline__ void mt__wg_keep(float (&d)[32]) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+/* Make this thread's ordinary shared-memory stores (and completed cp.async) visible to wgmma's reads. */
+__device__ __forceinline__ void mt__fence_async_smem() {
+#if MT__WG_OK
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+/* Barrier `id` (1..15; 0 is __syncthreads) over `n` threads. */
+__device__ __forceinline__ void mt__bar_sync(int id, int n) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
+/* d (64x64 fp32, warpgroup accumulator) (+)= A (64x16) * B (16x64), both from shared memory.
+ * TA / TB: 0 = K-major, 1 = M/N-major. acc = 0 overwrites d. */
+template <int TA, int TB>
+__device__ __forceinline__ void mt__wg_ss(float (&d)[32], uint64_t a, uint64_t b, int acc) {
+#if MT__WG_OK
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+        "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, %35, %36;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(a), "l"(b), "r"(acc), "n"(TA), "n"(TB));
+#endif
+}
+/* d (64x64 fp32) += A (64x16 bf16, registers: the mma.sync m16n8k16 A fragment of this warp's 16 rows)
+ * * B (16x64, shared memory; TB as above). */
+template <int TB>
+__device__ __forceinline__ void mt__wg_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+#if MT__WG_OK
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+        "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, %37;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB));
+#endif
+}
+
+/* Backward on wgmma, head dim 64. One CTA per (key block of 128 rows, kv group, batch), 2 warpgroups
+ * of 64 keys each (256 threads); K and V stay in shared memory; per head of the group and query block
+ * of 64 rows (Q, dO, lse, delta double-buffered with cp.async), each warpgroup with its keys as M:
+ *   S^T = K Q^T, dP^T = V dO^T               (A = K / V, B = Q / dO, both K-major in shared memory)
+ *   P^T = exp(S^T scale - lse) masked, dS^T = P^T (dP^T - delta)         (registers)
+ *   dV += P^T dO, dK += dS^T Q                (A = P^T / dS^T from registers, B = dO / Q N-major)
+ *   dQ_part = dS K over its 64 keys            (dS^T to shared memory; A M-major, B = K N-major)
+ *   dq_acc += dQ_part                          (fp32 float2 atomics)
+ * Accumulators (64x64 fp32 per warpgroup: 32 registers a thread) follow mma.sync's C fragment per
+ * warp: element 4j+e is row 16*warp + lane/4 + 8*(e>>1), column 8j + 2*(lane&3) + (e&1). */
+template <int D>
+__global__ void __launch_bounds__(256, 1)
+mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
+                      const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
+                      const float *__restrict__ delta, const __nv_bfloat16 *__restrict__ qkv, int T, int Hkv, int G,
+                      int causal, float scale, float scale_log2) {
+    static_assert(D == 64, "the wgmma backward is written for head dim 64 (one 128-byte swizzle atom per row)");
+    constexpr int BM = 64, BN = 128, NT = 256, TILE = 64 * D * 2; /* bytes of a 64-row tile */
+#if MT__WG_OK
+    extern __shared__ __align__(1024) unsigned char mt__fa_smem3[];
+    const uint32_t raw = mt__fa_smem_addr(mt__fa_smem3);
+    const uint32_t base = (raw + 1023u) & ~1023u; /* the 128-byte swizzle repeats every 1024 bytes */
+    unsigned char *smem = mt__fa_smem3 + (base - raw);
+    const uint32_t sK = base;              /* 128 x D: warpgroup w's keys at sK + w*TILE */
+    const uint32_t sV = sK + 2 * TILE;     /* 128 x D */
+    const uint32_t sQ0 = sV + 2 * TILE;    /* 2 stages of 64 x D */
+    const uint32_t sO0 = sQ0 + 2 * TILE;   /* dO, 2 stages */
+    const uint32_t sS0 = sO0 + 2 * TILE;   /* dS^T of warpgroup w ([key][query]) at sS0 + w*TILE */
+    const uint32_t sL0 = sS0 + 2 * TILE;   /* lse, 2 stages of 64 floats */
+    const uint32_t sD0 = sL0 + 2 * BM * 4; /* delta, 2 stages */
+    const float *sLf = reinterpret_cast<const float *>(smem + (sL0 - base));
+    const float *sDf = reinterpret_cast<const float *>(smem + (sD0 - base));
+
+    const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127, wq = (tid >> 5) & 3, lane = tid & 31;
+    const int gr = lane >> 2, tq = lane & 3;
+    const int H = Hkv * G;
+    const int nb = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    const int n0 = nb * BN, kv0 = n0 + wg * 64; /* first key of the CTA, of this warpgroup */
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const size_t ldo = (size_t)H * D;
+    const __nv_bfloat16 *grp = qkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+    const int nqb = (T + BM - 1) / BM;
+    const int qb0 = causal ? n0 / BM : 0;
+    const int per_head = nqb - qb0;
+    const int total = G * per_head;
+    const uint32_t sKw = sK + wg * TILE, sVw = sV + wg * TILE, sSw = sS0 + wg * TILE;
+
+    auto load_q = [&](int it, int st) {
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        mt__fa_load_tile<BM, D, NT>(sQ0 + st * TILE, grp + (size_t)jj * D, ld, q0, T, tid);
+        mt__fa_load_tile<BM, D, NT>(sO0 + st * TILE, dout + (size_t)b * T * ldo + (size_t)hh * D, ldo, q0, T, tid);
+        if (tid < BM) {
+            const size_t off = ((size_t)b * H + hh) * T;
+            const bool ok = q0 + tid < T;
+            const int qi = ok ? q0 + tid : 0;
+            mt__fa_cp4(sL0 + st * BM * 4 + tid * 4, lse + off + qi, ok);
+            mt__fa_cp4(sD0 + st * BM * 4 + tid * 4, delta + off + qi, ok);
+        }
+    };
+
+    mt__fa_load_tile<BN, D, NT>(sK, grp + (size_t)G * D, ld, n0, T, tid);
+    mt__fa_load_tile<BN, D, NT>(sV, grp + (size_t)(G + 1) * D, ld, n0, T, tid);
+    load_q(0, 0);
+    mt__fa_cp_commit();
+
+    float dk[32], dv[32], s[32], dp[32], dq[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dk[i] = dv[i] = s[i] = dp[i] = dq[i] = 0.f;
+
+    for (int it = 0; it < total; it++) {
+        const int st = it & 1;
+        mt__fa_cp_wait<0>();     /* this stage (and, the first time, K and V) has landed */
+        mt__fence_async_smem();  /* ... and is visible to wgmma */
+        __syncthreads();         /* everyone's copies done; everyone is past the previous iteration */
+        if (it + 1 < total) {
+            load_q(it + 1, st ^ 1);
+            mt__fa_cp_commit();
+        }
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        /* nothing to do when every key of this warpgroup is past T or (causal) after every query */
+        if (kv0 >= T || (causal && kv0 > q0 + BM - 1)) continue;
+        const uint32_t sQ = sQ0 + st * TILE, sO = sO0 + st * TILE;
+        const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
+
+        /* S^T = K Q^T, dP^T = V dO^T */
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ss<0, 0>(s, mt__wg_desc(sKw + kk * 32), mt__wg_desc(sQ + kk * 32), kk);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + kk * 32), mt__wg_desc(sO + kk * 32), kk);
+        mt__wg_commit();
+        mt__wg_wait<0>();
+        mt__wg_keep(s);
+        mt__wg_keep(dp);
+
+        /* P^T = exp2(S^T c - lse log2e), masked; dS^T = P^T (dP^T - delta); bf16 A fragments */
+        const bool need_mask = (q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0);
+        const int kr = kv0 + wq * 16 + gr; /* key row of elements 0, 1 (+8 for 2, 3) */
+        uint32_t pa[4][4], da[4][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int qc = 8 * j + 2 * tq;
+            const float2 l = *reinterpret_cast<const float2 *>(sL + qc);
+            const float2 dl = *reinterpret_cast<const float2 *>(sDl + qc);
+            float v[4], w[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float sv = s[4 * j + e];
+                if (need_mask) {
+                    const int kv = kr + (e >> 1) * 8, q = q0 + qc + (e & 1);
+                    if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
+                }
+                v[e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
+                w[e] = v[e] * (dp[4 * j + e] - ((e & 1) ? dl.y : dl.x));
+            }
+            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(v[0], v[1]);
+            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(v[2], v[3]);
+            da[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(w[0], w[1]);
+            da[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(w[2], w[3]);
+        }
+        /* dS^T (bf16) to this warpgroup's [key][query] tile for dQ */
+        {
+            const int rl = wq * 16 + gr;
+            unsigned char *p = smem + (sSw - base);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = da[j >> 1][(j & 1) * 2];
+                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) = da[j >> 1][(j & 1) * 2 + 1];
+            }
+        }
+
+        /* dV += P^T dO, dK += dS^T Q (k = query rows) */
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc(sO + kk * 2048));
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk, da[kk], mt__wg_desc(sQ + kk * 2048));
+        mt__wg_commit();
+
+        /* dQ_part (64 queries x D) = dS K over this warpgroup's 64 keys */
+        mt__fence_async_smem();
+        mt__bar_sync(1 + wg, 128); /* the whole dS^T tile is written */
+#pragma unroll
+        for (int kk = 0; kk < 64 / 16; kk++)
+            mt__wg_ss<1, 1>(dq, mt__wg_desc(sSw + kk * 2048), mt__wg_desc(sKw + kk * 2048), kk);
+        mt__wg_commit();
+        mt__wg_wait<0>();
+        mt__wg_keep(dq);
+        mt__wg_keep(dk);
+        mt__wg_keep(dv);
+
+        float *dqh = dq_acc + (((size_t)b * H + hh) * T) * D;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int q = q0 + wq * 16 + gr + r * 8;
+            if (q < T) {
+#pragma unroll
+                for (int j = 0; j < 8; j++)
+                    atomicAdd(reinterpret_cast<float2 *>(dqh + (size_t)q * D + 8 * j + 2 * tq),
+                              make_float2(dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]));
+            }
+        }
+    }
+
+    /* dK * scale and dV to bf16 through this warpgroup's own rows of sK / sV (only it reads them, and its
+     * products are complete), then 16-byte stores */
+    if (kv0 < T) {
+        unsigned char *pk = smem + (sKw - base), *pv = smem + (sVw - base);
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int rl = wq * 16 + gr + r * 8;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const uint32_t off = mt__fa_swz<64>(rl, j) + tq * 4;
+                *reinterpret_cast<uint32_t *>(pk + off) =
+                    mt__fa_pack(dk[4 * j + 2 * r] * scale, dk[4 * j + 2 * r + 1] * scale);
+                *reinterpret_cast<uint32_t *>(pv + off) = mt__fa_pack(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+            }
+        }
+        mt__bar_sync(1 + wg, 128);
+        __nv_bfloat16 *dgrp = dqkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+#pragma unroll
+        for (int k = 0; k < 64 * 8 / 128; k++) {
+            const int i = k * 128 + wtid, r = i >> 3, c = i & 7, row = kv0 + r;
+            if (row < T) {
+                __nv_bfloat16 *dst = dgrp + (size_t)row * ld + (size_t)G * D + c * 8;
+                *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(pk + mt__fa_swz<64>(r, c));
+                *reinterpret_cast<uint4 *>(dst + D) = *reinterpret_cast<const uint4 *>(pv + mt__fa_swz<64>(r, c));
+            }
+        }
+    }
+#else
+    (void)dqkv; (void)dq_acc; (void)dout; (void)lse; (void)delta; (void)qkv; (void)T; (void)Hkv; (void)G;
+    (void)causal; (void)scale; (void)scale_log2;
+#endif
+}
+
 /* ------------------------------------------------------------------ launchers */
 
 /* Default tile shapes per head dim (forward: BM query rows, BN key rows, NW warps; backward: BWD2
@@ -1195,6 +1483,43 @@ static inline mt_status mt__flash_bwd2_run(const mt_ctx *cx, void *dqkv, const v
     const size_t smem = (size_t)2 * 128 * D * 2 + (size_t)4 * 64 * D * 2 + (size_t)2 * 64 * 128 * 2 + 4 * 64 * 4;
     void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
               int, int, int, int, float, float) = mt__flash_bwd2_kernel<D>;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
+    dim3 grid((T + 127) / 128, Hkv, B);
+    k<<<grid, 256, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
+                              (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
+    MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
+    mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G,
+                                                                         D, scale);
+    return mt__fa_cuda("mt_flash_attention_bwd: dq");
+}
+
+/* The backward through mt__flash_bwd3_kernel (wgmma, head dim 64; atomics for dQ). The kernel needs a
+ * build for sm_90a (-gencode=arch=compute_90a,code=sm_90a) and a GPU of compute capability 9.x; on
+ * anything else this returns MT_ERR_UNSUPPORTED. */
+template <int D>
+static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                           const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
+                                           float *delta, float *dq_acc) {
+    const int H = Hkv * G;
+    cudaStream_t s = (cudaStream_t)cx->stream;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
+    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
+              int, int, int, int, float, float) = mt__flash_bwd3_kernel<D>;
+    {
+        int dev = 0, major = 0;
+        cudaFuncAttributes fa;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaFuncGetAttributes(&fa, k) != cudaSuccess)
+            return mt__fa_cuda("mt_flash_attention_bwd (wgmma): device query");
+        if (major != 9 || fa.binaryVersion != 90) return MT_ERR_UNSUPPORTED;
+    }
+    const size_t n = (size_t)B * T * H * (D / 8);
+    mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
+        delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
+    MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
+    const size_t smem = 1024 + (size_t)10 * 64 * D * 2 + 4 * 64 * 4; /* alignment slack, K, V, Q x2, dO x2, dS^T x2 */
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
     dim3 grid((T + 127) / 128, Hkv, B);
