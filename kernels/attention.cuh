@@ -1124,11 +1124,6 @@ __device__ __forceinline__ void mt__wg_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
-/* Pin the accumulator registers here: code after a wait may not be moved above it. */
-__device__ __forceinline__ void mt__wg_keep(float (&d)[32]) {
-#pragma unroll
-    for (int i = 0; i < 32; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
 /* Make this thread's ordinary shared-memory stores (and completed cp.async) visible to wgmma's reads. */
 __device__ __forceinline__ void mt__fence_async_smem() {
 #if MT__WG_OK
@@ -1174,17 +1169,78 @@ __device__ __forceinline__ void mt__wg_rs(float (&d)[32], const uint32_t (&a)[4]
 #endif
 }
 
+/* d (64x32 fp32) (+)= A (64x16) * B (16x32), both from shared memory (TA / TB and acc as above). */
+template <int TA, int TB>
+__device__ __forceinline__ void mt__wg_ss32(float (&d)[16], uint64_t a, uint64_t b, int acc) {
+#if MT__WG_OK
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, %19, %20;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "l"(a), "l"(b), "r"(acc), "n"(TA), "n"(TB));
+#endif
+}
+/* Pin accumulator registers here: code after a wait may not be moved above it. */
+template <int N>
+__device__ __forceinline__ void mt__wg_keep(float (&d)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/* Add a warpgroup accumulator tile (rows of this warp: r0 and r0 + 8; NJ n8 tiles from column c0) into
+ * the fp32 rows `acc` (row stride D). V4: pairs of lanes swap halves so that each lane adds 4
+ * consecutive floats of one row (red.global.add.v4.f32, half the reductions of float2 atomics). Rows
+ * at or past T are skipped. */
+template <int NJ, int D, bool V4>
+__device__ __forceinline__ void mt__fa_red_tile(float *acc, const float (&d)[4 * NJ], int r0, int c0, int T,
+                                                int lane) {
+    const int tq = lane & 3;
+    if (V4) {
+        const bool odd = lane & 1;
+        const int row = odd ? r0 + 8 : r0;
+#pragma unroll
+        for (int j = 0; j < NJ; j++) {
+            const float x = odd ? d[4 * j] : d[4 * j + 2], y = odd ? d[4 * j + 1] : d[4 * j + 3];
+            const float rx = __shfl_xor_sync(0xffffffffu, x, 1), ry = __shfl_xor_sync(0xffffffffu, y, 1);
+            const float v0 = odd ? rx : d[4 * j], v1 = odd ? ry : d[4 * j + 1];
+            const float v2 = odd ? d[4 * j + 2] : rx, v3 = odd ? d[4 * j + 3] : ry;
+            float *dst = acc + (size_t)row * D + c0 + 8 * j + 2 * (tq & 2);
+            if (row < T)
+                asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v0), "f"(v1), "f"(v2),
+                             "f"(v3)
+                             : "memory");
+        }
+    } else {
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int row = r0 + r * 8;
+            if (row < T) {
+#pragma unroll
+                for (int j = 0; j < NJ; j++)
+                    atomicAdd(reinterpret_cast<float2 *>(acc + (size_t)row * D + c0 + 8 * j + 2 * tq),
+                              make_float2(d[4 * j + 2 * r], d[4 * j + 2 * r + 1]));
+            }
+        }
+    }
+}
+
 /* Backward on wgmma, head dim 64. One CTA per (key block of 128 rows, kv group, batch), 2 warpgroups
  * of 64 keys each (256 threads); K and V stay in shared memory; per head of the group and query block
  * of 64 rows (Q, dO, lse, delta double-buffered with cp.async), each warpgroup with its keys as M:
  *   S^T = K Q^T, dP^T = V dO^T               (A = K / V, B = Q / dO, both K-major in shared memory)
  *   P^T = exp(S^T scale - lse) masked, dS^T = P^T (dP^T - delta)         (registers)
  *   dV += P^T dO, dK += dS^T Q                (A = P^T / dS^T from registers, B = dO / Q N-major)
- *   dQ_part = dS K over its 64 keys            (dS^T to shared memory; A M-major, B = K N-major)
- *   dq_acc += dQ_part                          (fp32 float2 atomics)
- * Accumulators (64x64 fp32 per warpgroup: 32 registers a thread) follow mma.sync's C fragment per
+ *   dS^T (bf16) to shared memory, then dQ with A = dS (M-major view of dS^T):
+ *     SPLIT 0: each warpgroup dQ_part (64 x D) = dS K over its own 64 keys (B = K, N-major);
+ *     SPLIT 1: warpgroup w computes columns 32w..32w+31 of dQ (64 x 32) over all 128 keys, after a CTA
+ *              barrier (both dS^T tiles written), with B = K^T, a transposed copy of K made once
+ *              (K-major, so a 32-column slice is a plain descriptor): half the atomics of SPLIT 0;
+ *   dq_acc += dQ                               (fp32 atomics: float2, or with V4 red.global.add.v4.f32)
+ * Accumulators (64 x N fp32 per warpgroup: N/2 registers a thread) follow mma.sync's C fragment per
  * warp: element 4j+e is row 16*warp + lane/4 + 8*(e>>1), column 8j + 2*(lane&3) + (e&1). */
-template <int D>
+template <int D, int SPLIT, bool V4>
 __global__ void __launch_bounds__(256, 1)
 mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
                       const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
@@ -1202,8 +1258,9 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
     const uint32_t sQ0 = sV + 2 * TILE;    /* 2 stages of 64 x D */
     const uint32_t sO0 = sQ0 + 2 * TILE;   /* dO, 2 stages */
     const uint32_t sS0 = sO0 + 2 * TILE;   /* dS^T of warpgroup w ([key][query]) at sS0 + w*TILE */
-    const uint32_t sL0 = sS0 + 2 * TILE;   /* lse, 2 stages of 64 floats */
-    const uint32_t sD0 = sL0 + 2 * BM * 4; /* delta, 2 stages */
+    const uint32_t sKT = sS0 + 2 * TILE;   /* SPLIT: K^T, D x 128 keys as two D x 64 tiles (keys 64h..) */
+    const uint32_t sL0 = sKT + (SPLIT ? 2 * TILE : 0); /* lse, 2 stages of 64 floats */
+    const uint32_t sD0 = sL0 + 2 * BM * 4;  /* delta, 2 stages */
     const float *sLf = reinterpret_cast<const float *>(smem + (sL0 - base));
     const float *sDf = reinterpret_cast<const float *>(smem + (sD0 - base));
 
@@ -1238,8 +1295,25 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
     mt__fa_load_tile<BN, D, NT>(sV, grp + (size_t)(G + 1) * D, ld, n0, T, tid);
     load_q(0, 0);
     mt__fa_cp_commit();
+    if (SPLIT) { /* K^T: element (d, key) at tile key/64, row d, column key%64; two keys per 4-byte store */
+        mt__fa_cp_wait<0>();
+        __syncthreads();
+#pragma unroll 4
+        for (int k = 0; k < BN * D / 2 / NT; k++) {
+            const int i = k * NT + tid, d = i % D, key = 2 * (i / D);
+            const unsigned short lo =
+                *reinterpret_cast<const unsigned short *>(smem + mt__fa_swz<64>(key, d >> 3) + (d & 7) * 2);
+            const unsigned short hi =
+                *reinterpret_cast<const unsigned short *>(smem + mt__fa_swz<64>(key + 1, d >> 3) + (d & 7) * 2);
+            const int kc = key & 63;
+            *reinterpret_cast<uint32_t *>(smem + (sKT - base) + (key >> 6) * TILE + mt__fa_swz<64>(d, kc >> 3) +
+                                          (kc & 7) * 2) = (uint32_t)lo | ((uint32_t)hi << 16);
+        }
+        /* made visible to wgmma by the fence and barrier at the top of the first iteration */
+    }
 
-    float dk[32], dv[32], s[32], dp[32], dq[32];
+    float dk[32], dv[32], s[32], dp[32], dq[32]; /* SPLIT: dQ in dq[0..15] */
+    float(&dq16)[16] = *reinterpret_cast<float(*)[16]>(dq);
 #pragma unroll
     for (int i = 0; i < 32; i++) dk[i] = dv[i] = s[i] = dp[i] = dq[i] = 0.f;
 
@@ -1253,90 +1327,108 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
             mt__fa_cp_commit();
         }
         const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
-        /* nothing to do when every key of this warpgroup is past T or (causal) after every query */
-        if (kv0 >= T || (causal && kv0 > q0 + BM - 1)) continue;
         const uint32_t sQ = sQ0 + st * TILE, sO = sO0 + st * TILE;
         const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
+        /* a warpgroup whose keys are all past T or (causal) after every query of the block adds nothing;
+         * warpgroup 0 (keys n0.., n0 <= q0) always has work */
+        const bool act = !(kv0 >= T || (causal && kv0 > q0 + BM - 1));
+        float *dqh = dq_acc + (((size_t)b * H + hh) * T + q0) * D; /* row q0 of this head's accumulator */
+        /* Each run of wgmma below completes (wait_group 0) inside its own branch: none is in flight
+         * where the paths join, so the compiler never has to serialize them. */
+        if (!SPLIT && !act) continue;
+        if (act) {
+            /* S^T = K Q^T, dP^T = V dO^T */
+            mt__wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                mt__wg_ss<0, 0>(s, mt__wg_desc(sKw + kk * 32), mt__wg_desc(sQ + kk * 32), kk);
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + kk * 32), mt__wg_desc(sO + kk * 32), kk);
+            mt__wg_commit();
+            mt__wg_wait<0>();
+            mt__wg_keep(s);
+            mt__wg_keep(dp);
 
-        /* S^T = K Q^T, dP^T = V dO^T */
-        mt__wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ss<0, 0>(s, mt__wg_desc(sKw + kk * 32), mt__wg_desc(sQ + kk * 32), kk);
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + kk * 32), mt__wg_desc(sO + kk * 32), kk);
-        mt__wg_commit();
-        mt__wg_wait<0>();
-        mt__wg_keep(s);
-        mt__wg_keep(dp);
-
-        /* P^T = exp2(S^T c - lse log2e), masked; dS^T = P^T (dP^T - delta); bf16 A fragments */
-        const bool need_mask = (q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0);
-        const int kr = kv0 + wq * 16 + gr; /* key row of elements 0, 1 (+8 for 2, 3) */
-        uint32_t pa[4][4], da[4][4];
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int qc = 8 * j + 2 * tq;
-            const float2 l = *reinterpret_cast<const float2 *>(sL + qc);
-            const float2 dl = *reinterpret_cast<const float2 *>(sDl + qc);
-            float v[4], w[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float sv = s[4 * j + e];
-                if (need_mask) {
-                    const int kv = kr + (e >> 1) * 8, q = q0 + qc + (e & 1);
-                    if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
-                }
-                v[e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
-                w[e] = v[e] * (dp[4 * j + e] - ((e & 1) ? dl.y : dl.x));
-            }
-            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(v[0], v[1]);
-            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(v[2], v[3]);
-            da[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(w[0], w[1]);
-            da[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(w[2], w[3]);
-        }
-        /* dS^T (bf16) to this warpgroup's [key][query] tile for dQ */
-        {
-            const int rl = wq * 16 + gr;
-            unsigned char *p = smem + (sSw - base);
+            /* P^T = exp2(S^T c - lse log2e), masked; dS^T = P^T (dP^T - delta); bf16 A fragments */
+            const bool need_mask = (q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0);
+            const int kr = kv0 + wq * 16 + gr; /* key row of elements 0, 1 (+8 for 2, 3) */
+            uint32_t pa[4][4], da[4][4];
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = da[j >> 1][(j & 1) * 2];
-                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) = da[j >> 1][(j & 1) * 2 + 1];
+                const int qc = 8 * j + 2 * tq;
+                const float2 l = *reinterpret_cast<const float2 *>(sL + qc);
+                const float2 dl = *reinterpret_cast<const float2 *>(sDl + qc);
+                float v[4], w[4];
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float sv = s[4 * j + e];
+                    if (need_mask) {
+                        const int kv = kr + (e >> 1) * 8, q = q0 + qc + (e & 1);
+                        if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
+                    }
+                    v[e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
+                    w[e] = v[e] * (dp[4 * j + e] - ((e & 1) ? dl.y : dl.x));
+                }
+                pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(v[0], v[1]);
+                pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(v[2], v[3]);
+                da[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(w[0], w[1]);
+                da[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(w[2], w[3]);
             }
+            /* dS^T (bf16) to this warpgroup's [key][query] tile for dQ */
+            {
+                const int rl = wq * 16 + gr;
+                unsigned char *p = smem + (sSw - base);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = da[j >> 1][(j & 1) * 2];
+                    *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) =
+                        da[j >> 1][(j & 1) * 2 + 1];
+                }
+            }
+
+            /* dV += P^T dO, dK += dS^T Q (k = query rows) */
+            mt__wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc(sO + kk * 2048));
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk, da[kk], mt__wg_desc(sQ + kk * 2048));
+            if (!SPLIT) {
+                /* dQ_part (64 queries x D) = dS K over this warpgroup's 64 keys */
+                mt__fence_async_smem();
+                mt__bar_sync(2 + wg, 128); /* the whole dS^T tile is written */
+#pragma unroll
+                for (int kk = 0; kk < 64 / 16; kk++)
+                    mt__wg_ss<1, 1>(dq, mt__wg_desc(sSw + kk * 2048), mt__wg_desc(sKw + kk * 2048), kk);
+            }
+            mt__wg_commit();
+            mt__wg_wait<0>();
+            mt__wg_keep(dk);
+            mt__wg_keep(dv);
+        } else { /* SPLIT, warpgroup 1 idle: its dS^T is zero (warpgroup 0 still reads it for dQ) */
+            unsigned char *p = smem + (sSw - base);
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                *reinterpret_cast<uint4 *>(p + (k * 128 + wtid) * 16) = make_uint4(0u, 0u, 0u, 0u);
         }
 
-        /* dV += P^T dO, dK += dS^T Q (k = query rows) */
-        mt__wg_fence();
+        if (SPLIT) {
+            /* dQ[:, 32w..32w+31] (64 queries x 32) = dS K over the 128 keys */
+            mt__fence_async_smem();
+            mt__bar_sync(1, 256); /* both dS^T tiles are written */
+            const uint32_t bt = sKT + wg * 32 * 128; /* rows d = 32w.. of K^T */
+            mt__wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc(sO + kk * 2048));
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk, da[kk], mt__wg_desc(sQ + kk * 2048));
-        mt__wg_commit();
-
-        /* dQ_part (64 queries x D) = dS K over this warpgroup's 64 keys */
-        mt__fence_async_smem();
-        mt__bar_sync(1 + wg, 128); /* the whole dS^T tile is written */
-#pragma unroll
-        for (int kk = 0; kk < 64 / 16; kk++)
-            mt__wg_ss<1, 1>(dq, mt__wg_desc(sSw + kk * 2048), mt__wg_desc(sKw + kk * 2048), kk);
-        mt__wg_commit();
-        mt__wg_wait<0>();
-        mt__wg_keep(dq);
-        mt__wg_keep(dk);
-        mt__wg_keep(dv);
-
-        float *dqh = dq_acc + (((size_t)b * H + hh) * T) * D;
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int q = q0 + wq * 16 + gr + r * 8;
-            if (q < T) {
-#pragma unroll
-                for (int j = 0; j < 8; j++)
-                    atomicAdd(reinterpret_cast<float2 *>(dqh + (size_t)q * D + 8 * j + 2 * tq),
-                              make_float2(dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]));
-            }
+            for (int kk = 0; kk < 128 / 16; kk++)
+                mt__wg_ss32<1, 0>(dq16, mt__wg_desc(sS0 + (kk >> 2) * TILE + (kk & 3) * 2048),
+                                  mt__wg_desc(bt + (kk >> 2) * TILE + (kk & 3) * 32), kk);
+            mt__wg_commit();
+            mt__wg_wait<0>();
+            mt__wg_keep(dq16);
+            mt__fa_red_tile<4, D, V4>(dqh, dq16, wq * 16 + gr, wg * 32, T - q0, lane);
+        } else {
+            mt__wg_keep(dq);
+            mt__fa_red_tile<8, D, V4>(dqh, dq, wq * 16 + gr, 0, T - q0, lane);
         }
     }
 
@@ -1355,7 +1447,7 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
                 *reinterpret_cast<uint32_t *>(pv + off) = mt__fa_pack(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
             }
         }
-        mt__bar_sync(1 + wg, 128);
+        mt__bar_sync(2 + wg, 128);
         __nv_bfloat16 *dgrp = dqkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
 #pragma unroll
         for (int k = 0; k < 64 * 8 / 128; k++) {
@@ -1494,11 +1586,11 @@ static inline mt_status mt__flash_bwd2_run(const mt_ctx *cx, void *dqkv, const v
     return mt__fa_cuda("mt_flash_attention_bwd: dq");
 }
 
-/* The backward through mt__flash_bwd3_kernel (wgmma, head dim 64; atomics for dQ). The kernel needs a
- * build for sm_90a (-gencode=arch=compute_90a,code=sm_90a) and a GPU of compute capability 9.x; on
- * anything else this returns MT_ERR_UNSUPPORTED. */
-template <int D>
-static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+/* The backward through mt__flash_bwd3_kernel<D, SPLIT, V4> (wgmma, head dim 64; atomics for dQ). The
+ * kernel needs a build for sm_90a (-gencode=arch=compute_90a,code=sm_90a) and a GPU of compute
+ * capability 9.x; on anything else this returns MT_ERR_UNSUPPORTED. */
+template <int D, int SPLIT, bool V4>
+static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
                                            const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                            float *delta, float *dq_acc) {
     const int H = Hkv * G;
@@ -1506,7 +1598,7 @@ static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const v
     const float scale = (float)(1.0 / sqrt((double)D));
     const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
     void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
-              int, int, int, int, float, float) = mt__flash_bwd3_kernel<D>;
+              int, int, int, int, float, float) = mt__flash_bwd3_kernel<D, SPLIT, V4>;
     {
         int dev = 0, major = 0;
         cudaFuncAttributes fa;
@@ -1519,7 +1611,8 @@ static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const v
     mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
         delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
     MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
-    const size_t smem = 1024 + (size_t)10 * 64 * D * 2 + 4 * 64 * 4; /* alignment slack, K, V, Q x2, dO x2, dS^T x2 */
+    /* alignment slack; K, V, Q x2, dO x2, dS^T x2 (64-row tiles); lse, delta x2; SPLIT: K^T */
+    const size_t smem = 1024 + (size_t)(SPLIT ? 12 : 10) * 64 * D * 2 + 4 * 64 * 4;
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
     dim3 grid((T + 127) / 128, Hkv, B);
@@ -1529,6 +1622,13 @@ static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const v
     mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G,
                                                                          D, scale);
     return mt__fa_cuda("mt_flash_attention_bwd: dq");
+}
+/* The wgmma backward with its default options (dQ split across the warpgroups, 16-byte reductions). */
+template <int D>
+static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                           const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
+                                           float *delta, float *dq_acc) {
+    return mt__flash_bwd3_cfg_run<D, 1, true>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
 template <int D>

@@ -7,8 +7,8 @@
  * and every element is finite. The deterministic backward (MT_FLASH_DETERMINISTIC's path) is checked
  * the same way and must be bitwise reproducible; the default one must give bitwise identical dK/dV;
  * the alternative backward (16 keys per warp, P in registers) is checked against the reference too,
- * and so is the wgmma backward (mt__flash_bwd3_run, hd 64, Hopper only), whose dK/dV must also be
- * bitwise identical between two runs.
+ * and so is the wgmma backward (mt__flash_bwd3_cfg_run, hd 64, Hopper only) in each of its four
+ * configurations, whose dK/dV must also be bitwise identical between two runs.
  * Also: an unsupported head dim returns MT_ERR_UNSUPPORTED, a short workspace is refused.
  */
 #if defined(__has_include)
@@ -94,13 +94,24 @@ static mt_status bwd_alt_layout(const mt_ctx *cx, void *dqkv, const void *dout, 
         cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
-/* the wgmma backward (mt__flash_bwd3_run): hd 64 on compute capability 9.x, else MT_ERR_UNSUPPORTED */
-static mt_status bwd_wgmma(const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
+/* the wgmma backward (mt__flash_bwd3_cfg_run) in configuration v: 0 = the default (dQ split across the
+ * warpgroups, 16-byte reductions), 1 = split with float2 atomics, 2 = dQ per warpgroup's own keys with
+ * 16-byte reductions, 3 = the same with float2 atomics. hd 64 on compute capability 9.x, else
+ * MT_ERR_UNSUPPORTED. */
+#define N_WGMMA 4
+static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma split/f2", "wgmma own-keys/v4",
+                                                   "wgmma own-keys/f2"};
+static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
                            const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws) {
     float *delta, *dq_acc;
     mt__fa_ws_split(ws, B, T, Hkv, G, &delta, &dq_acc);
     if (D != 64) return MT_ERR_UNSUPPORTED;
-    return mt__flash_bwd3_run<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    if (v == 0) return mt__flash_bwd3_run<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    if (v == 1)
+        return mt__flash_bwd3_cfg_run<64, 1, false>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    if (v == 2)
+        return mt__flash_bwd3_cfg_run<64, 0, true>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    return mt__flash_bwd3_cfg_run<64, 0, false>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 static int g_wgmma_ran = 0, g_wgmma_skipped = 0;
 
@@ -184,16 +195,17 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
         free(h1);
     }
 
-    /* the wgmma backward (hd 64, Hopper), twice on fresh poison: dK/dV bitwise identical */
-    float *gdqkv_wg = NULL;
-    if (D == 64) {
+    /* the wgmma backward (hd 64, Hopper) in each configuration, twice on fresh poison: dK/dV bitwise
+     * identical */
+    float *gdqkv_wg[N_WGMMA] = {NULL};
+    for (int v = 0; v < N_WGMMA && D == 64; v++) {
         uint16_t *h1 = (uint16_t *)malloc(nqkv * 2), *h2 = (uint16_t *)malloc(nqkv * 2);
         for (int rep = 0; rep < 2; rep++) {
             CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
             CK(cudaMemset(d_ws, 0xff, ws));
-            st = bwd_wgmma(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws);
+            st = bwd_wgmma(v, &cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws);
             if (st == MT_ERR_UNSUPPORTED) break;
-            MT_EXPECT(st == MT_OK, "wgmma bwd status %s", mt_status_str(st));
+            MT_EXPECT(st == MT_OK, "%s bwd status %s", g_wgmma_names[v], mt_status_str(st));
             CK(cudaDeviceSynchronize());
             CK(cudaGetLastError());
             CK(cudaMemcpy(rep ? h2 : h1, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
@@ -209,9 +221,9 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
                         size_t k = ((bt * Hkv + g) * (G + 2) + G) * D + i;
                         nd += h1[k] != h2[k];
                     }
-            MT_EXPECT(nd == 0, "wgmma backward: dK/dV differ between two runs in %zu elements", nd);
-            gdqkv_wg = (float *)malloc(nqkv * 4);
-            for (size_t i = 0; i < nqkv; i++) gdqkv_wg[i] = mt_bf16_to_f32(h1[i]);
+            MT_EXPECT(nd == 0, "%s backward: dK/dV differ between two runs in %zu elements", g_wgmma_names[v], nd);
+            gdqkv_wg[v] = (float *)malloc(nqkv * 4);
+            for (size_t i = 0; i < nqkv; i++) gdqkv_wg[v][i] = mt_bf16_to_f32(h1[i]);
         }
         free(h1);
         free(h2);
@@ -250,7 +262,7 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     gather_slots(a, gdqkv, B, T, Hkv, G, D, G + 1, G + 2);
     gather_slots(r, ref_dqkv, B, T, Hkv, G, D, G + 1, G + 2);
     relerr e_dv = rel_error(a, r, nk);
-    relerr e_det[3], e_alt[3], e_wg[3];
+    relerr e_det[3], e_alt[3], e_wg[N_WGMMA][3];
     for (int w = 0; w < 3; w++) {
         const int s0 = w == 0 ? 0 : w == 1 ? G : G + 1, s1 = w == 0 ? G : s0 + 1;
         gather_slots(r, ref_dqkv, B, T, Hkv, G, D, s0, s1);
@@ -258,14 +270,16 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
         e_det[w] = rel_error(a, r, w == 0 ? nq : nk);
         gather_slots(a, gdqkv_alt, B, T, Hkv, G, D, s0, s1);
         e_alt[w] = rel_error(a, r, w == 0 ? nq : nk);
-        e_wg[w].err = 0;
-        e_wg[w].nonfinite = 0;
-        if (gdqkv_wg) {
-            gather_slots(a, gdqkv_wg, B, T, Hkv, G, D, s0, s1);
-            e_wg[w] = rel_error(a, r, w == 0 ? nq : nk);
+        for (int v = 0; v < N_WGMMA; v++) {
+            e_wg[v][w].err = 0;
+            e_wg[v][w].nonfinite = 0;
+            if (gdqkv_wg[v]) {
+                gather_slots(a, gdqkv_wg[v], B, T, Hkv, G, D, s0, s1);
+                e_wg[v][w] = rel_error(a, r, w == 0 ? nq : nk);
+            }
         }
     }
-    free(gdqkv_wg);
+    for (int v = 0; v < N_WGMMA; v++) free(gdqkv_wg[v]);
     free(gdqkv_det);
     free(gdqkv_alt);
     free(a);
@@ -284,12 +298,13 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
                   e_det[w].err, e_det[w].nonfinite);
         MT_EXPECT(e_alt[w].err < tol, "%s: 16-keys-per-warp d%c rel err %.3g (%zu non-finite)", tag, "qkv"[w],
                   e_alt[w].err, e_alt[w].nonfinite);
-        MT_EXPECT(e_wg[w].err < tol, "%s: wgmma d%c rel err %.3g (%zu non-finite)", tag, "qkv"[w], e_wg[w].err,
-                  e_wg[w].nonfinite);
+        for (int v = 0; v < N_WGMMA; v++)
+            MT_EXPECT(e_wg[v][w].err < tol, "%s: %s d%c rel err %.3g (%zu non-finite)", tag, g_wgmma_names[v],
+                      "qkv"[w], e_wg[v][w].err, e_wg[v][w].nonfinite);
     }
     printf("    %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e", tag, e_out.err, e_lse.err, e_dq.err, e_dk.err,
            e_dv.err);
-    if (D == 64) printf("  wgmma dq %.2e dk %.2e dv %.2e", e_wg[0].err, e_wg[1].err, e_wg[2].err);
+    if (D == 64) printf("  wgmma dq %.2e dk %.2e dv %.2e", e_wg[0][0].err, e_wg[0][1].err, e_wg[0][2].err);
     printf("\n");
     double m = e_out.err;
     if (!(m >= e_lse.err)) m = e_lse.err;
@@ -299,7 +314,8 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     for (int w = 0; w < 3; w++) {
         if (!(m >= e_det[w].err)) m = e_det[w].err;
         if (!(m >= e_alt[w].err)) m = e_alt[w].err;
-        if (!(m >= e_wg[w].err)) m = e_wg[w].err;
+        for (int v = 0; v < N_WGMMA; v++)
+            if (!(m >= e_wg[v][w].err)) m = e_wg[v][w].err;
     }
     if (!(*worst >= m)) *worst = m;
 
@@ -321,7 +337,7 @@ static void sweep(int D) {
     printf("    D=%d: worst relative error %.3g\n", D, worst);
     if (D == 64) {
         if (g_wgmma_skipped) printf("    wgmma backward skipped in %d cases: not a compute capability 9.x GPU\n", g_wgmma_skipped);
-        else printf("    wgmma backward checked in %d cases\n", g_wgmma_ran);
+        else printf("    wgmma backward checked in %d case x configuration runs\n", g_wgmma_ran);
     }
 }
 
