@@ -36,6 +36,11 @@
  *             (32 keys x D/2 per warp, for the whole CTA), dQ += dS K with atomics;
  *             3) dQ accumulator * scale -> bf16 into dqkv. (mt__flash_bwd_kernel is the same
  *             algorithm with 16 keys per warp and P kept in registers; the benchmark times both.)
+ *   backward on wgmma (mt__flash_bwd3_run, hd 64, sm_90a; opt-in, not yet the default): the same three
+ *             launches; step 2 with Hopper's warpgroup MMA: 2 warpgroups x 64 keys per CTA, keys as
+ *             the M dimension so P^T and dS^T stay in registers as the A operand of dV and dK, K/V
+ *             resident and Q/dO double-buffered in shared memory (128-byte swizzle), dS^T through
+ *             shared memory for dQ (see mt__flash_bwd3_kernel).
  *   Shared-memory tiles are rows of D bf16 with 16-byte chunks XOR-swizzled by (row & 7), so that
  *   ldmatrix and cp.async are free of bank conflicts.
  */
@@ -1337,20 +1342,20 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
          * where the paths join, so the compiler never has to serialize them. */
         if (!SPLIT && !act) continue;
         if (act) {
-            /* S^T = K Q^T, dP^T = V dO^T */
+            /* S^T = K Q^T, dP^T = V dO^T (two groups: P^T is computed while dP^T is still running) */
             mt__wg_fence();
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
                 mt__wg_ss<0, 0>(s, mt__wg_desc(sKw + kk * 32), mt__wg_desc(sQ + kk * 32), kk);
+            mt__wg_commit();
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
                 mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + kk * 32), mt__wg_desc(sO + kk * 32), kk);
             mt__wg_commit();
-            mt__wg_wait<0>();
+            mt__wg_wait<1>();
             mt__wg_keep(s);
-            mt__wg_keep(dp);
 
-            /* P^T = exp2(S^T c - lse log2e), masked; dS^T = P^T (dP^T - delta); bf16 A fragments */
+            /* P^T = exp2(S^T c - lse log2e), masked, kept in s; bf16 A fragments; then dV += P^T dO */
             const bool need_mask = (q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0);
             const int kr = kv0 + wq * 16 + gr; /* key row of elements 0, 1 (+8 for 2, 3) */
             uint32_t pa[4][4], da[4][4];
@@ -1358,8 +1363,6 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
             for (int j = 0; j < 8; j++) {
                 const int qc = 8 * j + 2 * tq;
                 const float2 l = *reinterpret_cast<const float2 *>(sL + qc);
-                const float2 dl = *reinterpret_cast<const float2 *>(sDl + qc);
-                float v[4], w[4];
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     float sv = s[4 * j + e];
@@ -1367,30 +1370,37 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
                         const int kv = kr + (e >> 1) * 8, q = q0 + qc + (e & 1);
                         if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
                     }
-                    v[e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
-                    w[e] = v[e] * (dp[4 * j + e] - ((e & 1) ? dl.y : dl.x));
+                    s[4 * j + e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
                 }
-                pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(v[0], v[1]);
-                pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(v[2], v[3]);
-                da[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(w[0], w[1]);
-                da[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(w[2], w[3]);
+                pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
+                pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
             }
-            /* dS^T (bf16) to this warpgroup's [key][query] tile for dQ */
+            mt__wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc(sO + kk * 2048));
+            mt__wg_commit();
+            mt__wg_wait<1>(); /* dP^T is done (dV may still run) */
+            mt__wg_keep(dp);
+
+            /* dS^T = P^T (dP^T - delta): bf16 A fragments, and to this warpgroup's [key][query] tile */
             {
                 const int rl = wq * 16 + gr;
                 unsigned char *p = smem + (sSw - base);
 #pragma unroll
                 for (int j = 0; j < 8; j++) {
-                    *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = da[j >> 1][(j & 1) * 2];
-                    *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) =
-                        da[j >> 1][(j & 1) * 2 + 1];
+                    const float2 dl = *reinterpret_cast<const float2 *>(sDl + 8 * j + 2 * tq);
+                    const uint32_t lo = mt__fa_pack(s[4 * j] * (dp[4 * j] - dl.x), s[4 * j + 1] * (dp[4 * j + 1] - dl.y));
+                    const uint32_t hi =
+                        mt__fa_pack(s[4 * j + 2] * (dp[4 * j + 2] - dl.x), s[4 * j + 3] * (dp[4 * j + 3] - dl.y));
+                    da[j >> 1][(j & 1) * 2 + 0] = lo;
+                    da[j >> 1][(j & 1) * 2 + 1] = hi;
+                    *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = lo;
+                    *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) = hi;
                 }
             }
 
-            /* dV += P^T dO, dK += dS^T Q (k = query rows) */
+            /* dK += dS^T Q (k = query rows) */
             mt__wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc(sO + kk * 2048));
 #pragma unroll
             for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk, da[kk], mt__wg_desc(sQ + kk * 2048));
             if (!SPLIT) {
@@ -1605,7 +1615,7 @@ static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, con
         if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
             cudaFuncGetAttributes(&fa, k) != cudaSuccess)
             return mt__fa_cuda("mt_flash_attention_bwd (wgmma): device query");
-        if (major != 9 || fa.binaryVersion != 90) return MT_ERR_UNSUPPORTED;
+        if (major != 9 || fa.binaryVersion < 90 || fa.binaryVersion >= 100) return MT_ERR_UNSUPPORTED;
     }
     const size_t n = (size_t)B * T * H * (D / 8);
     mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
