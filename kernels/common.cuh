@@ -111,7 +111,7 @@ struct mt_gpu_state {
     int norm_bwd_variant;       /* kernel variant of the norm backwards (0 = default; bench compares) */
     mt__matmul_plan plans[MT_GPU_MATMUL_CACHE]; /* heuristic cache, round-robin replacement */
     int next_plan;
-    struct { const void *fn; int threads, blocks; } occ[16]; /* resident blocks per SM, per kernel */
+    struct { const void *fn; int threads, blocks; size_t smem; } occ[16]; /* resident blocks per SM */
     int next_occ;
 };
 
@@ -269,12 +269,14 @@ MT_API unsigned mt__ew_grid(const mt_ctx *cx, size_t npk) {
 
 
 /* Blocks of `fn` with `threads` threads that fit on one SM at once (cached; at least 1). */
-MT_API int mt__occupancy(const mt_ctx *cx, const void *fn, int threads) {
+/* Resident blocks per SM of kernel fn with `threads` threads and `smem` bytes of dynamic shared
+ * memory (cached per GPU state). */
+MT_API int mt__occupancy_smem(const mt_ctx *cx, const void *fn, int threads, size_t smem) {
     struct mt_gpu_state *g = cx->gpu;
     for (int i = 0; i < 16; i++)
-        if (g->occ[i].fn == fn && g->occ[i].threads == threads) return g->occ[i].blocks;
+        if (g->occ[i].fn == fn && g->occ[i].threads == threads && g->occ[i].smem == smem) return g->occ[i].blocks;
     int blocks = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, threads, 0) != cudaSuccess) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, threads, smem) != cudaSuccess) {
         cudaGetLastError();
         blocks = 1;
     }
@@ -284,7 +286,11 @@ MT_API int mt__occupancy(const mt_ctx *cx, const void *fn, int threads) {
     g->occ[i].fn = fn;
     g->occ[i].threads = threads;
     g->occ[i].blocks = blocks;
+    g->occ[i].smem = smem;
     return blocks;
+}
+MT_API int mt__occupancy(const mt_ctx *cx, const void *fn, int threads) {
+    return mt__occupancy_smem(cx, fn, threads, 0);
 }
 
 /* ------------------------------------------------------------------ device helpers */

@@ -14,11 +14,13 @@
  * (each thread owns NP packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block
  * reduction.
  * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
- * kernels run with scalar accesses (any C).  The backward runs up to 4 resident blocks per SM
- * (norm_bwd_variant picks other caps: fewer blocks write fewer partial rows), each walking rows
- * blockIdx.x + k*gridDim.x with the next row (inp, dout, dresid, mean, rstd) prefetched before
- * the current row's reduction, accumulating its rows' dw/db contributions in registers and writing
- * one partial row to the scratch; a second kernel adds the partials in block order to dw/db.
+ * kernels run with scalar accesses (any C).  Backward: for rows up to 256 packs, one warp per row
+ * (4 warps per block, as many blocks as fit): no block barrier in the loop, each warp adds its
+ * rows' dw/db into its own shared-memory slice, the block adds its slices into one partial row.
+ * Wider rows (or norm_bwd_variant 1-3): one block per row, at most 4 (or all, 2) resident blocks
+ * per SM, each walking rows blockIdx.x + k*gridDim.x with the next row prefetched before the
+ * current row's reduction, accumulating dw/db in registers and writing one partial row.  A second
+ * kernel adds the partial rows in block order to dw/db.
  * Deterministic (the order depends on N, C and the device only), no atomics.
  */
 #ifndef MT_KERNELS_NORMS_CUH
@@ -285,6 +287,81 @@ __global__ void mt__norm_bwd_kernel(T *dinp, float *__restrict__ partial, const 
     }
 }
 
+/* Backward of both norms, one warp per row, for rows of at most 32*NP packs (C <= 2048 bf16):
+ * each lane holds its NP packs of inp, dout and dresid in registers (all loaded before the first
+ * use, no block barrier in the loop), the row statistics by warp shuffles.  The dw/db
+ * contributions go to the warp's own slice of shared memory, NV x (NP*VEC*32) floats laid out
+ * [p][k][lane] so that a warp's accesses hit 32 different banks; the slice belongs to one warp,
+ * so no atomics and a fixed order.  At the end the block adds its warps' slices in warp order
+ * into one partial row (gridDim.x, NV, C), finished by mt__norm_wgrad_finalize_kernel. */
+template <typename T, int VEC, int NP, int RMS>
+__global__ void __launch_bounds__(128) mt__norm_bwd_warp_kernel(T *dinp, float *__restrict__ partial,
+                                                                const T *__restrict__ dout, const T *dresid,
+                                                                const T *__restrict__ inp, const T *__restrict__ w,
+                                                                const float *__restrict__ mean,
+                                                                const float *__restrict__ rstd, int N, int C) {
+    constexpr int NV = RMS ? 1 : 2, SL = NP * VEC * 32; /* floats per accumulator in a slice */
+    extern __shared__ float mt__nbw_acc[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarp = blockDim.x >> 5;
+    float *acc = mt__nbw_acc + (size_t)warp * NV * SL;
+    for (int j = lane; j < NV * SL; j += 32) acc[j] = 0.0f;
+    __syncwarp();
+    for (int row = blockIdx.x * nwarp + warp; row < N; row += gridDim.x * nwarp) {
+        const size_t off = (size_t)row * C;
+        mt__vec<T, VEC> xv[NP], gv[NP], rv[NP];
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            int c = (p * 32 + lane) * VEC;
+            if (c < C) {
+                xv[p] = mt__ldcs<T, VEC>(inp + off + c);
+                gv[p] = mt__ldcs<T, VEC>(dout + off + c);
+                if (dresid) rv[p] = mt__ldcs<T, VEC>(dresid + off + c);
+            }
+        }
+        const float m = RMS ? 0.0f : mean[row], s = rstd[row];
+        float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll
+        for (int p = 0; p < NP; p++)
+            if ((p * 32 + lane) * VEC < C) {
+                mt__vec<T, VEC> wv = mt__ld<T, VEC>(w + (p * 32 + lane) * VEC); /* L1-resident */
+#pragma unroll
+                for (int k = 0; k < VEC; k++) {
+                    float wd = mt__f(wv.v[k]) * mt__f(gv[p].v[k]);
+                    a0 += wd;
+                    a1 += wd * (mt__f(xv[p].v[k]) - m) * s;
+                }
+            }
+        const float a = RMS ? 0.0f : mt__warp_sum(a0) / (float)C, bb = mt__warp_sum(a1) / (float)C;
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            int c = (p * 32 + lane) * VEC;
+            if (c < C) {
+                mt__vec<T, VEC> o, wv = mt__ld<T, VEC>(w + c);
+#pragma unroll
+                for (int k = 0; k < VEC; k++) {
+                    float g = mt__f(gv[p].v[k]), xh = (mt__f(xv[p].v[k]) - m) * s;
+                    float d = (mt__f(wv.v[k]) * g - a - xh * bb) * s;
+                    o.v[k] = mt__cvt<T>((dresid ? mt__f(rv[p].v[k]) : 0.0f) + d);
+                    acc[(p * VEC + k) * 32 + lane] += xh * g;
+                    if (!RMS) acc[SL + (p * VEC + k) * 32 + lane] += g;
+                }
+                mt__stcs<T, VEC>(dinp + off + c, o);
+            }
+        }
+    }
+    if (!partial) return;
+    __syncthreads();
+    /* column c = (p*32 + lane)*VEC + k  <->  slice index (p*VEC + k)*32 + lane */
+    for (int j = threadIdx.x; j < NV * SL; j += blockDim.x) {
+        int v = j / SL, r = j % SL, p = r / (VEC * 32), k = (r / 32) % VEC, ln = r % 32;
+        int c = (p * 32 + ln) * VEC + k;
+        if (c >= C) continue;
+        float t = 0.0f;
+        for (int q = 0; q < nwarp; q++) t += mt__nbw_acc[(size_t)q * NV * SL + j];
+        partial[((size_t)blockIdx.x * NV + v) * C + c] = t;
+    }
+}
+
 /* dw[c] += sum over blocks of partial[blk][0][c]; db likewise from partial[blk][1][c] (NV == 2).
  * Block (32, 32): x = column, y = a stride-32 slice of the blocks, summed with four independent
  * accumulators (four loads in flight per thread), then a fixed-order sum over y. */
@@ -443,17 +520,48 @@ static inline mt_status mt__norm_bwd_launch(const mt_ctx *cx, const char *op, in
     int vec = (C % PW == 0 && mt__al16(dinp) && mt__al16(dout) && mt__al16(dresid) && mt__al16(inp) && mt__al16(w))
                   ? PW : 1;
     int np = 1, threads = 32;
-    MT_TRY(mt__row_geom(op, C, vec, 512, &np, &threads));
     int want = dw || db;
     size_t per_blk = (size_t)NV * C * sizeof(float);
+    if (cx->gpu->norm_bwd_variant == 0 && mt__warp_np(C, vec, &np)) {
+        /* one warp per row, 4 warps per block, as many blocks as fit at once */
+        size_t smem = (size_t)4 * NV * np * vec * 32 * sizeof(float);
+        const void *fn = NULL;
+#define MT__NBW_FN(V, P) (rms ? (const void *)mt__norm_bwd_warp_kernel<T, V, P, 1> : (const void *)mt__norm_bwd_warp_kernel<T, V, P, 0>)
+        if (vec == PW) fn = np == 1 ? MT__NBW_FN(PW, 1) : np == 2 ? MT__NBW_FN(PW, 2) : np == 4 ? MT__NBW_FN(PW, 4) : MT__NBW_FN(PW, 8);
+        else fn = np == 1 ? MT__NBW_FN(1, 1) : np == 2 ? MT__NBW_FN(1, 2) : np == 4 ? MT__NBW_FN(1, 4) : MT__NBW_FN(1, 8);
+#undef MT__NBW_FN
+        if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+            return mt_errorf(MT_ERR_CUDA, "%s: cudaFuncSetAttribute: %s", op, cudaGetErrorString(cudaGetLastError()));
+        int occ = mt__occupancy_smem(cx, fn, 128, smem);
+        int nblk = cx->gpu->sm_count * occ;
+        if (nblk > (N + 3) / 4) nblk = (N + 3) / 4;
+        if (want && (size_t)nblk * per_blk > cx->gpu->scratch_nbytes) nblk = (int)(cx->gpu->scratch_nbytes / per_blk);
+        if (nblk < 1)
+            return mt_errorf(MT_ERR_UNSUPPORTED, "%s: C = %d needs %zu bytes of scratch, have %zu", op, C, per_blk,
+                             cx->gpu->scratch_nbytes);
+        float *partial = want ? (float *)cx->gpu->scratch : NULL;
+        void *args[] = {&dinp, &partial, (void *)&dout, (void *)&dresid, (void *)&inp, (void *)&w, (void *)&mean,
+                        (void *)&rstd, &N, &C};
+        if (cudaLaunchKernel(fn, dim3(nblk), dim3(128), args, smem, MT__STREAM(cx)) != cudaSuccess)
+            return mt_errorf(MT_ERR_CUDA, "%s: launch: %s", op, cudaGetErrorString(cudaGetLastError()));
+        MT__LAUNCHED(cx, "mt__norm_bwd_warp_kernel");
+        if (want) {
+            dim3 blk(32, 32);
+            mt__norm_wgrad_finalize_kernel<T><<<mt__cdiv(C, 32), blk, 0, MT__STREAM(cx)>>>(
+                (T *)dw, rms ? (T *)NULL : (T *)db, partial, nblk, NV, C);
+            MT__LAUNCHED(cx, "mt__norm_wgrad_finalize_kernel");
+        }
+        return MT_OK;
+    }
+    MT_TRY(mt__row_geom(op, C, vec, 512, &np, &threads));
     /* as many blocks as fit on the GPU at once (each then walks ~N/nblk rows), at most 1024: the
      * partition, hence the summation order, depends only on N, C and the device */
     int occ = 0;
     if (rms) MT__ROW_OCC(vec, np, MT__RMSB, threads, &occ);
     else MT__ROW_OCC(vec, np, MT__LNB, threads, &occ);
-    /* resident blocks per SM used: norm_bwd_variant 0 (default) at most 4, 1 all that fit (each
-     * block then has few rows and the partial rows cost as much as the rows), 2: at most 2, 3: 8 */
-    static const int k_cap[4] = {4, 1 << 20, 2, 8};
+    /* block per row; resident blocks per SM used: norm_bwd_variant 1 all that fit, 2 at most 2,
+     * 3 at most 4 (0, the default, when the row is too wide for the warp kernel: at most 4) */
+    static const int k_cap[4] = {4, 1 << 20, 2, 4};
     int cap = k_cap[cx->gpu->norm_bwd_variant & 3];
     if (occ < 1) occ = 1;
     int nblk = cx->gpu->sm_count * (occ < cap ? occ : cap);

@@ -223,8 +223,8 @@ int main(int argc, char **argv) {
         row_mem("copy (same size)", shape, ms, 2.0 * n * bf);
         NORM_ROW("layernorm bwd", lnb,
                  mt_layernorm_bwd(cx, dres[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
-        for (int var = 1; var < 4; var++) { /* resident blocks per SM: 0: <= 4, 1: all, 2: <= 2, 3: <= 8 */
-            static const char *vn[4] = {"", "  (bwd v1: all blocks)", "  (bwd v2: 2/SM)", "  (bwd v3: 8/SM)"};
+        for (int var = 1; var < 4; var++) { /* 0: warp per row; block per row with 1: all resident, 2: <= 2, 3: <= 4 per SM */
+            static const char *vn[4] = {"", "  (block/row, all)", "  (block/row, 2/SM)", "  (block/row, 4/SM)"};
             cx->gpu->norm_bwd_variant = var;
             TIME_GRAPH_MS(ms, K, mt_layernorm_bwd(cx, dres[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
             row_mem(vn[var], shape, ms, lnb);
@@ -237,7 +237,7 @@ int main(int argc, char **argv) {
         cx->gpu->norm_fwd_warp = 1;
         NORM_ROW("rmsnorm bwd", rmb, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
         for (int var = 1; var < 4; var++) {
-            static const char *vn[4] = {"", "  (bwd v1: all blocks)", "  (bwd v2: 2/SM)", "  (bwd v3: 8/SM)"};
+            static const char *vn[4] = {"", "  (block/row, all)", "  (block/row, 2/SM)", "  (block/row, 4/SM)"};
             cx->gpu->norm_bwd_variant = var;
             TIME_GRAPH_MS(ms, K, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
             row_mem(vn[var], shape, ms, rmb);
@@ -304,6 +304,19 @@ int main(int argc, char **argv) {
         cx->gpu->xent_smem = 1;
         TIME_MS(ms, mt_xent(cx, losses, NULL, logits, tg, 1.0f / N, (int)N, (int)V, (int)V));
         row_mem("xent fwd only", shape, ms, 1.0 * N * V * bf + N * (f4 + 4));
+        /* every variant (cx->gpu->xent_variant, kernels/xent.cuh), the default's again for a fair
+         * comparison in the same run; the shape column names the variant */
+        for (int var = 1; var <= MT__XENT_VARIANTS; var++) {
+            char vname[32];
+            cx->gpu->xent_variant = var;
+            snprintf(vname, sizeof vname, "  xent v%d fwd+bwd", var);
+            TIME_MS(ms, mt_xent(cx, losses, logits, logits, tg, 1.0f / N, (int)N, (int)V, (int)V));
+            row_mem(vname, mt__xent_variant_name(var), ms, 2.0 * N * V * bf + N * (f4 + 4));
+            snprintf(vname, sizeof vname, "  xent v%d fwd only", var);
+            TIME_MS(ms, mt_xent(cx, losses, NULL, logits, tg, 1.0f / N, (int)N, (int)V, (int)V));
+            row_mem(vname, mt__xent_variant_name(var), ms, 1.0 * N * V * bf + N * (f4 + 4));
+        }
+        cx->gpu->xent_variant = 0;
         cudaFree(logits); cudaFree(losses); cudaFree(tg);
     }
 
@@ -366,6 +379,18 @@ int main(int argc, char **argv) {
         row_mem("adamw", shape, ms, (2.0 + 2 + 4 * 6) * n);
         TIME_MS(ms, mt_adamw(cx, p, master, m, v, g, n, &hp, acc, 777));
         row_mem("adamw (sr, gscale)", shape, ms, (2.0 + 2 + 4 * 6) * n + 4);
+        /* every kernel variant (cx->gpu->adamw_variant, the same bits), v0 again for a fair comparison
+         * in the same run; the shape column names the layout (kernels/adamw.cuh) */
+        for (int var = 0; var < MT__ADAMW_VARIANTS; var++) {
+            char vname[32];
+            snprintf(vname, sizeof vname, "  adamw v%d", var);
+            cx->gpu->adamw_variant = var;
+            TIME_MS(ms, mt_adamw(cx, p, master, m, v, g, n, &hp, NULL, 0));
+            row_mem(vname, mt__adamw_variant_name(var), ms, (2.0 + 2 + 4 * 6) * n);
+            TIME_MS(ms, mt_adamw(cx, p, master, m, v, g, n, &hp, acc, 777));
+            row_mem("    (sr, gscale)", mt__adamw_variant_name(var), ms, (2.0 + 2 + 4 * 6) * n + 4);
+        }
+        cx->gpu->adamw_variant = 0;
         TIME_MS(ms, mt_sumsq(cx, acc, g, n));
         row_mem("sumsq (grad norm)", shape, ms, 2.0 * n);
         /* the same bytes cut into the d48 model's tensors (wte, wpe, 48 x 12, final norm), each

@@ -211,7 +211,7 @@ static void test_layernorm(void) {
             void *dg = dup_dev(dt, g, n), *dres = dup_dev(dt, res, n), *ddx = poison_dev(dt, n);
             void *ddw = dup_dev(dt, dw0, C), *ddb = dup_dev(dt, db0, C);
             void *dmean_ref = dup_dev(MT_F32, mean, N), *drstd_ref = dup_dev(MT_F32, rstd, N);
-            for (int var = 0; var < 4; var++) { /* blocks per SM: 4 (default), all, 2, 8 */
+            for (int var = 0; var < 4; var++) { /* warp per row (default); block per row: all, 2, 4 per SM */
                 cx.gpu->norm_bwd_variant = var;
                 cudaMemset(ddx, 0xff, n * mt_dtype_size(dt));
                 reupload(ddw, dt, dw0, C);
@@ -489,44 +489,79 @@ static void test_attention(void) {
 
 /* ------------------------------------------------------------------ cross-entropy */
 
+/* Every cross-entropy variant (cx->gpu->xent_variant; variant 3 also with the row re-read) against
+ * one reference per case.  Cases: a padded row with a partial last pack; odd V = Vp (scalar packs:
+ * variants 1 and 2 fall back to 3); and two of many rows, so that the persistent variants run
+ * several rows per block through both row buffers (mbarrier parities 0 and 1), with rows of two and
+ * of four bulk chunks, the last one partial.  Targets include V - 1, 0 and ignored ones (-1, and
+ * V + 7 on the GPU where the reference gets -1).  Each variant: dlogits out of place, forward only,
+ * then in place on a fresh copy of the logits; every output poisoned first. */
 static void test_xent(void) {
-    const int Vs[2][2] = {{1003, 1008}, {1001, 1001}}; /* padded, partial last pack; odd, scalar */
-    for (int smem = 1; smem >= 0; smem--)
+    static const struct { int N, V, Vp; } cases[4] = {
+        {37, 1003, 1008}, {37, 1001, 1001}, {600, 19999, 20000}, {400, 50257, 50304}};
+    static const struct { int variant, smem; const char *tag, *name; } cfgs[4] = {
+        {1, 1, "v1", "persistent, bulk copies, 1024 threads"},
+        {2, 1, "v2", "persistent, bulk copies, 512 threads"},
+        {3, 1, "v3", "one block per row, row in shared memory"},
+        {3, 0, "v3 re-read", "one block per row, row re-read"}};
+    for (int k = 0; k < 4; k++) printf("    (cross-entropy %-10s %s)\n", cfgs[k].tag, cfgs[k].name);
     for (int di = 0; di < 2; di++)
-        for (int vi = 0; vi < 2; vi++) {
+        for (int ci = 0; ci < 4; ci++) {
             mt_dtype dt = DTYPES[di];
             mt_ctx cx = ctx_of(dt);
-            cx.gpu->xent_smem = smem;
-            if (di == 0 && vi == 0) printf("    (cross-entropy with the row %s)\n", smem ? "in shared memory" : "re-read");
-            int N = 37, V = Vs[vi][0], Vp = Vs[vi][1];
-            size_t n = (size_t)N * Vp;
-            char what[64];
+            int N = cases[ci].N, V = cases[ci].V, Vp = cases[ci].Vp;
+            size_t n = (size_t)N * Vp, nbytes = n * mt_dtype_size(dt);
+            char what[96];
             float *x = hrand(n, 3.0f, dt);
-            int32_t *tg = (int32_t *)hmalloc(N * sizeof(int32_t));
+            int32_t *tg = (int32_t *)hmalloc(N * sizeof(int32_t)), *tg_ref = (int32_t *)hmalloc(N * sizeof(int32_t));
             for (int i = 0; i < N; i++) tg[i] = (int32_t)(mt_rng_u32(g_seed, g_stream_id, i) % V);
             g_stream_id++;
             tg[3] = -1;
             tg[10] = -1;
             tg[0] = V - 1;
+            tg[N - 1] = 0;
+            memcpy(tg_ref, tg, N * sizeof(int32_t));
+            tg[5] = V + 7; /* out of range: ignored like a negative target */
+            tg_ref[5] = -1;
             float dscale = 1.0f / N;
             float *loss = (float *)hmalloc(N * 4), *dl = (float *)hmalloc(n * 4);
-            mt_xent_cpu_f32(loss, dl, x, tg, dscale, N, V, Vp);
+            mt_xent_cpu_f32(loss, dl, x, tg_ref, dscale, N, V, Vp);
             int32_t *dtg = dup_tokens(tg, N);
-            void *dx = dup_dev(dt, x, n), *dloss = poison_dev(MT_F32, N), *ddl = poison_dev(dt, n);
-            MT_CHECK(mt_xent(&cx, dloss, ddl, dx, dtg, dscale, N, V, Vp));
-            snprintf(what, sizeof what, "losses V=%d Vp=%d", V, Vp);
-            check_dev("xent", dt, what, dloss, MT_F32, loss, N, 1e-5);
-            snprintf(what, sizeof what, "dlogits V=%d Vp=%d", V, Vp);
-            check_dev("xent", dt, what, ddl, dt, dl, n, tol_of(dt));
-            /* forward only, then in place */
-            void *dloss2 = poison_dev(MT_F32, N);
-            MT_CHECK(mt_xent(&cx, dloss2, NULL, dx, dtg, dscale, N, V, Vp));
-            check_dev("xent", dt, "losses, forward only", dloss2, MT_F32, loss, N, 1e-5);
-            MT_CHECK(mt_xent(&cx, dloss, dx, dx, dtg, dscale, N, V, Vp));
-            check_dev("xent", dt, "dlogits in place", dx, dt, dl, n, tol_of(dt));
+            void *dx = dup_dev(dt, x, n), *dxw = dmalloc(nbytes), *ddl = dmalloc(nbytes);
+            void *dloss = dmalloc(N * 4), *dloss2 = dmalloc(N * 4);
+            for (int k = 0; k < 4; k++) {
+                cx.gpu->xent_variant = cfgs[k].variant;
+                cx.gpu->xent_smem = cfgs[k].smem;
+                const char *t = cfgs[k].tag;
+                cudaMemset(dloss, 0xff, N * 4); /* NaN */
+                cudaMemset(ddl, 0xff, nbytes);
+                MT_CHECK(mt_xent(&cx, dloss, ddl, dx, dtg, dscale, N, V, Vp));
+                snprintf(what, sizeof what, "%s losses N=%d V=%d Vp=%d", t, N, V, Vp);
+                check_dev("xent", dt, what, dloss, MT_F32, loss, N, 1e-5);
+                snprintf(what, sizeof what, "%s dlogits N=%d V=%d Vp=%d", t, N, V, Vp);
+                check_dev("xent", dt, what, ddl, dt, dl, n, tol_of(dt));
+                cudaMemset(dloss2, 0xff, N * 4);
+                MT_CHECK(mt_xent(&cx, dloss2, NULL, dx, dtg, dscale, N, V, Vp));
+                snprintf(what, sizeof what, "%s losses, forward only", t);
+                check_dev("xent", dt, what, dloss2, MT_F32, loss, N, 1e-5);
+                cudaMemcpy(dxw, dx, nbytes, cudaMemcpyDeviceToDevice);
+                cudaMemset(dloss, 0xff, N * 4);
+                MT_CHECK(mt_xent(&cx, dloss, dxw, dxw, dtg, dscale, N, V, Vp));
+                snprintf(what, sizeof what, "%s losses, in place", t);
+                check_dev("xent", dt, what, dloss, MT_F32, loss, N, 1e-5);
+                snprintf(what, sizeof what, "%s dlogits in place", t);
+                check_dev("xent", dt, what, dxw, dt, dl, n, tol_of(dt));
+            }
+            free_all();
         }
+    g_cx.gpu->xent_variant = 0;
     g_cx.gpu->xent_smem = 1;
-    free_all();
+    /* a variant that does not exist is refused */
+    g_cx.gpu->xent_variant = 9;
+    MT_EXPECT(mt_xent(&g_cx, g_cx.gpu->scratch, NULL, g_cx.gpu->scratch, (const int32_t *)g_cx.gpu->scratch, 1.0f, 1,
+                      4, 4) == MT_ERR_ARG,
+              "xent_variant 9 accepted");
+    g_cx.gpu->xent_variant = 0;
 }
 
 /* ------------------------------------------------------------------ optimizer */
@@ -718,6 +753,94 @@ static void test_adamw_multi(void) {
     MT_EXPECT(mt_adamw_multi(&cx, bad, 2, &hp, wd, NULL, 0) == MT_ERR_ARG, "mixed master copies accepted");
 }
 
+/* AdamW kernel variants (cx->gpu->adamw_variant, tests/bench_kernels.cu times them): each one bit for
+ * bit against variant 0 on fresh random inputs — param, master, m, v — through mt_adamw_multi (table
+ * in kernel parameters) and a plan (table in device memory).  Tensors of odd sizes across chunk and
+ * slice boundaries, one empty, one starting off 16-byte alignment; params poisoned when there is a
+ * master copy.  Settings: f32; bf16 without master, stochastic rounding; bf16 + master, nearest,
+ * no gscale; bf16 + master, stochastic rounding. */
+static void *down_bytes(const void *d, size_t nbytes) {
+    MT_CHECK(mt_gpu_sync(&g_cx));
+    void *h = hmalloc(nbytes);
+    cudaMemcpy(h, d, nbytes, cudaMemcpyDeviceToHost);
+    return h;
+}
+static void test_adamw_variants(void) {
+    const int NT = 8;
+    const size_t sizes[8] = {100003, 16384, 1, 40001, 0, 33, 2049, 70001};
+    size_t offs[8], total = 0;
+    for (int i = 0; i < NT; i++) {
+        total = (total + 7) / 8 * 8 + (i == 3 ? 1 : 0); /* tensor 3 is not 16-byte aligned */
+        offs[i] = total;
+        total += sizes[i];
+    }
+    mt_adamw_hp hp;
+    hp.lr = 0.05f; hp.beta1 = 0.9f; hp.beta2 = 0.95f; hp.eps = 1e-8f; hp.weight_decay = 0.0f; /* unused */
+    hp.step = 5;
+    float wd = 0.1f, gsv = 0.6f;
+    const mt_dtype cdt[4] = {MT_F32, MT_BF16, MT_BF16, MT_BF16};
+    const int cmaster[4] = {0, 0, 1, 1}, cgs[4] = {1, 1, 0, 1};
+    const uint64_t cseed[4] = {0, 99, 0, 777};
+    for (int var = 1; var < MT__ADAMW_VARIANTS; var++) {
+        int same_all = 1;
+        for (int ci = 0; ci < 4; ci++) {
+            mt_dtype dt = cdt[ci];
+            mt_ctx cx = ctx_of(dt);
+            int master = cmaster[ci];
+            size_t es = mt_dtype_size(dt);
+            float *p0 = hrand(total, 1.0f, master ? MT_F32 : dt), *g = hrand(total, 1.0f, dt);
+            float *m0 = hrand(total, 0.1f, MT_F32), *v0 = hrand(total, 0.1f, MT_F32);
+            for (size_t i = 0; i < total; i++) v0[i] = v0[i] * v0[i];
+            void *dgs = cgs[ci] ? dup_dev(MT_F32, &gsv, 1) : NULL, *dg = dup_dev(dt, g, total);
+            /* three copies of the state: variant 0 (multi), variant var (multi), variant var (plan) */
+            void *dp[3], *dmaster[3], *dm[3], *dv[3];
+            mt_adamw_tensor ts[3][8];
+            for (int k = 0; k < 3; k++) {
+                dp[k] = master ? poison_dev(dt, total) : dup_dev(dt, p0, total);
+                dmaster[k] = master ? dup_dev(MT_F32, p0, total) : NULL;
+                dm[k] = dup_dev(MT_F32, m0, total);
+                dv[k] = dup_dev(MT_F32, v0, total);
+                for (int i = 0; i < NT; i++) {
+                    mt_adamw_tensor *t = &ts[k][i];
+                    t->param = (char *)dp[k] + offs[i] * es;
+                    t->master = master ? (float *)dmaster[k] + offs[i] : NULL;
+                    t->m = (float *)dm[k] + offs[i];
+                    t->v = (float *)dv[k] + offs[i];
+                    t->grad = (const char *)dg + offs[i] * es;
+                    t->n = sizes[i];
+                    t->decay = (i % 3) != 0;
+                }
+            }
+            g_cx.gpu->adamw_variant = 0;
+            MT_CHECK(mt_adamw_multi(&cx, ts[0], NT, &hp, wd, dgs, cseed[ci]));
+            g_cx.gpu->adamw_variant = var;
+            MT_CHECK(mt_adamw_multi(&cx, ts[1], NT, &hp, wd, dgs, cseed[ci]));
+            mt_adamw_multi_plan plan;
+            MT_CHECK(mt_adamw_multi_plan_init(&cx, &plan, ts[2], NT));
+            MT_CHECK(mt_adamw_multi_plan_step(&cx, &plan, &hp, wd, dgs, cseed[ci]));
+            g_cx.gpu->adamw_variant = 0;
+            int same[3] = {1, 1, 1}; /* [k]: copy k equals copy 0 */
+            for (int k = 1; k < 3; k++) {
+                void *bufs[3][4] = {{dp[0], dmaster[0], dm[0], dv[0]}, {dp[1], dmaster[1], dm[1], dv[1]},
+                                    {dp[2], dmaster[2], dm[2], dv[2]}};
+                size_t nb[4] = {total * es, master ? total * 4 : 0, total * 4, total * 4};
+                for (int b = 0; b < 4; b++)
+                    if (nb[b] && memcmp(down_bytes(bufs[0][b], nb[b]), down_bytes(bufs[k][b], nb[b]), nb[b]))
+                        same[k] = 0;
+            }
+            MT_EXPECT(same[1], "adamw variant %d (%s) differs from variant 0: multi, %s, master %d, seed %llu, gscale %d",
+                      var, mt__adamw_variant_name(var), mt_dtype_name(dt), master, (unsigned long long)cseed[ci], cgs[ci]);
+            MT_EXPECT(same[2], "adamw variant %d (%s) differs from variant 0: plan, %s, master %d, seed %llu, gscale %d",
+                      var, mt__adamw_variant_name(var), mt_dtype_name(dt), master, (unsigned long long)cseed[ci], cgs[ci]);
+            same_all = same_all && same[1] && same[2];
+            mt_adamw_multi_plan_free(&plan);
+            free_all();
+        }
+        printf("    %-14s v%d %-31s multi + plan, 4 settings: %s to v0\n", "adamw_variant", var,
+               mt__adamw_variant_name(var), same_all ? "identical" : "DIFFERENT");
+    }
+}
+
 static void test_sumsq_clip(void) {
     for (int di = 0; di < 2; di++) {
         mt_dtype dt = DTYPES[di];
@@ -807,6 +930,7 @@ int main(void) {
     MT_RUN(test_xent);
     MT_RUN(test_adamw);
     MT_RUN(test_adamw_multi);
+    MT_RUN(test_adamw_variants);
     MT_RUN(test_sumsq_clip);
     MT_RUN(test_init_errors);
     mt_gpu_destroy(&g_cx);

@@ -44,8 +44,13 @@ if has scaling; then
     d48="--num-layers 48 --hidden-size 1600 --num-attention-heads 25"
     ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 > "$out/d12_1gpu.log" 2>&1
     note "ours d12 1 GPU: $(speed "$out/d12_1gpu.log")"
+    # the second GPU alone: a 2-GPU step is as slow as the slower GPU
+    CUDA_VISIBLE_DEVICES=1 ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 > "$out/d12_1gpu_gpu1.log" 2>&1
+    note "ours d12 1 GPU (GPU 1): $(speed "$out/d12_1gpu_gpu1.log")"
     ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 --world-size 2 > "$out/d12_2gpu.log" 2>&1
     note "ours d12 2 GPUs (dp=2, one process): $(speed "$out/d12_2gpu.log")"
+    ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 --world-size 2 --use-distributed-optimizer > "$out/d12_2gpu_zero1.log" 2>&1
+    note "ours d12 2 GPUs (dp=2, ZeRO-1, one process): $(speed "$out/d12_2gpu_zero1.log")"
     if has launch-modes; then
         python3 -m torch.distributed.run --no-python --nproc_per_node=2 ./build/train_gpt_cuda $common $d12 \
             --micro-batch-size 32 > "$out/d12_2gpu_torchrun.log" 2>&1
@@ -55,9 +60,12 @@ if has scaling; then
     note "ours d48 1 GPU: $(speed "$out/d48_1gpu.log")"
     ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 > "$out/d48_2gpu.log" 2>&1
     note "ours d48 2 GPUs (dp=2): $(speed "$out/d48_2gpu.log")"
+    ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 --use-distributed-optimizer > "$out/d48_2gpu_zero1.log" 2>&1
+    note "ours d48 2 GPUs (dp=2, ZeRO-1): $(speed "$out/d48_2gpu_zero1.log")"
     if has launch-modes; then
-        ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 --use-distributed-optimizer > "$out/d48_2gpu_zero1.log" 2>&1
-        note "ours d48 2 GPUs (dp=2, ZeRO-1): $(speed "$out/d48_2gpu_zero1.log")"
+        python3 -m torch.distributed.run --no-python --nproc_per_node=2 ./build/train_gpt_cuda $common $d48 \
+            --micro-batch-size 8 --use-distributed-optimizer > "$out/d48_2gpu_zero1_torchrun.log" 2>&1
+        note "ours d48 2 GPUs (dp=2, ZeRO-1, torchrun): $(speed "$out/d48_2gpu_zero1_torchrun.log")"
     fi
     # tensor parallelism needs the heads divisible by tp: d48's width with 26 heads of 64
     d48tp="--num-layers 48 --hidden-size 1664 --num-attention-heads 26"
