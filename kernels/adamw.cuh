@@ -15,12 +15,15 @@
  * read and written directly.  gscale (float, on the device, or NULL) multiplies every gradient.
  * 16-byte packs when n's pointers are aligned, the tail element by element.
  *
- * Layout of the work: every tensor of a launch is cut into chunks of MT__ADAMW_CHUNK (16384)
- * elements; a persistent grid (resident blocks x SMs) of 256-thread blocks walks the chunks of all
- * tensors (block b: chunks b, b + grid, ...), each thread one 16-byte pack of grad at a time with
- * its m, v, master packs (7 16-byte loads in flight for bf16), streaming loads and stores.  The
- * tensor table is a kernel parameter (mt_adamw, mt_adamw_multi: up to MT_ADAMW_MULTI_BATCH tensors
- * per launch) or sits in device memory (mt_adamw_multi_plan: all tensors, one launch, uploaded once).
+ * Layout of the work (variant 0, the default): every tensor of a launch is cut into chunks of
+ * MT__ADAMW_CHUNK (16384) elements; a persistent grid (resident blocks x SMs) of 256-thread blocks
+ * walks the chunks of all tensors (block b: chunks b, b + grid, ...), each thread one 16-byte pack of
+ * grad at a time with its m, v, master packs (7 16-byte loads in flight for bf16), streaming loads
+ * and stores.  Other layouts (cx->gpu->adamw_variant, MT__ADAMW_VARIANT_LIST below: groups of 4,
+ * several groups per thread, slices instead of chunks, plain stores, a grid of one item per block)
+ * give the same bits; tests/bench_kernels.cu times them all.  The tensor table is a kernel
+ * parameter (mt_adamw, mt_adamw_multi: up to MT_ADAMW_MULTI_BATCH tensors per launch) or sits in
+ * device memory (mt_adamw_multi_plan: all tensors, one launch, uploaded once).
  * Tensor i of a multi-tensor call rounds with seed + i and decays with wd when its decay flag is
  * set, so it equals mt_adamw on that tensor alone with those two settings, bit for bit.
  *
@@ -98,43 +101,129 @@ __device__ __forceinline__ float mt__adamw_elem(float p, float g, float &m, floa
     return p - a.lr * (__fdividef(mhat, sqrtf(vhat) + a.eps) + wd * p);
 }
 
-/* Elements [s, e) of tensor t (s a multiple of VEC; e == t.n or a multiple of VEC).  Packs of VEC
- * when t.vec, elements otherwise.  Random draw of element i: mt_rng_u32(t.seed, step, i). */
-template <typename T, bool MASTER>
-__device__ __forceinline__ void mt__adamw_range(const mt__adamw_entry &t, size_t s, size_t e,
-                                                const mt__adamw_args &a, float gs) {
-    constexpr int VEC = mt__pack_width<T>::value;
-    T *param = (T *)t.param;
-    const T *grad = (const T *)t.grad;
-    float *master = t.master, *m = t.m, *v = t.v;
-    const uint64_t seed = a.seed ? a.seed + t.seed_off : 0;
-    const bool sr = sizeof(T) == 2 && seed != 0;
-    const float wd = t.decay ? a.wd : 0.0f;
-    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-    size_t pe = t.vec ? s + (e - s) / VEC * VEC : s; /* end of the packed part */
-    for (size_t e0 = s + (size_t)threadIdx.x * VEC; e0 < pe; e0 += (size_t)blockDim.x * VEC) {
-        mt__vec<T, VEC> gv = mt__ldcs<T, VEC>(grad + e0), pv, out;
-        float mf[VEC], vf[VEC], pf[VEC];
-        if (!MASTER) pv = mt__ldcs<T, VEC>(param + e0);
+/* ---- Variants of the AdamW launch (cx->gpu->adamw_variant): the same arithmetic per element, laid
+ * out differently over the threads and the memory system, so that one benchmark run
+ * (tests/bench_kernels.cu) can pick what the hardware wants.  Every variant gives the same bits as
+ * variant 0 (tests/gpu_kernels.cu checks it): an element's update depends only on its own inputs and
+ * index, never on which thread or iteration handles it, and the split between packs and the
+ * element-by-element tail is the same in all of them.
+ *
+ *   group  elements a thread takes at one address: a 16-byte pack of grad (8 for bf16, 4 for f32),
+ *          or 4 ("quads").  With 8 bf16 per thread, the fp32 arrays are read as two 16-byte halves
+ *          32 bytes apart: one warp load instruction then touches every 32-byte sector of 1 KB but
+ *          uses half of each, and the other half comes with the next instruction (twice the sector
+ *          requests to L1/L2, half-sector stores).  Quads read grad/param as 8-byte loads and every
+ *          fp32 load of a warp is 512 contiguous bytes.  (f32: the pack is already 4.)
+ *   groups groups per thread per iteration, all their loads issued before any math (8 bf16 with a
+ *          master copy: 7 16-byte loads in flight per thread; 2 packs: 14)
+ *   item   the work item a block takes: a whole MT__ADAMW_CHUNK chunk (the block walks it in
+ *          passes), or a slice of one pass (256 threads x groups x group elements): consecutive
+ *          blocks then take consecutive slices and the grid sweeps a narrow window of each array, as
+ *          a grid-stride loop does (fewer DRAM pages and TLB entries open at once)
+ *   ld/st  cs: streaming (evict-first) loads or stores; wb: plain ones (the residual add's stores)
+ *   grid   persistent (resident blocks x SMs, each block loops) or one work item per block
+ *
+ *   X(variant, group (0: the pack), groups, slice, ld cs, st cs, persistent, name) */
+#define MT__ADAMW_VARIANT_LIST(X)                                \
+    X(0, 0, 1, 0, 1, 1, 1, "chunk, pack x1, cs/cs")              \
+    X(1, 0, 1, 0, 1, 0, 1, "chunk, pack x1, cs/wb")              \
+    X(2, 0, 2, 0, 1, 1, 1, "chunk, pack x2, cs/cs")              \
+    X(3, 0, 1, 1, 1, 1, 1, "slice, pack x1, cs/cs")              \
+    X(4, 0, 1, 1, 1, 0, 1, "slice, pack x1, cs/wb")              \
+    X(5, 0, 2, 1, 1, 0, 1, "slice, pack x2, cs/wb")              \
+    X(6, 0, 1, 1, 1, 0, 0, "slice, pack x1, cs/wb, 1/block")     \
+    X(7, 0, 1, 1, 0, 0, 1, "slice, pack x1, wb/wb")              \
+    X(8, 4, 2, 0, 1, 1, 1, "chunk, quad x2, cs/cs")              \
+    X(9, 4, 2, 1, 1, 0, 1, "slice, quad x2, cs/wb")              \
+    X(10, 4, 4, 1, 1, 0, 1, "slice, quad x4, cs/wb")
+#define MT__ADAMW_COUNT_(id, g, u, sl, lc, sc, pe, name) +1
+#define MT__ADAMW_VARIANTS (0 MT__ADAMW_VARIANT_LIST(MT__ADAMW_COUNT_)) /* variants 0 .. this - 1 */
+#define MT__ADAMW_THREADS 256                                         /* threads per block, every variant */
+
+template <int VAR> struct mt__adamw_cfg;
+#define MT__ADAMW_CFG_(id, g, u, sl, lc, sc, pe, name)                                                   \
+    template <> struct mt__adamw_cfg<id> {                                                               \
+        static constexpr int GROUP = g, GROUPS = u;                                                      \
+        static constexpr bool SLICE = sl, LDCS = lc, STCS = sc, PERSIST = pe;                            \
+    };
+MT__ADAMW_VARIANT_LIST(MT__ADAMW_CFG_)
+#undef MT__ADAMW_CFG_
+
+/* name of variant v for reports ("?" when out of range) */
+MT_API const char *mt__adamw_variant_name(int v) {
+#define MT__ADAMW_NAME_(id, g, u, sl, lc, sc, pe, name) if (v == id) return name;
+    MT__ADAMW_VARIANT_LIST(MT__ADAMW_NAME_)
+#undef MT__ADAMW_NAME_
+    return "?";
+}
+
+/* Work items of variant VAR over dtype T: G elements per group, ELEMS per item (a whole chunk, or a
+ * slice of one pass of the block over a chunk). */
+template <typename T, int VAR>
+struct mt__adamw_item {
+    typedef mt__adamw_cfg<VAR> C;
+    static constexpr int G = C::GROUP ? C::GROUP : mt__pack_width<T>::value;
+    static constexpr size_t ELEMS = C::SLICE ? (size_t)MT__ADAMW_THREADS * G * C::GROUPS : (size_t)MT__ADAMW_CHUNK;
+    static constexpr uint32_t PER_CHUNK = (uint32_t)(MT__ADAMW_CHUNK / ELEMS);
+    static_assert(MT__ADAMW_CHUNK % ELEMS == 0, "a work item must tile a chunk");
+    static_assert(G % 4 == 0 && mt__pack_width<T>::value % G == 0, "a group is a multiple of 4 inside a pack");
+};
+
+/* V elements of T (8 or 16 bytes), streaming (CS) or plain */
+template <typename T, int V, bool CS>
+__device__ __forceinline__ mt__vec<T, V> mt__adamw_ld(const T *p) {
+    static_assert(sizeof(T) * V == 8 || sizeof(T) * V == 16, "8- or 16-byte vectors");
+    if constexpr (!CS) {
+        return mt__ld<T, V>(p);
+    } else if constexpr (sizeof(T) * V == 16) {
+        return mt__ldcs<T, V>(p);
+    } else {
+        uint2 r = __ldcs(reinterpret_cast<const uint2 *>(p));
+        return *reinterpret_cast<mt__vec<T, V> *>(&r);
+    }
+}
+template <typename T, int V, bool CS>
+__device__ __forceinline__ void mt__adamw_st(T *p, const mt__vec<T, V> &x) {
+    static_assert(sizeof(T) * V == 8 || sizeof(T) * V == 16, "8- or 16-byte vectors");
+    if constexpr (!CS) mt__st<T, V>(p, x);
+    else if constexpr (sizeof(T) * V == 16) mt__stcs<T, V>(p, x);
+    else __stcs(reinterpret_cast<uint2 *>(p), *reinterpret_cast<const uint2 *>(&x));
+}
+
+/* U groups of G elements at e0, e0 + S, ..., e0 + (U-1) S with S = MT__ADAMW_THREADS * G (a warp's
+ * loads stay contiguous).  Every load of the U groups is issued before any math.  Random draws of the
+ * group at e (a multiple of 4): one Philox call per 4 elements, counter e / 4 + c — the same numbers
+ * as mt_rng_u32(seed, step, i) for its elements i. */
+template <typename T, bool MASTER, int G, int U, bool LDCS, bool STCS>
+__device__ __forceinline__ void mt__adamw_groups(T *param, const T *grad, float *master, float *m, float *v,
+                                                 size_t e0, const mt__adamw_args &a, float gs, float wd, bool sr,
+                                                 const uint32_t key[2]) {
+    constexpr int NC = G / 4;
+    constexpr size_t S = (size_t)MT__ADAMW_THREADS * G;
+    mt__vec<T, G> gv[U], pv[U], out[U];
+    mt__vec<float, 4> m4[U][NC], v4[U][NC], p4[U][NC];
 #pragma unroll
-        for (int c = 0; c < VEC / 4; c++) {
-            mt__vec<float, 4> m4 = mt__ldcs<float, 4>(m + e0 + 4 * c), v4 = mt__ldcs<float, 4>(v + e0 + 4 * c);
-            mt__vec<float, 4> p4;
-            if (MASTER) p4 = mt__ldcs<float, 4>(master + e0 + 4 * c);
+    for (int u = 0; u < U; u++) {
+        size_t e = e0 + u * S;
+        gv[u] = mt__adamw_ld<T, G, LDCS>(grad + e);
+        if (!MASTER) pv[u] = mt__adamw_ld<T, G, LDCS>(param + e);
 #pragma unroll
-            for (int k = 0; k < 4; k++) {
-                mf[4 * c + k] = m4.v[k];
-                vf[4 * c + k] = v4.v[k];
-                pf[4 * c + k] = MASTER ? p4.v[k] : mt__f(pv.v[4 * c + k]);
-            }
+        for (int c = 0; c < NC; c++) {
+            m4[u][c] = mt__adamw_ld<float, 4, LDCS>(m + e + 4 * c);
+            v4[u][c] = mt__adamw_ld<float, 4, LDCS>(v + e + 4 * c);
+            if (MASTER) p4[u][c] = mt__adamw_ld<float, 4, LDCS>(master + e + 4 * c);
         }
-        uint32_t rnd[VEC];
+    }
 #pragma unroll
-        for (int k = 0; k < VEC; k++) rnd[k] = 0;
+    for (int u = 0; u < U; u++) {
+        size_t e = e0 + u * S;
+        uint32_t rnd[G];
+#pragma unroll
+        for (int k = 0; k < G; k++) rnd[k] = 0;
         if (sr) {
 #pragma unroll
-            for (int c = 0; c < VEC / 4; c++) {
-                uint64_t q = (e0 >> 2) + c;
+            for (int c = 0; c < NC; c++) {
+                uint64_t q = (e >> 2) + c;
                 uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), (uint32_t)a.step, (uint32_t)(a.step >> 32)};
                 uint32_t r4[4];
                 mt_philox4x32(ctr, key, r4);
@@ -143,27 +232,52 @@ __device__ __forceinline__ void mt__adamw_range(const mt__adamw_entry &t, size_t
             }
         }
 #pragma unroll
-        for (int k = 0; k < VEC; k++) {
-            pf[k] = mt__adamw_elem(pf[k], mt__f(gv.v[k]) * gs, mf[k], vf[k], a, wd);
-            out.v[k] = mt__round_param<T>(pf[k], rnd[k], sr);
+        for (int k = 0; k < G; k++) {
+            float &mk = m4[u][k / 4].v[k % 4], &vk = v4[u][k / 4].v[k % 4];
+            float p = MASTER ? p4[u][k / 4].v[k % 4] : mt__f(pv[u].v[k]);
+            p = mt__adamw_elem(p, mt__f(gv[u].v[k]) * gs, mk, vk, a, wd);
+            if (MASTER) p4[u][k / 4].v[k % 4] = p;
+            out[u].v[k] = mt__round_param<T>(p, rnd[k], sr);
         }
-#pragma unroll
-        for (int c = 0; c < VEC / 4; c++) {
-            mt__vec<float, 4> m4, v4, p4;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                m4.v[k] = mf[4 * c + k];
-                v4.v[k] = vf[4 * c + k];
-                p4.v[k] = pf[4 * c + k];
-            }
-            mt__stcs<float, 4>(m + e0 + 4 * c, m4);
-            mt__stcs<float, 4>(v + e0 + 4 * c, v4);
-            if (MASTER) mt__stcs<float, 4>(master + e0 + 4 * c, p4);
-        }
-        mt__stcs<T, VEC>(param + e0, out);
     }
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        size_t e = e0 + u * S;
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            mt__adamw_st<float, 4, STCS>(m + e + 4 * c, m4[u][c]);
+            mt__adamw_st<float, 4, STCS>(v + e + 4 * c, v4[u][c]);
+            if (MASTER) mt__adamw_st<float, 4, STCS>(master + e + 4 * c, p4[u][c]);
+        }
+        mt__adamw_st<T, G, STCS>(param + e, out[u]);
+    }
+}
+
+/* Elements [s, e) of tensor t (s a multiple of the pack width VEC; e == t.n or a multiple of VEC), by
+ * the block's MT__ADAMW_THREADS threads.  When t.vec, the first (e - s) / VEC * VEC elements in groups
+ * of G (U per thread per iteration while U fit, then one), the rest element by element; when not
+ * (some pointer not 16-byte aligned), all element by element. */
+template <typename T, bool MASTER, int G, int U, bool LDCS, bool STCS>
+__device__ __forceinline__ void mt__adamw_range(const mt__adamw_entry &t, size_t s, size_t e,
+                                                const mt__adamw_args &a, float gs) {
+    constexpr int VEC = mt__pack_width<T>::value;
+    constexpr size_t S = (size_t)MT__ADAMW_THREADS * G;
+    T *param = (T *)t.param;
+    const T *grad = (const T *)t.grad;
+    float *master = t.master, *m = t.m, *v = t.v;
+    const uint64_t seed = a.seed ? a.seed + t.seed_off : 0;
+    const bool sr = sizeof(T) == 2 && seed != 0;
+    const float wd = t.decay ? a.wd : 0.0f;
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    size_t pe = t.vec ? s + (e - s) / VEC * VEC : s; /* end of the packed part */
+    size_t e0 = s + (size_t)threadIdx.x * G;
+    for (; e0 + (U - 1) * S < pe; e0 += U * S)
+        mt__adamw_groups<T, MASTER, G, U, LDCS, STCS>(param, grad, master, m, v, e0, a, gs, wd, sr, key);
+    if constexpr (U > 1) /* the last < U groups of this thread */
+        for (; e0 < pe; e0 += S)
+            mt__adamw_groups<T, MASTER, G, 1, LDCS, STCS>(param, grad, master, m, v, e0, a, gs, wd, sr, key);
     /* the rest (the < VEC tail, or the whole range when not aligned): one element per thread */
-    for (size_t i = pe + threadIdx.x; i < e; i += blockDim.x) {
+    for (size_t i = pe + threadIdx.x; i < e; i += MT__ADAMW_THREADS) {
         float mm = m[i], vv = v[i];
         float p = MASTER ? master[i] : mt__f(param[i]);
         p = mt__adamw_elem(p, mt__f(grad[i]) * gs, mm, vv, a, wd);
@@ -174,35 +288,49 @@ __device__ __forceinline__ void mt__adamw_range(const mt__adamw_entry &t, size_t
     }
 }
 
-/* Persistent grid over the chunks of `count` tensors: block b takes chunks b, b + gridDim.x, ...;
- * chunk indices grow, so the tensor index only moves forward (a linear walk over the table). */
-template <typename T, bool MASTER>
+/* The grid walks the work items of `count` tensors: block b takes items b, b + gridDim.x, ...; item
+ * indices grow, so after a binary search for the first one the tensor index only moves forward (a
+ * linear walk over the table).  Items past the end of a tensor (slices of its last chunk) are empty. */
+template <typename T, bool MASTER, int VAR>
 __device__ __forceinline__ void mt__adamw_tensors(const mt__adamw_entry *tab, int count, uint32_t nchunks,
                                                   const mt__adamw_args &a, const float *gscale) {
+    typedef mt__adamw_cfg<VAR> C;
+    typedef mt__adamw_item<T, VAR> I;
     float gs = gscale ? *gscale : 1.0f;
-    int t = 0;
-    for (uint32_t c = blockIdx.x; c < nchunks; c += gridDim.x) {
+    uint64_t items = (uint64_t)nchunks * I::PER_CHUNK;
+    if ((uint64_t)blockIdx.x >= items) return;
+    int t = 0, hi = count - 1; /* the last tensor whose chunk0 <= the first chunk (tab[0].chunk0 = 0) */
+    uint32_t c_first = (uint32_t)(blockIdx.x / I::PER_CHUNK);
+    while (t < hi) {
+        int mid = (t + hi + 1) >> 1;
+        if (tab[mid].chunk0 <= c_first) t = mid;
+        else hi = mid - 1;
+    }
+    for (uint64_t w = blockIdx.x; w < items; w += gridDim.x) {
+        uint32_t c = (uint32_t)(w / I::PER_CHUNK);
         while (t + 1 < count && tab[t + 1].chunk0 <= c) t++;
         const mt__adamw_entry &te = tab[t];
-        size_t s = (size_t)(c - te.chunk0) * MT__ADAMW_CHUNK;
-        size_t e = s + MT__ADAMW_CHUNK < te.n ? s + MT__ADAMW_CHUNK : te.n;
-        mt__adamw_range<T, MASTER>(te, s, e, a, gs);
+        size_t s = (size_t)(c - te.chunk0) * MT__ADAMW_CHUNK + (size_t)(w % I::PER_CHUNK) * I::ELEMS;
+        if (s >= te.n) continue;
+        size_t e = s + I::ELEMS < te.n ? s + I::ELEMS : te.n;
+        mt__adamw_range<T, MASTER, I::G, C::GROUPS, C::LDCS, C::STCS>(te, s, e, a, gs);
     }
 }
 
 /* table in kernel parameter space (mt_adamw, mt_adamw_multi) */
-template <typename T, bool MASTER>
-__global__ void __launch_bounds__(256) mt__adamw_batch_kernel(const __grid_constant__ mt__adamw_batch b,
-                                                              mt__adamw_args a, const float *__restrict__ gscale) {
-    mt__adamw_tensors<T, MASTER>(b.e, b.count, b.nchunks, a, gscale);
+template <typename T, bool MASTER, int VAR>
+__global__ void __launch_bounds__(MT__ADAMW_THREADS)
+    mt__adamw_batch_kernel(const __grid_constant__ mt__adamw_batch b, mt__adamw_args a,
+                           const float *__restrict__ gscale) {
+    mt__adamw_tensors<T, MASTER, VAR>(b.e, b.count, b.nchunks, a, gscale);
 }
 
 /* table in device memory (mt_adamw_multi_plan: uploaded once) */
-template <typename T, bool MASTER>
-__global__ void __launch_bounds__(256) mt__adamw_table_kernel(const mt__adamw_entry *__restrict__ tab, int count,
-                                                              uint32_t nchunks, mt__adamw_args a,
-                                                              const float *__restrict__ gscale) {
-    mt__adamw_tensors<T, MASTER>(tab, count, nchunks, a, gscale);
+template <typename T, bool MASTER, int VAR>
+__global__ void __launch_bounds__(MT__ADAMW_THREADS)
+    mt__adamw_table_kernel(const mt__adamw_entry *__restrict__ tab, int count, uint32_t nchunks, mt__adamw_args a,
+                           const float *__restrict__ gscale) {
+    mt__adamw_tensors<T, MASTER, VAR>(tab, count, nchunks, a, gscale);
 }
 
 /* partial[block] = sum of x^2 over the block's grid-stride share, in fp64 */
@@ -291,26 +419,46 @@ MT_API void mt__adamw_entry_set(mt__adamw_entry *e, void *param, float *master, 
 
 MT_API uint32_t mt__adamw_chunks(size_t n) { return (uint32_t)((n + MT__ADAMW_CHUNK - 1) / MT__ADAMW_CHUNK); }
 
-/* Launch over the table: `batch` (by value) when non-NULL, else `dtab` (device memory). */
+/* Launch variant VAR over the table: `batch` (by value) when non-NULL, else `dtab` (device memory).
+ * Persistent variants: one wave of resident blocks (at most one per work item); the others one block
+ * per work item (capped at 2^31 - 1 blocks; the kernel loops over the rest). */
+template <typename T, int VAR>
+static inline mt_status mt__adamw_launch_v(const mt_ctx *cx, const mt__adamw_batch *batch, const mt__adamw_entry *dtab,
+                                           int count, uint32_t nchunks, int has_master, const mt__adamw_args *a,
+                                           const void *gscale) {
+    const void *fn = batch ? (has_master ? (const void *)mt__adamw_batch_kernel<T, true, VAR>
+                                         : (const void *)mt__adamw_batch_kernel<T, false, VAR>)
+                           : (has_master ? (const void *)mt__adamw_table_kernel<T, true, VAR>
+                                         : (const void *)mt__adamw_table_kernel<T, false, VAR>);
+    uint64_t items = (uint64_t)nchunks * mt__adamw_item<T, VAR>::PER_CHUNK, grid = 0x7fffffffu;
+    if (mt__adamw_cfg<VAR>::PERSIST)
+        grid = (uint64_t)cx->gpu->sm_count * mt__occupancy(cx, fn, MT__ADAMW_THREADS);
+    if (grid > items) grid = items;
+    cudaStream_t st = MT__STREAM(cx);
+    const float *gs = (const float *)gscale;
+    const unsigned nb = (unsigned)grid, nt = MT__ADAMW_THREADS;
+    if (batch && has_master) mt__adamw_batch_kernel<T, true, VAR><<<nb, nt, 0, st>>>(*batch, *a, gs);
+    else if (batch) mt__adamw_batch_kernel<T, false, VAR><<<nb, nt, 0, st>>>(*batch, *a, gs);
+    else if (has_master) mt__adamw_table_kernel<T, true, VAR><<<nb, nt, 0, st>>>(dtab, count, nchunks, *a, gs);
+    else mt__adamw_table_kernel<T, false, VAR><<<nb, nt, 0, st>>>(dtab, count, nchunks, *a, gs);
+    MT__LAUNCHED(cx, "mt__adamw_kernel");
+    return MT_OK;
+}
+
 template <typename T>
 static inline mt_status mt__adamw_launch_t(const mt_ctx *cx, const mt__adamw_batch *batch, const mt__adamw_entry *dtab,
                                            int count, uint32_t nchunks, int has_master, const mt__adamw_args *a,
                                            const void *gscale) {
     if (nchunks == 0) return MT_OK;
-    const void *fn = batch ? (has_master ? (const void *)mt__adamw_batch_kernel<T, true>
-                                         : (const void *)mt__adamw_batch_kernel<T, false>)
-                           : (has_master ? (const void *)mt__adamw_table_kernel<T, true>
-                                         : (const void *)mt__adamw_table_kernel<T, false>);
-    size_t grid = (size_t)cx->gpu->sm_count * mt__occupancy(cx, fn, 256); /* persistent: one wave */
-    if (grid > nchunks) grid = nchunks;
-    cudaStream_t st = MT__STREAM(cx);
-    const float *gs = (const float *)gscale;
-    if (batch && has_master) mt__adamw_batch_kernel<T, true><<<(unsigned)grid, 256, 0, st>>>(*batch, *a, gs);
-    else if (batch) mt__adamw_batch_kernel<T, false><<<(unsigned)grid, 256, 0, st>>>(*batch, *a, gs);
-    else if (has_master) mt__adamw_table_kernel<T, true><<<(unsigned)grid, 256, 0, st>>>(dtab, count, nchunks, *a, gs);
-    else mt__adamw_table_kernel<T, false><<<(unsigned)grid, 256, 0, st>>>(dtab, count, nchunks, *a, gs);
-    MT__LAUNCHED(cx, "mt__adamw_kernel");
-    return MT_OK;
+    switch (cx->gpu->adamw_variant) {
+#define MT__ADAMW_CASE_(id, g, u, sl, lc, sc, pe, name) \
+    case id: return mt__adamw_launch_v<T, id>(cx, batch, dtab, count, nchunks, has_master, a, gscale);
+        MT__ADAMW_VARIANT_LIST(MT__ADAMW_CASE_)
+#undef MT__ADAMW_CASE_
+    default:
+        return mt_errorf(MT_ERR_ARG, "adamw: cx->gpu->adamw_variant = %d (expected 0 .. %d)", cx->gpu->adamw_variant,
+                         MT__ADAMW_VARIANTS - 1);
+    }
 }
 
 MT_API mt_status mt__adamw_launch(const mt_ctx *cx, const mt__adamw_batch *batch, const mt__adamw_entry *dtab,
