@@ -1195,39 +1195,26 @@ __device__ __forceinline__ void mt__wg_keep(float (&d)[N]) {
 }
 
 /* Add a warpgroup accumulator tile (rows of this warp: r0 and r0 + 8; NJ n8 tiles from column c0) into
- * the fp32 rows `acc` (row stride D). V4: pairs of lanes swap halves so that each lane adds 4
- * consecutive floats of one row (red.global.add.v4.f32, half the reductions of float2 atomics). Rows
- * at or past T are skipped. */
-template <int NJ, int D, bool V4>
+ * the fp32 rows `acc` (row stride D). Pairs of lanes swap halves so that each lane adds 4 consecutive
+ * floats of one row with one red.global.add.v4.f32 (half the reductions of float2 atomics). Rows at or
+ * past T (T >= 1) add zeros to row T-1 instead: the code has no branch, so it may run while wgmma is
+ * in flight without the compiler serializing the wgmma. */
+template <int NJ, int D>
 __device__ __forceinline__ void mt__fa_red_tile(float *acc, const float (&d)[4 * NJ], int r0, int c0, int T,
                                                 int lane) {
-    const int tq = lane & 3;
-    if (V4) {
-        const bool odd = lane & 1;
-        const int row = odd ? r0 + 8 : r0;
+    const bool odd = lane & 1;
+    const int row = odd ? r0 + 8 : r0;
+    const bool ok = row < T;
+    float *dst = acc + (size_t)(ok ? row : T - 1) * D + c0 + 2 * (lane & 2);
 #pragma unroll
-        for (int j = 0; j < NJ; j++) {
-            const float x = odd ? d[4 * j] : d[4 * j + 2], y = odd ? d[4 * j + 1] : d[4 * j + 3];
-            const float rx = __shfl_xor_sync(0xffffffffu, x, 1), ry = __shfl_xor_sync(0xffffffffu, y, 1);
-            const float v0 = odd ? rx : d[4 * j], v1 = odd ? ry : d[4 * j + 1];
-            const float v2 = odd ? d[4 * j + 2] : rx, v3 = odd ? d[4 * j + 3] : ry;
-            float *dst = acc + (size_t)row * D + c0 + 8 * j + 2 * (tq & 2);
-            if (row < T)
-                asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v0), "f"(v1), "f"(v2),
-                             "f"(v3)
-                             : "memory");
-        }
-    } else {
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int row = r0 + r * 8;
-            if (row < T) {
-#pragma unroll
-                for (int j = 0; j < NJ; j++)
-                    atomicAdd(reinterpret_cast<float2 *>(acc + (size_t)row * D + c0 + 8 * j + 2 * tq),
-                              make_float2(d[4 * j + 2 * r], d[4 * j + 2 * r + 1]));
-            }
-        }
+    for (int j = 0; j < NJ; j++) {
+        const float x = odd ? d[4 * j] : d[4 * j + 2], y = odd ? d[4 * j + 1] : d[4 * j + 3];
+        const float rx = __shfl_xor_sync(0xffffffffu, x, 1), ry = __shfl_xor_sync(0xffffffffu, y, 1);
+        const float v0 = odd ? rx : d[4 * j], v1 = odd ? ry : d[4 * j + 1];
+        const float v2 = odd ? d[4 * j + 2] : rx, v3 = odd ? d[4 * j + 3] : ry;
+        asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst + 8 * j), "f"(ok ? v0 : 0.f),
+                     "f"(ok ? v1 : 0.f), "f"(ok ? v2 : 0.f), "f"(ok ? v3 : 0.f)
+                     : "memory");
     }
 }
 
@@ -1242,10 +1229,10 @@ __device__ __forceinline__ void mt__fa_red_tile(float *acc, const float (&d)[4 *
  *     SPLIT 1: warpgroup w computes columns 32w..32w+31 of dQ (64 x 32) over all 128 keys, after a CTA
  *              barrier (both dS^T tiles written), with B = K^T, a transposed copy of K made once
  *              (K-major, so a 32-column slice is a plain descriptor): half the atomics of SPLIT 0;
- *   dq_acc += dQ                               (fp32 atomics: float2, or with V4 red.global.add.v4.f32)
+ *   dq_acc += dQ                               (red.global.add.v4.f32, issued during the next iteration)
  * Accumulators (64 x N fp32 per warpgroup: N/2 registers a thread) follow mma.sync's C fragment per
  * warp: element 4j+e is row 16*warp + lane/4 + 8*(e>>1), column 8j + 2*(lane&3) + (e&1). */
-template <int D, int SPLIT, bool V4>
+template <int D, int SPLIT>
 __global__ void __launch_bounds__(256, 1)
 mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
                       const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
@@ -1283,17 +1270,16 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
     const int total = G * per_head;
     const uint32_t sKw = sK + wg * TILE, sVw = sV + wg * TILE, sSw = sS0 + wg * TILE;
 
+    /* Q, dO, lse and delta of iteration `it` into stage st. Without branches (it is issued while wgmma
+     * runs): threads 0-63 copy lse, 64-127 delta, 128-255 repeat them (same bytes to the same place). */
     auto load_q = [&](int it, int st) {
         const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
         mt__fa_load_tile<BM, D, NT>(sQ0 + st * TILE, grp + (size_t)jj * D, ld, q0, T, tid);
         mt__fa_load_tile<BM, D, NT>(sO0 + st * TILE, dout + (size_t)b * T * ldo + (size_t)hh * D, ldo, q0, T, tid);
-        if (tid < BM) {
-            const size_t off = ((size_t)b * H + hh) * T;
-            const bool ok = q0 + tid < T;
-            const int qi = ok ? q0 + tid : 0;
-            mt__fa_cp4(sL0 + st * BM * 4 + tid * 4, lse + off + qi, ok);
-            mt__fa_cp4(sD0 + st * BM * 4 + tid * 4, delta + off + qi, ok);
-        }
+        const int r = tid & (BM - 1), which = (tid >> 6) & 1;
+        const bool ok = q0 + r < T;
+        const float *src = (which ? delta : lse) + ((size_t)b * H + hh) * T + (ok ? q0 + r : 0);
+        mt__fa_cp4((which ? sD0 : sL0) + st * BM * 4 + r * 4, src, ok);
     };
 
     mt__fa_load_tile<BN, D, NT>(sK, grp + (size_t)G * D, ld, n0, T, tid);
@@ -1321,16 +1307,25 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
     float(&dq16)[16] = *reinterpret_cast<float(*)[16]>(dq);
 #pragma unroll
     for (int i = 0; i < 32; i++) dk[i] = dv[i] = s[i] = dp[i] = dq[i] = 0.f;
+    /* The dQ of an iteration is added to dq_acc during the next one, while its first products run:
+     * pend = its first accumulator row, pend_rows = its rows before T. Before the first iteration, the
+     * zeros in dq go to a valid place (no branch). */
+    float *pend = dq_acc + ((size_t)b * H + (size_t)g * G) * T * D + (size_t)qb0 * BM * D;
+    int pend_rows = T - qb0 * BM;
+    auto flush = [&]() {
+        if (SPLIT) mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
+        else mt__fa_red_tile<8, D>(pend, dq, wq * 16 + gr, 0, pend_rows, lane);
+    };
 
     for (int it = 0; it < total; it++) {
         const int st = it & 1;
         mt__fa_cp_wait<0>();     /* this stage (and, the first time, K and V) has landed */
         mt__fence_async_smem();  /* ... and is visible to wgmma */
         __syncthreads();         /* everyone's copies done; everyone is past the previous iteration */
-        if (it + 1 < total) {
-            load_q(it + 1, st ^ 1);
+        auto prefetch = [&]() {  /* the next stage, free now (the last iteration reloads itself there) */
+            load_q(it + 1 < total ? it + 1 : it, st ^ 1);
             mt__fa_cp_commit();
-        }
+        };
         const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
         const uint32_t sQ = sQ0 + st * TILE, sO = sO0 + st * TILE;
         const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
@@ -1340,9 +1335,14 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
         float *dqh = dq_acc + (((size_t)b * H + hh) * T + q0) * D; /* row q0 of this head's accumulator */
         /* Each run of wgmma below completes (wait_group 0) inside its own branch: none is in flight
          * where the paths join, so the compiler never has to serialize them. */
-        if (!SPLIT && !act) continue;
+        if (!SPLIT && !act) {
+            prefetch();
+            flush();
+            continue;
+        }
         if (act) {
-            /* S^T = K Q^T, dP^T = V dO^T (two groups: P^T is computed while dP^T is still running) */
+            /* S^T = K Q^T, dP^T = V dO^T (two groups: P^T is computed while dP^T is still running);
+             * meanwhile the next stage's copies and the previous dQ's reductions are issued */
             mt__wg_fence();
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk++)
@@ -1352,6 +1352,8 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
             for (int kk = 0; kk < D / 16; kk++)
                 mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + kk * 32), mt__wg_desc(sO + kk * 32), kk);
             mt__wg_commit();
+            prefetch();
+            flush();
             mt__wg_wait<1>();
             mt__wg_keep(s);
 
@@ -1416,6 +1418,8 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
             mt__wg_keep(dk);
             mt__wg_keep(dv);
         } else { /* SPLIT, warpgroup 1 idle: its dS^T is zero (warpgroup 0 still reads it for dQ) */
+            prefetch();
+            flush();
             unsigned char *p = smem + (sSw - base);
 #pragma unroll
             for (int k = 0; k < 4; k++)
@@ -1435,12 +1439,13 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
             mt__wg_commit();
             mt__wg_wait<0>();
             mt__wg_keep(dq16);
-            mt__fa_red_tile<4, D, V4>(dqh, dq16, wq * 16 + gr, wg * 32, T - q0, lane);
         } else {
             mt__wg_keep(dq);
-            mt__fa_red_tile<8, D, V4>(dqh, dq, wq * 16 + gr, 0, T - q0, lane);
         }
+        pend = dqh;
+        pend_rows = T - q0;
     }
+    flush();
 
     /* dK * scale and dV to bf16 through this warpgroup's own rows of sK / sV (only it reads them, and its
      * products are complete), then 16-byte stores */
@@ -1596,10 +1601,10 @@ static inline mt_status mt__flash_bwd2_run(const mt_ctx *cx, void *dqkv, const v
     return mt__fa_cuda("mt_flash_attention_bwd: dq");
 }
 
-/* The backward through mt__flash_bwd3_kernel<D, SPLIT, V4> (wgmma, head dim 64; atomics for dQ). The
+/* The backward through mt__flash_bwd3_kernel<D, SPLIT> (wgmma, head dim 64; atomics for dQ). The
  * kernel needs a build for sm_90a (-gencode=arch=compute_90a,code=sm_90a) and a GPU of compute
  * capability 9.x; on anything else this returns MT_ERR_UNSUPPORTED. */
-template <int D, int SPLIT, bool V4>
+template <int D, int SPLIT>
 static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
                                            const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                            float *delta, float *dq_acc) {
@@ -1608,7 +1613,7 @@ static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, con
     const float scale = (float)(1.0 / sqrt((double)D));
     const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
     void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
-              int, int, int, int, float, float) = mt__flash_bwd3_kernel<D, SPLIT, V4>;
+              int, int, int, int, float, float) = mt__flash_bwd3_kernel<D, SPLIT>;
     {
         int dev = 0, major = 0;
         cudaFuncAttributes fa;
@@ -1633,12 +1638,12 @@ static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, con
                                                                          D, scale);
     return mt__fa_cuda("mt_flash_attention_bwd: dq");
 }
-/* The wgmma backward with its default options (dQ split across the warpgroups, 16-byte reductions). */
+/* The wgmma backward with its default option (dQ columns split across the warpgroups). */
 template <int D>
 static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
                                            const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                            float *delta, float *dq_acc) {
-    return mt__flash_bwd3_cfg_run<D, 1, true>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    return mt__flash_bwd3_cfg_run<D, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
 template <int D>

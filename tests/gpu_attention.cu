@@ -7,7 +7,7 @@
  * and every element is finite. The deterministic backward (MT_FLASH_DETERMINISTIC's path) is checked
  * the same way and must be bitwise reproducible; the default one must give bitwise identical dK/dV;
  * the alternative backward (16 keys per warp, P in registers) is checked against the reference too,
- * and so is the wgmma backward (mt__flash_bwd3_cfg_run, hd 64, Hopper only) in each of its four
+ * and so is the wgmma backward (mt__flash_bwd3_cfg_run, hd 64, Hopper only) in both of its
  * configurations, whose dK/dV must also be bitwise identical between two runs.
  * Also: an unsupported head dim returns MT_ERR_UNSUPPORTED, a short workspace is refused.
  */
@@ -94,24 +94,18 @@ static mt_status bwd_alt_layout(const mt_ctx *cx, void *dqkv, const void *dout, 
         cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
-/* the wgmma backward (mt__flash_bwd3_cfg_run) in configuration v: 0 = the default (dQ split across the
- * warpgroups, 16-byte reductions), 1 = split with float2 atomics, 2 = dQ per warpgroup's own keys with
- * 16-byte reductions, 3 = the same with float2 atomics. hd 64 on compute capability 9.x, else
- * MT_ERR_UNSUPPORTED. */
-#define N_WGMMA 4
-static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma split/f2", "wgmma own-keys/v4",
-                                                   "wgmma own-keys/f2"};
+/* the wgmma backward (mt__flash_bwd3_cfg_run) in configuration v: 0 = the default (dQ columns split
+ * across the warpgroups), 1 = dQ per warpgroup over its own keys. hd 64 on compute capability 9.x,
+ * else MT_ERR_UNSUPPORTED. */
+#define N_WGMMA 2
+static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma own-keys"};
 static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
                            const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws) {
     float *delta, *dq_acc;
     mt__fa_ws_split(ws, B, T, Hkv, G, &delta, &dq_acc);
     if (D != 64) return MT_ERR_UNSUPPORTED;
     if (v == 0) return mt__flash_bwd3_run<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
-    if (v == 1)
-        return mt__flash_bwd3_cfg_run<64, 1, false>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
-    if (v == 2)
-        return mt__flash_bwd3_cfg_run<64, 0, true>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
-    return mt__flash_bwd3_cfg_run<64, 0, false>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    return mt__flash_bwd3_cfg_run<64, 0>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 static int g_wgmma_ran = 0, g_wgmma_skipped = 0;
 
