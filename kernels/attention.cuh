@@ -1338,6 +1338,8 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
         if (!SPLIT && !act) {
             prefetch();
             flush();
+#pragma unroll
+            for (int i = 0; i < 32; i++) dq[i] = 0.f; /* flushed: the next flush adds nothing */
             continue;
         }
         if (act) {
@@ -1446,6 +1448,7 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
         pend_rows = T - q0;
     }
     flush();
+    mt__fa_cp_wait<0>(); /* the last iteration's (unused) prefetch must land before the CTA may exit */
 
     /* dK * scale and dV to bf16 through this warpgroup's own rows of sK / sV (only it reads them, and its
      * products are complete), then 16-byte stores */
