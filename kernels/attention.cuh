@@ -36,7 +36,7 @@
  *             (32 keys x D/2 per warp, for the whole CTA), dQ += dS K with atomics;
  *             3) dQ accumulator * scale -> bf16 into dqkv. (mt__flash_bwd_kernel is the same
  *             algorithm with 16 keys per warp and P kept in registers; the benchmark times both.)
- *   backward on wgmma (mt__flash_bwd3_run, hd 64, sm_90a; opt-in, not yet the default): the same three
+ *   backward on wgmma (mt__flash_bwd3_run, hd 64, sm_90a; the default for hd 64): the same three
  *             launches; step 2 with Hopper's warpgroup MMA: 2 warpgroups x 64 keys per CTA, keys as
  *             the M dimension so P^T and dS^T stay in registers as the A operand of dV and dK, K/V
  *             resident and Q/dO double-buffered in shared memory (128-byte swizzle), dS^T through
@@ -1492,9 +1492,11 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
  * times a few). */
 template <int D> struct mt__fa_cfg;
 template <> struct mt__fa_cfg<64> {
-    /* BWD2: 1 = the FA2-layout backward, 0 = the 16-keys-per-warp one with (BWD_BM, BWD_BN); for
-     * hd 64 the latter at 128 x 128 measured 7-20% faster (T = 1024-8192, causal, H200) */
-    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 128, BWD_BN = 128, BWD2 = 0 };
+    /* BWD2: 2 = the wgmma backward (sm_90a builds on compute capability 9.x; mt__flash_bwd3_run
+     * falls back by itself otherwise), 1 = the FA2-layout backward, 0 = the 16-keys-per-warp one at
+     * (BWD_BM, BWD_BN).  Causal hd 64 on an H200, TFLOP/s at T = 1024/2048/4096/8192: wgmma
+     * 174/207/228/243, 16 keys per warp 64x64 175/196/210/219, FA2 layout 144/165/178/187 */
+    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 64, BWD2 = 2 };
 };
 template <> struct mt__fa_cfg<128> {
     enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128, BWD2 = 1 };
@@ -1663,7 +1665,11 @@ static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const
     if (MT_FLASH_DETERMINISTIC)
         return mt__flash_bwd_run<D, 64, 128, true>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
                                                                 delta, dq_acc);
-    if (!C::BWD2)
+    if constexpr (C::BWD2 == 2) {
+        mt_status st = mt__flash_bwd3_run<D>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+        if (st != MT_ERR_UNSUPPORTED) return st; /* not an sm_90a build on a 9.x GPU: mma.sync below */
+    }
+    if (C::BWD2 != 1)
         return mt__flash_bwd_run<D, C::BWD_BM, C::BWD_BN, false>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
                                                                  delta, dq_acc);
     return mt__flash_bwd2_run<D>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);

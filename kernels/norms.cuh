@@ -17,8 +17,8 @@
  * kernels run with scalar accesses (any C).  Backward: for rows up to 256 packs, one warp per row
  * (4 warps per block, as many blocks as fit): no block barrier in the loop, each warp adds its
  * rows' dw/db into its own shared-memory slice, the block adds its slices into one partial row.
- * Wider rows (or norm_bwd_variant 1-3): one block per row, at most 4 (or all, 2) resident blocks
- * per SM, each walking rows blockIdx.x + k*gridDim.x with the next row prefetched before the
+ * Wider rows (or norm_bwd_variant 1-3): one block per row (variants 2, 3: 2 or 4 packs per thread),
+ * as many resident blocks as fit (at most 4 per SM for the default), each walking rows blockIdx.x + k*gridDim.x with the next row prefetched before the
  * current row's reduction, accumulating dw/db in registers and writing one partial row.  A second
  * kernel adds the partial rows in block order to dw/db.
  * Deterministic (the order depends on N, C and the device only), no atomics.
@@ -553,15 +553,17 @@ static inline mt_status mt__norm_bwd_launch(const mt_ctx *cx, const char *op, in
         }
         return MT_OK;
     }
-    MT_TRY(mt__row_geom(op, C, vec, 512, &np, &threads));
+    /* block per row: up to 512 threads, one pack each (variant 2: up to 128 threads, variant 3: up
+     * to 64, with 2 or 4 packs per thread in flight) */
+    static const int k_maxt[4] = {512, 512, 128, 64};
+    MT_TRY(mt__row_geom(op, C, vec, k_maxt[cx->gpu->norm_bwd_variant & 3], &np, &threads));
     /* as many blocks as fit on the GPU at once (each then walks ~N/nblk rows), at most 1024: the
      * partition, hence the summation order, depends only on N, C and the device */
     int occ = 0;
     if (rms) MT__ROW_OCC(vec, np, MT__RMSB, threads, &occ);
     else MT__ROW_OCC(vec, np, MT__LNB, threads, &occ);
-    /* block per row; resident blocks per SM used: norm_bwd_variant 1 all that fit, 2 at most 2,
-     * 3 at most 4 (0, the default, when the row is too wide for the warp kernel: at most 4) */
-    static const int k_cap[4] = {4, 1 << 20, 2, 4};
+    /* resident blocks per SM used: all that fit, at most 4 when the default falls back here */
+    static const int k_cap[4] = {4, 1 << 20, 1 << 20, 1 << 20};
     int cap = k_cap[cx->gpu->norm_bwd_variant & 3];
     if (occ < 1) occ = 1;
     int nblk = cx->gpu->sm_count * (occ < cap ? occ : cap);

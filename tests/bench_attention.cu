@@ -97,7 +97,7 @@ static const variant g_variants[] = {
     {"fwd 128x128 w8", 64, mt__flash_fwd_run<64, 128, 128, 8>, NULL},
     {"fwd 128x128 w4", 64, mt__flash_fwd_run<64, 128, 128, 4>, NULL},
     {"bwd 16-keys/warp 64x128 w8", 64, NULL, mt__flash_bwd_run<64, 64, 128, false>},
-    {"bwd 16-keys/warp 128x128 w8 (default)", 64, NULL, mt__flash_bwd_run<64, 128, 128, false>},
+    {"bwd 16-keys/warp 128x128 w8", 64, NULL, mt__flash_bwd_run<64, 128, 128, false>},
     {"bwd 16-keys/warp 64x64 w4", 64, NULL, mt__flash_bwd_run<64, 64, 64, false>},
     {"bwd 16-keys/warp determ.", 64, NULL, mt__flash_bwd_run<64, 64, 128, true>},
     {"bwd FA2 layout", 64, NULL, mt__flash_bwd2_run<64>},
@@ -111,7 +111,7 @@ static const variant g_variants[] = {
     {"bwd 16-keys/warp determ.", 128, NULL, mt__flash_bwd_run<128, 64, 128, true>},
     {"bwd FA2 layout (default)", 128, NULL, mt__flash_bwd2_run<128>},
     /* last, so that the rows above are printed even if these fault */
-    {"bwd wgmma (new)", 64, NULL, mt__flash_bwd3_run<64>},
+    {"bwd wgmma (default)", 64, NULL, mt__flash_bwd3_run<64>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
 };
 

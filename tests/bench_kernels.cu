@@ -223,13 +223,18 @@ int main(int argc, char **argv) {
         row_mem("copy (same size)", shape, ms, 2.0 * n * bf);
         NORM_ROW("layernorm bwd", lnb,
                  mt_layernorm_bwd(cx, dres[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
-        for (int var = 1; var < 4; var++) { /* 0: warp per row; block per row with 1: all resident, 2: <= 2, 3: <= 4 per SM */
-            static const char *vn[4] = {"", "  (block/row, all)", "  (block/row, 2/SM)", "  (block/row, 4/SM)"};
+        for (int var = 1; var < 4; var++) { /* 0: warp per row; block per row with 1, 2, 4 packs per thread */
+            static const char *vn[4] = {"", "  (block/row, 1 pack)", "  (block/row, 2 packs)", "  (block/row, 4 packs)"};
             cx->gpu->norm_bwd_variant = var;
             TIME_GRAPH_MS(ms, K, mt_layernorm_bwd(cx, dres[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
             row_mem(vn[var], shape, ms, lnb);
         }
         cx->gpu->norm_bwd_variant = 0;
+        /* the default's parts: without dw/db (no partial rows, no second kernel); not in place */
+        TIME_GRAPH_MS(ms, K, mt_layernorm_bwd(cx, dres[k_], NULL, NULL, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
+        row_mem("  (no dw/db)", shape, ms, lnb);
+        TIME_GRAPH_MS(ms, K, mt_layernorm_bwd(cx, out[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
+        row_mem("  (not in place)", shape, ms, lnb);
         NORM_ROW("rmsnorm fwd", rmf, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
         cx->gpu->norm_fwd_warp = 0;
         TIME_GRAPH_MS(ms, K, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
@@ -237,7 +242,7 @@ int main(int argc, char **argv) {
         cx->gpu->norm_fwd_warp = 1;
         NORM_ROW("rmsnorm bwd", rmb, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
         for (int var = 1; var < 4; var++) {
-            static const char *vn[4] = {"", "  (block/row, all)", "  (block/row, 2/SM)", "  (block/row, 4/SM)"};
+            static const char *vn[4] = {"", "  (block/row, 1 pack)", "  (block/row, 2 packs)", "  (block/row, 4 packs)"};
             cx->gpu->norm_bwd_variant = var;
             TIME_GRAPH_MS(ms, K, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
             row_mem(vn[var], shape, ms, rmb);
