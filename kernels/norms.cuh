@@ -362,6 +362,227 @@ __global__ void __launch_bounds__(128) mt__norm_bwd_warp_kernel(T *dinp, float *
     }
 }
 
+/* Pieces of the pipelined backward: cp.async group commit and wait, a named barrier, and a 16-byte
+ * pack <-> floats at one instruction per element (bf16: a shift or a mask per element, two floats
+ * packed by one conversion). */
+__device__ __forceinline__ void mt__nb_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void mt__nb_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+__device__ __forceinline__ void mt__nb_bar(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+
+template <typename T> struct mt__nb_pack;
+template <> struct mt__nb_pack<float> {
+    static __device__ __forceinline__ void get(const uint4 &u, float (&f)[4]) {
+        f[0] = __uint_as_float(u.x); f[1] = __uint_as_float(u.y);
+        f[2] = __uint_as_float(u.z); f[3] = __uint_as_float(u.w);
+    }
+    static __device__ __forceinline__ uint4 put(const float (&f)[4]) {
+        return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+    }
+};
+template <> struct mt__nb_pack<__nv_bfloat16> {
+    static __device__ __forceinline__ void get(const uint4 &u, float (&f)[8]) {
+        const unsigned q[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(q[i] << 16);
+            f[2 * i + 1] = __uint_as_float(q[i] & 0xffff0000u);
+        }
+    }
+    static __device__ __forceinline__ unsigned two(float lo, float hi) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<unsigned *>(&h);
+    }
+    static __device__ __forceinline__ uint4 put(const float (&f)[8]) {
+        return make_uint4(two(f[0], f[1]), two(f[2], f[3]), two(f[4], f[5]), two(f[6], f[7]));
+    }
+};
+
+/* Backward of both norms, pipelined through shared memory (16-byte packs only, rows of at most
+ * 2*256 packs).  A block is G groups of TG threads (TG a multiple of 32); group g of block b walks
+ * rows b*G + g, + gridDim.x*G, ...  Thread t of a group owns the packs at columns (p*TG + t)*VEC,
+ * p < NP, for every row: its dw/db contributions stay in registers (no shared-memory accumulators,
+ * no atomics), and w is loaded and converted once.  Each group has a ring of NS = 3 row slots in
+ * shared memory (inp, dout, dresid of one row each): a thread copies its own packs with cp.async,
+ * NS - 1 rows ahead of the row it computes, so two rows per group are in flight and no barrier is
+ * needed for the data (a thread reads only what it copied).  Per row: one pass converts x and dout
+ * once (xh = x*s - m*s, one FFMA), accumulates the two row sums and dw/db, keeps xh and w*dout in
+ * registers; both sums are reduced at once by warp shuffles and one exchange behind the group's
+ * named barrier (double-buffered, so one barrier per row); a second pass reads dresid and writes
+ * dinp.  At the end the block adds its groups' accumulators in group order into one partial row
+ * (gridDim.x, NV, C), finished by mt__norm_wgrad_finalize_kernel. */
+template <typename T, int NP, int RMS>
+__global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
+    mt__norm_bwd_pipe_kernel(T *dinp, float *__restrict__ partial, const T *__restrict__ dout, const T *dresid,
+                             const T *__restrict__ inp, const T *__restrict__ w, const float *__restrict__ mean,
+                             const float *__restrict__ rstd, int N, int C, int TG) {
+    constexpr int VEC = 16 / (int)sizeof(T), NV = RMS ? 1 : 2, NS = 3;
+    extern __shared__ __align__(16) unsigned char mt__nbp_smem[];
+    __shared__ float2 red[2][32]; /* [row parity][warp of the block]: the two row sums */
+    const int G = blockDim.x / TG, g = threadIdx.x / TG, t = threadIdx.x - g * TG;
+    const int lane = threadIdx.x & 31, wfirst = (g * TG) >> 5, nw = TG >> 5;
+    /* byte sizes: one row CB, one slot (inp, dout, dresid) SB; the group's ring at shared address sb */
+    const unsigned CB = (unsigned)C * (unsigned)sizeof(T), SB = 3u * CB;
+    const unsigned sb = (unsigned)__cvta_generic_to_shared(mt__nbp_smem) + (unsigned)g * NS * SB;
+    const int NG = gridDim.x * G;
+    const bool has_r = dresid != NULL;
+
+    float wf[NP][VEC], dwa[NP][VEC], dba[NP][VEC];
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        const int c = (p * TG + t) * VEC;
+        if (c < C) mt__nb_pack<T>::get(*reinterpret_cast<const uint4 *>(w + c), wf[p]);
+#pragma unroll
+        for (int k = 0; k < VEC; k++) {
+            if (c >= C) wf[p][k] = 0.0f;
+            dwa[p][k] = dba[p][k] = 0.0f;
+        }
+    }
+    /* copies of row `row` (if any) into slot `slot`, as one commit group (empty past the end); the
+     * thread's pack p sits at byte (p*TG + t)*16 of each row, in global and in shared memory */
+    auto issue = [&](int row, int slot) {
+        if (row < N) {
+            const size_t go = (size_t)row * CB;
+            const char *gx = reinterpret_cast<const char *>(inp) + go, *gg = reinterpret_cast<const char *>(dout) + go;
+            const char *gr = reinterpret_cast<const char *>(dresid) + go;
+            const unsigned sa = sb + (unsigned)slot * SB;
+#pragma unroll
+            for (int p = 0; p < NP; p++) {
+                const unsigned o = (unsigned)(p * TG + t) * 16u;
+                if (o < CB) {
+                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + o), "l"(gx + o) : "memory");
+                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + CB + o), "l"(gg + o) : "memory");
+                    if (has_r)
+                        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + 2 * CB + o), "l"(gr + o)
+                                     : "memory");
+                }
+            }
+        }
+        mt__nb_commit();
+    };
+    auto lds = [](unsigned a) {
+        uint4 u;
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w) : "r"(a));
+        return u;
+    };
+    int row = blockIdx.x * G + g;
+    issue(row, 0);
+    issue(row + NG, 1);
+    float m = 0.0f, s = 0.0f;
+    if (row < N) { m = RMS ? 0.0f : mean[row]; s = rstd[row]; }
+    int slot = 0, par = 0;
+    const float invC = 1.0f / (float)C;
+    for (; row < N; row += NG) {
+        float nm = 0.0f, ns = 0.0f;
+        if (row + NG < N) { nm = RMS ? 0.0f : mean[row + NG]; ns = rstd[row + NG]; }
+        issue(row + 2 * NG, slot == 0 ? NS - 1 : slot - 1); /* the slot read in the previous row */
+        mt__nb_wait<NS - 1>();                                  /* this row's copies have landed */
+        const unsigned sx = sb + (unsigned)slot * SB;
+        const float ms = RMS ? 0.0f : -m * s;
+        float xh[NP][VEC], wd[NP][VEC], a0 = 0.0f, a1 = 0.0f;
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            const unsigned o = (unsigned)(p * TG + t) * 16u;
+            if (o < CB) {
+                float xv[VEC], gv[VEC];
+                mt__nb_pack<T>::get(lds(sx + o), xv);
+                mt__nb_pack<T>::get(lds(sx + CB + o), gv);
+#pragma unroll
+                for (int k = 0; k < VEC; k++) {
+                    xh[p][k] = RMS ? xv[k] * s : fmaf(xv[k], s, ms);
+                    wd[p][k] = wf[p][k] * gv[k];
+                    if (!RMS) a0 += wd[p][k];
+                    a1 = fmaf(wd[p][k], xh[p][k], a1);
+                    dwa[p][k] = fmaf(xh[p][k], gv[k], dwa[p][k]);
+                    if (!RMS) dba[p][k] += gv[k];
+                }
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            if (!RMS) a0 += __shfl_xor_sync(0xffffffffu, a0, o);
+            a1 += __shfl_xor_sync(0xffffffffu, a1, o);
+        }
+        if (lane == 0) red[par][threadIdx.x >> 5] = make_float2(a0, a1);
+        mt__nb_bar(1 + g, TG);
+        float2 tot = red[par][wfirst];
+#pragma unroll
+        for (int i = 1; i < 8; i++)
+            if (i < nw) {
+                float2 v = red[par][wfirst + i];
+                tot.x += v.x;
+                tot.y += v.y;
+            }
+        /* dinp = dresid + (w*dout - a - xh*bb)*s  =  w*dout*s + (xh*(-bb*s) + (dresid - a*s)) */
+        const float cA = RMS ? 0.0f : -(tot.x * invC) * s, cB = -(tot.y * invC) * s;
+        char *gd = reinterpret_cast<char *>(dinp) + (size_t)row * CB;
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            const unsigned o = (unsigned)(p * TG + t) * 16u;
+            if (o < CB) {
+                float rv[VEC], ov[VEC];
+                if (has_r) mt__nb_pack<T>::get(lds(sx + 2 * CB + o), rv);
+#pragma unroll
+                for (int k = 0; k < VEC; k++) {
+                    float base = has_r ? (RMS ? rv[k] : rv[k] + cA) : cA;
+                    ov[k] = fmaf(wd[p][k], s, fmaf(xh[p][k], cB, base));
+                }
+                uint4 u = mt__nb_pack<T>::put(ov);
+                __stcs(reinterpret_cast<int4 *>(gd + o), *reinterpret_cast<int4 *>(&u));
+            }
+        }
+        par ^= 1;
+        slot = slot == NS - 1 ? 0 : slot + 1;
+        m = nm;
+        s = ns;
+    }
+    mt__nb_wait<0>();
+    if (!partial) return;
+    /* the block's groups in order: group 0 adds groups 1..G-1 (stored over the ring) to its own */
+    __syncthreads();
+    float *acc = reinterpret_cast<float *>(mt__nbp_smem);
+    if (g > 0) {
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            const int c = (p * TG + t) * VEC;
+            if (c < C) {
+                float *a = acc + (size_t)(g - 1) * NV * C + c;
+#pragma unroll
+                for (int k = 0; k < VEC; k += 4) {
+                    *reinterpret_cast<float4 *>(a + k) = make_float4(dwa[p][k], dwa[p][k + 1], dwa[p][k + 2], dwa[p][k + 3]);
+                    if (!RMS)
+                        *reinterpret_cast<float4 *>(a + C + k) =
+                            make_float4(dba[p][k], dba[p][k + 1], dba[p][k + 2], dba[p][k + 3]);
+                }
+            }
+        }
+    }
+    __syncthreads();
+    if (g > 0) return;
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        const int c = (p * TG + t) * VEC;
+        if (c < C) {
+            for (int q = 1; q < G; q++) {
+                const float *a = acc + (size_t)(q - 1) * NV * C + c;
+#pragma unroll
+                for (int k = 0; k < VEC; k++) {
+                    dwa[p][k] += a[k];
+                    if (!RMS) dba[p][k] += a[C + k];
+                }
+            }
+            float *pw = partial + (size_t)blockIdx.x * NV * C + c;
+#pragma unroll
+            for (int k = 0; k < VEC; k += 4) {
+                *reinterpret_cast<float4 *>(pw + k) = make_float4(dwa[p][k], dwa[p][k + 1], dwa[p][k + 2], dwa[p][k + 3]);
+                if (!RMS)
+                    *reinterpret_cast<float4 *>(pw + C + k) =
+                        make_float4(dba[p][k], dba[p][k + 1], dba[p][k + 2], dba[p][k + 3]);
+            }
+        }
+    }
+}
+
 /* dw[c] += sum over blocks of partial[blk][0][c]; db likewise from partial[blk][1][c] (NV == 2).
  * Block (32, 32): x = column, y = a stride-32 slice of the blocks, summed with four independent
  * accumulators (four loads in flight per thread), then a fixed-order sum over y. */
@@ -510,7 +731,69 @@ static inline mt_status mt__rmsnorm_fwd_launch(const mt_ctx *cx, void *out, void
     return MT_OK;
 }
 
-/* Shared body of the two backwards.  rms: 0 LayerNorm, 1 RMSNorm. */
+/* dw/db += the column sums of nblk partial rows (when either is wanted). */
+template <typename T>
+static inline mt_status mt__norm_finalize(const mt_ctx *cx, int rms, void *dw, void *db, const float *partial,
+                                          int nblk, int C) {
+    if (!dw && !db) return MT_OK;
+    dim3 blk(32, 32);
+    mt__norm_wgrad_finalize_kernel<T><<<mt__cdiv(C, 32), blk, 0, MT__STREAM(cx)>>>(
+        (T *)dw, rms ? (T *)NULL : (T *)db, partial, nblk, rms ? 1 : 2, C);
+    MT__LAUNCHED(cx, "mt__norm_wgrad_finalize_kernel");
+    return MT_OK;
+}
+
+/* The pipelined backward (mt__norm_bwd_pipe_kernel) when it applies: 16-byte packs, at most 512
+ * packs per row, the ring of G groups fitting in shared memory.  np1: one pack per thread (rows up
+ * to 256 packs), else two when the row has more than 128 packs.  *done = 0 when it does not apply. */
+template <typename T>
+static inline mt_status mt__norm_bwd_pipe_launch(const mt_ctx *cx, const char *op, int rms, int np1, int *done,
+                                                 void *dinp, void *dw, void *db, const void *dout,
+                                                 const void *dresid, const void *inp, const void *w,
+                                                 const void *mean, const void *rstd, int N, int C) {
+    constexpr int PW = mt__pack_width<T>::value;
+    *done = 0;
+    int packs = C / PW;
+    if (packs > (np1 ? 256 : 512)) return MT_OK;
+    int np = (np1 || packs <= 128) ? 1 : 2;
+    int tg = ((packs + np - 1) / np + 31) / 32 * 32;
+    int groups = (np == 1 ? 768 : 512) / tg;
+    if (groups > 8) groups = 8;
+    size_t limit = cx->gpu->smem_optin_nbytes > 1024 ? cx->gpu->smem_optin_nbytes - 1024 : 0; /* static shm */
+    size_t per_group = (size_t)3 * 3 * C * sizeof(T);                                     /* 3 slots x 3 rows */
+    while (groups > 1 && groups * per_group > limit) groups--;
+    if (groups * per_group > limit) return MT_OK;
+    size_t smem = groups * per_group;
+    const void *fn = np == 1 ? (rms ? (const void *)mt__norm_bwd_pipe_kernel<T, 1, 1> : (const void *)mt__norm_bwd_pipe_kernel<T, 1, 0>)
+                             : (rms ? (const void *)mt__norm_bwd_pipe_kernel<T, 2, 1> : (const void *)mt__norm_bwd_pipe_kernel<T, 2, 0>);
+    if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "%s: cudaFuncSetAttribute: %s", op, cudaGetErrorString(cudaGetLastError()));
+    int threads = groups * tg, NV = rms ? 1 : 2;
+    int occ = mt__occupancy_smem(cx, fn, threads, smem);
+    int nblk = cx->gpu->sm_count * occ;
+    if (nblk > (N + groups - 1) / groups) nblk = (N + groups - 1) / groups;
+    size_t per_blk = (size_t)NV * C * sizeof(float);
+    int want = dw || db;
+    if (want && (size_t)nblk * per_blk > cx->gpu->scratch_nbytes) nblk = (int)(cx->gpu->scratch_nbytes / per_blk);
+    if (nblk < 1)
+        return mt_errorf(MT_ERR_UNSUPPORTED, "%s: C = %d needs %zu bytes of scratch, have %zu", op, C, per_blk,
+                         cx->gpu->scratch_nbytes);
+    float *partial = want ? (float *)cx->gpu->scratch : NULL;
+    void *args[] = {&dinp, &partial, (void *)&dout, (void *)&dresid, (void *)&inp, (void *)&w, (void *)&mean,
+                    (void *)&rstd, &N, &C, &tg};
+    if (cudaLaunchKernel(fn, dim3(nblk), dim3(threads), args, smem, MT__STREAM(cx)) != cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "%s: launch: %s", op, cudaGetErrorString(cudaGetLastError()));
+    MT__LAUNCHED(cx, "mt__norm_bwd_pipe_kernel");
+    *done = 1;
+    return mt__norm_finalize<T>(cx, rms, dw, db, partial, nblk, C);
+}
+
+/* Shared body of the two backwards.  rms: 0 LayerNorm, 1 RMSNorm.  cx->gpu->norm_bwd_variant:
+ *   0  pipelined (two packs per thread past 128 packs) where it applies, else as 1
+ *   1  warp per row where the row fits (at most 256 packs), else block per row (at most 4 per SM)
+ *   2  block per row, up to 512 threads with one pack each, all resident blocks
+ *   3  block per row, up to 128 threads, 2 packs per thread;  4: up to 64 threads, 4 packs
+ *   5  pipelined with one pack per thread (rows up to 256 packs), else as 1 */
 template <typename T>
 static inline mt_status mt__norm_bwd_launch(const mt_ctx *cx, const char *op, int rms, void *dinp, void *dw, void *db,
                                             const void *dout, const void *dresid, const void *inp, const void *w,
@@ -522,7 +805,15 @@ static inline mt_status mt__norm_bwd_launch(const mt_ctx *cx, const char *op, in
     int np = 1, threads = 32;
     int want = dw || db;
     size_t per_blk = (size_t)NV * C * sizeof(float);
-    if (cx->gpu->norm_bwd_variant == 0 && mt__warp_np(C, vec, &np)) {
+    int var = cx->gpu->norm_bwd_variant;
+    if (var < 0 || var > 5) var = 0;
+    if ((var == 0 || var == 5) && vec == PW) {
+        int done = 0;
+        MT_TRY(mt__norm_bwd_pipe_launch<T>(cx, op, rms, var == 5, &done, dinp, dw, db, dout, dresid, inp, w, mean,
+                                           rstd, N, C));
+        if (done) return MT_OK;
+    }
+    if ((var == 0 || var == 1 || var == 5) && mt__warp_np(C, vec, &np)) {
         /* one warp per row, 4 warps per block, as many blocks as fit at once */
         size_t smem = (size_t)4 * NV * np * vec * 32 * sizeof(float);
         const void *fn = NULL;
@@ -545,26 +836,19 @@ static inline mt_status mt__norm_bwd_launch(const mt_ctx *cx, const char *op, in
         if (cudaLaunchKernel(fn, dim3(nblk), dim3(128), args, smem, MT__STREAM(cx)) != cudaSuccess)
             return mt_errorf(MT_ERR_CUDA, "%s: launch: %s", op, cudaGetErrorString(cudaGetLastError()));
         MT__LAUNCHED(cx, "mt__norm_bwd_warp_kernel");
-        if (want) {
-            dim3 blk(32, 32);
-            mt__norm_wgrad_finalize_kernel<T><<<mt__cdiv(C, 32), blk, 0, MT__STREAM(cx)>>>(
-                (T *)dw, rms ? (T *)NULL : (T *)db, partial, nblk, NV, C);
-            MT__LAUNCHED(cx, "mt__norm_wgrad_finalize_kernel");
-        }
-        return MT_OK;
+        return mt__norm_finalize<T>(cx, rms, dw, db, partial, nblk, C);
     }
-    /* block per row: up to 512 threads, one pack each (variant 2: up to 128 threads, variant 3: up
+    /* block per row: up to 512 threads, one pack each (variant 3: up to 128 threads, variant 4: up
      * to 64, with 2 or 4 packs per thread in flight) */
-    static const int k_maxt[4] = {512, 512, 128, 64};
-    MT_TRY(mt__row_geom(op, C, vec, k_maxt[cx->gpu->norm_bwd_variant & 3], &np, &threads));
+    int maxt = var == 3 ? 128 : var == 4 ? 64 : 512;
+    MT_TRY(mt__row_geom(op, C, vec, maxt, &np, &threads));
     /* as many blocks as fit on the GPU at once (each then walks ~N/nblk rows), at most 1024: the
      * partition, hence the summation order, depends only on N, C and the device */
     int occ = 0;
     if (rms) MT__ROW_OCC(vec, np, MT__RMSB, threads, &occ);
     else MT__ROW_OCC(vec, np, MT__LNB, threads, &occ);
-    /* resident blocks per SM used: all that fit, at most 4 when the default falls back here */
-    static const int k_cap[4] = {4, 1 << 20, 1 << 20, 1 << 20};
-    int cap = k_cap[cx->gpu->norm_bwd_variant & 3];
+    /* resident blocks per SM used: all that fit, at most 4 when a default falls back here */
+    int cap = (var >= 2 && var <= 4) ? (1 << 20) : 4;
     if (occ < 1) occ = 1;
     int nblk = cx->gpu->sm_count * (occ < cap ? occ : cap);
     if (nblk > MT__NORM_BWD_MAX_BLOCKS) nblk = MT__NORM_BWD_MAX_BLOCKS;
@@ -581,13 +865,7 @@ static inline mt_status mt__norm_bwd_launch(const mt_ctx *cx, const char *op, in
         MT__ROW_LAUNCH(vec, np, MT__LNB, nblk, threads, MT__STREAM(cx), (T *)dinp, partial, (const T *)dout,
                        (const T *)dresid, (const T *)inp, (const T *)w, (const float *)mean, (const float *)rstd, N, C);
     MT__LAUNCHED(cx, "mt__norm_bwd_kernel");
-    if (want) {
-        dim3 blk(32, 32);
-        mt__norm_wgrad_finalize_kernel<T><<<mt__cdiv(C, 32), blk, 0, MT__STREAM(cx)>>>(
-            (T *)dw, rms ? (T *)NULL : (T *)db, partial, nblk, NV, C);
-        MT__LAUNCHED(cx, "mt__norm_wgrad_finalize_kernel");
-    }
-    return MT_OK;
+    return mt__norm_finalize<T>(cx, rms, dw, db, partial, nblk, C);
 }
 
 #ifdef __cplusplus

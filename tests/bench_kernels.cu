@@ -221,10 +221,12 @@ int main(int argc, char **argv) {
         snprintf(shape, sizeof shape, "(%zu, %zu) %s", NR, C, g1);
         TIME_GRAPH_MS(ms, K, copy_op(out[k_], x[k_], n * bf));
         row_mem("copy (same size)", shape, ms, 2.0 * n * bf);
+        /* the other norm backward variants (0, the default, is the pipelined kernel) */
+        static const char *vn[6] = {"", "  (warp/row, before)", "  (block/row, 1 pack)", "  (block/row, 2 packs)",
+                                    "  (block/row, 4 packs)", "  (pipelined, 1 pack)"};
         NORM_ROW("layernorm bwd", lnb,
                  mt_layernorm_bwd(cx, dres[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
-        for (int var = 1; var < 4; var++) { /* 0: warp per row; block per row with 1, 2, 4 packs per thread */
-            static const char *vn[4] = {"", "  (block/row, 1 pack)", "  (block/row, 2 packs)", "  (block/row, 4 packs)"};
+        for (int var = 1; var < 6; var++) { /* norm_bwd_variant, as listed in kernels/norms.cuh */
             cx->gpu->norm_bwd_variant = var;
             TIME_GRAPH_MS(ms, K, mt_layernorm_bwd(cx, dres[k_], dw, db, g[k_], dres[k_], x[k_], w, mean[k_], rstd[k_], Nn, Cc));
             row_mem(vn[var], shape, ms, lnb);
@@ -241,8 +243,7 @@ int main(int argc, char **argv) {
         row_mem("  (block/row, before)", shape, ms, rmf);
         cx->gpu->norm_fwd_warp = 1;
         NORM_ROW("rmsnorm bwd", rmb, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
-        for (int var = 1; var < 4; var++) {
-            static const char *vn[4] = {"", "  (block/row, 1 pack)", "  (block/row, 2 packs)", "  (block/row, 4 packs)"};
+        for (int var = 1; var < 6; var++) {
             cx->gpu->norm_bwd_variant = var;
             TIME_GRAPH_MS(ms, K, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
             row_mem(vn[var], shape, ms, rmb);

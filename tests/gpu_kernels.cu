@@ -211,7 +211,7 @@ static void test_layernorm(void) {
             void *dg = dup_dev(dt, g, n), *dres = dup_dev(dt, res, n), *ddx = poison_dev(dt, n);
             void *ddw = dup_dev(dt, dw0, C), *ddb = dup_dev(dt, db0, C);
             void *dmean_ref = dup_dev(MT_F32, mean, N), *drstd_ref = dup_dev(MT_F32, rstd, N);
-            for (int var = 0; var < 4; var++) { /* warp per row (default); block per row: all, 2, 4 per SM */
+            for (int var = 0; var < 6; var++) { /* norm_bwd_variant, as listed in kernels/norms.cuh */
                 cx.gpu->norm_bwd_variant = var;
                 cudaMemset(ddx, 0xff, n * mt_dtype_size(dt));
                 reupload(ddw, dt, dw0, C);
@@ -271,7 +271,7 @@ static void test_rmsnorm(void) {
             mt_rmsnorm_bwd_cpu_f32(rdx, rdw, g, res, x, w, rstd, N, C);
             void *dg = dup_dev(dt, g, n), *dres = dup_dev(dt, res, n), *ddx = poison_dev(dt, n);
             void *ddw = dup_dev(dt, dw0, C), *drstd_ref = dup_dev(MT_F32, rstd, N);
-            for (int var = 0; var < 4; var++) {
+            for (int var = 0; var < 6; var++) {
                 cx.gpu->norm_bwd_variant = var;
                 cudaMemset(ddx, 0xff, n * mt_dtype_size(dt));
                 reupload(ddw, dt, dw0, C);
