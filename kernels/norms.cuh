@@ -14,13 +14,23 @@
  * (each thread owns NP packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block
  * reduction.
  * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
- * kernels run with scalar accesses (any C).  Backward: for rows up to 256 packs, one warp per row
- * (4 warps per block, as many blocks as fit): no block barrier in the loop, each warp adds its
- * rows' dw/db into its own shared-memory slice, the block adds its slices into one partial row.
- * Wider rows (or norm_bwd_variant 1-3): one block per row (variants 2, 3: 2 or 4 packs per thread),
- * as many resident blocks as fit (at most 4 per SM for the default), each walking rows blockIdx.x + k*gridDim.x with the next row prefetched before the
- * current row's reduction, accumulating dw/db in registers and writing one partial row.  A second
- * kernel adds the partial rows in block order to dw/db.
+ * kernels run with scalar accesses (any C).  Backward (norm_bwd_variant, default 0; the others are
+ * kept for comparison):
+ *   0  pipelined, for 16-byte packs and rows up to 512 packs (C <= 4096 bf16 / 2048 f32): groups of
+ *      threads (several per block, each with its own named barrier) walk rows; a thread owns the
+ *      same columns in every row, so dw/db stay in its registers and w is converted once; inp, dout
+ *      and dresid are copied by cp.async into a ring of three rows in shared memory, two rows ahead;
+ *      each input is converted once, both row sums reduced behind one barrier per row.  Other
+ *      shapes: as 1.
+ *   1  one warp per row for rows up to 256 packs (4 warps per block, as many blocks as fit): no
+ *      block barrier in the loop, each warp adds its rows' dw/db into its own shared-memory slice.
+ *      Wider rows: as 2 with at most 4 blocks per SM.
+ *   2-4  one block per row (1, 2 or 4 packs per thread), as many resident blocks as fit, each walking
+ *      rows blockIdx.x + k*gridDim.x with the next row prefetched before the current row's
+ *      reduction, dw/db in registers.
+ *   5  as 0 with one pack per thread (rows up to 256 packs), else as 1.
+ * Every variant writes one partial row of dw/db per block; a second kernel adds the partial rows
+ * in block order to dw/db.
  * Deterministic (the order depends on N, C and the device only), no atomics.
  */
 #ifndef MT_KERNELS_NORMS_CUH
@@ -418,9 +428,9 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
                              const float *__restrict__ rstd, int N, int C, int TG) {
     constexpr int VEC = 16 / (int)sizeof(T), NV = RMS ? 1 : 2, NS = 3;
     extern __shared__ __align__(16) unsigned char mt__nbp_smem[];
-    __shared__ float2 red[2][32]; /* [row parity][warp of the block]: the two row sums */
+    __shared__ __align__(16) float2 red[2][64]; /* [row parity][group*8 + warp]: the two row sums */
     const int G = blockDim.x / TG, g = threadIdx.x / TG, t = threadIdx.x - g * TG;
-    const int lane = threadIdx.x & 31, wfirst = (g * TG) >> 5, nw = TG >> 5;
+    const int lane = threadIdx.x & 31, nw = TG >> 5;
     /* byte sizes: one row CB, one slot (inp, dout, dresid) SB; the group's ring at shared address sb */
     const unsigned CB = (unsigned)C * (unsigned)sizeof(T), SB = 3u * CB;
     const unsigned sb = (unsigned)__cvta_generic_to_shared(mt__nbp_smem) + (unsigned)g * NS * SB;
@@ -438,23 +448,26 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
             dwa[p][k] = dba[p][k] = 0.0f;
         }
     }
-    /* copies of row `row` (if any) into slot `slot`, as one commit group (empty past the end); the
-     * thread's pack p sits at byte (p*TG + t)*16 of each row, in global and in shared memory */
-    auto issue = [&](int row, int slot) {
+    /* copies of row `row` (if any) into the slot at shared address `sa`, as one commit group (empty
+     * past the end); the thread's pack p sits at byte (p*TG + t)*16 of each row, in global and in
+     * shared memory */
+    const unsigned PS = (unsigned)TG * 16u, o0 = (unsigned)t * 16u;
+    const char *bx = reinterpret_cast<const char *>(inp) + o0, *bg = reinterpret_cast<const char *>(dout) + o0;
+    const char *br = reinterpret_cast<const char *>(dresid) + o0;
+    auto issue = [&](int row, unsigned sa) {
         if (row < N) {
-            const size_t go = (size_t)row * CB;
-            const char *gx = reinterpret_cast<const char *>(inp) + go, *gg = reinterpret_cast<const char *>(dout) + go;
-            const char *gr = reinterpret_cast<const char *>(dresid) + go;
-            const unsigned sa = sb + (unsigned)slot * SB;
+            const size_t go = (size_t)(unsigned)row * CB;
+            const char *px = bx + go, *pg = bg + go, *pr = br + go;
+            sa += o0;
 #pragma unroll
             for (int p = 0; p < NP; p++) {
-                const unsigned o = (unsigned)(p * TG + t) * 16u;
-                if (o < CB) {
-                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + o), "l"(gx + o) : "memory");
-                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + CB + o), "l"(gg + o) : "memory");
+                if (o0 + p * PS < CB) {
+                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + p * PS), "l"(px + p * PS) : "memory");
+                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + CB + p * PS), "l"(pg + p * PS)
+                                 : "memory");
                     if (has_r)
-                        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + 2 * CB + o), "l"(gr + o)
-                                     : "memory");
+                        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + 2 * CB + p * PS),
+                                     "l"(pr + p * PS) : "memory");
                 }
             }
         }
@@ -466,18 +479,18 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
         return u;
     };
     int row = blockIdx.x * G + g;
-    issue(row, 0);
-    issue(row + NG, 1);
+    issue(row, sb);
+    issue(row + NG, sb + SB);
     float m = 0.0f, s = 0.0f;
     if (row < N) { m = RMS ? 0.0f : mean[row]; s = rstd[row]; }
-    int slot = 0, par = 0;
+    int par = 0;
+    unsigned sx = sb, sp = sb + (NS - 1) * SB; /* the slot of this row; of the previous row */
     const float invC = 1.0f / (float)C;
     for (; row < N; row += NG) {
         float nm = 0.0f, ns = 0.0f;
         if (row + NG < N) { nm = RMS ? 0.0f : mean[row + NG]; ns = rstd[row + NG]; }
-        issue(row + 2 * NG, slot == 0 ? NS - 1 : slot - 1); /* the slot read in the previous row */
-        mt__nb_wait<NS - 1>();                                  /* this row's copies have landed */
-        const unsigned sx = sb + (unsigned)slot * SB;
+        issue(row + 2 * NG, sp); /* into the slot read in the previous row */
+        mt__nb_wait<NS - 1>();   /* this row's copies have landed */
         const float ms = RMS ? 0.0f : -m * s;
         float xh[NP][VEC], wd[NP][VEC], a0 = 0.0f, a1 = 0.0f;
 #pragma unroll
@@ -503,15 +516,19 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
             if (!RMS) a0 += __shfl_xor_sync(0xffffffffu, a0, o);
             a1 += __shfl_xor_sync(0xffffffffu, a1, o);
         }
-        if (lane == 0) red[par][threadIdx.x >> 5] = make_float2(a0, a1);
+        if (lane == 0) red[par][g * 8 + (t >> 5)] = make_float2(a0, a1);
         mt__nb_bar(1 + g, TG);
-        float2 tot = red[par][wfirst];
+        float2 tot = make_float2(0.0f, 0.0f); /* warps in order, two per 16-byte load */
 #pragma unroll
-        for (int i = 1; i < 8; i++)
+        for (int i = 0; i < 8; i += 2)
             if (i < nw) {
-                float2 v = red[par][wfirst + i];
+                const float4 v = *reinterpret_cast<const float4 *>(&red[par][g * 8 + i]);
                 tot.x += v.x;
                 tot.y += v.y;
+                if (i + 1 < nw) {
+                    tot.x += v.z;
+                    tot.y += v.w;
+                }
             }
         /* dinp = dresid + (w*dout - a - xh*bb)*s  =  w*dout*s + (xh*(-bb*s) + (dresid - a*s)) */
         const float cA = RMS ? 0.0f : -(tot.x * invC) * s, cB = -(tot.y * invC) * s;
@@ -532,7 +549,8 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
             }
         }
         par ^= 1;
-        slot = slot == NS - 1 ? 0 : slot + 1;
+        sp = sx;
+        sx = sx + SB == sb + NS * SB ? sb : sx + SB;
         m = nm;
         s = ns;
     }
