@@ -19,7 +19,7 @@
  *   0  pipelined, for 16-byte packs and rows up to 512 packs (C <= 4096 bf16 / 2048 f32): groups of
  *      threads (several per block, each with its own named barrier) walk rows; a thread owns the
  *      same columns in every row, so dw/db stay in its registers and w is converted once; inp, dout
- *      and dresid are copied by cp.async into a ring of three rows in shared memory, two rows ahead;
+ *      and dresid are copied by cp.async into a ring of four rows in shared memory, three ahead;
  *      each input is converted once, both row sums reduced behind one barrier per row.  Other
  *      shapes: as 1.
  *   1  one warp per row for rows up to 256 packs (4 warps per block, as many blocks as fit): no
@@ -39,6 +39,7 @@
 
 #define MT__NORM_EPS 1e-5f
 #define MT__NORM_BWD_MAX_BLOCKS 1024
+#define MT__NORM_BWD_RING 4 /* row slots per group in the pipelined backward: NS - 1 rows ahead */
 
 /* ------------------------------------------------------------------ kernels */
 
@@ -412,10 +413,12 @@ template <> struct mt__nb_pack<__nv_bfloat16> {
  * 2*256 packs).  A block is G groups of TG threads (TG a multiple of 32); group g of block b walks
  * rows b*G + g, + gridDim.x*G, ...  Thread t of a group owns the packs at columns (p*TG + t)*VEC,
  * p < NP, for every row: its dw/db contributions stay in registers (no shared-memory accumulators,
- * no atomics), and w is loaded and converted once.  Each group has a ring of NS = 3 row slots in
+ * no atomics), and w is loaded and converted once.  Each group has a ring of NS = 4 row slots in
  * shared memory (inp, dout, dresid of one row each): a thread copies its own packs with cp.async,
- * NS - 1 rows ahead of the row it computes, so two rows per group are in flight and no barrier is
- * needed for the data (a thread reads only what it copied).  Per row: one pass converts x and dout
+ * NS - 1 rows ahead of the row it computes (the copy of a row is issued once the group's barrier
+ * shows every thread past the row that held the slot), so two to three rows per group are in
+ * flight; no barrier is needed for the data (a thread reads only what it copied).  Per row: one
+ * pass converts x and dout
  * once (xh = x*s - m*s, one FFMA), accumulates the two row sums and dw/db, keeps xh and w*dout in
  * registers; both sums are reduced at once by warp shuffles and one exchange behind the group's
  * named barrier (double-buffered, so one barrier per row); a second pass reads dresid and writes
@@ -426,7 +429,7 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
     mt__norm_bwd_pipe_kernel(T *dinp, float *__restrict__ partial, const T *__restrict__ dout, const T *dresid,
                              const T *__restrict__ inp, const T *__restrict__ w, const float *__restrict__ mean,
                              const float *__restrict__ rstd, int N, int C, int TG) {
-    constexpr int VEC = 16 / (int)sizeof(T), NV = RMS ? 1 : 2, NS = 3;
+    constexpr int VEC = 16 / (int)sizeof(T), NV = RMS ? 1 : 2, NS = MT__NORM_BWD_RING;
     extern __shared__ __align__(16) unsigned char mt__nbp_smem[];
     __shared__ __align__(16) float2 red[2][64]; /* [row parity][group*8 + warp]: the two row sums */
     const int G = blockDim.x / TG, g = threadIdx.x / TG, t = threadIdx.x - g * TG;
@@ -479,8 +482,8 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
         return u;
     };
     int row = blockIdx.x * G + g;
-    issue(row, sb);
-    issue(row + NG, sb + SB);
+#pragma unroll
+    for (int j = 0; j < NS - 1; j++) issue(row + j * NG, sb + j * SB);
     float m = 0.0f, s = 0.0f;
     if (row < N) { m = RMS ? 0.0f : mean[row]; s = rstd[row]; }
     int par = 0;
@@ -489,8 +492,7 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
     for (; row < N; row += NG) {
         float nm = 0.0f, ns = 0.0f;
         if (row + NG < N) { nm = RMS ? 0.0f : mean[row + NG]; ns = rstd[row + NG]; }
-        issue(row + 2 * NG, sp); /* into the slot read in the previous row */
-        mt__nb_wait<NS - 1>();   /* this row's copies have landed */
+        mt__nb_wait<NS - 2>(); /* this row's copies have landed (the next NS - 2 rows may be in flight) */
         const float ms = RMS ? 0.0f : -m * s;
         float xh[NP][VEC], wd[NP][VEC], a0 = 0.0f, a1 = 0.0f;
 #pragma unroll
@@ -518,6 +520,8 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
         }
         if (lane == 0) red[par][g * 8 + (t >> 5)] = make_float2(a0, a1);
         mt__nb_bar(1 + g, TG);
+        /* every thread of the group is past the previous row: its slot takes row + (NS - 1) rows */
+        issue(row + (NS - 1) * NG, sp);
         float2 tot = make_float2(0.0f, 0.0f); /* warps in order, two per 16-byte load */
 #pragma unroll
         for (int i = 0; i < 8; i += 2)
@@ -778,7 +782,7 @@ static inline mt_status mt__norm_bwd_pipe_launch(const mt_ctx *cx, const char *o
     int groups = (np == 1 ? 768 : 512) / tg;
     if (groups > 8) groups = 8;
     size_t limit = cx->gpu->smem_optin_nbytes > 1024 ? cx->gpu->smem_optin_nbytes - 1024 : 0; /* static shm */
-    size_t per_group = (size_t)3 * 3 * C * sizeof(T);                                     /* 3 slots x 3 rows */
+    size_t per_group = (size_t)MT__NORM_BWD_RING * 3 * C * sizeof(T); /* slots x (inp, dout, dresid) */
     while (groups > 1 && groups * per_group > limit) groups--;
     if (groups * per_group > limit) return MT_OK;
     size_t smem = groups * per_group;
