@@ -12,7 +12,8 @@
  * most 256 packs (C <= 2048 bf16 / 1024 f32): each lane holds NP raw 16-byte packs, statistics by
  * warp shuffles, no block barrier; wider rows: one thread block per row, the row held in registers
  * (each thread owns NP packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block
- * reduction.
+ * reduction.  Options (cx->gpu->norm_fwd_warp 2, 3): the warp-per-row forward with one-pass
+ * (shifted) statistics, 2 or 3 resident blocks per SM.
  * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
  * kernels run with scalar accesses (any C).  Backward (norm_bwd_variant, default 0; the others are
  * kept for comparison):
@@ -184,6 +185,66 @@ __global__ void __launch_bounds__(256) mt__norm_fwd_warp_kernel(T *__restrict__ 
                 o.v[k] = mt__cvt<T>((mt__f(xv[p].v[k]) - m) * r * mt__f(wv.v[k]) +
                                     ((!RMS && b) ? mt__f(bv.v[k]) : 0.0f));
             mt__st<T, VEC>(out + (size_t)row * C + c, o);
+        }
+    }
+    if (lane == 0) {
+        if (!RMS && mean) mean[row] = m;
+        if (rstd) rstd[row] = r;
+    }
+}
+
+/* Forward of both norms, one warp per row, statistics in one pass (cx->gpu->norm_fwd_warp 2 or 3,
+ * options; same layout as mt__norm_fwd_warp_kernel): the sums of d = x - K and of d*d, with K the
+ * row's first element (shifted data: no cancellation when the mean is large against the spread),
+ * go through the same five shuffle steps, so a row waits for one reduction instead of two; the
+ * output is x*r - m*r (one FFMA) times w plus b (one FFMA).  MINB resident blocks of 256 threads
+ * per SM: 2 (as the two-pass kernel) or 3 (at most 80 registers; a few spills at 8 packs). */
+template <typename T, int VEC, int NP, int RMS, int MINB>
+__global__ void __launch_bounds__(256, MINB) mt__norm_fwd_warp1p_kernel(T *__restrict__ out, float *__restrict__ mean,
+                                                                     float *__restrict__ rstd,
+                                                                     const T *__restrict__ inp,
+                                                                     const T *__restrict__ w,
+                                                                     const T *__restrict__ b, int N, int C) {
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= N) return;
+    const T *x = inp + (size_t)row * C;
+    mt__vec<T, VEC> xv[NP];
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * 32 + lane) * VEC;
+        if (c < C) xv[p] = mt__ldcs<T, VEC>(x + c);
+    }
+    const float K = RMS ? 0.0f : __shfl_sync(0xffffffffu, mt__f(xv[0].v[0]), 0); /* lane 0 always has column 0 */
+    float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+    for (int p = 0; p < NP; p++)
+        if ((p * 32 + lane) * VEC < C) {
+#pragma unroll
+            for (int k = 0; k < VEC; k++) {
+                float d = mt__f(xv[p].v[k]) - K;
+                if (!RMS) s1 += d;
+                s2 = fmaf(d, d, s2);
+            }
+        }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        if (!RMS) s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+    }
+    const float dm = s1 / (float)C, m = K + dm;
+    const float var = RMS ? s2 / (float)C : fmaxf(s2 / (float)C - dm * dm, 0.0f);
+    const float r = 1.0f / sqrtf(var + MT__NORM_EPS), mr = -m * r;
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * 32 + lane) * VEC;
+        if (c < C) {
+            mt__vec<T, VEC> wv = mt__ld<T, VEC>(w + c), bv, o;
+            if (!RMS && b) bv = mt__ld<T, VEC>(b + c);
+#pragma unroll
+            for (int k = 0; k < VEC; k++)
+                o.v[k] = mt__cvt<T>(fmaf(fmaf(mt__f(xv[p].v[k]), r, mr), mt__f(wv.v[k]),
+                                         (!RMS && b) ? mt__f(bv.v[k]) : 0.0f));
+            mt__stcs<T, VEC>(out + (size_t)row * C + c, o);
         }
     }
     if (lane == 0) {
@@ -712,6 +773,10 @@ MT_API int mt__warp_np(int C, int vec, int *np) {
 #define MT__RMSF(V, P) mt__rmsnorm_fwd_kernel<T, V, P>
 #define MT__LNFW(V, P) mt__norm_fwd_warp_kernel<T, V, P, 0>
 #define MT__RMSFW(V, P) mt__norm_fwd_warp_kernel<T, V, P, 1>
+#define MT__LNFW1(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, 0, 2>
+#define MT__RMSFW1(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, 1, 2>
+#define MT__LNFW13(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, 0, 3>
+#define MT__RMSFW13(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, 1, 3>
 #define MT__LNB(V, P) mt__norm_bwd_kernel<T, V, P, 0>
 #define MT__RMSB(V, P) mt__norm_bwd_kernel<T, V, P, 1>
 
@@ -721,6 +786,16 @@ static inline mt_status mt__layernorm_fwd_launch(const mt_ctx *cx, void *out, vo
     constexpr int PW = mt__pack_width<T>::value;
     int vec = (C % PW == 0 && mt__al16(out) && mt__al16(inp) && mt__al16(w) && mt__al16(b)) ? PW : 1;
     int np = 1, threads = 32;
+    if (cx->gpu->norm_fwd_warp >= 2 && mt__warp_np(C, vec, &np)) { /* options: one-pass statistics */
+        if (cx->gpu->norm_fwd_warp == 3)
+            MT__ROW_LAUNCH(vec, np, MT__LNFW13, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean,
+                           (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
+        else
+            MT__ROW_LAUNCH(vec, np, MT__LNFW1, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean,
+                           (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
+        MT__LAUNCHED(cx, "mt__norm_fwd_warp1p_kernel");
+        return MT_OK;
+    }
     if (cx->gpu->norm_fwd_warp && mt__warp_np(C, vec, &np)) {
         MT__ROW_LAUNCH(vec, np, MT__LNFW, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean,
                        (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
@@ -740,6 +815,16 @@ static inline mt_status mt__rmsnorm_fwd_launch(const mt_ctx *cx, void *out, void
     constexpr int PW = mt__pack_width<T>::value;
     int vec = (C % PW == 0 && mt__al16(out) && mt__al16(inp) && mt__al16(w)) ? PW : 1;
     int np = 1, threads = 32;
+    if (cx->gpu->norm_fwd_warp >= 2 && mt__warp_np(C, vec, &np)) { /* options: as the LayerNorm's */
+        if (cx->gpu->norm_fwd_warp == 3)
+            MT__ROW_LAUNCH(vec, np, MT__RMSFW13, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)NULL,
+                           (float *)rstd, (const T *)inp, (const T *)w, (const T *)NULL, N, C);
+        else
+            MT__ROW_LAUNCH(vec, np, MT__RMSFW1, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)NULL,
+                           (float *)rstd, (const T *)inp, (const T *)w, (const T *)NULL, N, C);
+        MT__LAUNCHED(cx, "mt__norm_fwd_warp1p_kernel");
+        return MT_OK;
+    }
     if (cx->gpu->norm_fwd_warp && mt__warp_np(C, vec, &np)) {
         MT__ROW_LAUNCH(vec, np, MT__RMSFW, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)NULL,
                        (float *)rstd, (const T *)inp, (const T *)w, (const T *)NULL, N, C);

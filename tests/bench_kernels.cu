@@ -216,6 +216,11 @@ int main(int argc, char **argv) {
         snprintf(shape, sizeof shape, "(%zu, %zu) %s", NR, C, g1);
         TIME_GRAPH_MS(ms, K, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
         row_mem("  (block/row, before)", shape, ms, lnf);
+        for (int opt = 2; opt <= 3; opt++) { /* options: one-pass statistics, 2 or 3 blocks per SM */
+            cx->gpu->norm_fwd_warp = opt;
+            TIME_GRAPH_MS(ms, K, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
+            row_mem(opt == 2 ? "  (warp/row, 1 pass)" : "  (warp/row, 1 pass, x3)", shape, ms, lnf);
+        }
         cx->gpu->norm_fwd_warp = 1;
         /* the practical ceiling at this size: a copy of one activation (n bf16 in, n out) */
         snprintf(shape, sizeof shape, "(%zu, %zu) %s", NR, C, g1);
@@ -241,6 +246,11 @@ int main(int argc, char **argv) {
         cx->gpu->norm_fwd_warp = 0;
         TIME_GRAPH_MS(ms, K, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
         row_mem("  (block/row, before)", shape, ms, rmf);
+        for (int opt = 2; opt <= 3; opt++) {
+            cx->gpu->norm_fwd_warp = opt;
+            TIME_GRAPH_MS(ms, K, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
+            row_mem(opt == 2 ? "  (warp/row, 1 pass)" : "  (warp/row, 1 pass, x3)", shape, ms, rmf);
+        }
         cx->gpu->norm_fwd_warp = 1;
         NORM_ROW("rmsnorm bwd", rmb, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));
         for (int var = 1; var < 6; var++) {

@@ -188,17 +188,18 @@ static void test_layernorm(void) {
             mt_layernorm_fwd_cpu_f32(out, mean, rstd, x, w, b, N, C);
             void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C), *db = dup_dev(dt, b, C);
             void *dout = poison_dev(dt, n), *dmean = poison_dev(MT_F32, N), *drstd = poison_dev(MT_F32, N);
-            for (int warp = 1; warp >= 0; warp--) { /* one warp per row; one block per row */
+            static const char *fwd_name[4] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3"};
+            for (int warp = 3; warp >= 0; warp--) { /* norm_fwd_warp: 1 pass (options), warp per row, block per row */
                 cx.gpu->norm_fwd_warp = warp;
                 cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
                 cudaMemset(dmean, 0xff, N * 4);
                 cudaMemset(drstd, 0xff, N * 4);
                 MT_CHECK(mt_layernorm_fwd(&cx, dout, dmean, drstd, dx, dw, db, N, C));
-                snprintf(what, sizeof what, "fwd out C=%d %s", C, warp ? "warp/row" : "block/row");
+                snprintf(what, sizeof what, "fwd out C=%d %s", C, fwd_name[warp]);
                 check_dev("layernorm", dt, what, dout, dt, out, n, tol_of(dt));
-                snprintf(what, sizeof what, "fwd mean C=%d %s", C, warp ? "warp/row" : "block/row");
+                snprintf(what, sizeof what, "fwd mean C=%d %s", C, fwd_name[warp]);
                 check_dev("layernorm", dt, what, dmean, MT_F32, mean, N, 1e-5);
-                snprintf(what, sizeof what, "fwd rstd C=%d %s", C, warp ? "warp/row" : "block/row");
+                snprintf(what, sizeof what, "fwd rstd C=%d %s", C, fwd_name[warp]);
                 check_dev("layernorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
             }
             cx.gpu->norm_fwd_warp = 1;
@@ -254,14 +255,15 @@ static void test_rmsnorm(void) {
             mt_rmsnorm_fwd_cpu_f32(out, rstd, x, w, N, C);
             void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C);
             void *dout = poison_dev(dt, n), *drstd = poison_dev(MT_F32, N);
-            for (int warp = 1; warp >= 0; warp--) {
+            static const char *fwd_name[4] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3"};
+            for (int warp = 3; warp >= 0; warp--) {
                 cx.gpu->norm_fwd_warp = warp;
                 cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
                 cudaMemset(drstd, 0xff, N * 4);
                 MT_CHECK(mt_rmsnorm_fwd(&cx, dout, drstd, dx, dw, N, C));
-                snprintf(what, sizeof what, "fwd out C=%d %s", C, warp ? "warp/row" : "block/row");
+                snprintf(what, sizeof what, "fwd out C=%d %s", C, fwd_name[warp]);
                 check_dev("rmsnorm", dt, what, dout, dt, out, n, tol_of(dt));
-                snprintf(what, sizeof what, "fwd rstd C=%d %s", C, warp ? "warp/row" : "block/row");
+                snprintf(what, sizeof what, "fwd rstd C=%d %s", C, fwd_name[warp]);
                 check_dev("rmsnorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
             }
             cx.gpu->norm_fwd_warp = 1;
