@@ -94,6 +94,8 @@ struct mt_gpu_state {
     size_t l2_nbytes;           /* L2 cache */
     size_t smem_optin_nbytes;   /* max dynamic shared memory per block after opt-in */
     size_t global_nbytes;       /* device memory */
+    size_t context_nbytes;      /* device memory in use once the CUDA context exists, before any
+                                   allocation of ours (mt_gpu_memory_beyond_context subtracts it) */
     cudaStream_t stream;        /* the stream every op runs on (created here) */
     cublasLtHandle_t lt;        /* cuBLASLt handle */
     void *workspace;            /* (workspace_nbytes) cuBLASLt workspace */
@@ -102,8 +104,10 @@ struct mt_gpu_state {
     size_t scratch_nbytes;
     int lt_epilogues;           /* 1 (default): bias/GELU/dGELU/bias-grad fused into cuBLASLt;
                                    0: plain GEMMs + separate kernels (tests check both) */
-    int norm_fwd_warp;          /* 1 (default): norm forwards one warp per row when the row fits;
-                                   0: one block per row (tests and bench compare both) */
+    int norm_fwd_warp;          /* norm forwards, when the row fits in a warp: 3 (default) one warp
+                                   per row, one-pass statistics, 3 blocks per SM; 2 the same at 2
+                                   blocks per SM; 1 two-pass statistics; 0: one block per row (tests
+                                   and bench compare them all) */
     int xent_smem;              /* 1 (default): cross-entropy keeps the row in shared memory;
                                    0: re-reads it for the gradient (tests and bench compare both) */
     int xent_variant;           /* kernel variant of the cross-entropy (0 = default; bench compares) */
@@ -120,6 +124,15 @@ extern "C" {
 #endif
 
 MT_API void mt_gpu_destroy(mt_ctx *cx);
+
+/* Bytes of device memory in use now beyond what was in use when mt_gpu_init created the context
+ * (what this process allocated since: ours, cuBLASLt's, NCCL's; comparable to a framework's
+ * allocator statistics, which leave the context out).  0 when it cannot be read. */
+MT_API size_t mt_gpu_memory_beyond_context(const mt_ctx *cx) {
+    size_t fr = 0, tot = 0;
+    if (!cx || !cx->gpu || cudaMemGetInfo(&fr, &tot) != cudaSuccess) return 0;
+    return tot - fr > cx->gpu->context_nbytes ? tot - fr - cx->gpu->context_nbytes : 0;
+}
 
 /* Select GPU `device_index`, create the stream, cuBLASLt handle, workspace and scratch, and point
  * cx at them: cx->device = mt_gpu(index), cx->dtype = dtype (MT_F32 or MT_BF16). */
@@ -144,7 +157,7 @@ MT_API mt_status mt_gpu_init(mt_ctx *cx, int device_index, mt_dtype dtype) {
     MT_TRY(mt_calloc(sizeof *g, (void **)&g));
     g->device = device_index;
     g->lt_epilogues = 1;
-    g->norm_fwd_warp = 1;
+    g->norm_fwd_warp = 3;
     g->xent_smem = 1;
     cx->gpu = g; /* so mt_gpu_destroy can clean up a partial init */
     cx->device = mt_gpu(device_index);
@@ -163,6 +176,12 @@ MT_API mt_status mt_gpu_init(mt_ctx *cx, int device_index, mt_dtype dtype) {
         }                                                                                                 \
     } while (0)
     MT__INIT_CUDA(cudaSetDevice(device_index));
+    MT__INIT_CUDA(cudaFree(0)); /* the context now, so that its memory can be told apart */
+    {
+        size_t fr = 0, tot = 0;
+        MT__INIT_CUDA(cudaMemGetInfo(&fr, &tot));
+        g->context_nbytes = tot - fr;
+    }
     MT__INIT_CUDA(cudaGetDeviceProperties(&p, device_index));
     snprintf(g->name, sizeof g->name, "%s", p.name);
     g->sm_count = p.multiProcessorCount;

@@ -17,6 +17,7 @@
 typedef struct args {
     mt_gpt_config model;
     int seq_len, micro_batch, global_batch, train_iters, world_size, tp, sequence_parallel, grad_fp32;
+    int global_batch_default; /* 1: --global-batch-size not given: micro-batch x data-parallel size */
     int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
     mt_shard_strategy sharding;
     double lr, min_lr, weight_decay, clip_grad, beta1, beta2, eps;
@@ -151,6 +152,7 @@ static int parse_args(int argc, char **argv, args *a) {
                 a->model.max_seq_len);
         return 0;
     }
+    a->global_batch_default = !a->global_batch;
     if (!a->global_batch) a->global_batch = a->micro_batch * (a->world_size / a->tp > 0 ? a->world_size / a->tp : 1);
     if (!a->decay_iters) a->decay_iters = a->train_iters;
     return 1;
@@ -307,7 +309,8 @@ static mt_status evaluate(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_
 
 /* The median step time after the first two iterations, tokens/s, MFU (6N + 12·L·C·T FLOPs per
  * token, N without position embeddings, against an H100's 989 dense bf16 TFLOP/s) and peak memory. */
-static void print_speed(const args *a, const mt_gpt_config *c, double *step_ms, int gpu) {
+static void print_speed(const args *a, const mt_gpt_config *c, double *step_ms, const mt_ctx *cx) {
+    int gpu = cx->device.type == MT_CUDA;
     int skip = a->train_iters > 4 ? 2 : 0, n = a->train_iters - skip;
     double *v = step_ms + skip;
     for (int i = 1; i < n; i++)  /* insertion sort: n is small */
@@ -315,14 +318,17 @@ static void print_speed(const args *a, const mt_gpt_config *c, double *step_ms, 
     double med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
     double tok_s = a->global_batch * (double)a->seq_len / (med / 1e3);
     double flops = 6.0 * (double)mt_gpt_num_params(c, 0) + 12.0 * c->n_layer * c->n_embd * (double)a->seq_len;
-    double peak_gib = 0;
+    double peak_gib = 0, ours_gib = 0;
 #ifdef __CUDACC__
     size_t free_b = 0, total_b = 0;
     if (gpu && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) peak_gib = (double)(total_b - free_b) / (1 << 30);
+    if (gpu) ours_gib = (double)mt_gpu_memory_beyond_context(cx) / (1 << 30);
 #endif
     printf("speed: median step %.2f ms | %.0f tokens/s | %.1f TFLOP/s | MFU %.1f%% of 989 TFLOP/s", med, tok_s,
            tok_s * flops / 1e12, 100.0 * tok_s * flops / 989e12);
-    if (gpu) printf(" | device memory in use %.2f GiB", peak_gib);
+    /* memory allocates once at start, so "now" is the peak; beyond the context is what compares
+     * with a framework's allocator statistics */
+    if (gpu) printf(" | device memory in use %.2f GiB (%.2f GiB beyond the CUDA context)", peak_gib, ours_gib);
     printf("\n");
 }
 
@@ -502,7 +508,7 @@ static mt_status train(mt_comm *world, void *arg) {
     double total_s = (now_ms() - t_start) / 1e3;
     if (talk) {
         printf("trained %d iterations in %.1f s: lm loss %.4f -> %.4f\n", a.train_iters, total_s, first_loss, last_loss);
-        print_speed(&a, &model.cfg, step_ms, cx.device.type == MT_CUDA);
+        print_speed(&a, &model.cfg, step_ms, &cx);
     }
     mt_free(step_ms);
     if (world) MT_TRY(mt_ddp_gather_params(&cx, &ddp));  /* ZeRO-3 holds shards: gather the weights */
@@ -548,6 +554,7 @@ int main(int argc, char **argv) {
         mt_comm *world;
         if (mt_launch_env(&li) != MT_OK) return 1;
         a.world_size = li.world;
+        if (a.global_batch_default) a.global_batch = a.micro_batch * (li.world / a.tp > 0 ? li.world / a.tp : 1);
         ra.device = li.local_rank;
         if (!validate_world(&a, li.world)) return 1;
         if (mt_comm_nccl_init_launch(&li, 300.0, &world) != MT_OK) return 1;

@@ -202,7 +202,7 @@ static void test_layernorm(void) {
                 snprintf(what, sizeof what, "fwd rstd C=%d %s", C, fwd_name[warp]);
                 check_dev("layernorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
             }
-            cx.gpu->norm_fwd_warp = 1;
+            cx.gpu->norm_fwd_warp = 3;
 
             /* backward: dinp = dresid + ..., dw, db += ; then in place (dresid == dinp) */
             float *g = hrand(n, 1.0f, dt), *res = hrand(n, 1.0f, dt);
@@ -266,7 +266,7 @@ static void test_rmsnorm(void) {
                 snprintf(what, sizeof what, "fwd rstd C=%d %s", C, fwd_name[warp]);
                 check_dev("rmsnorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
             }
-            cx.gpu->norm_fwd_warp = 1;
+            cx.gpu->norm_fwd_warp = 3;
 
             float *g = hrand(n, 1.0f, dt), *res = hrand(n, 1.0f, dt), *dw0 = hrand(C, 1.0f, dt);
             float *rdx = (float *)hmalloc(n * 4), *rdw = hcopy(dw0, C);

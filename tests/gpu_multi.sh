@@ -4,6 +4,7 @@
 # PyTorch peers (tp=2 with and without the backward's communication overlap). Build first
 # (`make all test-cuda-build`); logs go to $OUT (or build/gpu-logs).
 #   sh tests/gpu_multi.sh [comm] [tests] [comm-bench] [scaling] [launch-modes]   (default: all)
+#   scaling = dp-scaling tp-scaling torch-ddp (each can be asked for alone)
 #   ANCHORS=dir   where the peers' scripts are (default ../shared/anchors)
 set -u
 export NCCL_NVLS_ENABLE=0
@@ -38,10 +39,10 @@ if has comm-bench; then
     note "nccl_bw.py: $(grep -h -i -E 'all.?reduce|all.?gather|reduce.?scatter' "$out/nccl_bw.log" | tr '\n' ' ' | cut -c1-800)"
 fi
 
-if has scaling; then
-    common="--bf16 --seq-length 1024 --vocab-size 50304 --train-iters 20 --eval-iters 1 --log-interval 10"
-    d12="--num-layers 12 --hidden-size 768 --num-attention-heads 12"
-    d48="--num-layers 48 --hidden-size 1600 --num-attention-heads 25"
+common="--bf16 --seq-length 1024 --vocab-size 50304 --train-iters 20 --eval-iters 1 --log-interval 10"
+d12="--num-layers 12 --hidden-size 768 --num-attention-heads 12"
+d48="--num-layers 48 --hidden-size 1600 --num-attention-heads 25"
+if has scaling || has dp-scaling; then
     ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 > "$out/d12_1gpu.log" 2>&1
     note "ours d12 1 GPU: $(speed "$out/d12_1gpu.log")"
     # the second GPU alone: a 2-GPU step is as slow as the slower GPU
@@ -67,6 +68,8 @@ if has scaling; then
             --micro-batch-size 8 --use-distributed-optimizer > "$out/d48_2gpu_zero1_torchrun.log" 2>&1
         note "ours d48 2 GPUs (dp=2, ZeRO-1, torchrun): $(speed "$out/d48_2gpu_zero1_torchrun.log")"
     fi
+fi
+if has scaling || has tp-scaling; then
     # tensor parallelism needs the heads divisible by tp: d48's width with 26 heads of 64
     d48tp="--num-layers 48 --hidden-size 1664 --num-attention-heads 26"
     ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 > "$out/d48tp_1gpu.log" 2>&1
@@ -80,6 +83,8 @@ if has scaling; then
     note "ours 48x1664 tp=2, no tp comm overlap: $(speed "$out/d48tp_tp2_nooverlap.log")"
     ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --sequence-parallel --no-tp-comm-overlap > "$out/d48tp_tp2sp_nooverlap.log" 2>&1
     note "ours 48x1664 tp=2 + SP, no tp comm overlap: $(speed "$out/d48tp_tp2sp_nooverlap.log")"
+fi
+if has scaling || has torch-ddp; then
     PYTHONUNBUFFERED=1 python3 -m torch.distributed.run --nproc_per_node=2 "$anchors/torch_gpt.py" d12 d48 > "$out/torch_ddp.log" 2>&1
     grep RESULT "$out/torch_ddp.log" | tee -a "$summary"
 fi
