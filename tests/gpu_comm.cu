@@ -289,11 +289,21 @@ static void check_all_to_allv(ctx *x, mt_dtype dt, uint64_t seed) {
 }
 
 /* Split: even/odd colors, rank 0 left out of another split, and the whole grid (tp = n). */
+/* GPU_COMM_SPLIT_PARTS (bits, default 7): 1 the odd/even split, 2 the split without rank 0
+ * (MT_COMM_NO_COLOR), 4 the rank grid; for bisecting what a later check depends on */
+static int split_parts(void) {
+    const char *e = getenv("GPU_COMM_SPLIT_PARTS");
+    return e ? atoi(e) : 7;
+}
+
 static void check_split(ctx *x) {
     mt_comm *half = NULL, *part = NULL;
-    int r = x->r, n = x->n;
-    mt_status st = mt_comm_split(x->c, r % 2, -r, "half", &half);
-    RCHECK(x->R, T_SPLIT, st == MT_OK && half, "split: %s: %s", mt_status_str(st), tl_msg);
+    int r = x->r, n = x->n, parts = split_parts();
+    mt_status st = MT_OK;
+    if (parts & 1) {
+        st = mt_comm_split(x->c, r % 2, -r, "half", &half);
+        RCHECK(x->R, T_SPLIT, st == MT_OK && half, "split: %s: %s", mt_status_str(st), tl_msg);
+    }
     if (half) {
         int members = (n - r % 2 + 1) / 2;
         RCHECK(x->R, T_SPLIT, mt_comm_size(half) == members && mt_comm_rank(half) == members - 1 - r / 2,
@@ -305,10 +315,14 @@ static void check_split(ctx *x) {
         to_host(x, &v, d, sizeof v);
         RCHECK(x->R, T_SPLIT, st == MT_OK && v == want, "half all_reduce %g want %g (%s)", v, want, mt_status_str(st));
     }
-    st = mt_comm_split(x->c, r == 0 ? MT_COMM_NO_COLOR : 0, r, "part", &part);
-    RCHECK(x->R, T_SPLIT, st == MT_OK && (r == 0) == (part == NULL), "split without rank 0: %s", mt_status_str(st));
+    if (parts & 2) {
+        st = mt_comm_split(x->c, r == 0 ? MT_COMM_NO_COLOR : 0, r, "part", &part);
+        RCHECK(x->R, T_SPLIT, st == MT_OK && (r == 0) == (part == NULL), "split without rank 0: %s",
+               mt_status_str(st));
+    }
     mt_comm_destroy(part);
     mt_comm_destroy(half);
+    if (!(parts & 4)) return;
 
     /* the rank grid with every rank in one tensor-parallel group (n ranks) */
     mt_parallel_config cfg;

@@ -55,8 +55,10 @@ if ! timeout "$LIMIT" ./build/gpu_comm; then
     GPU_COMM_ASYNC_FIRST=1 GPU_COMM_TIMEOUT=30 NCCL_DEBUG=WARN timeout "$LIMIT" ./build/gpu_comm
     echo "== 1c. (diagnosis) thread mode, default order, NCCL warnings on"
     GPU_COMM_TIMEOUT=30 NCCL_DEBUG=WARN timeout "$LIMIT" ./build/gpu_comm
-    echo "== 1d. (diagnosis) thread mode, every NCCL connection made at init (NCCL_RUNTIME_CONNECT=0)"
-    GPU_COMM_TIMEOUT=30 NCCL_RUNTIME_CONNECT=0 timeout "$LIMIT" ./build/gpu_comm
+    for parts in 1 2 4; do
+        echo "== 1e. (diagnosis) thread mode, only part $parts of the split check before the non-blocking one"
+        GPU_COMM_SPLIT_PARTS=$parts GPU_COMM_TIMEOUT=30 timeout "$LIMIT" ./build/gpu_comm
+    done
 fi
 
 echo "== 2. $N processes, torchrun-style environment, MASTER_PORT=$PORT"
