@@ -41,6 +41,9 @@
  *             the M dimension so P^T and dS^T stay in registers as the A operand of dV and dK, K/V
  *             resident and Q/dO double-buffered in shared memory (128-byte swizzle), dS^T through
  *             shared memory for dQ (see mt__flash_bwd3_kernel).
+ *             hd 128 variant (mt__flash_bwd3_128_run, not a default): the same tiling with tiles
+ *             stored as two 64-column halves, dK/dV in two column halves per warpgroup and dQ
+ *             columns split between the warpgroups (see mt__flash_bwd3_128_kernel).
  *   Shared-memory tiles are rows of D bf16 with 16-byte chunks XOR-swizzled by (row & 7), so that
  *   ldmatrix and cp.async are free of bank conflicts.
  */
@@ -1483,6 +1486,487 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
 #endif
 }
 
+/* ------------------------------------------------------------------ backward on wgmma, head dim 128 (variant) */
+
+/* Tiles whose rows hold 128 bf16 (256 bytes, two 128-byte swizzle atoms) are stored as two 64-column
+ * halves: half h (columns 64h..64h+63) of a ROWS-row tile starts ROWS*128 bytes after half 0 and is an
+ * ordinary mt__fa_swz<64> tile. Element (r, c) lies at (c >> 6)*ROWS*128 + mt__fa_swz<64>(r, (c & 63) >> 3)
+ * + (c & 7)*2. So every wgmma operand of mt__flash_bwd3_128_kernel is one atom wide and uses
+ * mt__wg_desc exactly as the hd 64 kernel does; only the start addresses differ (half bases are
+ * multiples of 1024 bytes, so each half is swizzle-aligned).
+ * Load ROWS rows x 128 bf16 (global row stride ld; rows row0.. of `nrows`, the rest zero-filled) into
+ * that layout. Thread tid copies chunk tid % 16 of rows tid / 16 + k * NT/16 (one row's 256 bytes are
+ * read by 16 consecutive threads). */
+template <int ROWS, int NT>
+__device__ __forceinline__ void mt__fa_load_tile_h(uint32_t s, const __nv_bfloat16 *g, size_t ld, int row0, int nrows,
+                                                   int tid) {
+    constexpr int RS = NT / 16; /* rows per pass */
+    static_assert(NT % 16 == 0 && ROWS % RS == 0 && RS % 8 == 0, "tile rows must divide among the threads");
+    const int c = tid & 15, r0 = tid >> 4;
+    const __nv_bfloat16 *src = g + (size_t)(row0 + r0) * ld + c * 8;
+    const uint32_t dst = s + (uint32_t)(c >> 3) * (ROWS * 128) + mt__fa_swz<64>(r0, c & 7); /* same swizzle every pass */
+#pragma unroll
+    for (int k = 0; k < ROWS / RS; k++) {
+        const bool ok = row0 + r0 + k * RS < nrows;
+        mt__fa_cp16(dst + k * RS * 128, ok ? (const void *)(src + (size_t)k * RS * ld) : (const void *)g, ok);
+    }
+}
+
+/* Backward on wgmma, head dim 128 (a variant: mt__flash_bwd3_128_run; the hd 128 default stays the
+ * mma.sync FA2-layout backward). The same algorithm as mt__flash_bwd3_kernel: one CTA per (key block of
+ * 128 rows, kv group, batch), 2 warpgroups of 64 keys (256 threads), keys as M; per head of the group
+ * and query block of 64 rows (Q, dO, lse, delta double-buffered with cp.async):
+ *   S^T = K Q^T, dP^T = V dO^T        m64n64, k over 128 dims: 8 steps, 4 in each half of K/V and Q/dO
+ *   P^T, dS^T in registers as in the hd 64 kernel
+ *   dV[h] += P^T dO[:, 64h..],  dK[h] += dS^T Q[:, 64h..]   for the halves h = 0, 1 (A from registers,
+ *                                       B = half h of dO / Q, N-major: the hd 64 descriptor)
+ *   dS^T (bf16) to shared memory; after a CTA barrier, warpgroup w computes dQ[:, 64w..64w+63] (64 x 64)
+ *   over the 128 keys: A = dS (M-major view of the two dS^T tiles), B = half w of K, which is already a
+ *   [key][dim] tile with keys along k (N-major): no transposed copy of K is needed;
+ *   dq_acc += dQ at once (red.global.add.v4.f32).
+ * Why this tiling: per thread, dK and dV (64 keys x 128 dims per warpgroup) take 2 x 64 fp32 registers;
+ * S^T and dP^T 32 each; P^T as bf16 A fragments 16: 208 at the peak (while dV runs and dP^T is read),
+ * within the 255 of one 256-thread CTA per SM. 3 warpgroups would leave 168 registers a thread, less
+ * than dK + dV alone; query blocks of 32 would still need M = 64 for dQ (wgmma's fixed M) and halve
+ * the work per S/dP product. The dQ of a block is added right after its product (the hd 64 kernel
+ * defers that to the next iteration, which here would keep 32 more registers live across S and dP).
+ * Shared memory: K, V 32 KB each, Q and dO 2 x 16 KB each, dS^T 16 KB, lse/delta 1 KB (+1 KB for
+ * alignment): 146 KB. */
+__global__ void __launch_bounds__(256, 1)
+mt__flash_bwd3_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
+                          const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
+                          const float *__restrict__ delta, const __nv_bfloat16 *__restrict__ qkv, int T, int Hkv,
+                          int G, int causal, float scale, float scale_log2) {
+    constexpr int D = 128, BM = 64, BN = 128, NT = 256;
+    constexpr uint32_t HK = BN * 128;  /* bytes of one 64-column half of a 128-row tile (K, V) */
+    constexpr uint32_t HQ = BM * 128;  /* ... of a 64-row tile (Q, dO); also one dS^T tile */
+#if MT__WG_OK
+    extern __shared__ __align__(1024) unsigned char mt__fa_smem4[];
+    const uint32_t raw = mt__fa_smem_addr(mt__fa_smem4);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = mt__fa_smem4 + (base - raw);
+    const uint32_t sK = base;            /* 128 x 128, halves HK apart; warpgroup w's keys at + w*HQ */
+    const uint32_t sV = sK + 2 * HK;     /* 128 x 128 */
+    const uint32_t sQ0 = sV + 2 * HK;    /* 2 stages of 64 x 128 (2*HQ bytes each) */
+    const uint32_t sO0 = sQ0 + 4 * HQ;   /* dO, 2 stages */
+    const uint32_t sS0 = sO0 + 4 * HQ;   /* dS^T of warpgroup w ([key][query], 64 x 64) at sS0 + w*HQ */
+    const uint32_t sL0 = sS0 + 2 * HQ;   /* lse, 2 stages of 64 floats */
+    const uint32_t sD0 = sL0 + 2 * BM * 4; /* delta, 2 stages */
+    const float *sLf = reinterpret_cast<const float *>(smem + (sL0 - base));
+    const float *sDf = reinterpret_cast<const float *>(smem + (sD0 - base));
+
+    const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127, wq = (tid >> 5) & 3, lane = tid & 31;
+    const int gr = lane >> 2, tq = lane & 3;
+    const int H = Hkv * G;
+    const int nb = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    const int n0 = nb * BN, kv0 = n0 + wg * 64;
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const size_t ldo = (size_t)H * D;
+    const __nv_bfloat16 *grp = qkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+    const int nqb = (T + BM - 1) / BM;
+    const int qb0 = causal ? n0 / BM : 0;
+    const int per_head = nqb - qb0;
+    const int total = G * per_head;
+    const uint32_t sKw = sK + wg * HQ, sVw = sV + wg * HQ, sSw = sS0 + wg * HQ;
+
+    auto load_q = [&](int it, int st) { /* as in mt__flash_bwd3_kernel */
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        mt__fa_load_tile_h<BM, NT>(sQ0 + st * 2 * HQ, grp + (size_t)jj * D, ld, q0, T, tid);
+        mt__fa_load_tile_h<BM, NT>(sO0 + st * 2 * HQ, dout + (size_t)b * T * ldo + (size_t)hh * D, ldo, q0, T, tid);
+        const int r = tid & (BM - 1), which = (tid >> 6) & 1;
+        const bool ok = q0 + r < T;
+        const float *src = (which ? delta : lse) + ((size_t)b * H + hh) * T + (ok ? q0 + r : 0);
+        mt__fa_cp4((which ? sD0 : sL0) + st * BM * 4 + r * 4, src, ok);
+    };
+
+    mt__fa_load_tile_h<BN, NT>(sK, grp + (size_t)G * D, ld, n0, T, tid);
+    mt__fa_load_tile_h<BN, NT>(sV, grp + (size_t)(G + 1) * D, ld, n0, T, tid);
+    load_q(0, 0);
+    mt__fa_cp_commit();
+
+    /* S^T, dP^T and dQ are declared where they are produced: their first product overwrites them (acc 0),
+     * so nothing of theirs is live from one iteration to the next */
+    float dk[2][32], dv[2][32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dk[0][i] = dk[1][i] = dv[0][i] = dv[1][i] = 0.f;
+
+    for (int it = 0; it < total; it++) {
+        const int st = it & 1;
+        mt__fa_cp_wait<0>();
+        mt__fence_async_smem();
+        __syncthreads(); /* this stage is visible; everyone is past the previous iteration's products */
+        auto prefetch = [&]() { /* the next stage (the last iteration reloads itself), issued while wgmma runs */
+            load_q(it + 1 < total ? it + 1 : it, st ^ 1);
+            mt__fa_cp_commit();
+        };
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        const uint32_t sQ = sQ0 + st * 2 * HQ, sO = sO0 + st * 2 * HQ;
+        const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
+        const bool act = !(kv0 >= T || (causal && kv0 > q0 + BM - 1)); /* warpgroup 0 always has work */
+        float *dqh = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
+        if (act) {
+            /* S^T = K Q^T, dP^T = V dO^T: k step kk reads half kk/4, 32*(kk%4) bytes into the rows */
+            float s[32], dp[32];
+            mt__wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                mt__wg_ss<0, 0>(s, mt__wg_desc(sKw + (kk >> 2) * HK + (kk & 3) * 32),
+                                mt__wg_desc(sQ + (kk >> 2) * HQ + (kk & 3) * 32), kk);
+            mt__wg_commit();
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++)
+                mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + (kk >> 2) * HK + (kk & 3) * 32),
+                                mt__wg_desc(sO + (kk >> 2) * HQ + (kk & 3) * 32), kk);
+            mt__wg_commit();
+            prefetch();
+            mt__wg_wait<1>();
+            mt__wg_keep(s);
+
+            /* P^T = exp2(S^T c - lse log2e), masked, kept in s; bf16 A fragments; dV[h] += P^T dO[:, 64h..] */
+            const bool need_mask = (q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0);
+            const int kr = kv0 + wq * 16 + gr;
+            uint32_t pa[4][4], da[4][4];
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const int qc = 8 * j + 2 * tq;
+                const float2 l = *reinterpret_cast<const float2 *>(sL + qc);
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float sv = s[4 * j + e];
+                    if (need_mask) {
+                        const int kv = kr + (e >> 1) * 8, q = q0 + qc + (e & 1);
+                        if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
+                    }
+                    s[4 * j + e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
+                }
+                pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
+                pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
+            }
+            mt__wg_fence();
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv[h], pa[kk], mt__wg_desc(sO + h * HQ + kk * 2048));
+            mt__wg_commit();
+            mt__wg_wait<1>(); /* dP^T is done (dV may still run) */
+            mt__wg_keep(dp);
+
+            /* dS^T = P^T (dP^T - delta): bf16 A fragments, and to this warpgroup's [key][query] tile */
+            {
+                const int rl = wq * 16 + gr;
+                unsigned char *p = smem + (sSw - base);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const float2 dl = *reinterpret_cast<const float2 *>(sDl + 8 * j + 2 * tq);
+                    const uint32_t lo = mt__fa_pack(s[4 * j] * (dp[4 * j] - dl.x), s[4 * j + 1] * (dp[4 * j + 1] - dl.y));
+                    const uint32_t hi =
+                        mt__fa_pack(s[4 * j + 2] * (dp[4 * j + 2] - dl.x), s[4 * j + 3] * (dp[4 * j + 3] - dl.y));
+                    da[j >> 1][(j & 1) * 2 + 0] = lo;
+                    da[j >> 1][(j & 1) * 2 + 1] = hi;
+                    *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = lo;
+                    *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) = hi;
+                }
+            }
+
+            /* dK[h] += dS^T Q[:, 64h..] (k = query rows) */
+            mt__wg_fence();
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk[h], da[kk], mt__wg_desc(sQ + h * HQ + kk * 2048));
+            mt__wg_commit();
+            mt__wg_wait<0>();
+            mt__wg_keep(dk[0]);
+            mt__wg_keep(dk[1]);
+            mt__wg_keep(dv[0]);
+            mt__wg_keep(dv[1]);
+        } else { /* warpgroup 1 idle: its dS^T is zero (warpgroup 0 still reads it for dQ) */
+            prefetch();
+            unsigned char *p = smem + (sSw - base);
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                *reinterpret_cast<uint4 *>(p + (k * 128 + wtid) * 16) = make_uint4(0u, 0u, 0u, 0u);
+        }
+
+        /* dQ[:, 64w..64w+63] (64 queries x 64) = dS K over the 128 keys: k step kk = keys 16kk.., rows
+         * 16*(kk%4) of dS^T tile kk/4 (M-major A) and rows 16kk of half w of K (N-major B) */
+        mt__fence_async_smem();
+        mt__bar_sync(1, 256); /* both dS^T tiles are written */
+        float dq[32];
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++)
+            mt__wg_ss<1, 1>(dq, mt__wg_desc(sS0 + (kk >> 2) * HQ + (kk & 3) * 2048),
+                            mt__wg_desc(sK + wg * HK + kk * 2048), kk);
+        mt__wg_commit();
+        mt__wg_wait<0>();
+        mt__wg_keep(dq);
+        mt__fa_red_tile<8, D>(dqh, dq, wq * 16 + gr, wg * 64, T - q0, lane);
+    }
+    mt__fa_cp_wait<0>(); /* the last iteration's (unused) prefetch must land before the CTA may exit */
+    __syncthreads();     /* every warpgroup's dQ products (which read all of K) are done */
+
+    /* dK * scale and dV to bf16 through this warpgroup's own rows of sK / sV, then 16-byte stores */
+    if (kv0 < T) {
+        unsigned char *pk = smem + (sKw - base), *pv = smem + (sVw - base);
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int rl = wq * 16 + gr + r * 8;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const uint32_t off = h * HK + mt__fa_swz<64>(rl, j) + tq * 4;
+                    *reinterpret_cast<uint32_t *>(pk + off) =
+                        mt__fa_pack(dk[h][4 * j + 2 * r] * scale, dk[h][4 * j + 2 * r + 1] * scale);
+                    *reinterpret_cast<uint32_t *>(pv + off) = mt__fa_pack(dv[h][4 * j + 2 * r], dv[h][4 * j + 2 * r + 1]);
+                }
+            }
+        mt__bar_sync(2 + wg, 128);
+        __nv_bfloat16 *dgrp = dqkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+#pragma unroll
+        for (int k = 0; k < 64 * 16 / 128; k++) {
+            const int i = k * 128 + wtid, r = i >> 4, c = i & 15, row = kv0 + r;
+            if (row < T) {
+                const uint32_t off = (c >> 3) * HK + mt__fa_swz<64>(r, c & 7);
+                __nv_bfloat16 *dst = dgrp + (size_t)row * ld + (size_t)G * D + c * 8;
+                *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(pk + off);
+                *reinterpret_cast<uint4 *>(dst + D) = *reinterpret_cast<const uint4 *>(pv + off);
+            }
+        }
+    }
+#else
+    (void)dqkv; (void)dq_acc; (void)dout; (void)lse; (void)delta; (void)qkv; (void)T; (void)Hkv; (void)G;
+    (void)causal; (void)scale; (void)scale_log2;
+#endif
+}
+
+/* ------------------------------------------------------------------ forward on wgmma, head dim 64 (variant) */
+
+/* d (64x128 fp32, warpgroup accumulator) (+)= A (64x16) * B (16x128), both from shared memory (TA / TB
+ * and acc as in mt__wg_ss). Element 4j+e of d: row 16*warp + lane/4 + 8*(e>>1), column 8j + 2*(lane&3)
+ * + (e&1), j = 0..15. */
+template <int TA, int TB>
+__device__ __forceinline__ void mt__wg_ss128(float (&d)[64], uint64_t a, uint64_t b, int acc) {
+#if MT__WG_OK
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+        "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "
+        "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
+        "%62, %63}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(a), "l"(b), "r"(acc), "n"(TA), "n"(TB));
+#endif
+}
+
+/* Forward on wgmma, head dim 64 (a variant: mt__flash_fwd3_run; the default forward stays the
+ * mma.sync kernel). One CTA per (query block of 128 rows, head, batch), 2 warpgroups of 64 query rows
+ * (256 threads), queries as M. Q stays in shared memory; key/value tiles of 128 rows stream through NS
+ * stages (cp.async by all threads, NS - 2 tiles ahead). Per key tile t, each warpgroup:
+ *   S_t = Q K_t^T                  m64n128, A = Q, B = K (both K-major, 4 k16 steps over the head dim)
+ *   O += P_{t-1} V_{t-1}           issued right behind S_t: A = P from registers (bf16), B = V (N-major,
+ *                                  8 k16 steps over the keys); it runs while S_t's softmax is computed
+ *   wait for S_t: mask (tails, causal diagonal), running row max, P_t = exp2(S_t c - m) and row sums
+ *   wait for the product: O *= exp2(m_old c - m_new), P_t packed to bf16 A fragments
+ * and after the last tile O += P V once more. Stages: at the top of iteration t (after a CTA barrier,
+ * so both warpgroups have finished O += P_{t-2} V_{t-2}) tile t + NS - 2 is loaded into the stage of
+ * tile t - 2, the only one no product still reads. Causal: tiles past the block's last row are never
+ * visited (the diagonal tile is masked); blocks run heaviest first. O / l goes out through this
+ * warpgroup's rows of the Q tile (16-byte stores); lse = (m c + log2 l) ln 2. No atomics: the result is
+ * the same on every run.
+ * Registers per thread: S 64 fp32, O 32, P 32 (bf16 pairs). Shared memory: Q 16 KB + NS x (K, V)
+ * 32 KB (+1 KB for alignment). */
+template <int D, int NS>
+__global__ void __launch_bounds__(256, 1)
+mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, const __nv_bfloat16 *__restrict__ qkv,
+                      int T, int Hkv, int G, int causal, float scale_log2) {
+    static_assert(D == 64, "the wgmma forward is written for head dim 64 (one 128-byte swizzle atom per row)");
+    static_assert(NS >= 3, "O += P V of tile t-1 runs during tile t: at least three stages");
+    constexpr int BM = 128, BN = 128, NT = 256, PD = NS - 2, KT = BN * D * 2; /* bytes of a K or V tile */
+#if MT__WG_OK
+    extern __shared__ __align__(1024) unsigned char mt__fa_smem3[];
+    const uint32_t raw = mt__fa_smem_addr(mt__fa_smem3);
+    const uint32_t base = (raw + 1023u) & ~1023u; /* the 128-byte swizzle repeats every 1024 bytes */
+    unsigned char *smem = mt__fa_smem3 + (base - raw);
+    const uint32_t sQ = base;            /* 128 x D: warpgroup w's rows at sQ + w*64*D*2 */
+    const uint32_t sKV = sQ + BM * D * 2; /* stage s: K at sKV + s*2*KT, V KT bytes later */
+
+    const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127, wq = (tid >> 5) & 3, lane = tid & 31;
+    const int gr = lane >> 2, tq = lane & 3;
+    const int H = Hkv * G;
+    const int mb = causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int g = h / G, jh = h - g * G;
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const __nv_bfloat16 *qb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + jh) * D;
+    const __nv_bfloat16 *kb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + G) * D;
+    const __nv_bfloat16 *vb = kb + D;
+    const int m0 = mb * BM, w0 = m0 + wg * 64; /* first query row of the CTA, of this warpgroup */
+    const int n_end = causal ? min(T, m0 + BM) : T;
+    const int ntiles = (n_end + BN - 1) / BN;
+    const uint32_t sQw = sQ + wg * 64 * D * 2;
+
+    /* key/value tile t (when there is one) into stage t % NS; always exactly one commit group */
+    auto load_kv = [&](int t) {
+        if (t < ntiles) {
+            const uint32_t st = sKV + (uint32_t)(t % NS) * 2 * KT;
+            mt__fa_load_tile<BN, D, NT>(st, kb, ld, t * BN, T, tid);
+            mt__fa_load_tile<BN, D, NT>(st + KT, vb, ld, t * BN, T, tid);
+        }
+        mt__fa_cp_commit();
+    };
+
+    mt__fa_load_tile<BM, D, NT>(sQ, qb, ld, m0, T, tid); /* in tile 0's group */
+#pragma unroll
+    for (int t = 0; t < PD; t++) load_kv(t);
+
+    float s[64], o[32], mrow[2], lrow[2], alpha[2];
+    uint32_t pa[8][4];
+#pragma unroll
+    for (int i = 0; i < 64; i++) s[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 32; i++) o[i] = 0.f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.f;
+    alpha[0] = alpha[1] = 0.f;
+
+    /* S_t (in s) -> P_t (in s, fp32), running max, partial row sums (this thread's columns), alpha */
+    auto softmax = [&](int t) {
+        const int n0 = t * BN;
+        if (n0 + BN > T || (causal && n0 + BN - 1 > w0)) {
+            const int r0 = w0 + wq * 16 + gr;
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = r0 + (e >> 1) * 8, col = n0 + 8 * j + 2 * tq + (e & 1);
+                    if (col >= T || (causal && col > row)) s[4 * j + e] = -INFINITY;
+                }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = mrow[r];
+#pragma unroll
+            for (int j = 0; j < 16; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float ms = (mx == -INFINITY) ? 0.f : mx * scale_log2;
+            alpha[r] = mt__fa_exp2(mrow[r] * scale_log2 - ms); /* 0 when the old max is -inf */
+            mrow[r] = mx;
+            float rs = 0.f;
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const float p0 = mt__fa_exp2(fmaf(s[4 * j + 2 * r], scale_log2, -ms));
+                const float p1 = mt__fa_exp2(fmaf(s[4 * j + 2 * r + 1], scale_log2, -ms));
+                s[4 * j + 2 * r] = p0;
+                s[4 * j + 2 * r + 1] = p1;
+                rs += p0 + p1;
+            }
+            lrow[r] = lrow[r] * alpha[r] + rs;
+        }
+    };
+    /* O *= alpha (O += P_{t-1} V_{t-1} has completed); P_t -> bf16 A fragments (k16 step kk = keys 16kk..) */
+    auto rescale_pack = [&]() {
+#pragma unroll
+        for (int i = 0; i < 32; i++) o[i] *= alpha[(i >> 1) & 1];
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
+            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
+        }
+    };
+
+    /* tile 0: S_0 alone */
+    mt__fa_cp_wait<PD - 1>();
+    mt__fence_async_smem();
+    __syncthreads();
+    load_kv(PD);
+    mt__wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) mt__wg_ss128<0, 0>(s, mt__wg_desc(sQw + kk * 32), mt__wg_desc(sKV + kk * 32), kk);
+    mt__wg_commit();
+    mt__wg_wait<0>();
+    mt__wg_keep(s);
+    softmax(0);
+    rescale_pack();
+
+    for (int t = 1; t < ntiles; t++) {
+        mt__fa_cp_wait<PD - 1>(); /* tile t has landed (this thread's copies) */
+        mt__fence_async_smem();   /* ... and is visible to wgmma */
+        __syncthreads();          /* everyone's copies; everyone is past O += P_{t-2} V_{t-2} */
+        load_kv(t + PD);          /* into the stage of tile t - 2 */
+        const uint32_t sK = sKV + (uint32_t)(t % NS) * 2 * KT;
+        const uint32_t sVp = sKV + (uint32_t)((t - 1) % NS) * 2 * KT + KT;
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ss128<0, 0>(s, mt__wg_desc(sQw + kk * 32), mt__wg_desc(sK + kk * 32), kk);
+        mt__wg_commit();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) mt__wg_rs<1>(o, pa[kk], mt__wg_desc(sVp + kk * 2048));
+        mt__wg_commit();
+        mt__wg_wait<1>(); /* S_t is done; O += P_{t-1} V_{t-1} may still run */
+        mt__wg_keep(s);
+        softmax(t);
+        mt__wg_keep(s);   /* the exponentials are computed before the wait, while the product runs */
+        __syncwarp();     /* (and the assembler does not hoist the wait above them) */
+        mt__wg_wait<0>();
+        mt__wg_keep(o);
+        rescale_pack();
+    }
+    {   /* O += P V of the last tile */
+        const uint32_t sVp = sKV + (uint32_t)((ntiles - 1) % NS) * 2 * KT + KT;
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) mt__wg_rs<1>(o, pa[kk], mt__wg_desc(sVp + kk * 2048));
+        mt__wg_commit();
+        mt__wg_wait<0>();
+        mt__wg_keep(o);
+    }
+    mt__fa_cp_wait<0>(); /* the (empty or unused) last groups, before the CTA may exit */
+
+    /* O / l (bf16) into this warpgroup's rows of the Q tile (only it read them, and its products are
+     * complete), then 16-byte stores; lse from the thread of each row's quad holding column 0 */
+    {
+        unsigned char *pq = smem + (sQw - base);
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float l = lrow[r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            const int rl = wq * 16 + gr + r * 8, row = w0 + rl;
+            if (tq == 0 && row < T)
+                lse[((size_t)b * H + h) * T + row] =
+                    l > 0.f ? (mrow[r] * scale_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                *reinterpret_cast<uint32_t *>(pq + mt__fa_swz<64>(rl, j) + tq * 4) =
+                    mt__fa_pack(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+        }
+        mt__bar_sync(1 + wg, 128);
+#pragma unroll
+        for (int k = 0; k < 64 * 8 / 128; k++) {
+            const int i = k * 128 + wtid, r = i >> 3, c = i & 7, row = w0 + r;
+            if (row < T)
+                *reinterpret_cast<uint4 *>(out + (((size_t)b * T + row) * H + h) * D + c * 8) =
+                    *reinterpret_cast<const uint4 *>(pq + mt__fa_swz<64>(r, c));
+        }
+    }
+#else
+    (void)out; (void)lse; (void)qkv; (void)T; (void)Hkv; (void)G; (void)causal; (void)scale_log2;
+#endif
+}
+
 /* ------------------------------------------------------------------ launchers */
 
 /* Default tile shapes per head dim (forward: BM query rows, BN key rows, NW warps; backward: BWD2
@@ -1649,6 +2133,79 @@ static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const v
                                            const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                            float *delta, float *dq_acc) {
     return mt__flash_bwd3_cfg_run<D, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+}
+
+/* The wgmma backward for head dim 128 (mt__flash_bwd3_128_kernel; a variant, not the default). Same
+ * arguments and workspace as the other backwards; MT_ERR_UNSUPPORTED unless the build has sm_90a code
+ * and the GPU is of compute capability 9.x. */
+static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                               const float *lse, const void *qkv, int B, int T, int Hkv, int G,
+                                               int causal, float *delta, float *dq_acc) {
+    enum { D = 128 };
+    const int H = Hkv * G;
+    cudaStream_t s = (cudaStream_t)cx->stream;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
+    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
+              int, int, int, int, float, float) = mt__flash_bwd3_128_kernel;
+    {
+        int dev = 0, major = 0;
+        cudaFuncAttributes fa;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaFuncGetAttributes(&fa, k) != cudaSuccess)
+            return mt__fa_cuda("mt_flash_attention_bwd (wgmma hd 128): device query");
+        if (major != 9 || fa.binaryVersion < 90 || fa.binaryVersion >= 100) return MT_ERR_UNSUPPORTED;
+    }
+    const size_t n = (size_t)B * T * H * (D / 8);
+    mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
+        delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
+    MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
+    /* alignment slack; K, V (128 x D each), Q x2, dO x2 (64 x D), dS^T x2 (64 x 64); lse, delta x2 */
+    const size_t smem = 1024 + (size_t)2 * 128 * D * 2 + (size_t)4 * 64 * D * 2 + (size_t)2 * 64 * 64 * 2 + 4 * 64 * 4;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
+    dim3 grid((T + 127) / 128, Hkv, B);
+    k<<<grid, 256, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
+                              (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
+    MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
+    mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G,
+                                                                         D, scale);
+    return mt__fa_cuda("mt_flash_attention_bwd: dq");
+}
+
+/* The forward through mt__flash_fwd3_kernel<D, NS> (wgmma, head dim 64, NS key/value stages; a variant,
+ * not the default). Like the wgmma backward it needs an sm_90a build and a GPU of compute capability
+ * 9.x; on anything else this returns MT_ERR_UNSUPPORTED (nothing launched). */
+template <int D, int NS>
+static inline mt_status mt__flash_fwd3_cfg_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                               int Hkv, int G, int causal) {
+    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, float) =
+        mt__flash_fwd3_kernel<D, NS>;
+    {
+        int dev = 0, major = 0;
+        cudaFuncAttributes fa;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+            cudaFuncGetAttributes(&fa, k) != cudaSuccess)
+            return mt__fa_cuda("mt_flash_attention_fwd (wgmma): device query");
+        if (major != 9 || fa.binaryVersion < 90 || fa.binaryVersion >= 100) return MT_ERR_UNSUPPORTED;
+    }
+    /* alignment slack; Q (128 rows); NS stages of K and V (128 rows each) */
+    const size_t smem = 1024 + (size_t)(128 + NS * 2 * 128) * D * 2;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return mt__fa_cuda("mt_flash_attention_fwd (wgmma): cudaFuncSetAttribute");
+    dim3 grid((T + 127) / 128, Hkv * G, B);
+    const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
+    k<<<grid, 256, smem, (cudaStream_t)cx->stream>>>((__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)qkv, T, Hkv, G,
+                                                     causal, scale_log2);
+    return mt__fa_cuda("mt_flash_attention_fwd (wgmma)");
+}
+/* The wgmma forward with four stages (key/value tiles loaded two ahead). */
+template <int D>
+static inline mt_status mt__flash_fwd3_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                           int Hkv, int G, int causal) {
+    return mt__flash_fwd3_cfg_run<D, 4>(cx, out, lse, qkv, B, T, Hkv, G, causal);
 }
 
 template <int D>

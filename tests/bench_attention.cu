@@ -113,6 +113,7 @@ static const variant g_variants[] = {
     /* last, so that the rows above are printed even if these fault */
     {"bwd wgmma (default)", 64, NULL, mt__flash_bwd3_run<64>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
+    {"bwd wgmma (new)", 128, NULL, mt__flash_bwd3_128_run},
 };
 
 static const variant *g_cur_variant;

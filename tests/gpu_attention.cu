@@ -7,8 +7,9 @@
  * and every element is finite. The deterministic backward (MT_FLASH_DETERMINISTIC's path) is checked
  * the same way and must be bitwise reproducible; the default one must give bitwise identical dK/dV;
  * the alternative backward (16 keys per warp, P in registers) is checked against the reference too,
- * and so is the wgmma backward (mt__flash_bwd3_cfg_run, hd 64, Hopper only) in both of its
- * configurations, whose dK/dV must also be bitwise identical between two runs.
+ * and so is the wgmma backward (Hopper only: mt__flash_bwd3_cfg_run in both of its configurations at
+ * hd 64, the mt__flash_bwd3_128_run variant at hd 128), whose dK/dV must also be bitwise identical
+ * between two runs.
  * Also: an unsupported head dim returns MT_ERR_UNSUPPORTED, a short workspace is refused.
  */
 #if defined(__has_include)
@@ -94,18 +95,21 @@ static mt_status bwd_alt_layout(const mt_ctx *cx, void *dqkv, const void *dout, 
         cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
-/* the wgmma backward (mt__flash_bwd3_cfg_run) in configuration v: 0 = the default (dQ columns split
- * across the warpgroups), 1 = dQ per warpgroup over its own keys. hd 64 on compute capability 9.x,
+/* the wgmma backward in configuration v: 0 = hd 64's default (mt__flash_bwd3_run, dQ columns split
+ * across the warpgroups), 1 = hd 64 with dQ per warpgroup over its own keys, 2 = the hd 128 variant
+ * (mt__flash_bwd3_128_run). Each runs at its own head dim (wgmma_head_dim) on compute capability 9.x,
  * else MT_ERR_UNSUPPORTED. */
-#define N_WGMMA 2
-static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma own-keys"};
+#define N_WGMMA 3
+static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma own-keys", "wgmma hd128"};
+static int wgmma_head_dim(int v) { return v == 2 ? 128 : 64; }
 static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
                            const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws) {
     float *delta, *dq_acc;
     mt__fa_ws_split(ws, B, T, Hkv, G, &delta, &dq_acc);
-    if (D != 64) return MT_ERR_UNSUPPORTED;
+    if (D != wgmma_head_dim(v)) return MT_ERR_UNSUPPORTED;
     if (v == 0) return mt__flash_bwd3_run<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
-    return mt__flash_bwd3_cfg_run<64, 0>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    if (v == 1) return mt__flash_bwd3_cfg_run<64, 0>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    return mt__flash_bwd3_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 static int g_wgmma_ran = 0, g_wgmma_skipped = 0;
 
@@ -189,10 +193,11 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
         free(h1);
     }
 
-    /* the wgmma backward (hd 64, Hopper) in each configuration, twice on fresh poison: dK/dV bitwise
-     * identical */
+    /* the wgmma backward (Hopper) in each configuration of this head dim, twice on fresh poison: dK/dV
+     * bitwise identical */
     float *gdqkv_wg[N_WGMMA] = {NULL};
-    for (int v = 0; v < N_WGMMA && D == 64; v++) {
+    for (int v = 0; v < N_WGMMA; v++) {
+        if (wgmma_head_dim(v) != D) continue;
         uint16_t *h1 = (uint16_t *)malloc(nqkv * 2), *h2 = (uint16_t *)malloc(nqkv * 2);
         for (int rep = 0; rep < 2; rep++) {
             CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
@@ -298,7 +303,11 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     }
     printf("    %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e", tag, e_out.err, e_lse.err, e_dq.err, e_dk.err,
            e_dv.err);
-    if (D == 64) printf("  wgmma dq %.2e dk %.2e dv %.2e", e_wg[0][0].err, e_wg[0][1].err, e_wg[0][2].err);
+    for (int v = 0; v < N_WGMMA; v++)
+        if (gdqkv_wg[v]) {
+            printf("  %s dq %.2e dk %.2e dv %.2e", g_wgmma_names[v], e_wg[v][0].err, e_wg[v][1].err, e_wg[v][2].err);
+            break;
+        }
     printf("\n");
     double m = e_out.err;
     if (!(m >= e_lse.err)) m = e_lse.err;
@@ -321,6 +330,7 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
 static void sweep(int D) {
     static const int Ts[] = {1, 7, 64, 129, 257, 1000};
     double worst = 0;
+    g_wgmma_ran = g_wgmma_skipped = 0;
     for (int ti = 0; ti < 6; ti++)
         for (int G = 1; G <= 4; G *= 2)
             for (int causal = 1; causal >= 0; causal--) {
@@ -329,10 +339,8 @@ static void sweep(int D) {
                 run_case(B, T, Hkv, G, D, causal, &worst);
             }
     printf("    D=%d: worst relative error %.3g\n", D, worst);
-    if (D == 64) {
-        if (g_wgmma_skipped) printf("    wgmma backward skipped in %d cases: not a compute capability 9.x GPU\n", g_wgmma_skipped);
-        else printf("    wgmma backward checked in %d case x configuration runs\n", g_wgmma_ran);
-    }
+    if (g_wgmma_skipped) printf("    wgmma backward skipped in %d cases: not a compute capability 9.x GPU\n", g_wgmma_skipped);
+    else printf("    wgmma backward checked in %d case x configuration runs\n", g_wgmma_ran);
 }
 
 static void test_flash_attention_d64(void) { sweep(64); }
