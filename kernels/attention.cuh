@@ -44,6 +44,9 @@
  *             hd 128 variant (mt__flash_bwd3_128_run, not a default): the same tiling with tiles
  *             stored as two 64-column halves, dK/dV in two column halves per warpgroup and dQ
  *             columns split between the warpgroups (see mt__flash_bwd3_128_kernel).
+ *   forward on wgmma (mt__flash_fwd3_run, hd 64, sm_90a; a variant, not the default): 2 warpgroups x 64
+ *             query rows per CTA, S = Q K^T from shared memory, O += P V with P from registers, key/value
+ *             tiles of 128 rows in four cp.async stages (see mt__flash_fwd3_kernel).
  *   Shared-memory tiles are rows of D bf16 with 16-byte chunks XOR-swizzled by (row & 7), so that
  *   ldmatrix and cp.async are free of bank conflicts.
  */
@@ -1774,7 +1777,7 @@ __device__ __forceinline__ void mt__wg_ss128(float (&d)[64], uint64_t a, uint64_
  * stages (cp.async by all threads, NS - 2 tiles ahead). Per key tile t, each warpgroup:
  *   S_t = Q K_t^T                  m64n128, A = Q, B = K (both K-major, 4 k16 steps over the head dim)
  *   O += P_{t-1} V_{t-1}           issued right behind S_t: A = P from registers (bf16), B = V (N-major,
- *                                  8 k16 steps over the keys); it runs while S_t's softmax is computed
+ *                                  8 k16 steps over the keys), so the tensor cores have it queued
  *   wait for S_t: mask (tails, causal diagonal), running row max, P_t = exp2(S_t c - m) and row sums
  *   wait for the product: O *= exp2(m_old c - m_new), P_t packed to bf16 A fragments
  * and after the last tile O += P V once more. Stages: at the top of iteration t (after a CTA barrier,
@@ -1917,9 +1920,9 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
         mt__wg_wait<1>(); /* S_t is done; O += P_{t-1} V_{t-1} may still run */
         mt__wg_keep(s);
         softmax(t);
-        mt__wg_keep(s);   /* the exponentials are computed before the wait, while the product runs */
-        __syncwarp();     /* (and the assembler does not hoist the wait above them) */
-        mt__wg_wait<0>();
+        mt__wg_keep(s);
+        mt__wg_wait<0>(); /* (ptxas schedules this wait above the exponentials: they do not overlap the
+                           * product within a warpgroup, only across the two warpgroups) */
         mt__wg_keep(o);
         rescale_pack();
     }

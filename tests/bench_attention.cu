@@ -114,6 +114,8 @@ static const variant g_variants[] = {
     {"bwd wgmma (default)", 64, NULL, mt__flash_bwd3_run<64>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
     {"bwd wgmma (new)", 128, NULL, mt__flash_bwd3_128_run},
+    {"fwd wgmma (new)", 64, mt__flash_fwd3_run<64>, NULL},
+    {"fwd wgmma 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>, NULL},
 };
 
 static const variant *g_cur_variant;
@@ -154,7 +156,7 @@ static void run_variants(const mt_ctx *cx, void *qkv, void *dqkv, void *out, voi
     for (size_t vi = 0; vi < sizeof g_variants / sizeof g_variants[0]; vi++) {
         const variant *v = &g_variants[vi];
         g_cur_variant = v;
-        if (v->b) { /* a variant this GPU or build cannot run (the wgmma one off Hopper) is skipped */
+        { /* a variant this GPU or build cannot run (the wgmma ones off Hopper) is skipped */
             bench_args a;
             memset(&a, 0, sizeof a);
             a.cx = cx; a.out = out; a.dout = dout; a.qkv = qkv; a.dqkv = dqkv; a.ws = ws; a.lse = lse;
@@ -162,7 +164,9 @@ static void run_variants(const mt_ctx *cx, void *qkv, void *dqkv, void *out, voi
             a.T = Ts[0]; a.B = (int)(tokens / a.T); a.D = v->D; a.Hkv = (int)(width / v->D); a.G = 1; a.causal = 1;
             float *delta, *dq_acc;
             mt__fa_ws_split(ws, a.B, a.T, a.Hkv, a.G, &delta, &dq_acc);
-            if (v->b(cx, dqkv, dout, out, lse, qkv, a.B, a.T, a.Hkv, a.G, 1, delta, dq_acc) == MT_ERR_UNSUPPORTED) {
+            const mt_status st = v->f ? v->f(cx, out, lse, qkv, a.B, a.T, a.Hkv, a.G, 1)
+                                      : v->b(cx, dqkv, dout, out, lse, qkv, a.B, a.T, a.Hkv, a.G, 1, delta, dq_acc);
+            if (st == MT_ERR_UNSUPPORTED) {
                 printf("  hd%-3d %-26s skipped: needs an sm_90a build on a compute capability 9.x GPU\n", v->D, v->name);
                 continue;
             }

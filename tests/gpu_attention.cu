@@ -9,7 +9,8 @@
  * the alternative backward (16 keys per warp, P in registers) is checked against the reference too,
  * and so is the wgmma backward (Hopper only: mt__flash_bwd3_cfg_run in both of its configurations at
  * hd 64, the mt__flash_bwd3_128_run variant at hd 128), whose dK/dV must also be bitwise identical
- * between two runs.
+ * between two runs. The wgmma forward (mt__flash_fwd3_run, hd 64, Hopper only) is checked against the
+ * reference too (out and lse) and must give bitwise identical results in two runs.
  * Also: an unsupported head dim returns MT_ERR_UNSUPPORTED, a short workspace is refused.
  */
 #if defined(__has_include)
@@ -112,6 +113,7 @@ static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout
     return mt__flash_bwd3_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 static int g_wgmma_ran = 0, g_wgmma_skipped = 0;
+static int g_fwd3_ran = 0, g_fwd3_skipped = 0;
 
 static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *worst) {
     const int H = Hkv * G;
@@ -158,6 +160,45 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     CK(cudaMemcpy(glse, d_lse, nlse * 4, cudaMemcpyDeviceToHost));
     CK(cudaMemcpy(hbuf, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < nqkv; i++) gdqkv[i] = mt_bf16_to_f32(hbuf[i]);
+
+    /* the wgmma forward (mt__flash_fwd3_run, hd 64, Hopper), twice on fresh poison in its own buffers:
+     * out and lse bitwise identical between the runs, checked against the reference below */
+    float *gout3 = NULL, *glse3 = NULL;
+    if (D == 64) {
+        void *d_out3;
+        float *d_lse3;
+        CK(cudaMalloc(&d_out3, nout * 2));
+        CK(cudaMalloc((void **)&d_lse3, nlse * 4));
+        uint16_t *h1 = (uint16_t *)malloc(nout * 2), *h2 = (uint16_t *)malloc(nout * 2);
+        float *l1 = (float *)malloc(nlse * 4), *l2 = (float *)malloc(nlse * 4);
+        for (int rep = 0; rep < 2; rep++) {
+            CK(cudaMemset(d_out3, 0xff, nout * 2));
+            CK(cudaMemset(d_lse3, 0xff, nlse * 4));
+            st = mt__flash_fwd3_run<64>(&cx, d_out3, d_lse3, d_qkv, B, T, Hkv, G, causal);
+            if (st == MT_ERR_UNSUPPORTED) break;
+            MT_EXPECT(st == MT_OK, "wgmma fwd status %s", mt_status_str(st));
+            CK(cudaDeviceSynchronize());
+            CK(cudaGetLastError());
+            CK(cudaMemcpy(rep ? h2 : h1, d_out3, nout * 2, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(rep ? l2 : l1, d_lse3, nlse * 4, cudaMemcpyDeviceToHost));
+        }
+        if (st == MT_ERR_UNSUPPORTED) {
+            g_fwd3_skipped++;
+        } else {
+            g_fwd3_ran++;
+            size_t nd = 0;
+            for (size_t i = 0; i < nout; i++) nd += h1[i] != h2[i];
+            for (size_t i = 0; i < nlse; i++) nd += memcmp(&l1[i], &l2[i], 4) != 0;
+            MT_EXPECT(nd == 0, "wgmma forward: out/lse differ between two runs in %zu elements", nd);
+            gout3 = (float *)malloc(nout * 4);
+            glse3 = (float *)malloc(nlse * 4);
+            for (size_t i = 0; i < nout; i++) gout3[i] = mt_bf16_to_f32(h1[i]);
+            memcpy(glse3, l1, nlse * 4);
+        }
+        free(h1); free(h2); free(l1); free(l2);
+        cudaFree(d_out3);
+        cudaFree(d_lse3);
+    }
 
     /* deterministic backward, twice on fresh poison: all of dqkv bitwise identical */
     float *gdqkv_det = (float *)malloc(nqkv * 4);
@@ -250,6 +291,13 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
 
     relerr e_out = rel_error(gout, ref_out, nout);
     relerr e_lse = rel_error(glse, ref_lse, nlse);
+    relerr e_out3 = {0, 0, 0}, e_lse3 = {0, 0, 0};
+    if (gout3) {
+        e_out3 = rel_error(gout3, ref_out, nout);
+        e_lse3 = rel_error(glse3, ref_lse, nlse);
+    }
+    free(gout3);
+    free(glse3);
     const size_t nq = (size_t)B * T * Hkv * G * D, nk = (size_t)B * T * Hkv * D;
     float *a = (float *)calloc(nq, 4), *r = (float *)calloc(nq, 4);
     gather_slots(a, gdqkv, B, T, Hkv, G, D, 0, G);
@@ -289,6 +337,9 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     snprintf(tag, sizeof tag, "B=%d T=%d Hkv=%d G=%d D=%d causal=%d", B, T, Hkv, G, D, causal);
     MT_EXPECT(e_out.err < tol, "%s: out rel err %.3g (%zu non-finite)", tag, e_out.err, e_out.nonfinite);
     MT_EXPECT(e_lse.err < tol, "%s: lse rel err %.3g (%zu non-finite)", tag, e_lse.err, e_lse.nonfinite);
+    MT_EXPECT(e_out3.err < tol, "%s: wgmma fwd out rel err %.3g (%zu non-finite)", tag, e_out3.err, e_out3.nonfinite);
+    MT_EXPECT(e_lse3.err < tol, "%s: wgmma fwd lse rel err %.3g (%zu non-finite)", tag, e_lse3.err,
+              e_lse3.nonfinite);
     MT_EXPECT(e_dq.err < tol, "%s: dq rel err %.3g (%zu non-finite)", tag, e_dq.err, e_dq.nonfinite);
     MT_EXPECT(e_dk.err < tol, "%s: dk rel err %.3g (%zu non-finite)", tag, e_dk.err, e_dk.nonfinite);
     MT_EXPECT(e_dv.err < tol, "%s: dv rel err %.3g (%zu non-finite)", tag, e_dv.err, e_dv.nonfinite);
@@ -303,6 +354,7 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     }
     printf("    %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e", tag, e_out.err, e_lse.err, e_dq.err, e_dk.err,
            e_dv.err);
+    if (D == 64) printf("  wgmma fwd out %.2e lse %.2e", e_out3.err, e_lse3.err);
     for (int v = 0; v < N_WGMMA; v++)
         if (gdqkv_wg[v]) {
             printf("  %s dq %.2e dk %.2e dv %.2e", g_wgmma_names[v], e_wg[v][0].err, e_wg[v][1].err, e_wg[v][2].err);
@@ -311,6 +363,8 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     printf("\n");
     double m = e_out.err;
     if (!(m >= e_lse.err)) m = e_lse.err;
+    if (!(m >= e_out3.err)) m = e_out3.err;
+    if (!(m >= e_lse3.err)) m = e_lse3.err;
     if (!(m >= e_dq.err)) m = e_dq.err;
     if (!(m >= e_dk.err)) m = e_dk.err;
     if (!(m >= e_dv.err)) m = e_dv.err;
@@ -341,6 +395,10 @@ static void sweep(int D) {
     printf("    D=%d: worst relative error %.3g\n", D, worst);
     if (g_wgmma_skipped) printf("    wgmma backward skipped in %d cases: not a compute capability 9.x GPU\n", g_wgmma_skipped);
     else printf("    wgmma backward checked in %d case x configuration runs\n", g_wgmma_ran);
+    if (D == 64) {
+        if (g_fwd3_skipped) printf("    wgmma forward skipped in %d cases: not a compute capability 9.x GPU\n", g_fwd3_skipped);
+        else printf("    wgmma forward checked in %d cases\n", g_fwd3_ran);
+    }
 }
 
 static void test_flash_attention_d64(void) { sweep(64); }
