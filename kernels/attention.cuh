@@ -2004,6 +2004,18 @@ static inline mt_status mt__fa_cuda(const char *where) {
     return MT_OK;
 }
 
+/* Whether wgmma kernel k can run here: a GPU of compute capability 9.x and sm_90a code for it in
+ * this build. MT_ERR_UNSUPPORTED (quiet: the caller falls back to mma.sync) when not. */
+static inline mt_status mt__wg_runnable(const void *k, const char *what) {
+    int dev = 0, major = 0;
+    cudaFuncAttributes fa;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaFuncGetAttributes(&fa, k) != cudaSuccess)
+        return mt__fa_cuda(what);
+    if (major != 9 || fa.binaryVersion < 90 || fa.binaryVersion >= 100) return MT_ERR_UNSUPPORTED;
+    return MT_OK;
+}
+
 template <int D, int BM, int BN, int NW>
 static inline mt_status mt__flash_fwd_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
                                           int Hkv, int G, int causal) {
@@ -2106,14 +2118,7 @@ static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, con
     const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
     void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
               int, int, int, int, float, float) = mt__flash_bwd3_kernel<D, SPLIT>;
-    {
-        int dev = 0, major = 0;
-        cudaFuncAttributes fa;
-        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-            cudaFuncGetAttributes(&fa, k) != cudaSuccess)
-            return mt__fa_cuda("mt_flash_attention_bwd (wgmma): device query");
-        if (major != 9 || fa.binaryVersion < 90 || fa.binaryVersion >= 100) return MT_ERR_UNSUPPORTED;
-    }
+    MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_bwd (wgmma): device query"));
     const size_t n = (size_t)B * T * H * (D / 8);
     mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
         delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
@@ -2151,15 +2156,7 @@ static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, con
     const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
     void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
               int, int, int, int, float, float) = mt__flash_bwd3_128_kernel;
-    {
-        int dev = 0, major = 0;
-        cudaFuncAttributes fa;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-            cudaFuncGetAttributes(&fa, k) != cudaSuccess)
-            return mt__fa_cuda("mt_flash_attention_bwd (wgmma hd 128): device query");
-        if (major != 9 || fa.binaryVersion < 90 || fa.binaryVersion >= 100) return MT_ERR_UNSUPPORTED;
-    }
+    MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_bwd (wgmma hd 128): device query"));
     const size_t n = (size_t)B * T * H * (D / 8);
     mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
         delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
@@ -2185,15 +2182,7 @@ static inline mt_status mt__flash_fwd3_cfg_run(const mt_ctx *cx, void *out, floa
                                                int Hkv, int G, int causal) {
     void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, float) =
         mt__flash_fwd3_kernel<D, NS>;
-    {
-        int dev = 0, major = 0;
-        cudaFuncAttributes fa;
-        if (cudaGetDevice(&dev) != cudaSuccess ||
-            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-            cudaFuncGetAttributes(&fa, k) != cudaSuccess)
-            return mt__fa_cuda("mt_flash_attention_fwd (wgmma): device query");
-        if (major != 9 || fa.binaryVersion < 90 || fa.binaryVersion >= 100) return MT_ERR_UNSUPPORTED;
-    }
+    MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_fwd (wgmma): device query"));
     /* alignment slack; Q (128 rows); NS stages of K and V (128 rows each) */
     const size_t smem = 1024 + (size_t)(128 + NS * 2 * 128) * D * 2;
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)

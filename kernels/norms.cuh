@@ -772,37 +772,43 @@ MT_API int mt__warp_np(int C, int vec, int *np) {
     } while (0)
 #define MT__LNF(V, P) mt__layernorm_fwd_kernel<T, V, P>
 #define MT__RMSF(V, P) mt__rmsnorm_fwd_kernel<T, V, P>
-#define MT__LNFW(V, P) mt__norm_fwd_warp_kernel<T, V, P, 0>
-#define MT__RMSFW(V, P) mt__norm_fwd_warp_kernel<T, V, P, 1>
-#define MT__LNFW1(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, 0, 2>
-#define MT__RMSFW1(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, 1, 2>
-#define MT__LNFW13(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, 0, 3>
-#define MT__RMSFW13(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, 1, 3>
 #define MT__LNB(V, P) mt__norm_bwd_kernel<T, V, P, 0>
 #define MT__RMSB(V, P) mt__norm_bwd_kernel<T, V, P, 1>
+
+/* The warp-per-row forwards of both norms (RMS = 0: LayerNorm, 1: RMSNorm) as cx->gpu->norm_fwd_warp
+ * picks them; *done = 0 when the option is 0 or the row is too wide for a warp. */
+template <typename T, int RMS>
+static inline mt_status mt__norm_fwd_warp_launch(const mt_ctx *cx, int vec, void *out, void *mean, void *rstd,
+                                                 const void *inp, const void *w, const void *b, int N, int C,
+                                                 int *done) {
+    int np = 1, opt = cx->gpu->norm_fwd_warp;
+    *done = 0;
+    if (!opt || !mt__warp_np(C, vec, &np)) return MT_OK;
+#define MT__NFW(V, P) mt__norm_fwd_warp_kernel<T, V, P, RMS>
+#define MT__NFW1(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, RMS, 2>
+#define MT__NFW13(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, RMS, 3>
+    if (opt == 3)
+        MT__ROW_LAUNCH(vec, np, MT__NFW13, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
+    else if (opt == 2)
+        MT__ROW_LAUNCH(vec, np, MT__NFW1, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
+    else
+        MT__ROW_LAUNCH(vec, np, MT__NFW, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
+#undef MT__NFW13
+#undef MT__NFW1
+#undef MT__NFW
+    MT__LAUNCHED(cx, opt >= 2 ? "mt__norm_fwd_warp1p_kernel" : "mt__norm_fwd_warp_kernel");
+    *done = 1;
+    return MT_OK;
+}
 
 template <typename T>
 static inline mt_status mt__layernorm_fwd_launch(const mt_ctx *cx, void *out, void *mean, void *rstd, const void *inp,
                                                  const void *w, const void *b, int N, int C) {
     constexpr int PW = mt__pack_width<T>::value;
     int vec = (C % PW == 0 && mt__al16(out) && mt__al16(inp) && mt__al16(w) && mt__al16(b)) ? PW : 1;
-    int np = 1, threads = 32;
-    if (cx->gpu->norm_fwd_warp >= 2 && mt__warp_np(C, vec, &np)) { /* options: one-pass statistics */
-        if (cx->gpu->norm_fwd_warp == 3)
-            MT__ROW_LAUNCH(vec, np, MT__LNFW13, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean,
-                           (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
-        else
-            MT__ROW_LAUNCH(vec, np, MT__LNFW1, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean,
-                           (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
-        MT__LAUNCHED(cx, "mt__norm_fwd_warp1p_kernel");
-        return MT_OK;
-    }
-    if (cx->gpu->norm_fwd_warp && mt__warp_np(C, vec, &np)) {
-        MT__ROW_LAUNCH(vec, np, MT__LNFW, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)mean,
-                       (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C);
-        MT__LAUNCHED(cx, "mt__norm_fwd_warp_kernel");
-        return MT_OK;
-    }
+    int np = 1, threads = 32, done = 0;
+    MT_TRY((mt__norm_fwd_warp_launch<T, 0>(cx, vec, out, mean, rstd, inp, w, b, N, C, &done)));
+    if (done) return MT_OK;
     MT_TRY(mt__row_geom("layernorm_fwd", C, vec, 1024, &np, &threads));
     MT__ROW_LAUNCH(vec, np, MT__LNF, N, threads, MT__STREAM(cx), (T *)out, (float *)mean, (float *)rstd,
                    (const T *)inp, (const T *)w, (const T *)b, N, C);
@@ -815,23 +821,9 @@ static inline mt_status mt__rmsnorm_fwd_launch(const mt_ctx *cx, void *out, void
                                                const void *w, int N, int C) {
     constexpr int PW = mt__pack_width<T>::value;
     int vec = (C % PW == 0 && mt__al16(out) && mt__al16(inp) && mt__al16(w)) ? PW : 1;
-    int np = 1, threads = 32;
-    if (cx->gpu->norm_fwd_warp >= 2 && mt__warp_np(C, vec, &np)) { /* options: as the LayerNorm's */
-        if (cx->gpu->norm_fwd_warp == 3)
-            MT__ROW_LAUNCH(vec, np, MT__RMSFW13, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)NULL,
-                           (float *)rstd, (const T *)inp, (const T *)w, (const T *)NULL, N, C);
-        else
-            MT__ROW_LAUNCH(vec, np, MT__RMSFW1, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)NULL,
-                           (float *)rstd, (const T *)inp, (const T *)w, (const T *)NULL, N, C);
-        MT__LAUNCHED(cx, "mt__norm_fwd_warp1p_kernel");
-        return MT_OK;
-    }
-    if (cx->gpu->norm_fwd_warp && mt__warp_np(C, vec, &np)) {
-        MT__ROW_LAUNCH(vec, np, MT__RMSFW, mt__cdiv(N, 8), 256, MT__STREAM(cx), (T *)out, (float *)NULL,
-                       (float *)rstd, (const T *)inp, (const T *)w, (const T *)NULL, N, C);
-        MT__LAUNCHED(cx, "mt__norm_fwd_warp_kernel");
-        return MT_OK;
-    }
+    int np = 1, threads = 32, done = 0;
+    MT_TRY((mt__norm_fwd_warp_launch<T, 1>(cx, vec, out, NULL, rstd, inp, w, NULL, N, C, &done)));
+    if (done) return MT_OK;
     MT_TRY(mt__row_geom("rmsnorm_fwd", C, vec, 1024, &np, &threads));
     MT__ROW_LAUNCH(vec, np, MT__RMSF, N, threads, MT__STREAM(cx), (T *)out, (float *)rstd, (const T *)inp,
                    (const T *)w, N, C);
