@@ -41,10 +41,10 @@
  *             the M dimension so P^T and dS^T stay in registers as the A operand of dV and dK, K/V
  *             resident and Q/dO double-buffered in shared memory (128-byte swizzle), dS^T through
  *             shared memory for dQ (see mt__flash_bwd3_kernel).
- *             hd 128 variant (mt__flash_bwd3_128_run, not a default): the same tiling with tiles
+ *             hd 128 (mt__flash_bwd3_128_run, the default for hd 128): the same tiling with tiles
  *             stored as two 64-column halves, dK/dV in two column halves per warpgroup and dQ
  *             columns split between the warpgroups (see mt__flash_bwd3_128_kernel).
- *   forward on wgmma (mt__flash_fwd3_run, hd 64, sm_90a; a variant, not the default): 2 warpgroups x 64
+ *   forward on wgmma (mt__flash_fwd3_run, hd 64, sm_90a; the default from T = 2048): 2 warpgroups x 64
  *             query rows per CTA, S = Q K^T from shared memory, O += P V with P from registers, key/value
  *             tiles of 128 rows in four cp.async stages (see mt__flash_fwd3_kernel).
  *   Shared-memory tiles are rows of D bf16 with 16-byte chunks XOR-swizzled by (row & 7), so that
@@ -1515,8 +1515,8 @@ __device__ __forceinline__ void mt__fa_load_tile_h(uint32_t s, const __nv_bfloat
     }
 }
 
-/* Backward on wgmma, head dim 128 (a variant: mt__flash_bwd3_128_run; the hd 128 default stays the
- * mma.sync FA2-layout backward). The same algorithm as mt__flash_bwd3_kernel: one CTA per (key block of
+/* Backward on wgmma, head dim 128 (mt__flash_bwd3_128_run, the hd 128 default where it can run; the
+ * mma.sync FA2-layout backward otherwise). The same algorithm as mt__flash_bwd3_kernel: one CTA per (key block of
  * 128 rows, kv group, batch), 2 warpgroups of 64 keys (256 threads), keys as M; per head of the group
  * and query block of 64 rows (Q, dO, lse, delta double-buffered with cp.async):
  *   S^T = K Q^T, dP^T = V dO^T        m64n64, k over 128 dims: 8 steps, 4 in each half of K/V and Q/dO
@@ -1771,7 +1771,7 @@ __device__ __forceinline__ void mt__wg_ss128(float (&d)[64], uint64_t a, uint64_
 #endif
 }
 
-/* Forward on wgmma, head dim 64 (a variant: mt__flash_fwd3_run; the default forward stays the
+/* Forward on wgmma, head dim 64 (mt__flash_fwd3_run; the default from T = 2048, below it the
  * mma.sync kernel). One CTA per (query block of 128 rows, head, batch), 2 warpgroups of 64 query rows
  * (256 threads), queries as M. Q stays in shared memory; key/value tiles of 128 rows stream through NS
  * stages (cp.async by all threads, NS - 2 tiles ahead). Per key tile t, each warpgroup:
@@ -1981,12 +1981,16 @@ template <int D> struct mt__fa_cfg;
 template <> struct mt__fa_cfg<64> {
     /* BWD2: 2 = the wgmma backward (sm_90a builds on compute capability 9.x; mt__flash_bwd3_run
      * falls back by itself otherwise), 1 = the FA2-layout backward, 0 = the 16-keys-per-warp one at
-     * (BWD_BM, BWD_BN).  Causal hd 64 on an H200, TFLOP/s at T = 1024/2048/4096/8192: wgmma
-     * 174/207/228/243, 16 keys per warp 64x64 175/196/210/219, FA2 layout 144/165/178/187 */
-    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 64, BWD2 = 2 };
+     * (BWD_BM, BWD_BN).  Causal hd 64 on an H100, TFLOP/s at T = 1024/2048/4096/8192: wgmma
+     * 167/202/226/245, 16 keys per warp 64x64 165/191/209/215, FA2 layout 139/161/179/189.
+     * FWD3_T: from this sequence length on, the wgmma forward (mt__flash_fwd3_run, same fallback);
+     * H100 causal: wgmma 227/274/305/326 against mma.sync 231/265/287/302. */
+    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 64, BWD2 = 2, FWD3_T = 2048 };
 };
 template <> struct mt__fa_cfg<128> {
-    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128, BWD2 = 1 };
+    /* BWD2 3 = the hd 128 wgmma backward (mt__flash_bwd3_128_run, same fallback to the FA2 layout);
+     * H100 causal: 193/231/260/280 against the FA2 layout's 179/212/237/255. No wgmma forward. */
+    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128, BWD2 = 3, FWD3_T = 0 };
 };
 
 template <int D, int BM, int BN>
@@ -2143,7 +2147,7 @@ static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const v
     return mt__flash_bwd3_cfg_run<D, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
-/* The wgmma backward for head dim 128 (mt__flash_bwd3_128_kernel; a variant, not the default). Same
+/* The wgmma backward for head dim 128 (mt__flash_bwd3_128_kernel; the hd 128 default). Same
  * arguments and workspace as the other backwards; MT_ERR_UNSUPPORTED unless the build has sm_90a code
  * and the GPU is of compute capability 9.x. */
 static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
@@ -2174,8 +2178,8 @@ static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, con
     return mt__fa_cuda("mt_flash_attention_bwd: dq");
 }
 
-/* The forward through mt__flash_fwd3_kernel<D, NS> (wgmma, head dim 64, NS key/value stages; a variant,
- * not the default). Like the wgmma backward it needs an sm_90a build and a GPU of compute capability
+/* The forward through mt__flash_fwd3_kernel<D, NS> (wgmma, head dim 64, NS key/value stages; the
+ * default from T = 2048). Like the wgmma backward it needs an sm_90a build and a GPU of compute capability
  * 9.x; on anything else this returns MT_ERR_UNSUPPORTED (nothing launched). */
 template <int D, int NS>
 static inline mt_status mt__flash_fwd3_cfg_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
@@ -2204,6 +2208,11 @@ template <int D>
 static inline mt_status mt__flash_fwd_launch(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
                                              int Hkv, int G, int causal) {
     typedef mt__fa_cfg<D> C;
+    if constexpr (C::FWD3_T != 0)
+        if (T >= C::FWD3_T) {
+            mt_status st = mt__flash_fwd3_run<D>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+            if (st != MT_ERR_UNSUPPORTED) return st; /* not an sm_90a build on a 9.x GPU: mma.sync below */
+        }
     return mt__flash_fwd_run<D, C::FWD_BM, C::FWD_BN, C::FWD_NW>(cx, out, lse, qkv, B, T, Hkv, G, causal);
 }
 template <int D>
@@ -2218,7 +2227,11 @@ static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const
         mt_status st = mt__flash_bwd3_run<D>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
         if (st != MT_ERR_UNSUPPORTED) return st; /* not an sm_90a build on a 9.x GPU: mma.sync below */
     }
-    if (C::BWD2 != 1)
+    if constexpr (C::BWD2 == 3) {
+        mt_status st = mt__flash_bwd3_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+        if (st != MT_ERR_UNSUPPORTED) return st; /* as above: the FA2 layout below */
+    }
+    if (C::BWD2 == 0)
         return mt__flash_bwd_run<D, C::BWD_BM, C::BWD_BN, false>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
                                                                  delta, dq_acc);
     return mt__flash_bwd2_run<D>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);

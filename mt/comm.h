@@ -164,6 +164,8 @@ struct mt_comm {
     int aborted;
     const char *last_op;
     char abort_msg[256];
+    struct mt__nccl_local *local; /* thread mode: this comm's ranks in this process (see below) */
+    unsigned n_splits;            /* splits made from this comm so far (same count on every rank) */
 #endif
 };
 
@@ -1474,6 +1476,85 @@ MT_API mt_status mt__nccl_after(mt_comm *c, const char *op, ncclResult_t r, cuda
     return MT_OK;
 }
 
+/* Thread mode (mt_nccl_run: every rank a thread of this process) needs one host-side rendezvous
+ * NCCL does not give: destroying a communicator whose ranks share the process frees buffers that the
+ * other GPUs have mapped, and that free waits for those GPUs to go idle. A rank that has finished its
+ * own destroy and already queued the next collective on another communicator (which waits for this
+ * rank) would keep its GPU busy forever: deadlock. So in thread mode mt_comm_destroy returns only
+ * when every rank of the communicator has destroyed its handle. The ranks of one communicator find
+ * their shared mt__nccl_local by (the parent's, the parent's split count, color) in a process-wide
+ * list; the world communicator's is made by mt_nccl_run. Process mode (one rank per process) has
+ * none (local = NULL). */
+typedef struct mt__nccl_local {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int members, refs, destroyed;
+    const struct mt__nccl_local *parent; /* registry key: parent, split number, color */
+    unsigned split;
+    int color;
+    struct mt__nccl_local *next;
+} mt__nccl_local;
+
+static pthread_mutex_t mt__nccl_local_mu = PTHREAD_MUTEX_INITIALIZER;
+static mt__nccl_local *mt__nccl_local_list;
+
+/* The shared record of (parent, split, color), made by the first rank to ask; NULL when out of memory
+ * (the rendezvous is then skipped). */
+MT_API mt__nccl_local *mt__nccl_local_get(const mt__nccl_local *parent, unsigned split, int color, int members) {
+    mt__nccl_local *l;
+    pthread_mutex_lock(&mt__nccl_local_mu);
+    for (l = mt__nccl_local_list; l; l = l->next)
+        if (parent && l->parent == parent && l->split == split && l->color == color) break;
+    if (!l && (l = (mt__nccl_local *)calloc(1, sizeof *l)) != NULL) {
+        pthread_mutex_init(&l->mu, NULL);
+        pthread_cond_init(&l->cv, NULL);
+        l->members = members;
+        l->parent = parent;
+        l->split = split;
+        l->color = color;
+        l->next = mt__nccl_local_list;
+        mt__nccl_local_list = l;
+    }
+    if (l) l->refs++;
+    pthread_mutex_unlock(&mt__nccl_local_mu);
+    return l;
+}
+
+/* Called by each rank after destroying its handle: wait (at most timeout_s) until all have, then
+ * drop this rank's reference. Children's records never outlive their parent's users, so the
+ * (parent, split) key is not reused while a child record exists. */
+MT_API void mt__nccl_local_leave(mt__nccl_local *l, double timeout_s) {
+    struct timespec ts;
+    double t0 = mt__now_s();
+    int last;
+    if (!l) return;
+    pthread_mutex_lock(&l->mu);
+    if (++l->destroyed >= l->members) pthread_cond_broadcast(&l->cv);
+    while (l->destroyed < l->members && mt__now_s() - t0 < timeout_s) {
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&l->cv, &l->mu, &ts);
+    }
+    pthread_mutex_unlock(&l->mu);
+    pthread_mutex_lock(&mt__nccl_local_mu);
+    last = --l->refs == 0;
+    if (last) {
+        mt__nccl_local **pp = &mt__nccl_local_list;
+        while (*pp && *pp != l) pp = &(*pp)->next;
+        if (*pp) *pp = l->next;
+    }
+    pthread_mutex_unlock(&mt__nccl_local_mu);
+    if (last) {
+        pthread_cond_destroy(&l->cv);
+        pthread_mutex_destroy(&l->mu);
+        free(l);
+    }
+}
+
 MT_API mt_status mt__nccl_finish_init(mt_comm *c, int device, double timeout_s, const char *name) {
     char where[160];
     int n = 0, r = 0;
@@ -1594,13 +1675,16 @@ typedef struct mt__nccl_thread {
     void *arg;
     mt_status status;
     pthread_t tid;
+    mt__nccl_local *local; /* the world communicator's ranks in this process */
 } mt__nccl_thread;
 
 MT_API void *mt__nccl_thread_main(void *p) {
     mt__nccl_thread *t = (mt__nccl_thread *)p;
     mt_comm *c = NULL;
     t->status = mt_comm_nccl_init_rank(t->rank, t->rank, t->n, t->id, t->timeout_s, &c);
+    if (t->status != MT_OK) mt__nccl_local_leave(t->local, 0);
     if (t->status == MT_OK) {
+        c->local = t->local;
         t->status = t->fn(c, t->arg);
         mt_comm_destroy(c);
     }
@@ -1614,6 +1698,7 @@ MT_API mt_status mt_nccl_run(int ngpus, double timeout_s, mt_rank_fn fn, void *a
     mt__nccl_thread *t = NULL;
     mt_status st = MT_OK;
     int ndev = 0, r, started = 0;
+    mt__nccl_local *local;
     cudaError_t e = cudaGetDeviceCount(&ndev);
     if (e != cudaSuccess) {
         cudaGetLastError();
@@ -1624,7 +1709,10 @@ MT_API mt_status mt_nccl_run(int ngpus, double timeout_s, mt_rank_fn fn, void *a
         return mt_errorf(MT_ERR_ARG, "mt_nccl_run: %d GPU(s) requested, %d visible", ngpus, ndev);
     MT_TRY(mt_nccl_get_unique_id(&id));
     MT_TRY(mt_calloc((size_t)ngpus * sizeof(mt__nccl_thread), (void **)&t));
+    local = mt__nccl_local_get(NULL, 0, 0, ngpus); /* a new record (no parent): the world's */
+    if (local) local->refs = ngpus;                 /* one reference per rank, no thread runs yet */
     for (r = 0; r < ngpus; r++) {
+        t[r].local = local;
         t[r].rank = r;
         t[r].n = ngpus;
         t[r].id = &id;
@@ -1637,6 +1725,7 @@ MT_API mt_status mt_nccl_run(int ngpus, double timeout_s, mt_rank_fn fn, void *a
         }
         started++;
     }
+    for (r = started; r < ngpus; r++) mt__nccl_local_leave(local, 0); /* the references of threads never started */
     for (r = 0; r < started; r++) pthread_join(t[r].tid, NULL);
     for (r = 0; r < ngpus; r++) {
         mt_status s = r < started ? t[r].status : MT_ERR_INTERNAL;
@@ -1935,10 +2024,12 @@ MT_API mt_status mt_comm_split(mt_comm *parent, int color, int key, const char *
         ncclResult_t r;
         mt_comm *c = NULL;
         double t0 = mt__now_s();
+        unsigned split;
         mt_status st;
         MT_TRY(mt__nccl_usable(parent, "split"));
         cudaSetDevice(parent->device); /* the child's event and scratch live on the parent's GPU */
         r = ncclCommSplit(parent->nccl, color < 0 ? NCCL_SPLIT_NOCOLOR : color, key, &nc, &cfg);
+        split = parent->n_splits++;
         if (r != ncclSuccess && r != ncclInProgress) return mt__nccl_after(parent, "split", r, 0, t0);
         MT_TRY(mt__nccl_ready(parent, parent->nccl, "split", t0));
         if (color < 0 || !nc) return MT_OK;
@@ -1951,6 +2042,7 @@ MT_API mt_status mt_comm_split(mt_comm *parent, int color, int key, const char *
         c->backend = MT__COMM_NCCL;
         st = mt__nccl_ready(c, nc, "split", t0);
         if (st == MT_OK) st = mt__nccl_finish_init(c, parent->device, parent->timeout_s, name ? name : "split");
+        if (st == MT_OK && parent->local && c->size > 1) c->local = mt__nccl_local_get(parent->local, split, color, c->size);
         if (st != MT_OK) {
             mt_comm_destroy(c);
             return st;
@@ -2001,6 +2093,7 @@ MT_API void mt_comm_destroy(mt_comm *c) {
         }
         if (c->ev) cudaEventDestroy(c->ev);
         if (c->scratch) cudaFree(c->scratch);
+        mt__nccl_local_leave(c->local, c->timeout_s); /* thread mode: until every rank has destroyed it */
         mt_free(c);
         return;
     }
