@@ -5,8 +5,15 @@
  *   mt_gpt m;   MT_TRY(mt_gpt_init(&cx, &m, &cfg, NULL, 0, 1));   // the whole model as one stage
  *   mt_gpt_acts a; mt_gpt_scratch s;   // from one arena sized by mt_gpt_acts_nbytes
  *   ... copy tokens/targets into a.tokens/a.targets ...
- *   MT_TRY(mt_gpt_forward(&cx, &m, &a, &s, 1.0f / (B * T)));      // losses in a.losses, dlogits in s.logits
+ *   MT_TRY(mt_gpt_forward(&cx, &m, &a, &s, 1.0f / (B * T)));      // losses in a.losses; the head's backward too
  *   MT_TRY(mt_gpt_backward(&cx, &m, &a, &s, NULL, NULL));          // grads += into m.grad_mem
+ *
+ * The head (last stage) runs in chunks of rows (mt_gpt_head_rows): each chunk's logits, loss,
+ * dlogits and classifier backward (wte gradient +=, dL/d(lnf) into s.dln) happen inside the
+ * training forward, so one chunk of (rows, Vp) logits exists instead of (B*T, Vp), and the backward
+ * starts at the final norm. Hence a training forward on the last stage must be followed by its
+ * backward before the next forward there; an evaluation forward (loss_scale 0) computes losses only
+ * (mt_gpt_logits: the logits of any rows).
  *
  * Shaped for parallelism:
  *   - a stage holds layers [layer_begin, layer_end); the first stage owns the embedding, the last
@@ -37,8 +44,8 @@
  *
  * Defines: mt_gpt_config, mt_param, mt_gpt, mt_gpt_block_w, mt_gpt_acts, mt_gpt_scratch,
  *   mt_gpt_config_resolve, mt_gpt_init, mt_gpt_free, mt_gpt_init_values, mt_gpt_rows,
- *   mt_gpt_acts_alloc, mt_gpt_acts_nbytes, mt_gpt_forward, mt_gpt_backward, mt_gpt_num_params,
- *   mt_gpt_grad_sumsq   (mt_layer_par: mt/tensor_parallel.h)
+ *   mt_gpt_head_rows, mt_gpt_acts_alloc, mt_gpt_acts_nbytes, mt_gpt_forward, mt_gpt_logits, mt_gpt_backward,
+ *   mt_gpt_num_params, mt_gpt_grad_sumsq   (mt_layer_par: mt/tensor_parallel.h)
  */
 #ifndef MT_GPT_H
 #define MT_GPT_H
@@ -172,6 +179,8 @@ typedef struct mt_gpt {
                                     block (last to first) and after the embedding */
     void *tp_buf;                /* (4, C) sequence parallel: a block's norm gradients before their sum
                                     over tp (mt__gpt_sp_stage) */
+    int head_chunk_rows;         /* last stage: rows of logits that exist at once (mt_gpt_head_rows);
+                                    0 = automatic. Set after mt_gpt_init, before sizing the arena */
     mt_gpt_hooks hooks;
 } mt_gpt;
 
@@ -376,23 +385,50 @@ typedef struct mt_gpt_acts {
 } mt_gpt_acts;
 
 /* Working memory shared by all micro-batches (not kept between forward and backward, except
- * logits: the last stage's forward leaves dlogits there for its backward). */
+ * dln on the last stage: its forward leaves dL/d(lnf) there for its backward). */
 typedef struct mt_gpt_scratch {
-    void *logits;      /* (N, Vp) logits, then dlogits in place (Vp local: this rank's vocab columns) */
+    void *logits;      /* (head_rows, Vp) one chunk of logits, dlogits in place while training (Vp local:
+                          this rank's vocab columns); mt_gpt_logits recomputes any rows */
     void *dres, *dr;   /* (R,C) gradient of the residual stream, and of the mid-block residual */
-    void *dln;         /* (N,C) a column-parallel layer's dgrad before its reduction over tp */
+    void *dln;         /* (N,C) a column-parallel layer's dgrad before its reduction over tp; on the last
+                          stage the forward's classifier backward fills it (rows at dlnf) */
     void *dqkv;        /* (N, QKV) */
     void *datty;       /* (N, H*D) */
     void *dfch;        /* (N, F) */
     void *gather;      /* (N,C) sequence parallel only: all-gathered rows, row-parallel partial sums */
-    void *xent_stats;  /* (tp, 3, N) stat type, tp > 1 on the last stage: vocab-parallel loss statistics */
+    void *xent_stats;  /* (tp, 3, head_rows) stat type, tp > 1 on the last stage: vocab-parallel loss
+                          statistics of one chunk */
     void *attn_ws;     /* attention backward workspace (GPU flash attention), attn_ws_nbytes */
     size_t attn_ws_nbytes;
+    int head_rows;     /* rows of logits allocated (mt_gpt_head_rows at mt_gpt_acts_alloc) */
+    void *dlnf;        /* set by a training forward on the last stage: dL/d(lnf) as this rank holds
+                          lnf, inside dln; the backward starts there and clears it */
 } mt_gpt_scratch;
 
 /* Rows of the (B*T, C) residual stream this rank holds: B*T, or B*T/tp under sequence parallelism
  * (rows [tp_rank*B*T/tp, (tp_rank+1)*B*T/tp)); pipeline stages send and receive this many. */
 MT_API int mt_gpt_rows(const mt_gpt *m, int B, int T) { return mt_tp_rows(&m->par, B * T); }
+
+/* The last stage runs the classifier in chunks of rows so that only one chunk of logits exists
+ * (s->logits is (rows, Vp), not (B*T, Vp): 3.1 GiB at d12 with B = 32, T = 1024 in bf16).
+ * m->head_chunk_rows when set (any positive count, at most B*T); automatic: all B*T rows when their
+ * logits fit in MT_GPT_HEAD_BYTES, else the fewest even chunks that fit, rounded up to a multiple
+ * of 128 rows. 256 MiB leaves GEMMs of >= 2048 rows x 50304 x C in bf16 (full speed on an H100),
+ * so the split costs little more than one extra read and write of the wte gradient per chunk.
+ * Sequence parallelism: the column-parallel head all-gathers the whole sequence's rows and
+ * reduce-scatters their gradient, which a chunk of rows does not map onto: one chunk of B*T. */
+#ifndef MT_GPT_HEAD_BYTES
+#define MT_GPT_HEAD_BYTES ((size_t)256 << 20)
+#endif
+MT_API int mt_gpt_head_rows(const mt_gpt *m, int B, int T) {
+    size_t N = (size_t)B * T, row = (size_t)m->Vp * mt_dtype_size(m->dtype), k, r;
+    if (mt_tp_sp(&m->par) || N == 0) return (int)N;
+    if (m->head_chunk_rows > 0) return (size_t)m->head_chunk_rows < N ? m->head_chunk_rows : (int)N;
+    if (N * row <= MT_GPT_HEAD_BYTES) return (int)N;
+    k = (N * row + MT_GPT_HEAD_BYTES - 1) / MT_GPT_HEAD_BYTES;
+    r = ((N + k - 1) / k + 127) / 128 * 128;
+    return (int)(r < N ? r : N);
+}
 
 MT_API mt_status mt__take(mt_arena *a, size_t count, mt_dtype dt, void **out) {
     return mt_arena_alloc(a, count * mt_dtype_size(dt), out);
@@ -446,7 +482,8 @@ MT_API mt_status mt_gpt_acts_alloc(const mt_gpt *m, mt_arena *ar, int B, int T, 
     }
     if (s) {
         memset(s, 0, sizeof *s);
-        if (m->last) MT_TRY(mt__take(ar, N * m->Vp, dt, &s->logits));
+        s->head_rows = m->last ? mt_gpt_head_rows(m, B, T) : 0;
+        if (m->last) MT_TRY(mt__take(ar, (size_t)s->head_rows * m->Vp, dt, &s->logits));
         MT_TRY(mt__take(ar, R * C, dt, &s->dres));
         MT_TRY(mt__take(ar, R * C, dt, &s->dr));
         MT_TRY(mt__take(ar, N * C, dt, &s->dln));
@@ -454,7 +491,7 @@ MT_API mt_status mt_gpt_acts_alloc(const mt_gpt *m, mt_arena *ar, int B, int T, 
         MT_TRY(mt__take(ar, N * m->H * m->D, dt, &s->datty));
         MT_TRY(mt__take(ar, N * m->F, dt, &s->dfch));
         if (mt_tp_sp(&m->par)) MT_TRY(mt__take(ar, N * C, dt, &s->gather));
-        if (m->last && tp > 1) MT_TRY(mt__take(ar, (size_t)tp * 3 * N, st, &s->xent_stats));
+        if (m->last && tp > 1) MT_TRY(mt__take(ar, (size_t)tp * 3 * s->head_rows, st, &s->xent_stats));
         mt_ctx cx;
         memset(&cx, 0, sizeof cx);
         cx.device = m->device;
@@ -547,10 +584,42 @@ MT_API mt_status mt__gpt_sp_commit(const mt_ctx *cx, const mt_gpt *m, void *g0, 
     return MT_OK;
 }
 
+/* The last stage's classifier and loss, one chunk of rows [r0, r0 + n) at a time (mt_gpt_head_rows):
+ * logits, per-token losses, and when training dlogits in place and at once the chunk's classifier
+ * backward (its rows of dL/d(lnf) into s->dln, the wte gradient +=), so that the chunk's logits
+ * can be overwritten by the next. Under SP the one chunk is all rows (r0 = 0, lnf this rank's). */
+MT_API mt_status mt__gpt_head(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s, float loss_scale) {
+    const mt_layer_par *p = &m->par;
+    int N = a->B * a->T, C = m->C, rows = mt_gpt_head_rows(m, a->B, a->T);
+    size_t es = mt_dtype_size(m->dtype), ss = mt_dtype_size(mt_stat_dtype(cx));
+    s->dlnf = NULL;
+    if (rows > s->head_rows)
+        return mt_errorf(MT_ERR_ARG, "gpt forward: the head takes %d rows at a time, the scratch has logits for %d "
+                         "(allocate it for this micro-batch and head_chunk_rows)", rows, s->head_rows);
+    for (int r0 = 0; r0 < N; r0 += rows) {
+        int n = N - r0 < rows ? N - r0 : rows;
+        const void *x = (const char *)a->lnf + (size_t)r0 * C * es;
+        void *dln;
+        MT_TRY(mt_column_parallel_fwd(cx, p, s->logits, NULL, x, m->w.wte, NULL, s->gather, n, C, m->Vp));
+        MT_TRY(mt_vocab_parallel_xent(cx, p, (char *)a->losses + (size_t)r0 * ss, loss_scale != 0 ? s->logits : NULL,
+                                      s->logits, a->targets + r0, loss_scale, s->xent_stats, n, m->cfg.vocab_size,
+                                      m->Vp, m->vstart));
+        if (loss_scale == 0) continue;
+        MT_TRY(mt_column_parallel_bwd(cx, p, (char *)s->dln + (size_t)r0 * C * es, m->g.wte, NULL, s->logits, x,
+                                      m->w.wte, s->gather, n, C, m->Vp, &dln));
+        if (r0 == 0) s->dlnf = dln; /* SP: this rank's rows of the reduce-scattered whole */
+    }
+    return MT_OK;
+}
+
 /* The stage's forward for one micro-batch. The first stage embeds a->tokens into a->res[0]; other
  * stages expect the previous stage's output already in a->res[0]. The last stage computes per-token
- * losses into a->losses and leaves dlogits (scaled by loss_scale, e.g. 1/(tokens in the global
- * batch)) in s->logits for its backward; loss_scale 0 means forward only (evaluation). */
+ * losses into a->losses; with loss_scale != 0 (e.g. 1/(tokens in the global batch), which scales
+ * dlogits) it also runs the classifier's backward (mt__gpt_head): the wte gradient is added here
+ * and dL/d(lnf) left in s->dln, so on the last stage this forward must be followed by its backward
+ * for the same micro-batch before another forward (pipeline schedules: the last stage's backward
+ * follows its forward directly). loss_scale 0 means forward only (evaluation), gradients untouched;
+ * s->logits then holds the last chunk's logits, mt_gpt_logits any rows. */
 MT_API mt_status mt_gpt_forward(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s,
                                 float loss_scale) {
     const mt_layer_par *p = &m->par;
@@ -564,25 +633,42 @@ MT_API mt_status mt_gpt_forward(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *
     }
     if (!m->last) return MT_OK;
     MT_TRY(mt_layernorm_fwd(cx, a->lnf, a->lnf_mean, a->lnf_rstd, a->res[nl], m->w.lnf_w, m->w.lnf_b, R, C));
-    MT_TRY(mt_column_parallel_fwd(cx, p, s->logits, NULL, a->lnf, m->w.wte, NULL, s->gather, N, C, m->Vp));
-    MT_TRY(mt_vocab_parallel_xent(cx, p, a->losses, loss_scale != 0 ? s->logits : NULL, s->logits, a->targets,
-                                  loss_scale, s->xent_stats, N, m->cfg.vocab_size, m->Vp, m->vstart));
+    return mt__gpt_head(cx, m, a, s, loss_scale);
+}
+
+/* Logits of rows [r0, r0 + n) of the last forward's micro-batch (n <= s->head_rows), recomputed from
+ * a->lnf into s->logits (the forward keeps one chunk at most, as dlogits when training); *out points
+ * at row r0's Vp local logits. Under SP the head computes all rows at once (all-gathering lnf: every
+ * tp rank calls this alike), so this does too. */
+MT_API mt_status mt_gpt_logits(const mt_ctx *cx, const mt_gpt *m, const mt_gpt_acts *a, mt_gpt_scratch *s, int r0,
+                               int n, void **out) {
+    int N = a->B * a->T, sp = mt_tp_sp(&m->par);
+    size_t es = mt_dtype_size(m->dtype);
+    if (!m->last || r0 < 0 || n <= 0 || r0 + n > N || n > s->head_rows)
+        return mt_errorf(MT_ERR_ARG, "gpt logits: rows [%d, %d) of %d, %d at a time%s", r0, r0 + n, N, s->head_rows,
+                         m->last ? "" : ", and this stage has no head");
+    MT_TRY(mt_column_parallel_fwd(cx, &m->par, s->logits, NULL, (const char *)a->lnf + (sp ? 0 : (size_t)r0 * m->C * es),
+                                  m->w.wte, NULL, s->gather, sp ? N : n, m->C, m->Vp));
+    *out = (char *)s->logits + (sp ? (size_t)r0 * m->Vp * es : 0);
     return MT_OK;
 }
 
-/* The stage's backward for the micro-batch of `a`, right after its forward on the last stage.
- * dout: dL/d(output) (R,C) from the next stage (NULL on the last stage). dx: where to write
- * dL/d(input) (R,C) for the previous stage (NULL on the first stage). Gradients += into m->grad_mem. */
+/* The stage's backward for the micro-batch of `a`, right after its training forward on the last
+ * stage (which did the classifier's part: it starts from s->dlnf). dout: dL/d(output) (R,C) from
+ * the next stage (NULL on the last stage). dx: where to write dL/d(input) (R,C) for the previous
+ * stage (NULL on the first stage). Gradients += into m->grad_mem. */
 MT_API mt_status mt_gpt_backward(const mt_ctx *cx, mt_gpt *m, const mt_gpt_acts *a, mt_gpt_scratch *s,
                                  const void *dout, void *dx) {
     const mt_layer_par *p = &m->par;
     int B = a->B, T = a->T, N = B * T, R = mt_tp_rows(p, N), C = m->C, nl = m->layer_end - m->layer_begin;
     size_t nbytes = (size_t)R * C * mt_dtype_size(m->dtype);
     if (m->last) {
-        void *dln, *dw = m->g.lnf_w, *db = m->g.lnf_b, **stage[2] = {&dw, &db};
+        void *dln = s->dlnf, *dw = m->g.lnf_w, *db = m->g.lnf_b, **stage[2] = {&dw, &db};
+        if (!dln)
+            return mt_errorf(MT_ERR_ARG, "gpt backward: the last stage's forward of this micro-batch ran with loss "
+                             "scale 0 (evaluation) or not at all: no gradient to start from");
+        s->dlnf = NULL;
         if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_stage(cx, m, stage, 2));
-        MT_TRY(mt_column_parallel_bwd(cx, p, s->dln, m->g.wte, NULL, s->logits, a->lnf, m->w.wte, s->gather, N, C,
-                                      m->Vp, &dln));
         MT_TRY(mt_layernorm_bwd(cx, s->dres, dw, db, dln, NULL, a->res[nl], m->w.lnf_w, a->lnf_mean, a->lnf_rstd, R,
                                 C));
         if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_commit(cx, m, m->g.lnf_w, m->g.lnf_b, NULL, NULL));

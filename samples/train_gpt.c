@@ -246,9 +246,17 @@ static double task_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, m
         }
         for (int d = 0; d < TASK_DIGITS; d++) {  /* predict digit d after the separator */
             if (upload_batch(cx, a, rows, staging) != MT_OK || mt_gpt_forward(cx, m, a, s, 0.0f) != MT_OK) return -1;
+            int have0 = 0, have_n = 0; /* the forward keeps one chunk of logits: recompute the rows read */
+            void *have = NULL;
             for (int r = 0; r < B; r++) {
-                size_t at = (size_t)r * T + sep + d, es = mt_dtype_size(cx->dtype);
-                const void *row = (char *)s->logits + at * m->Vp * es;
+                int at = r * T + sep + d;
+                size_t es = mt_dtype_size(cx->dtype);
+                if (at < have0 || at >= have0 + have_n) {
+                    have0 = at;
+                    have_n = B * T - at < s->head_rows ? B * T - at : s->head_rows;
+                    if (mt_gpt_logits(cx, m, a, s, have0, have_n, &have) != MT_OK) return -1;
+                }
+                const void *row = (char *)have + (size_t)(at - have0) * m->Vp * es;
                 if (m->par.tp_size > 1) { /* each tensor-parallel rank holds Vp/tp of the vocabulary */
                     if (mt_comm_all_gather(m->par.tp, row, row_buf, (size_t)m->Vp, cx->dtype, cx->stream) != MT_OK) return -1;
                     row = row_buf;

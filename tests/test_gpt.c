@@ -1,6 +1,6 @@
 /* tests/test_gpt.c — the GPT model: whole-model gradients against finite differences (float64),
  * pipeline stages equal to the single-stage model, layout-independent initialisation, config errors,
- * and a few optimizer steps that lower the loss. */
+ * a few optimizer steps that lower the loss, and the classifier in chunks of rows equal to one chunk. */
 #include "megatron.h"
 #include "mt_test.h"
 
@@ -21,10 +21,13 @@ typedef struct fixture {
     mt_gpt_scratch s;
 } fixture;
 
-static void fixture_init(fixture *f, const mt_gpt_config *cfg, mt_dtype dt, int l0, int l1, int B, int T) {
+/* head: the classifier's chunk of rows (m.head_chunk_rows, 0 = automatic) */
+static void fixture_init_head(fixture *f, const mt_gpt_config *cfg, mt_dtype dt, int l0, int l1, int B, int T,
+                              int head) {
     memset(f, 0, sizeof *f);
     f->cx.dtype = dt;
     MT_CHECK(mt_gpt_init(&f->cx, &f->m, cfg, NULL, l0, l1));
+    f->m.head_chunk_rows = head;
     float *init;
     MT_CHECK(mt_calloc(f->m.num_params * sizeof(float), (void **)&init));
     mt_gpt_init_values(&f->m, init);
@@ -32,6 +35,10 @@ static void fixture_init(fixture *f, const mt_gpt_config *cfg, mt_dtype dt, int 
     mt_free(init);
     MT_CHECK(mt_arena_init(&f->arena, f->cx.device, mt_gpt_acts_nbytes(&f->m, B, T, 1)));
     MT_CHECK(mt_gpt_acts_alloc(&f->m, &f->arena, B, T, &f->a, &f->s));
+}
+
+static void fixture_init(fixture *f, const mt_gpt_config *cfg, mt_dtype dt, int l0, int l1, int B, int T) {
+    fixture_init_head(f, cfg, dt, l0, l1, B, T, 0);
 }
 
 static void fixture_free(fixture *f) {
@@ -164,8 +171,9 @@ static void test_gpt_f32_and_training(void) {
     fixture_init(&f64, &cfg, MT_F64, 0, 0, B, T);
     random_batch(&f32, 5);
     random_batch(&f64, 5);
-    MT_CHECK(mt_gpt_forward(&f32.cx, &f32.m, &f32.a, &f32.s, 1.0f / N));
-    MT_CHECK(mt_gpt_forward(&f64.cx, &f64.m, &f64.a, &f64.s, 1.0f / N));
+    /* losses only: a training forward would already add the head's gradient */
+    MT_CHECK(mt_gpt_forward(&f32.cx, &f32.m, &f32.a, &f32.s, 0.0f));
+    MT_CHECK(mt_gpt_forward(&f64.cx, &f64.m, &f64.a, &f64.s, 0.0f));
     double l32 = 0;
     for (int i = 0; i < N; i++) l32 += ((float *)f32.a.losses)[i];
     l32 /= N;
@@ -286,11 +294,92 @@ static void test_gpt_hooks(void) {
     fixture_free(&f);
 }
 
+static double at(const fixture *f, const void *p, size_t i) {
+    return f->m.dtype == MT_F64 ? ((const double *)p)[i] : ((const float *)p)[i];
+}
+
+/* The head in chunks of rows that do not divide B*T (20 of 48) gives the losses and every gradient
+ * of the head in one chunk, in f64 and f32 (float reordering only); the scratch holds 20 rows of
+ * logits; an evaluation forward leaves the gradients alone, mt_gpt_logits recomputes any rows, and
+ * a backward after it is refused. */
+static void test_gpt_head_chunks(void) {
+    mt_gpt_config cfg = tiny_config();
+    cfg.max_seq_len = 8;
+    int B = 6, T = 8, N = B * T;
+    for (int d = 0; d < 2; d++) {
+        mt_dtype dt = d ? MT_F32 : MT_F64;
+        fixture one, ch;
+        fixture_init_head(&one, &cfg, dt, 0, 0, B, T, N);
+        fixture_init_head(&ch, &cfg, dt, 0, 0, B, T, 20);
+        size_t es = mt_dtype_size(dt);
+        MT_EXPECT(one.s.head_rows == N && ch.s.head_rows == 20, "head rows %d, %d", one.s.head_rows, ch.s.head_rows);
+        MT_EXPECT(mt_gpt_acts_nbytes(&one.m, B, T, 1) - mt_gpt_acts_nbytes(&ch.m, B, T, 1) >= (size_t)(N - 20) *
+                  ch.m.Vp * es - MT_ARENA_ALIGN, "scratch smaller by 28 rows of logits");
+        random_batch(&one, 21);
+        memcpy(ch.a.tokens, one.a.tokens, sizeof(int32_t) * N);
+        memcpy(ch.a.targets, one.a.targets, sizeof(int32_t) * N);
+        ch.a.targets[7] = one.a.targets[7] = -1; /* an ignored position */
+        for (int step = 0; step < 2; step++) { /* two micro-batches: the wte gradient accumulates */
+            MT_CHECK(mt_gpt_forward(&one.cx, &one.m, &one.a, &one.s, 1.0f / N));
+            MT_CHECK(mt_gpt_backward(&one.cx, &one.m, &one.a, &one.s, NULL, NULL));
+            MT_CHECK(mt_gpt_forward(&ch.cx, &ch.m, &ch.a, &ch.s, 1.0f / N));
+            MT_CHECK(mt_gpt_backward(&ch.cx, &ch.m, &ch.a, &ch.s, NULL, NULL));
+        }
+        double worst_loss = 0, worst_grad = 0;
+        for (int i = 0; i < N; i++) {
+            double want = at(&one, one.a.losses, (size_t)i), got = at(&ch, ch.a.losses, (size_t)i);
+            worst_loss = fmax(worst_loss, fabs(got - want) / fmax(fabs(want), 1e-30));
+        }
+        for (int i = 0; i < one.m.n_params; i++) { /* per tensor: max |diff| / max |gradient| */
+            const mt_param *p = &one.m.params[i];
+            double dmax = 0, gmax = 0;
+            for (int64_t k = 0; k < p->rows * p->cols; k++) {
+                double want = at(&one, one.m.grad_mem, p->offset + (size_t)k);
+                dmax = fmax(dmax, fabs(at(&ch, ch.m.grad_mem, p->offset + (size_t)k) - want));
+                gmax = fmax(gmax, fabs(want));
+            }
+            MT_EXPECT(gmax > 0, "%s has a gradient", p->name);
+            worst_grad = fmax(worst_grad, dmax / gmax);
+        }
+        printf("    %s, chunks of 20 of %d rows vs one: losses %.2e, gradients %.2e (max rel)\n", mt_dtype_name(dt), N,
+               worst_loss, worst_grad);
+        MT_EXPECT(worst_loss < 1e-5 && worst_grad < 1e-5, "%s chunked head: losses %.3e gradients %.3e",
+                  mt_dtype_name(dt), worst_loss, worst_grad);
+        /* evaluation: same losses, gradients untouched, any row's logits, no backward after it */
+        size_t gbytes = ch.m.num_params * es;
+        void *g0;
+        MT_CHECK(mt_calloc(gbytes, &g0));
+        memcpy(g0, ch.m.grad_mem, gbytes);
+        MT_CHECK(mt_gpt_forward(&ch.cx, &ch.m, &ch.a, &ch.s, 0.0f));
+        MT_CHECK(mt_gpt_forward(&one.cx, &one.m, &one.a, &one.s, 0.0f));
+        MT_EXPECT(!memcmp(g0, ch.m.grad_mem, gbytes), "an evaluation forward leaves the gradients alone");
+        double worst_eval = 0, worst_logit = 0;
+        for (int i = 0; i < N; i++) {
+            double want = at(&one, one.a.losses, (size_t)i);
+            worst_eval = fmax(worst_eval, fabs(at(&ch, ch.a.losses, (size_t)i) - want) / fmax(fabs(want), 1e-30));
+        }
+        void *row = NULL;
+        MT_CHECK(mt_gpt_logits(&ch.cx, &ch.m, &ch.a, &ch.s, 13, 20, &row));
+        for (int v = 0; v < 20 * ch.m.Vp; v++) {  /* one's s.logits: all rows of the evaluation forward */
+            double want = at(&one, one.s.logits, (size_t)13 * one.m.Vp + (size_t)v);
+            if (v % ch.m.Vp < cfg.vocab_size) worst_logit = fmax(worst_logit, fabs(at(&ch, row, (size_t)v) - want));
+        }
+        MT_EXPECT(worst_eval < 1e-5 && worst_logit < 1e-5, "evaluation: losses %.3e, logits %.3e", worst_eval,
+                  worst_logit);
+        MT_EXPECT(mt_gpt_logits(&ch.cx, &ch.m, &ch.a, &ch.s, 40, 20, &row) == MT_ERR_ARG, "rows past B*T refused");
+        MT_EXPECT(mt_gpt_backward(&ch.cx, &ch.m, &ch.a, &ch.s, NULL, NULL) == MT_ERR_ARG,
+                  "a backward after an evaluation forward is refused");
+        mt_free(g0);
+        fixture_free(&one); fixture_free(&ch);
+    }
+}
+
 int main(void) {
     MT_RUN(test_gpt_config);
     MT_RUN(test_gpt_gradients_fd);
     MT_RUN(test_gpt_pipeline_stages);
     MT_RUN(test_gpt_f32_and_training);
     MT_RUN(test_gpt_hooks);
+    MT_RUN(test_gpt_head_chunks);
     return mt_test_summary("test_gpt");
 }

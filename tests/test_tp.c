@@ -51,6 +51,7 @@ typedef struct run {
     mt_gpt_config cfg;
     mt_dtype dt;
     int tp, sp, B, T;
+    int head;  /* m.head_chunk_rows: the classifier in chunks of this many rows (0 automatic) */
     /* out, per rank */
     double loss[MAXTP][ITERS], gnorm[MAXTP][ITERS];
     double *grads[MAXTP], *params[MAXTP]; /* grads after the first backward, params after the last step */
@@ -84,6 +85,7 @@ static mt_status rank_main(mt_comm *world, void *arg) {
     cx.dtype = r->dt;
     mt_gpt m;
     MT_TRY(mt_gpt_init(&cx, &m, &r->cfg, &lp, 0, 0));
+    m.head_chunk_rows = r->head;
     float *init;
     MT_TRY(mt_calloc(sizeof(float) * m.num_params, (void **)&init));
     mt_gpt_init_values(&m, init);
@@ -136,12 +138,16 @@ static void run_free(run *r) {
     }
 }
 
-static int do_run(run *r, const mt_gpt_config *cfg, mt_dtype dt, int tp, int sp, int B, int T) {
+static int do_run_head(run *r, const mt_gpt_config *cfg, mt_dtype dt, int tp, int sp, int B, int T, int head) {
     memset(r, 0, sizeof *r);
-    r->cfg = *cfg; r->dt = dt; r->tp = tp; r->sp = sp; r->B = B; r->T = T;
+    r->cfg = *cfg; r->dt = dt; r->tp = tp; r->sp = sp; r->B = B; r->T = T; r->head = head;
     mt_status st = mt_host_run(tp, 60.0, rank_main, r, NULL);
-    MT_EXPECT(st == MT_OK, "tp=%d sp=%d %s run: %s", tp, sp, mt_dtype_name(dt), mt_status_str(st));
+    MT_EXPECT(st == MT_OK, "tp=%d sp=%d head %d %s run: %s", tp, sp, head, mt_dtype_name(dt), mt_status_str(st));
     return st == MT_OK;
+}
+
+static int do_run(run *r, const mt_gpt_config *cfg, mt_dtype dt, int tp, int sp, int B, int T) {
+    return do_run_head(r, cfg, dt, tp, sp, B, T, 0);
 }
 
 static const mt_param *find(const mt_param *t, int n, const char *name) {
@@ -198,8 +204,9 @@ static void check_against(const run *one, const run *r, double loss_tol, double 
     int cov_g, cov_p;
     double dg = gathered_diff(one, one->grads, r, r->grads, &cov_g);
     double dp = gathered_diff(one, one->params, r, r->params, &cov_p);
-    printf("    %s tp=%d%s: lm loss %.6f .. %.6f, max rel diff %.1e; grad norm %.1e; gathered grads %.1e, params after "
-           "%d steps %.1e\n", mt_dtype_name(r->dt), r->tp, r->sp ? " +SP" : "", one->loss[0][0], one->loss[0][ITERS - 1],
+    printf("    %s tp=%d%s%s: lm loss %.6f .. %.6f, max rel diff %.1e; grad norm %.1e; gathered grads %.1e, params after "
+           "%d steps %.1e\n", mt_dtype_name(r->dt), r->tp, r->sp ? " +SP" : "", r->head ? " +head chunks" : "",
+           one->loss[0][0], one->loss[0][ITERS - 1],
            worst_loss, worst_norm, dg, ITERS, dp);
     MT_EXPECT(worst_loss < loss_tol, "%s tp=%d sp=%d: lm loss rel diff %.3e", mt_dtype_name(r->dt), r->tp, r->sp,
               worst_loss);
@@ -225,6 +232,9 @@ static void tp_matrix(mt_dtype dt, double loss_tol, double grad_tol, double para
             if (do_run(&r, &cfg, dt, tp, sp, B, T)) check_against(&one, &r, loss_tol, grad_tol, param_tol);
             run_free(&r);
         }
+    /* the vocab-parallel head in chunks of 5 of the 12 rows (per-chunk loss statistics) */
+    if (do_run_head(&r, &cfg, dt, 2, 0, B, T, 5)) check_against(&one, &r, loss_tol, grad_tol, param_tol);
+    run_free(&r);
     run_free(&one);
 }
 
