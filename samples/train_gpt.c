@@ -540,6 +540,7 @@ static mt_status train(mt_comm *world, void *arg) {
 
 int main(int argc, char **argv) {
     args a;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a log file (or a launcher's pipe) gets each line as it is made */
     if (!parse_args(argc, argv, &a)) return 1;
     int synthetic = a.n_data_path == 0;
     if (synthetic && !a.model.vocab_size) a.model.vocab_size = TASK_VOCAB;
