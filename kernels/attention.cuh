@@ -47,6 +47,8 @@
  *   forward on wgmma (mt__flash_fwd3_run, hd 64, sm_90a; the default from T = 2048): 2 warpgroups x 64
  *             query rows per CTA, S = Q K^T from shared memory, O += P V with P from registers, key/value
  *             tiles of 128 rows in four cp.async stages (see mt__flash_fwd3_kernel).
+ *             hd 128 (mt__flash_fwd3_run<128>, not a default): Q/K/V tiles as two 64-column halves, K/V
+ *             tiles of 128 rows in three stages, K two tiles ahead.
  *   Shared-memory tiles are rows of D bf16 with 16-byte chunks XOR-swizzled by (row & 7), so that
  *   ldmatrix and cp.async are free of bank conflicts.
  */
@@ -1744,7 +1746,7 @@ mt__flash_bwd3_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ 
 #endif
 }
 
-/* ------------------------------------------------------------------ forward on wgmma, head dim 64 (variant) */
+/* ------------------------------------------------------------------ forward on wgmma, head dims 64 and 128 */
 
 /* d (64x128 fp32, warpgroup accumulator) (+)= A (64x16) * B (16x128), both from shared memory (TA / TB
  * and acc as in mt__wg_ss). Element 4j+e of d: row 16*warp + lane/4 + 8*(e>>1), column 8j + 2*(lane&3)
@@ -1770,37 +1772,113 @@ __device__ __forceinline__ void mt__wg_ss128(float (&d)[64], uint64_t a, uint64_
         : "l"(a), "l"(b), "r"(acc), "n"(TA), "n"(TB));
 #endif
 }
+/* S products of either width: m64n64 (d[32]) or m64n128 (d[64]). */
+template <int TA, int TB>
+__device__ __forceinline__ void mt__wg_ssn(float (&d)[32], uint64_t a, uint64_t b, int acc) {
+    mt__wg_ss<TA, TB>(d, a, b, acc);
+}
+template <int TA, int TB>
+__device__ __forceinline__ void mt__wg_ssn(float (&d)[64], uint64_t a, uint64_t b, int acc) {
+    mt__wg_ss128<TA, TB>(d, a, b, acc);
+}
 
-/* Forward on wgmma, head dim 64 (mt__flash_fwd3_run; the default from T = 2048, below it the
- * mma.sync kernel). One CTA per (query block of 128 rows, head, batch), 2 warpgroups of 64 query rows
- * (256 threads), queries as M. Q stays in shared memory; key/value tiles of 128 rows stream through NS
- * stages (cp.async by all threads, NS - 2 tiles ahead). Per key tile t, each warpgroup:
- *   S_t = Q K_t^T                  m64n128, A = Q, B = K (both K-major, 4 k16 steps over the head dim)
+/* The descriptor of an N-major B operand 128 columns wide stored as two 64-column halves `half` bytes
+ * apart (each half as in mt__wg_desc). For the 128-byte swizzle in the M/N-major form the leading
+ * byte offset is the distance between swizzle atoms along M/N (CUTLASS's canonical
+ * ((8,8,m),(8,k)):((1,8,LBO),(64,SBO)) in elements); mt__wg_desc leaves it at 1 because there it is
+ * never used. `half` must be a multiple of 16 below 256 KB. */
+__device__ __forceinline__ uint64_t mt__wg_desc2(uint32_t saddr, uint32_t half) {
+    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)((half >> 4) & 0x3FFFu) << 16) |
+           ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+/* d (64x128 fp32) += A (64x16 bf16, registers, as in mt__wg_rs) * B (16x128, shared memory; TB as in
+ * mt__wg_ss; for TB = 1 a descriptor from mt__wg_desc2). */
+template <int TB>
+__device__ __forceinline__ void mt__wg_rs128(float (&d)[64], const uint32_t (&a)[4], uint64_t b) {
+#if MT__WG_OK
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+        "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "
+        "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
+        "%62, %63}, {%64, %65, %66, %67}, %68, 1, 1, 1, %69;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB));
+#endif
+}
+
+/* A ROWS x D tile in the wgmma layout: D = 64 one mt__fa_swz<64> tile, D = 128 two 64-column halves
+ * ROWS*128 bytes apart (mt__fa_load_tile_h). Either way element (r, c) is at (c >> 6)*ROWS*128 +
+ * mt__fa_swz<64>(r, (c & 63) >> 3) + (c & 7)*2. */
+template <int ROWS, int D, int NT>
+__device__ __forceinline__ void mt__fa_load_tile_wg(uint32_t s, const __nv_bfloat16 *g, size_t ld, int row0, int nrows,
+                                                    int tid) {
+    static_assert(D == 64 || D == 128, "wgmma tiles are one or two 128-byte swizzle atoms wide");
+    if constexpr (D == 64)
+        mt__fa_load_tile<ROWS, 64, NT>(s, g, ld, row0, nrows, tid);
+    else
+        mt__fa_load_tile_h<ROWS, NT>(s, g, ld, row0, nrows, tid);
+}
+
+/* Forward on wgmma, head dims 64 and 128 (mt__flash_fwd3_run; mt__flash_fwd3_tile_run for the other
+ * tile shapes). One CTA per (query block of 128 rows, head, batch), 2 warpgroups of 64 query rows (256
+ * threads), queries as M. Q stays in shared memory; key/value tiles of BN rows stream
+ * through NS stages (cp.async by all threads). Per key tile t, each warpgroup:
+ *   S_t = Q K_t^T                  m64nBN, A = Q, B = K (both K-major, D/16 k16 steps over the head
+ *                                  dim; at D = 128 steps 0-3 read the first 64-column half, 4-7 the second)
  *   O += P_{t-1} V_{t-1}           issued right behind S_t: A = P from registers (bf16), B = V (N-major,
- *                                  8 k16 steps over the keys), so the tensor cores have it queued
+ *                                  BN/16 k16 steps over the keys), so the tensor cores have it queued.
+ *                                  PN = N of one product: 64 (D/64 products per k step, one per half:
+ *                                  the hd 64 descriptor) or 128 (hd 128 only: one m64n128 product whose
+ *                                  B spans both halves, mt__wg_desc2)
  *   wait for S_t: mask (tails, causal diagonal), running row max, P_t = exp2(S_t c - m) and row sums
  *   wait for the product: O *= exp2(m_old c - m_new), P_t packed to bf16 A fragments
- * and after the last tile O += P V once more. Stages: at the top of iteration t (after a CTA barrier,
- * so both warpgroups have finished O += P_{t-2} V_{t-2}) tile t + NS - 2 is loaded into the stage of
- * tile t - 2, the only one no product still reads. Causal: tiles past the block's last row are never
- * visited (the diagonal tile is masked); blocks run heaviest first. O / l goes out through this
- * warpgroup's rows of the Q tile (16-byte stores); lse = (m c + log2 l) ln 2. No atomics: the result is
- * the same on every run.
- * Registers per thread: S 64 fp32, O 32, P 32 (bf16 pairs). Shared memory: Q 16 KB + NS x (K, V)
- * 32 KB (+1 KB for alignment). */
-template <int D, int NS>
+ * and after the last tile O += P V once more.
+ * Stages (one cp.async group per iteration, loaded by all threads): K tiles KA ahead, V tiles NS - 2
+ * ahead. At the top of iteration t, after a CTA barrier (both warpgroups have waited for S_{t-1} and for
+ * O += P_{t-2} V_{t-2}), K_{t+KA} goes to the K slot of stage (t+KA) % NS and V_{t+NS-2} to the V slot of
+ * stage (t-2) % NS. KA = NS - 2 loads K and V of one tile together (the layout measured at hd 64);
+ * KA = NS - 1 puts K one tile further ahead in the same memory, since K_{t-1}'s slot is free one
+ * iteration before V_{t-1}'s. Group i (i < KA: the prologue, i = KA + t: iteration t) holds K_i and
+ * V_{i-KA+NS-2}, so K_t and V_{t-1} are in group t or earlier: wait_group KA - 1 at the top of
+ * iteration t; with KA = NS - 1 the last V is in the group after, so once more before the final P V.
+ * Causal: tiles past the block's last row are never visited (the diagonal tile is masked; with BN = 64
+ * the warpgroup of the upper 64 rows runs one fully masked tile, P = 0); blocks run heaviest first.
+ * O / l goes out through this warpgroup's rows of the Q tile (16-byte stores); lse = (m c + log2 l)
+ * ln 2. No atomics: the result is the same on every run.
+ * Registers per thread: S BN/2 fp32, O D/2, P BN/4 (bf16 pairs), all live while S_t and O += P V are
+ * in flight: 160 at D = BN = 128. Shared memory: Q 128 x D + NS x (K, V) BN x D, bf16 (+1 KB for
+ * alignment): D = 128, BN = 128, NS = 3: 225 KB of the 227 KB an SM allows.
+ * nvcc 13.0, -O3, sm_90a, ptxas -v (no spills, no stack in any of them); <D, BN, NS, KA, PN>: registers,
+ * dynamic shared memory (the launcher's, alignment slack included):
+ *   <64, 128, 4, 2, 64> (hd 64 run)   161, 148,480 B     <128, 128, 3, 2, 128> (hd 128 run)  197, 230,400 B
+ *   <64, 128, 3, 1, 64>               161, 115,712 B     <128, 128, 3, 2, 64>                197, 230,400 B
+ *   <64, 128, 4, 3, 64>               165, 148,480 B     <128, 128, 3, 1, 128>               194, 230,400 B
+ *                                                        <128, 64, 4, 3, 128>                161, 164,864 B */
+template <int D, int BN, int NS, int KA, int PN>
 __global__ void __launch_bounds__(256, 1)
 mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, const __nv_bfloat16 *__restrict__ qkv,
                       int T, int Hkv, int G, int causal, float scale_log2) {
-    static_assert(D == 64, "the wgmma forward is written for head dim 64 (one 128-byte swizzle atom per row)");
+    static_assert(D == 64 || D == 128, "the wgmma forward is written for head dims 64 and 128");
+    static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 rows (S is m64n64 or m64n128)");
     static_assert(NS >= 3, "O += P V of tile t-1 runs during tile t: at least three stages");
-    constexpr int BM = 128, BN = 128, NT = 256, PD = NS - 2, KT = BN * D * 2; /* bytes of a K or V tile */
+    static_assert(KA == NS - 2 || KA == NS - 1, "K tiles NS - 2 or NS - 1 ahead");
+    static_assert(PN == 64 || (PN == 128 && D == 128), "O += P V as m64n64 per half or one m64n128");
+    constexpr int BM = 128, NT = 256, VA = NS - 2, KT = BN * D * 2; /* bytes of a K or V tile */
+    constexpr uint32_t HQ = BM * 128, HK = BN * 128;  /* bytes of a 64-column half of a Q, K or V tile */
 #if MT__WG_OK
     extern __shared__ __align__(1024) unsigned char mt__fa_smem3[];
     const uint32_t raw = mt__fa_smem_addr(mt__fa_smem3);
     const uint32_t base = (raw + 1023u) & ~1023u; /* the 128-byte swizzle repeats every 1024 bytes */
     unsigned char *smem = mt__fa_smem3 + (base - raw);
-    const uint32_t sQ = base;            /* 128 x D: warpgroup w's rows at sQ + w*64*D*2 */
+    const uint32_t sQ = base;             /* 128 x D (halves HQ apart): warpgroup w's rows at sQ + w*64*128 */
     const uint32_t sKV = sQ + BM * D * 2; /* stage s: K at sKV + s*2*KT, V KT bytes later */
 
     const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127, wq = (tid >> 5) & 3, lane = tid & 31;
@@ -1816,31 +1894,61 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
     const int m0 = mb * BM, w0 = m0 + wg * 64; /* first query row of the CTA, of this warpgroup */
     const int n_end = causal ? min(T, m0 + BM) : T;
     const int ntiles = (n_end + BN - 1) / BN;
-    const uint32_t sQw = sQ + wg * 64 * D * 2;
+    const uint32_t sQw = sQ + wg * 64 * 128;
 
-    /* key/value tile t (when there is one) into stage t % NS; always exactly one commit group */
-    auto load_kv = [&](int t) {
-        if (t < ntiles) {
-            const uint32_t st = sKV + (uint32_t)(t % NS) * 2 * KT;
-            mt__fa_load_tile<BN, D, NT>(st, kb, ld, t * BN, T, tid);
-            mt__fa_load_tile<BN, D, NT>(st + KT, vb, ld, t * BN, T, tid);
+    /* K tile tk and V tile tv (those that exist) into their stages; always exactly one commit group */
+    auto load_kv = [&](int tk, int tv) {
+        if constexpr (KA == VA) { /* tk == tv: one stage */
+            if (tk < ntiles) {
+                const uint32_t st = sKV + (uint32_t)(tk % NS) * 2 * KT;
+                mt__fa_load_tile_wg<BN, D, NT>(st, kb, ld, tk * BN, T, tid);
+                mt__fa_load_tile_wg<BN, D, NT>(st + KT, vb, ld, tk * BN, T, tid);
+            }
+        } else {
+            if (tk < ntiles)
+                mt__fa_load_tile_wg<BN, D, NT>(sKV + (uint32_t)(tk % NS) * 2 * KT, kb, ld, tk * BN, T, tid);
+            if (tv >= 0 && tv < ntiles)
+                mt__fa_load_tile_wg<BN, D, NT>(sKV + (uint32_t)(tv % NS) * 2 * KT + KT, vb, ld, tv * BN, T, tid);
         }
         mt__fa_cp_commit();
     };
 
-    mt__fa_load_tile<BM, D, NT>(sQ, qb, ld, m0, T, tid); /* in tile 0's group */
+    mt__fa_load_tile_wg<BM, D, NT>(sQ, qb, ld, m0, T, tid); /* in group 0 */
 #pragma unroll
-    for (int t = 0; t < PD; t++) load_kv(t);
+    for (int i = 0; i < KA; i++) load_kv(i, i - KA + VA);
 
-    float s[64], o[32], mrow[2], lrow[2], alpha[2];
-    uint32_t pa[8][4];
+    float s[BN / 2], o[D / 2], mrow[2], lrow[2], alpha[2];
+    uint32_t pa[BN / 16][4];
 #pragma unroll
-    for (int i = 0; i < 64; i++) s[i] = 0.f;
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < 32; i++) o[i] = 0.f;
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
     mrow[0] = mrow[1] = -INFINITY;
     lrow[0] = lrow[1] = 0.f;
     alpha[0] = alpha[1] = 0.f;
+
+    /* S_t = Q K_t^T into s (k16 step kk: half kk / 4, 32*(kk%4) bytes into the rows) */
+    auto qk = [&](uint32_t sK) {
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ssn<0, 0>(s, mt__wg_desc(sQw + (kk >> 2) * HQ + (kk & 3) * 32),
+                             mt__wg_desc(sK + (kk >> 2) * HK + (kk & 3) * 32), kk);
+    };
+    /* O += P V (k16 step kk = keys 16kk.., rows 16kk of V: kk*2048 bytes into each half). o's element
+     * 4j+e is column 8j + ..., so the m64n64 product of half hh owns o[32hh .. 32hh+31] */
+    auto pv = [&](uint32_t sV) {
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            if constexpr (PN == 128) {
+                mt__wg_rs128<1>(o, pa[kk], mt__wg_desc2(sV + kk * 2048, HK));
+            } else {
+#pragma unroll
+                for (int hh = 0; hh < D / 64; hh++)
+                    mt__wg_rs<1>(*reinterpret_cast<float(*)[32]>(o + 32 * hh), pa[kk],
+                                 mt__wg_desc(sV + hh * HK + kk * 2048));
+            }
+        }
+    };
 
     /* S_t (in s) -> P_t (in s, fp32), running max, partial row sums (this thread's columns), alpha */
     auto softmax = [&](int t) {
@@ -1848,7 +1956,7 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
         if (n0 + BN > T || (causal && n0 + BN - 1 > w0)) {
             const int r0 = w0 + wq * 16 + gr;
 #pragma unroll
-            for (int j = 0; j < 16; j++)
+            for (int j = 0; j < BN / 8; j++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int row = r0 + (e >> 1) * 8, col = n0 + 8 * j + 2 * tq + (e & 1);
@@ -1859,7 +1967,7 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
         for (int r = 0; r < 2; r++) {
             float mx = mrow[r];
 #pragma unroll
-            for (int j = 0; j < 16; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+            for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float ms = (mx == -INFINITY) ? 0.f : mx * scale_log2;
@@ -1867,7 +1975,7 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
             mrow[r] = mx;
             float rs = 0.f;
 #pragma unroll
-            for (int j = 0; j < 16; j++) {
+            for (int j = 0; j < BN / 8; j++) {
                 const float p0 = mt__fa_exp2(fmaf(s[4 * j + 2 * r], scale_log2, -ms));
                 const float p1 = mt__fa_exp2(fmaf(s[4 * j + 2 * r + 1], scale_log2, -ms));
                 s[4 * j + 2 * r] = p0;
@@ -1880,22 +1988,21 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
     /* O *= alpha (O += P_{t-1} V_{t-1} has completed); P_t -> bf16 A fragments (k16 step kk = keys 16kk..) */
     auto rescale_pack = [&]() {
 #pragma unroll
-        for (int i = 0; i < 32; i++) o[i] *= alpha[(i >> 1) & 1];
+        for (int i = 0; i < D / 2; i++) o[i] *= alpha[(i >> 1) & 1];
 #pragma unroll
-        for (int j = 0; j < 16; j++) {
+        for (int j = 0; j < BN / 8; j++) {
             pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
             pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
         }
     };
 
     /* tile 0: S_0 alone */
-    mt__fa_cp_wait<PD - 1>();
+    mt__fa_cp_wait<KA - 1>();
     mt__fence_async_smem();
     __syncthreads();
-    load_kv(PD);
+    load_kv(KA, VA);
     mt__wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) mt__wg_ss128<0, 0>(s, mt__wg_desc(sQw + kk * 32), mt__wg_desc(sKV + kk * 32), kk);
+    qk(sKV);
     mt__wg_commit();
     mt__wg_wait<0>();
     mt__wg_keep(s);
@@ -1903,19 +2010,14 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
     rescale_pack();
 
     for (int t = 1; t < ntiles; t++) {
-        mt__fa_cp_wait<PD - 1>(); /* tile t has landed (this thread's copies) */
-        mt__fence_async_smem();   /* ... and is visible to wgmma */
-        __syncthreads();          /* everyone's copies; everyone is past O += P_{t-2} V_{t-2} */
-        load_kv(t + PD);          /* into the stage of tile t - 2 */
-        const uint32_t sK = sKV + (uint32_t)(t % NS) * 2 * KT;
-        const uint32_t sVp = sKV + (uint32_t)((t - 1) % NS) * 2 * KT + KT;
+        mt__fa_cp_wait<KA - 1>(); /* K_t and V_{t-1} have landed (this thread's copies) */
+        mt__fence_async_smem();   /* ... and are visible to wgmma */
+        __syncthreads();          /* everyone's copies; everyone is past S_{t-1} and O += P_{t-2} V_{t-2} */
+        load_kv(t + KA, t + VA);  /* into the K slot of tile t + KA - NS, the V slot of tile t - 2 */
         mt__wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ss128<0, 0>(s, mt__wg_desc(sQw + kk * 32), mt__wg_desc(sK + kk * 32), kk);
+        qk(sKV + (uint32_t)(t % NS) * 2 * KT);
         mt__wg_commit();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) mt__wg_rs<1>(o, pa[kk], mt__wg_desc(sVp + kk * 2048));
+        pv(sKV + (uint32_t)((t - 1) % NS) * 2 * KT + KT);
         mt__wg_commit();
         mt__wg_wait<1>(); /* S_t is done; O += P_{t-1} V_{t-1} may still run */
         mt__wg_keep(s);
@@ -1926,11 +2028,14 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
         mt__wg_keep(o);
         rescale_pack();
     }
+    if constexpr (KA > VA) { /* V of the last tile came in the group after its K */
+        mt__fa_cp_wait<KA - 1>();
+        mt__fence_async_smem();
+        __syncthreads();
+    }
     {   /* O += P V of the last tile */
-        const uint32_t sVp = sKV + (uint32_t)((ntiles - 1) % NS) * 2 * KT + KT;
         mt__wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) mt__wg_rs<1>(o, pa[kk], mt__wg_desc(sVp + kk * 2048));
+        pv(sKV + (uint32_t)((ntiles - 1) % NS) * 2 * KT + KT);
         mt__wg_commit();
         mt__wg_wait<0>();
         mt__wg_keep(o);
@@ -1952,17 +2057,17 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
                 lse[((size_t)b * H + h) * T + row] =
                     l > 0.f ? (mrow[r] * scale_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
 #pragma unroll
-            for (int j = 0; j < 8; j++)
-                *reinterpret_cast<uint32_t *>(pq + mt__fa_swz<64>(rl, j) + tq * 4) =
+            for (int j = 0; j < D / 8; j++)
+                *reinterpret_cast<uint32_t *>(pq + (j >> 3) * HQ + mt__fa_swz<64>(rl, j & 7) + tq * 4) =
                     mt__fa_pack(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
         }
         mt__bar_sync(1 + wg, 128);
 #pragma unroll
-        for (int k = 0; k < 64 * 8 / 128; k++) {
-            const int i = k * 128 + wtid, r = i >> 3, c = i & 7, row = w0 + r;
+        for (int k = 0; k < 64 * (D / 8) / 128; k++) {
+            const int i = k * 128 + wtid, r = i / (D / 8), c = i % (D / 8), row = w0 + r;
             if (row < T)
                 *reinterpret_cast<uint4 *>(out + (((size_t)b * T + row) * H + h) * D + c * 8) =
-                    *reinterpret_cast<const uint4 *>(pq + mt__fa_swz<64>(r, c));
+                    *reinterpret_cast<const uint4 *>(pq + (c >> 3) * HQ + mt__fa_swz<64>(r, c & 7));
         }
     }
 #else
@@ -2178,17 +2283,19 @@ static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, con
     return mt__fa_cuda("mt_flash_attention_bwd: dq");
 }
 
-/* The forward through mt__flash_fwd3_kernel<D, NS> (wgmma, head dim 64, NS key/value stages; the
- * default from T = 2048). Like the wgmma backward it needs an sm_90a build and a GPU of compute capability
- * 9.x; on anything else this returns MT_ERR_UNSUPPORTED (nothing launched). */
-template <int D, int NS>
-static inline mt_status mt__flash_fwd3_cfg_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
-                                               int Hkv, int G, int causal) {
+/* The forward through mt__flash_fwd3_kernel<D, BN, NS, KA, PN> (wgmma, head dim 64 or 128, key tiles of
+ * BN rows in NS stages, K tiles KA ahead, O += P V in products of PN columns). Like the wgmma backward it
+ * needs an sm_90a build and a GPU of compute capability 9.x; on anything else this returns
+ * MT_ERR_UNSUPPORTED (nothing launched). */
+template <int D, int BN, int NS, int KA, int PN>
+static inline mt_status mt__flash_fwd3_tile_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B,
+                                                int T, int Hkv, int G, int causal) {
     void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, float) =
-        mt__flash_fwd3_kernel<D, NS>;
+        mt__flash_fwd3_kernel<D, BN, NS, KA, PN>;
     MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_fwd (wgmma): device query"));
-    /* alignment slack; Q (128 rows); NS stages of K and V (128 rows each) */
-    const size_t smem = 1024 + (size_t)(128 + NS * 2 * 128) * D * 2;
+    /* alignment slack; Q (128 rows); NS stages of K and V (BN rows each) */
+    const size_t smem = 1024 + (size_t)(128 + NS * 2 * BN) * D * 2;
+    static_assert(1024 + (128 + NS * 2 * BN) * D * 2 <= 227 * 1024, "over the 227 KB of shared memory per block");
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_fwd (wgmma): cudaFuncSetAttribute");
     dim3 grid((T + 127) / 128, Hkv * G, B);
@@ -2197,11 +2304,19 @@ static inline mt_status mt__flash_fwd3_cfg_run(const mt_ctx *cx, void *out, floa
                                                      causal, scale_log2);
     return mt__fa_cuda("mt_flash_attention_fwd (wgmma)");
 }
-/* The wgmma forward with four stages (key/value tiles loaded two ahead). */
+/* The hd 64 shapes: key/value tiles of 128 rows in NS stages, K and V of a tile loaded together. */
+template <int D, int NS>
+static inline mt_status mt__flash_fwd3_cfg_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                               int Hkv, int G, int causal) {
+    return mt__flash_fwd3_tile_run<D, 128, NS, NS - 2, 64>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+}
+/* The wgmma forward: hd 64 with four stages (key/value tiles loaded two ahead); hd 128 with three
+ * stages of 128-row tiles, K two tiles ahead and V one, and O += P V as one m64n128 product per k step. */
 template <int D>
 static inline mt_status mt__flash_fwd3_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
                                            int Hkv, int G, int causal) {
-    return mt__flash_fwd3_cfg_run<D, 4>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+    if constexpr (D == 64) return mt__flash_fwd3_tile_run<64, 128, 4, 2, 64>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+    else return mt__flash_fwd3_tile_run<D, 128, 3, 2, 128>(cx, out, lse, qkv, B, T, Hkv, G, causal);
 }
 
 template <int D>

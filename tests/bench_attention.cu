@@ -116,6 +116,12 @@ static const variant g_variants[] = {
     {"bwd wgmma (new)", 128, NULL, mt__flash_bwd3_128_run},
     {"fwd wgmma (new)", 64, mt__flash_fwd3_run<64>, NULL},
     {"fwd wgmma 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>, NULL},
+    {"fwd wgmma K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>, NULL},
+    /* hd 128 wgmma forward: BN 128, 3 stages, K 2 tiles ahead, P V as m64n128; then one change each */
+    {"fwd wgmma (new)", 128, mt__flash_fwd3_run<128>, NULL},
+    {"fwd wgmma PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>, NULL},
+    {"fwd wgmma K 1 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 1, 128>, NULL},
+    {"fwd wgmma BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>, NULL},
 };
 
 static const variant *g_cur_variant;

@@ -9,8 +9,9 @@
  * the alternative backward (16 keys per warp, P in registers) is checked against the reference too,
  * and so is the wgmma backward (Hopper only: mt__flash_bwd3_cfg_run in both of its configurations at
  * hd 64, the mt__flash_bwd3_128_run variant at hd 128), whose dK/dV must also be bitwise identical
- * between two runs. The wgmma forward (mt__flash_fwd3_run, hd 64, Hopper only) is checked against the
- * reference too (out and lse) and must give bitwise identical results in two runs.
+ * between two runs. The wgmma forward (Hopper only: mt__flash_fwd3_run at hd 64 and 128, and the other
+ * tile configurations the benchmark times) is checked against the reference too (out and lse) and must
+ * give bitwise identical results in two runs.
  * Also: an unsupported head dim returns MT_ERR_UNSUPPORTED, a short workspace is refused.
  */
 #if defined(__has_include)
@@ -113,6 +114,20 @@ static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout
     return mt__flash_bwd3_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 static int g_wgmma_ran = 0, g_wgmma_skipped = 0;
+
+/* the wgmma forward configurations (mt__flash_fwd3_kernel<D, BN, NS, KA, PN>), each at its head dim */
+typedef mt_status (*fwd3_fn)(const mt_ctx *, void *, float *, const void *, int, int, int, int, int);
+typedef struct { const char *name; int D; fwd3_fn f; } fwd3_cfg;
+static const fwd3_cfg g_fwd3[] = {
+    {"wgmma fwd", 64, mt__flash_fwd3_run<64>},
+    {"wgmma fwd 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>},
+    {"wgmma fwd K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>},
+    {"wgmma fwd", 128, mt__flash_fwd3_run<128>},
+    {"wgmma fwd PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>},
+    {"wgmma fwd K 1 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 1, 128>},
+    {"wgmma fwd BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>},
+};
+#define N_FWD3 ((int)(sizeof g_fwd3 / sizeof g_fwd3[0]))
 static int g_fwd3_ran = 0, g_fwd3_skipped = 0;
 
 static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *worst) {
@@ -161,10 +176,11 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     CK(cudaMemcpy(hbuf, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < nqkv; i++) gdqkv[i] = mt_bf16_to_f32(hbuf[i]);
 
-    /* the wgmma forward (mt__flash_fwd3_run, hd 64, Hopper), twice on fresh poison in its own buffers:
-     * out and lse bitwise identical between the runs, checked against the reference below */
-    float *gout3 = NULL, *glse3 = NULL;
-    if (D == 64) {
+    /* the wgmma forward (Hopper) in each configuration of this head dim, twice on fresh poison in its own
+     * buffers: out and lse bitwise identical between the runs, checked against the reference below */
+    float *gout3[N_FWD3] = {NULL}, *glse3[N_FWD3] = {NULL};
+    for (int v = 0; v < N_FWD3; v++) {
+        if (g_fwd3[v].D != D) continue;
         void *d_out3;
         float *d_lse3;
         CK(cudaMalloc(&d_out3, nout * 2));
@@ -174,9 +190,9 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
         for (int rep = 0; rep < 2; rep++) {
             CK(cudaMemset(d_out3, 0xff, nout * 2));
             CK(cudaMemset(d_lse3, 0xff, nlse * 4));
-            st = mt__flash_fwd3_run<64>(&cx, d_out3, d_lse3, d_qkv, B, T, Hkv, G, causal);
+            st = g_fwd3[v].f(&cx, d_out3, d_lse3, d_qkv, B, T, Hkv, G, causal);
             if (st == MT_ERR_UNSUPPORTED) break;
-            MT_EXPECT(st == MT_OK, "wgmma fwd status %s", mt_status_str(st));
+            MT_EXPECT(st == MT_OK, "%s status %s", g_fwd3[v].name, mt_status_str(st));
             CK(cudaDeviceSynchronize());
             CK(cudaGetLastError());
             CK(cudaMemcpy(rep ? h2 : h1, d_out3, nout * 2, cudaMemcpyDeviceToHost));
@@ -189,11 +205,11 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
             size_t nd = 0;
             for (size_t i = 0; i < nout; i++) nd += h1[i] != h2[i];
             for (size_t i = 0; i < nlse; i++) nd += memcmp(&l1[i], &l2[i], 4) != 0;
-            MT_EXPECT(nd == 0, "wgmma forward: out/lse differ between two runs in %zu elements", nd);
-            gout3 = (float *)malloc(nout * 4);
-            glse3 = (float *)malloc(nlse * 4);
-            for (size_t i = 0; i < nout; i++) gout3[i] = mt_bf16_to_f32(h1[i]);
-            memcpy(glse3, l1, nlse * 4);
+            MT_EXPECT(nd == 0, "%s: out/lse differ between two runs in %zu elements", g_fwd3[v].name, nd);
+            gout3[v] = (float *)malloc(nout * 4);
+            glse3[v] = (float *)malloc(nlse * 4);
+            for (size_t i = 0; i < nout; i++) gout3[v][i] = mt_bf16_to_f32(h1[i]);
+            memcpy(glse3[v], l1, nlse * 4);
         }
         free(h1); free(h2); free(l1); free(l2);
         cudaFree(d_out3);
@@ -291,13 +307,17 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
 
     relerr e_out = rel_error(gout, ref_out, nout);
     relerr e_lse = rel_error(glse, ref_lse, nlse);
-    relerr e_out3 = {0, 0, 0}, e_lse3 = {0, 0, 0};
-    if (gout3) {
-        e_out3 = rel_error(gout3, ref_out, nout);
-        e_lse3 = rel_error(glse3, ref_lse, nlse);
+    relerr e_out3[N_FWD3], e_lse3[N_FWD3];
+    for (int v = 0; v < N_FWD3; v++) {
+        e_out3[v].err = e_lse3[v].err = 0;
+        e_out3[v].nonfinite = e_lse3[v].nonfinite = 0;
+        if (gout3[v]) {
+            e_out3[v] = rel_error(gout3[v], ref_out, nout);
+            e_lse3[v] = rel_error(glse3[v], ref_lse, nlse);
+        }
+        free(gout3[v]);
+        free(glse3[v]);
     }
-    free(gout3);
-    free(glse3);
     const size_t nq = (size_t)B * T * Hkv * G * D, nk = (size_t)B * T * Hkv * D;
     float *a = (float *)calloc(nq, 4), *r = (float *)calloc(nq, 4);
     gather_slots(a, gdqkv, B, T, Hkv, G, D, 0, G);
@@ -337,9 +357,12 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     snprintf(tag, sizeof tag, "B=%d T=%d Hkv=%d G=%d D=%d causal=%d", B, T, Hkv, G, D, causal);
     MT_EXPECT(e_out.err < tol, "%s: out rel err %.3g (%zu non-finite)", tag, e_out.err, e_out.nonfinite);
     MT_EXPECT(e_lse.err < tol, "%s: lse rel err %.3g (%zu non-finite)", tag, e_lse.err, e_lse.nonfinite);
-    MT_EXPECT(e_out3.err < tol, "%s: wgmma fwd out rel err %.3g (%zu non-finite)", tag, e_out3.err, e_out3.nonfinite);
-    MT_EXPECT(e_lse3.err < tol, "%s: wgmma fwd lse rel err %.3g (%zu non-finite)", tag, e_lse3.err,
-              e_lse3.nonfinite);
+    for (int v = 0; v < N_FWD3; v++) {
+        MT_EXPECT(e_out3[v].err < tol, "%s: %s out rel err %.3g (%zu non-finite)", tag, g_fwd3[v].name, e_out3[v].err,
+                  e_out3[v].nonfinite);
+        MT_EXPECT(e_lse3[v].err < tol, "%s: %s lse rel err %.3g (%zu non-finite)", tag, g_fwd3[v].name, e_lse3[v].err,
+                  e_lse3[v].nonfinite);
+    }
     MT_EXPECT(e_dq.err < tol, "%s: dq rel err %.3g (%zu non-finite)", tag, e_dq.err, e_dq.nonfinite);
     MT_EXPECT(e_dk.err < tol, "%s: dk rel err %.3g (%zu non-finite)", tag, e_dk.err, e_dk.nonfinite);
     MT_EXPECT(e_dv.err < tol, "%s: dv rel err %.3g (%zu non-finite)", tag, e_dv.err, e_dv.nonfinite);
@@ -354,7 +377,11 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     }
     printf("    %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e", tag, e_out.err, e_lse.err, e_dq.err, e_dk.err,
            e_dv.err);
-    if (D == 64) printf("  wgmma fwd out %.2e lse %.2e", e_out3.err, e_lse3.err);
+    for (int v = 0; v < N_FWD3; v++)
+        if (g_fwd3[v].D == D) { /* the first configuration of this head dim (all are checked above) */
+            printf("  wgmma fwd out %.2e lse %.2e", e_out3[v].err, e_lse3[v].err);
+            break;
+        }
     for (int v = 0; v < N_WGMMA; v++)
         if (gdqkv_wg[v]) {
             printf("  %s dq %.2e dk %.2e dv %.2e", g_wgmma_names[v], e_wg[v][0].err, e_wg[v][1].err, e_wg[v][2].err);
@@ -363,8 +390,10 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     printf("\n");
     double m = e_out.err;
     if (!(m >= e_lse.err)) m = e_lse.err;
-    if (!(m >= e_out3.err)) m = e_out3.err;
-    if (!(m >= e_lse3.err)) m = e_lse3.err;
+    for (int v = 0; v < N_FWD3; v++) {
+        if (!(m >= e_out3[v].err)) m = e_out3[v].err;
+        if (!(m >= e_lse3[v].err)) m = e_lse3[v].err;
+    }
     if (!(m >= e_dq.err)) m = e_dq.err;
     if (!(m >= e_dk.err)) m = e_dk.err;
     if (!(m >= e_dv.err)) m = e_dv.err;
@@ -385,6 +414,7 @@ static void sweep(int D) {
     static const int Ts[] = {1, 7, 64, 129, 257, 1000};
     double worst = 0;
     g_wgmma_ran = g_wgmma_skipped = 0;
+    g_fwd3_ran = g_fwd3_skipped = 0;
     for (int ti = 0; ti < 6; ti++)
         for (int G = 1; G <= 4; G *= 2)
             for (int causal = 1; causal >= 0; causal--) {
@@ -395,10 +425,8 @@ static void sweep(int D) {
     printf("    D=%d: worst relative error %.3g\n", D, worst);
     if (g_wgmma_skipped) printf("    wgmma backward skipped in %d cases: not a compute capability 9.x GPU\n", g_wgmma_skipped);
     else printf("    wgmma backward checked in %d case x configuration runs\n", g_wgmma_ran);
-    if (D == 64) {
-        if (g_fwd3_skipped) printf("    wgmma forward skipped in %d cases: not a compute capability 9.x GPU\n", g_fwd3_skipped);
-        else printf("    wgmma forward checked in %d cases\n", g_fwd3_ran);
-    }
+    if (g_fwd3_skipped) printf("    wgmma forward skipped in %d cases: not a compute capability 9.x GPU\n", g_fwd3_skipped);
+    else printf("    wgmma forward checked in %d case x configuration runs\n", g_fwd3_ran);
 }
 
 static void test_flash_attention_d64(void) { sweep(64); }
