@@ -14,7 +14,10 @@
  * (each thread owns NP packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block
  * reduction.  cx->gpu->norm_fwd_warp picks the warp-per-row kernel: 3 (default) one-pass (shifted)
  * statistics, 3 resident blocks per SM; 2 the same at 2 per SM; 1 two passes (mean, then variance);
- * 0 forces one block per row.  LN, 8192 x 1600 bf16 on an H200: 21 / 23 / 22 / 28 us.
+ * 0 forces one block per row.  LN, 8192 x 1600 bf16 on an H200: 21 / 23 / 22 / 28 us.  Options 4 and
+ * 5 are persistent (the grid is what fits at once; each warp walks several rows): 4 keeps the next
+ * row in a second register set, 5 keeps a ring of rows per warp in shared memory filled by cp.async
+ * (16-byte packs; else as 4); measured slower than 3 so far (kernels/KERNEL_NOTES.md).
  * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
  * kernels run with scalar accesses (any C).  Backward (norm_bwd_variant, default 0; the others are
  * kept for comparison):
@@ -42,6 +45,9 @@
 #define MT__NORM_EPS 1e-5f
 #define MT__NORM_BWD_MAX_BLOCKS 1024
 #define MT__NORM_BWD_RING 4 /* row slots per group in the pipelined backward: NS - 1 rows ahead */
+#ifndef MT__NORM_FWD_RING
+#define MT__NORM_FWD_RING 3 /* rows in flight per warp in the ring forward (norm_fwd_warp 5) */
+#endif
 
 /* ------------------------------------------------------------------ kernels */
 
@@ -667,6 +673,174 @@ __global__ void __launch_bounds__(NP == 1 ? 768 : 512, 1)
     }
 }
 
+/* Pieces of the persistent forwards (cx->gpu->norm_fwd_warp 4 and 5): the statistics and the
+ * output of one row held as NP packs per lane at columns (p*32 + lane)*VEC, the same arithmetic as
+ * mt__norm_fwd_warp1p_kernel (shifted one-pass sums, one shuffle reduction, two FFMAs per output). */
+template <typename T, int VEC>
+__device__ __forceinline__ void mt__nfw_unpack(const mt__vec<T, VEC> &v, float (&f)[VEC]) {
+    if constexpr (VEC * sizeof(T) == 16) { /* one instruction per element (bf16: shift or mask) */
+        mt__nb_pack<T>::get(*reinterpret_cast<const uint4 *>(&v), f);
+    } else {
+#pragma unroll
+        for (int k = 0; k < VEC; k++) f[k] = mt__f(v.v[k]);
+    }
+}
+template <typename T, int VEC, int NP, int RMS>
+__device__ __forceinline__ void mt__nfw_stats(const mt__vec<T, VEC> (&xv)[NP], int lane, int C, float &m, float &r) {
+    const float K = RMS ? 0.0f : __shfl_sync(0xffffffffu, mt__f(xv[0].v[0]), 0); /* lane 0 always has column 0 */
+    float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+    for (int p = 0; p < NP; p++)
+        if ((p * 32 + lane) * VEC < C) {
+            float f[VEC];
+            mt__nfw_unpack<T, VEC>(xv[p], f);
+#pragma unroll
+            for (int k = 0; k < VEC; k++) {
+                float d = f[k] - K;
+                if (!RMS) s1 += d;
+                s2 = fmaf(d, d, s2);
+            }
+        }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        if (!RMS) s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+    }
+    const float dm = s1 / (float)C;
+    m = K + dm;
+    const float var = RMS ? s2 / (float)C : fmaxf(s2 / (float)C - dm * dm, 0.0f);
+    r = 1.0f / sqrtf(var + MT__NORM_EPS);
+}
+template <typename T, int VEC, int NP, int RMS>
+__device__ __forceinline__ void mt__nfw_out(const mt__vec<T, VEC> (&xv)[NP], T *__restrict__ o, const T *__restrict__ w,
+                                            const T *__restrict__ b, int lane, int C, float m, float r) {
+    const float mr = -m * r;
+#pragma unroll
+    for (int p = 0; p < NP; p++) {
+        int c = (p * 32 + lane) * VEC;
+        if (c < C) {
+            mt__vec<T, VEC> ov;
+            float xf[VEC], wf[VEC], bf[VEC];
+            mt__nfw_unpack<T, VEC>(xv[p], xf);
+            mt__nfw_unpack<T, VEC>(mt__ld<T, VEC>(w + c), wf); /* w, b: 2 x C x sizeof(T), L1-resident */
+            if (!RMS && b) mt__nfw_unpack<T, VEC>(mt__ld<T, VEC>(b + c), bf);
+#pragma unroll
+            for (int k = 0; k < VEC; k++)
+                ov.v[k] = mt__cvt<T>(fmaf(fmaf(xf[k], r, mr), wf[k], (!RMS && b) ? bf[k] : 0.0f));
+            mt__stcs<T, VEC>(o + c, ov);
+        }
+    }
+}
+
+/* Forward of both norms, persistent warps with the next row in a second register set
+ * (cx->gpu->norm_fwd_warp 4).  At 8192 x 1600 bf16 the one-row-per-warp kernels run ~2.6 rows per
+ * resident warp: every warp loads, waits a full DRAM round trip, reduces, stores, and the last
+ * partial wave of blocks drains with few bytes in flight.  Here the grid is what fits at once
+ * (balanced so that every warp gets the same number of rows, +-1), warp gw walks rows gw, gw + NW,
+ * ..., and the loads of row + NW are issued before row's reduction and stores, so each warp keeps a
+ * row in flight while it computes.  Any C up to 32*NP*VEC, VEC 1 included.  Launch bounds: 5
+ * blocks of 4 warps per SM (127 registers and 4 blocks without).  ptxas, sm_90a, bf16 VEC 8 NP 8
+ * (C = 1600): LayerNorm 96 registers, RMSNorm 93, no spills, no shared memory. */
+template <typename T, int VEC, int NP, int RMS>
+__global__ void __launch_bounds__(128, 5) mt__norm_fwd_warp_pipe_kernel(T *__restrict__ out, float *__restrict__ mean,
+                                                                     float *__restrict__ rstd,
+                                                                     const T *__restrict__ inp,
+                                                                     const T *__restrict__ w,
+                                                                     const T *__restrict__ b, int N, int C) {
+    const int lane = threadIdx.x & 31, NW = gridDim.x * (blockDim.x >> 5);
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    mt__vec<T, VEC> nv[NP]; /* the row in flight */
+    if (row < N) {
+        const T *x = inp + (size_t)row * C;
+#pragma unroll
+        for (int p = 0; p < NP; p++) {
+            int c = (p * 32 + lane) * VEC;
+            if (c < C) nv[p] = mt__ldcs<T, VEC>(x + c);
+        }
+    }
+    for (; row < N; row += NW) {
+        mt__vec<T, VEC> xv[NP];
+#pragma unroll
+        for (int p = 0; p < NP; p++) xv[p] = nv[p];
+        if (row + NW < N) {
+            const T *x = inp + (size_t)(row + NW) * C;
+#pragma unroll
+            for (int p = 0; p < NP; p++) {
+                int c = (p * 32 + lane) * VEC;
+                if (c < C) nv[p] = mt__ldcs<T, VEC>(x + c);
+            }
+        }
+        float m, r;
+        mt__nfw_stats<T, VEC, NP, RMS>(xv, lane, C, m, r);
+        mt__nfw_out<T, VEC, NP, RMS>(xv, out + (size_t)row * C, w, b, lane, C, m, r);
+        if (lane == 0) {
+            if (!RMS && mean) mean[row] = m;
+            if (rstd) rstd[row] = r;
+        }
+    }
+}
+
+/* Forward of both norms, persistent warps with a ring of NS rows per warp in shared memory
+ * (cx->gpu->norm_fwd_warp 5; 16-byte packs only, rows up to 256 packs), after the pipelined
+ * backward: each lane copies its own packs of row + j*NW (j < NS) by cp.async into slot j, so NS
+ * rows per warp are in flight without holding registers.  Per row: wait for its copy group, read the
+ * lane's packs from shared memory into registers, reduce; once the reduction is done every read of
+ * that slot has completed (the sums depend on them), so the slot takes row + NS*NW before the
+ * output is computed and stored.  A lane reads only bytes it copied itself: no barrier at all.
+ * Grid balanced as in the register variant.  ptxas, sm_90a, bf16 NP 8 (C = 1600): 64 registers
+ * (LayerNorm 8 B spilled, RMSNorm 4 B), dynamic shared memory 4 warps x NS rows x C x 2 B = 38,400 B at
+ * NS = 3 (5 blocks per SM). */
+template <typename T, int NP, int RMS, int NS>
+__global__ void __launch_bounds__(128) mt__norm_fwd_ring_kernel(T *__restrict__ out, float *__restrict__ mean,
+                                                                float *__restrict__ rstd, const T *__restrict__ inp,
+                                                                const T *__restrict__ w, const T *__restrict__ b,
+                                                                int N, int C) {
+    constexpr int VEC = 16 / (int)sizeof(T);
+    extern __shared__ __align__(16) unsigned char mt__nfr_smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, NW = gridDim.x * (blockDim.x >> 5);
+    const unsigned CB = (unsigned)C * (unsigned)sizeof(T), o0 = (unsigned)lane * 16u;
+    const unsigned sb = (unsigned)__cvta_generic_to_shared(mt__nfr_smem) + (unsigned)warp * NS * CB;
+    const char *bx = reinterpret_cast<const char *>(inp) + o0;
+    auto issue = [&](int r, unsigned sa) { /* one commit group, empty past the end */
+        if (r < N) {
+            const char *px = bx + (size_t)(unsigned)r * CB;
+            sa += o0;
+#pragma unroll
+            for (int p = 0; p < NP; p++)
+                if (o0 + p * 512u < CB)
+                    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa + p * 512u), "l"(px + p * 512u)
+                                 : "memory");
+        }
+        mt__nb_commit();
+    };
+    int row = blockIdx.x * (blockDim.x >> 5) + warp;
+#pragma unroll
+    for (int j = 0; j < NS; j++) issue(row + j * NW, sb + j * CB);
+    unsigned sx = sb;
+    for (; row < N; row += NW) {
+        mt__nb_wait<NS - 1>(); /* this row's group has landed; the next NS - 1 may be in flight */
+        mt__vec<T, VEC> xv[NP];
+#pragma unroll
+        for (int p = 0; p < NP; p++)
+            if (o0 + p * 512u < CB) {
+                uint4 u;
+                asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                             : "=r"(u.x), "=r"(u.y), "=r"(u.z), "=r"(u.w) : "r"(sx + o0 + p * 512u) : "memory");
+                xv[p] = *reinterpret_cast<mt__vec<T, VEC> *>(&u);
+            }
+        float m, r;
+        mt__nfw_stats<T, VEC, NP, RMS>(xv, lane, C, m, r);
+        issue(row + NS * NW, sx);
+        mt__nfw_out<T, VEC, NP, RMS>(xv, out + (size_t)row * C, w, b, lane, C, m, r);
+        if (lane == 0) {
+            if (!RMS && mean) mean[row] = m;
+            if (rstd) rstd[row] = r;
+        }
+        sx = sx + CB == sb + NS * CB ? sb : sx + CB;
+    }
+    mt__nb_wait<0>();
+}
+
 /* dw[c] += sum over blocks of partial[blk][0][c]; db likewise from partial[blk][1][c] (NV == 2).
  * Block (32, 32): x = column, y = a stride-32 slice of the blocks, summed with four independent
  * accumulators (four loads in flight per thread), then a fixed-order sum over y. */
@@ -775,6 +949,47 @@ MT_API int mt__warp_np(int C, int vec, int *np) {
 #define MT__LNB(V, P) mt__norm_bwd_kernel<T, V, P, 0>
 #define MT__RMSB(V, P) mt__norm_bwd_kernel<T, V, P, 1>
 
+/* The persistent forwards (norm_fwd_warp 4: next row in registers; 5: ring of rows in shared memory,
+ * 16-byte packs only, else as 4).  Grid: the warps that fit at once, cut down so that every warp
+ * walks the same number of rows (+-1): at 8192 rows a warp of 2640 would otherwise run 3 or 4 rows
+ * and the fourth round would run with 10 % of the warps. */
+template <typename T, int RMS>
+static inline mt_status mt__norm_fwd_pipe_launch(const mt_ctx *cx, int opt, int vec, int np, void *out, void *mean,
+                                                 void *rstd, const void *inp, const void *w, const void *b, int N,
+                                                 int C) {
+    constexpr int PW = mt__pack_width<T>::value, NS = MT__NORM_FWD_RING;
+    const void *fn = NULL;
+    size_t smem = 0;
+    if (opt == 5 && vec == PW) {
+        smem = (size_t)4 * NS * C * sizeof(T); /* 4 warps x NS rows */
+        if (smem + 1024 > cx->gpu->smem_optin_nbytes) opt = 4;
+    } else {
+        opt = 4;
+    }
+    if (opt == 5) {
+#define MT__NFR_FN(P) (const void *)mt__norm_fwd_ring_kernel<T, P, RMS, NS>
+        fn = np == 1 ? MT__NFR_FN(1) : np == 2 ? MT__NFR_FN(2) : np == 4 ? MT__NFR_FN(4) : MT__NFR_FN(8);
+#undef MT__NFR_FN
+        if (cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+            return mt_errorf(MT_ERR_CUDA, "norm fwd: cudaFuncSetAttribute: %s", cudaGetErrorString(cudaGetLastError()));
+    } else {
+        smem = 0;
+#define MT__NFP_FN(V, P) (const void *)mt__norm_fwd_warp_pipe_kernel<T, V, P, RMS>
+        if (vec == PW) fn = np == 1 ? MT__NFP_FN(PW, 1) : np == 2 ? MT__NFP_FN(PW, 2) : np == 4 ? MT__NFP_FN(PW, 4) : MT__NFP_FN(PW, 8);
+        else fn = np == 1 ? MT__NFP_FN(1, 1) : np == 2 ? MT__NFP_FN(1, 2) : np == 4 ? MT__NFP_FN(1, 4) : MT__NFP_FN(1, 8);
+#undef MT__NFP_FN
+    }
+    const int occ = mt__occupancy_smem(cx, fn, 128, smem);
+    const long maxw = (long)cx->gpu->sm_count * occ * 4;
+    const long per = (N + maxw - 1) / maxw, warps = (N + per - 1) / per; /* rows per warp, warps */
+    const int nblk = (int)((warps + 3) / 4);
+    void *args[] = {&out, &mean, &rstd, (void *)&inp, (void *)&w, (void *)&b, &N, &C};
+    if (cudaLaunchKernel(fn, dim3(nblk), dim3(128), args, smem, MT__STREAM(cx)) != cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "norm fwd: launch: %s", cudaGetErrorString(cudaGetLastError()));
+    MT__LAUNCHED(cx, opt == 5 ? "mt__norm_fwd_ring_kernel" : "mt__norm_fwd_warp_pipe_kernel");
+    return MT_OK;
+}
+
 /* The warp-per-row forwards of both norms (RMS = 0: LayerNorm, 1: RMSNorm) as cx->gpu->norm_fwd_warp
  * picks them; *done = 0 when the option is 0 or the row is too wide for a warp. */
 template <typename T, int RMS>
@@ -784,6 +999,11 @@ static inline mt_status mt__norm_fwd_warp_launch(const mt_ctx *cx, int vec, void
     int np = 1, opt = cx->gpu->norm_fwd_warp;
     *done = 0;
     if (!opt || !mt__warp_np(C, vec, &np)) return MT_OK;
+    if (opt == 4 || opt == 5) {
+        MT_TRY((mt__norm_fwd_pipe_launch<T, RMS>(cx, opt, vec, np, out, mean, rstd, inp, w, b, N, C)));
+        *done = 1;
+        return MT_OK;
+    }
 #define MT__NFW(V, P) mt__norm_fwd_warp_kernel<T, V, P, RMS>
 #define MT__NFW1(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, RMS, 2>
 #define MT__NFW13(V, P) mt__norm_fwd_warp1p_kernel<T, V, P, RMS, 3>

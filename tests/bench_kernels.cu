@@ -211,15 +211,18 @@ int main(int argc, char **argv) {
             TIME_GRAPH_MS(ms, K, call);                                     \
             row_mem(name, shape, ms, bytes);                                \
         } while (0)
+        static const char *fwd_vn[6] = {"", "  (warp/row, 2 passes)", "  (warp/row, 1 pass, x2)", "",
+                                        "  (persistent, regs)", "  (persistent, ring)"};
         NORM_ROW("layernorm fwd", lnf, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
         cx->gpu->norm_fwd_warp = 0;
         snprintf(shape, sizeof shape, "(%zu, %zu) %s", NR, C, g1);
         TIME_GRAPH_MS(ms, K, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
         row_mem("  (block/row, before)", shape, ms, lnf);
-        for (int opt = 1; opt <= 2; opt++) { /* two-pass statistics; one pass at 2 blocks per SM */
+        for (int opt = 1; opt <= 5; opt++) { /* two-pass statistics; one pass at 2 blocks per SM; persistent */
+            if (opt == 3) continue; /* the default, timed above */
             cx->gpu->norm_fwd_warp = opt;
             TIME_GRAPH_MS(ms, K, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
-            row_mem(opt == 1 ? "  (warp/row, 2 passes)" : "  (warp/row, 1 pass, x2)", shape, ms, lnf);
+            row_mem(fwd_vn[opt], shape, ms, lnf);
         }
         cx->gpu->norm_fwd_warp = 3;
         /* the practical ceiling at this size: a copy of one activation (n bf16 in, n out) */
@@ -246,10 +249,11 @@ int main(int argc, char **argv) {
         cx->gpu->norm_fwd_warp = 0;
         TIME_GRAPH_MS(ms, K, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
         row_mem("  (block/row, before)", shape, ms, rmf);
-        for (int opt = 1; opt <= 2; opt++) {
+        for (int opt = 1; opt <= 5; opt++) {
+            if (opt == 3) continue; /* the default, timed above */
             cx->gpu->norm_fwd_warp = opt;
             TIME_GRAPH_MS(ms, K, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
-            row_mem(opt == 1 ? "  (warp/row, 2 passes)" : "  (warp/row, 1 pass, x2)", shape, ms, rmf);
+            row_mem(fwd_vn[opt], shape, ms, rmf);
         }
         cx->gpu->norm_fwd_warp = 3;
         NORM_ROW("rmsnorm bwd", rmb, mt_rmsnorm_bwd(cx, dres[k_], dw, g[k_], dres[k_], x[k_], w, rstd[k_], Nn, Cc));

@@ -188,8 +188,9 @@ static void test_layernorm(void) {
             mt_layernorm_fwd_cpu_f32(out, mean, rstd, x, w, b, N, C);
             void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C), *db = dup_dev(dt, b, C);
             void *dout = poison_dev(dt, n), *dmean = poison_dev(MT_F32, N), *drstd = poison_dev(MT_F32, N);
-            static const char *fwd_name[4] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3"};
-            for (int warp = 3; warp >= 0; warp--) { /* norm_fwd_warp: 1 pass (options), warp per row, block per row */
+            static const char *fwd_name[6] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3",
+                                              "persistent regs", "persistent ring"};
+            for (int warp = 5; warp >= 0; warp--) { /* norm_fwd_warp: persistent, 1 pass, warp per row, block per row */
                 cx.gpu->norm_fwd_warp = warp;
                 cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
                 cudaMemset(dmean, 0xff, N * 4);
@@ -255,8 +256,9 @@ static void test_rmsnorm(void) {
             mt_rmsnorm_fwd_cpu_f32(out, rstd, x, w, N, C);
             void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C);
             void *dout = poison_dev(dt, n), *drstd = poison_dev(MT_F32, N);
-            static const char *fwd_name[4] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3"};
-            for (int warp = 3; warp >= 0; warp--) {
+            static const char *fwd_name[6] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3",
+                                              "persistent regs", "persistent ring"};
+            for (int warp = 5; warp >= 0; warp--) {
                 cx.gpu->norm_fwd_warp = warp;
                 cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
                 cudaMemset(drstd, 0xff, N * 4);
@@ -338,6 +340,52 @@ static void run_matmul_case(mt_dtype dt, int fused, int N, int IC, int OC, int u
         check_dev("matmul", dt, what, ddb2, dt, rdb2, OC, tol_of(dt));
     }
     cx.gpu->lt_epilogues = 1;
+}
+
+/* The persistent forwards (norm_fwd_warp 4, 5) with enough rows that every warp walks several and the
+ * ring of rows wraps around, at widths that take every pack count (C = 2048 bf16 fills 8 packs per
+ * lane) and the scalar path (odd C). */
+static void test_norm_fwd_persistent(void) {
+    const int Cs[4] = {1600, 2048, 1000, 37};
+    for (int di = 0; di < 2; di++)
+        for (int ci = 0; ci < 4; ci++) {
+            mt_dtype dt = DTYPES[di];
+            mt_ctx cx = ctx_of(dt);
+            int C = Cs[ci], N = 20000 + 1001 * ci + 17; /* 6+ rows per warp on a 132-SM part */
+            if (dt == MT_F32 && C > 1024) continue;     /* wider than a warp row in f32: block per row */
+            size_t n = (size_t)N * C;
+            char what[64];
+            float *x = hrand(n, 1.0f, dt), *w = hrand(C, 1.0f, dt), *b = hrand(C, 1.0f, dt);
+            for (size_t i = 0; i < n; i++) x[i] = round_to(x[i] + 0.5f, dt);
+            float *out = (float *)hmalloc(n * 4), *mean = (float *)hmalloc(N * 4), *rstd = (float *)hmalloc(N * 4);
+            float *rout = (float *)hmalloc(n * 4), *rrstd = (float *)hmalloc(N * 4);
+            mt_layernorm_fwd_cpu_f32(out, mean, rstd, x, w, b, N, C);
+            mt_rmsnorm_fwd_cpu_f32(rout, rrstd, x, w, N, C);
+            void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C), *db = dup_dev(dt, b, C);
+            void *dout = poison_dev(dt, n), *dmean = poison_dev(MT_F32, N), *drstd = poison_dev(MT_F32, N);
+            for (int warp = 4; warp <= 5; warp++) {
+                cx.gpu->norm_fwd_warp = warp;
+                cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
+                cudaMemset(dmean, 0xff, N * 4);
+                cudaMemset(drstd, 0xff, N * 4);
+                MT_CHECK(mt_layernorm_fwd(&cx, dout, dmean, drstd, dx, dw, db, N, C));
+                snprintf(what, sizeof what, "fwd out N=%d C=%d v%d", N, C, warp);
+                check_dev("layernorm", dt, what, dout, dt, out, n, tol_of(dt));
+                snprintf(what, sizeof what, "fwd mean N=%d C=%d v%d", N, C, warp);
+                check_dev("layernorm", dt, what, dmean, MT_F32, mean, N, 1e-5);
+                snprintf(what, sizeof what, "fwd rstd N=%d C=%d v%d", N, C, warp);
+                check_dev("layernorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
+                cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
+                cudaMemset(drstd, 0xff, N * 4);
+                MT_CHECK(mt_rmsnorm_fwd(&cx, dout, drstd, dx, dw, N, C));
+                snprintf(what, sizeof what, "fwd out N=%d C=%d v%d", N, C, warp);
+                check_dev("rmsnorm", dt, what, dout, dt, rout, n, tol_of(dt));
+                snprintf(what, sizeof what, "fwd rstd N=%d C=%d v%d", N, C, warp);
+                check_dev("rmsnorm", dt, what, drstd, MT_F32, rrstd, N, 1e-5);
+            }
+            cx.gpu->norm_fwd_warp = 3;
+            free_all();
+        }
 }
 
 static void test_matmul(void) {
@@ -924,6 +972,7 @@ int main(void) {
     MT_RUN(test_embedding);
     MT_RUN(test_layernorm);
     MT_RUN(test_rmsnorm);
+    MT_RUN(test_norm_fwd_persistent);
     MT_RUN(test_matmul);
     MT_RUN(test_gelu_residual);
     MT_RUN(test_swiglu);
