@@ -52,6 +52,9 @@
 #include "core.h"
 #include "ops.h"
 #include "tensor_parallel.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -338,16 +341,36 @@ MT_API int64_t mt_gpt_num_params(const mt_gpt_config *c, int with_wpe) {
            c->n_layer * per_layer;
 }
 
+/* Threads for the one-off host initialisation: the machine's cores shared by the ranks of this node.
+ * Launchers set OMP_NUM_THREADS=1 for each process (torchrun does), which would leave a 1.5B-parameter
+ * model drawing its normals on one core for minutes; the local world size is read from the launcher's
+ * variables instead (torchrun, Open MPI, Slurm; 1 when none). */
+MT_API int mt__init_threads(void) {
+#ifdef _OPENMP
+    const char *vars[3] = {"LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"};
+    int local = 1, n;
+    for (int i = 0; i < 3; i++)
+        if (getenv(vars[i]) && (local = atoi(getenv(vars[i]))) >= 1) break;
+    if (local < 1) local = 1;
+    n = omp_get_num_procs() / local;
+    return n < 1 ? 1 : n;
+#else
+    return 1;
+#endif
+}
+
 /* GPT-2 initialisation into a host buffer (num_params floats): N(0, 0.02) weights, residual
  * projections N(0, 0.02/sqrt(2L)), zero biases, unit norm weights. Each value is drawn from
  * (seed, param id, global element index), so any stage/tensor-parallel layout gets the same weights. */
 MT_API void mt_gpt_init_values(const mt_gpt *m, float *host) {
     memset(host, 0, sizeof(float) * m->num_params);
     double resid_std = m->cfg.init_std / sqrt(2.0 * m->cfg.n_layer);
+    int nt = mt__init_threads();
+    (void)nt;
     for (int i = 0; i < m->n_params; i++) {
         const mt_param *p = &m->params[i];
         float *dst = host + p->offset;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(nt)
         for (int64_t r = 0; r < p->rows; r++)
             for (int64_t c = 0; c < p->cols; c++) {
                 uint64_t gi = (uint64_t)((p->row0 + r) * p->gcols + p->col0 + c);
