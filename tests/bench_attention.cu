@@ -101,7 +101,7 @@ static const variant g_variants[] = {
     {"bwd 16-keys/warp 64x64 w4", 64, NULL, mt__flash_bwd_run<64, 64, 64, false>},
     {"bwd 16-keys/warp determ.", 64, NULL, mt__flash_bwd_run<64, 64, 128, true>},
     {"bwd FA2 layout", 64, NULL, mt__flash_bwd2_run<64>},
-    {"fwd 128x64 w4 (default)", 128, mt__flash_fwd_run<128, 128, 64, 4>, NULL},
+    {"fwd 128x64 w4 (fallback)", 128, mt__flash_fwd_run<128, 128, 64, 4>, NULL},
     {"fwd 128x64 w8", 128, mt__flash_fwd_run<128, 128, 64, 8>, NULL},
     {"fwd 64x64 w4", 128, mt__flash_fwd_run<128, 64, 64, 4>, NULL},
     {"fwd 128x128 w8", 128, mt__flash_fwd_run<128, 128, 128, 8>, NULL},
@@ -109,18 +109,18 @@ static const variant g_variants[] = {
     {"bwd 16-keys/warp 64x128 w8", 128, NULL, mt__flash_bwd_run<128, 64, 128, false>},
     {"bwd 16-keys/warp 64x64 w4", 128, NULL, mt__flash_bwd_run<128, 64, 64, false>},
     {"bwd 16-keys/warp determ.", 128, NULL, mt__flash_bwd_run<128, 64, 128, true>},
-    {"bwd FA2 layout (default)", 128, NULL, mt__flash_bwd2_run<128>},
+    {"bwd FA2 layout (fallback)", 128, NULL, mt__flash_bwd2_run<128>},
     /* last, so that the rows above are printed even if these fault */
     {"bwd wgmma (default)", 64, NULL, mt__flash_bwd3_run<64>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
-    {"bwd wgmma (new)", 128, NULL, mt__flash_bwd3_128_run},
-    {"fwd wgmma (new)", 64, mt__flash_fwd3_run<64>, NULL},
+    {"bwd wgmma (default)", 128, NULL, mt__flash_bwd3_128_run},
+    {"fwd wgmma (default T>=2048)", 64, mt__flash_fwd3_run<64>, NULL},
     {"fwd wgmma 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>, NULL},
     {"fwd wgmma K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>, NULL},
     /* hd 128 wgmma forward: BN 128, 3 stages, K 2 tiles ahead, P V as m64n128; then one change each */
-    {"fwd wgmma (new)", 128, mt__flash_fwd3_run<128>, NULL},
+    {"fwd wgmma (default)", 128, mt__flash_fwd3_run<128>, NULL},
     {"fwd wgmma PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>, NULL},
-    {"fwd wgmma K 1 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 1, 128>, NULL},
+    {"fwd wgmma K 2 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 128>, NULL},
     {"fwd wgmma BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>, NULL},
 };
 

@@ -124,7 +124,7 @@ static const fwd3_cfg g_fwd3[] = {
     {"wgmma fwd K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>},
     {"wgmma fwd", 128, mt__flash_fwd3_run<128>},
     {"wgmma fwd PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>},
-    {"wgmma fwd K 1 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 1, 128>},
+    {"wgmma fwd K 2 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 128>},
     {"wgmma fwd BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>},
 };
 #define N_FWD3 ((int)(sizeof g_fwd3 / sizeof g_fwd3[0]))
