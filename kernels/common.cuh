@@ -108,8 +108,9 @@ struct mt_gpu_state {
                                    per row, one-pass statistics, 3 blocks per SM; 2 the same at 2
                                    blocks per SM; 1 two-pass statistics; 0: one block per row;
                                    4, 5: persistent warps, the next row in registers (4) or a ring of
-                                   rows in shared memory by cp.async (5) (tests and bench compare
-                                   them all) */
+                                   rows in shared memory by cp.async (5); 6: as 3, 16 rows per block,
+                                   w and b as float in shared memory (tests and bench compare them
+                                   all) */
     int xent_smem;              /* 1 (default): cross-entropy keeps the row in shared memory;
                                    0: re-reads it for the gradient (tests and bench compare both) */
     int xent_variant;           /* kernel variant of the cross-entropy (0 = default; bench compares) */

@@ -17,7 +17,8 @@
  * 0 forces one block per row.  LN, 8192 x 1600 bf16 on an H200: 21 / 23 / 22 / 28 us.  Options 4 and
  * 5 are persistent (the grid is what fits at once; each warp walks several rows): 4 keeps the next
  * row in a second register set, 5 keeps a ring of rows per warp in shared memory filled by cp.async
- * (16-byte packs; else as 4); measured slower than 3 so far (kernels/KERNEL_NOTES.md).
+ * (16-byte packs; else as 4); measured slower than 3 so far (kernels/KERNEL_NOTES.md).  Option 6:
+ * as 3 in blocks of 16 warps, w and b converted once per block into float shared memory.
  * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
  * kernels run with scalar accesses (any C).  Backward (norm_bwd_variant, default 0; the others are
  * kept for comparison):
@@ -45,6 +46,9 @@
 #define MT__NORM_EPS 1e-5f
 #define MT__NORM_BWD_MAX_BLOCKS 1024
 #define MT__NORM_BWD_RING 4 /* row slots per group in the pipelined backward: NS - 1 rows ahead */
+#ifndef MT__NORM_FWD_SMEM_WARPS
+#define MT__NORM_FWD_SMEM_WARPS 16 /* rows (warps) per block of the forward with w, b in shared memory (norm_fwd_warp 6): 8 or 16 */
+#endif
 #ifndef MT__NORM_FWD_RING
 #define MT__NORM_FWD_RING 3 /* rows in flight per warp in the ring forward (norm_fwd_warp 5) */
 #endif
@@ -841,6 +845,123 @@ __global__ void __launch_bounds__(128) mt__norm_fwd_ring_kernel(T *__restrict__ 
     mt__nb_wait<0>();
 }
 
+/* Forward of both norms, one warp per row, w and b (LayerNorm) converted once per block into float
+ * shared memory (cx->gpu->norm_fwd_warp 6, an option; rows up to 256 packs).  Why: the warp-per-row
+ * kernels are close to issue-bound, and variant 3 loads w and b from global memory for every row and
+ * converts them (PRMT + shift per bf16 element), and its code for "b given" and "b NULL" is two copies
+ * of each pack.  Here a block of MT__NORM_FWD_SMEM_WARPS (16) warps issues its rows' loads first,
+ * then converts w and b once (C floats each, <= 16 KB; NULL b as zeros, so the output loop has one
+ * path) and meets at one barrier while the rows are in flight; the output reads them back as float4
+ * (LDS.128, laid out [h][pack][4] so a warp's reads are conflict-free).  Statistics as in variant 3
+ * (shifted one-pass sums, one shuffle reduction), 1/C once and rsqrtf instead of two IEEE divisions
+ * and a sqrt; x unpacked at one instruction per element (shift or mask).  x is unpacked again for the
+ * output: keeping it as floats took 128 registers (16 warps/SM) for 4 fewer instructions per pack.
+ * Based on variant 3, not on the persistent 4: 4 holds two rows of packs (96 registers, 20
+ * warps/SM) and was slower; this one fits in 64 registers, so 2 blocks = 32 warps per SM.
+ * ptxas, sm_90a, bf16 VEC 8 NP 8 (C = 1600): LayerNorm 64 registers, RMSNorm 64, no spills, 1
+ * barrier, dynamic shared memory 12,800 B (LN) / 6,400 B (RMS) per block; f32 VEC 4 NP 8: 56 / 54.
+ * SASS per row of C = 1600 bf16 (warp instructions issued, pack 7 and the slow paths of the
+ * divisions not taken, divided by C/32 = 50 elements per lane): LayerNorm ~710 = 14.2 per element
+ * (variant 3: ~990 = 19.9), RMSNorm ~540 = 10.8 (variant 3: ~710 = 14.2); per pack of 8: 32
+ * statistics + 36 output (LN; variant 3: 32 + ~65), 16 + 34 (RMS; variant 3: 16 + 47). */
+template <typename T, int VEC, int NP, int RMS>
+__global__ void __launch_bounds__(MT__NORM_FWD_SMEM_WARPS * 32, 32 / MT__NORM_FWD_SMEM_WARPS)
+mt__norm_fwd_smem_kernel(T *__restrict__ out, float *__restrict__ mean, float *__restrict__ rstd,
+                         const T *__restrict__ inp, const T *__restrict__ w, const T *__restrict__ b, int N, int C) {
+    constexpr int NWB = MT__NORM_FWD_SMEM_WARPS; /* rows (warps) per block */
+    extern __shared__ __align__(16) float mt__nfs_wb[]; /* w, then b (LayerNorm): C floats each */
+    const int lane = threadIdx.x & 31, row = blockIdx.x * NWB + (threadIdx.x >> 5);
+    const size_t lo = (size_t)row * C + lane * VEC; /* the lane's first element; pack p at + p*32*VEC */
+    const int rem = C - lane * VEC;                  /* the lane has pack p when p*32*VEC < rem */
+    mt__vec<T, VEC> xv[NP];
+    if (row < N) { /* the row's loads first: the staging below overlaps their round trip */
+#pragma unroll
+        for (int p = 0; p < NP; p++)
+            if (p * 32 * VEC < rem) xv[p] = mt__ldcs<T, VEC>(inp + lo + p * 32 * VEC);
+    }
+    if constexpr (VEC >= 4) { /* 16-byte packs: floats 4h..4h+3 of pack P at float4 [h][P], h < VEC/4 */
+        const int npk = C / VEC;
+        float4 *sw = reinterpret_cast<float4 *>(mt__nfs_wb), *sb = sw + C / 4;
+#pragma unroll 1
+        for (int P = threadIdx.x; P < npk; P += NWB * 32) {
+            float f[VEC], g[VEC];
+            mt__nfw_unpack<T, VEC>(mt__ld<T, VEC>(w + P * VEC), f);
+            if (!RMS) {
+                if (b) mt__nfw_unpack<T, VEC>(mt__ld<T, VEC>(b + P * VEC), g);
+                else {
+#pragma unroll
+                    for (int k = 0; k < VEC; k++) g[k] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int h = 0; h < VEC / 4; h++) {
+                sw[h * npk + P] = make_float4(f[4 * h], f[4 * h + 1], f[4 * h + 2], f[4 * h + 3]);
+                if (!RMS) sb[h * npk + P] = make_float4(g[4 * h], g[4 * h + 1], g[4 * h + 2], g[4 * h + 3]);
+            }
+        }
+    } else {
+#pragma unroll 1
+        for (int c = threadIdx.x; c < C; c += NWB * 32) {
+            mt__nfs_wb[c] = mt__f(w[c]);
+            if (!RMS) mt__nfs_wb[C + c] = b ? mt__f(b[c]) : 0.0f;
+        }
+    }
+    __syncthreads();
+    if (row >= N) return;
+    const float K = RMS ? 0.0f : __shfl_sync(0xffffffffu, mt__f(xv[0].v[0]), 0); /* lane 0 always has column 0 */
+    float s1 = 0.0f, s2 = 0.0f;
+#pragma unroll
+    for (int p = 0; p < NP; p++)
+        if (p * 32 * VEC < rem) {
+            float f[VEC];
+            mt__nfw_unpack<T, VEC>(xv[p], f);
+#pragma unroll
+            for (int k = 0; k < VEC; k++) {
+                float d = f[k] - K;
+                if (!RMS) s1 += d;
+                s2 = fmaf(d, d, s2);
+            }
+        }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        if (!RMS) s1 += __shfl_xor_sync(0xffffffffu, s1, o);
+        s2 += __shfl_xor_sync(0xffffffffu, s2, o);
+    }
+    const float ic = 1.0f / (float)C, dm = s1 * ic, m = K + dm; /* one division, rsqrtf: ~35 fewer instructions */
+    const float var = RMS ? s2 * ic : fmaxf(s2 * ic - dm * dm, 0.0f);
+    const float r = rsqrtf(var + MT__NORM_EPS), mr = -m * r;
+#pragma unroll
+    for (int p = 0; p < NP; p++)
+        if (p * 32 * VEC < rem) {
+            float f[VEC], wf[VEC], bf[VEC];
+            mt__nfw_unpack<T, VEC>(xv[p], f); /* again: cheaper than 32 more registers (see above) */
+            if constexpr (VEC >= 4) {
+                const float4 *sw = reinterpret_cast<const float4 *>(mt__nfs_wb) + p * 32 + lane, *sb = sw + C / 4;
+                const int npk = C / VEC;
+#pragma unroll
+                for (int h = 0; h < VEC / 4; h++) {
+                    const float4 u = sw[h * npk];
+                    wf[4 * h] = u.x; wf[4 * h + 1] = u.y; wf[4 * h + 2] = u.z; wf[4 * h + 3] = u.w;
+                    if (!RMS) {
+                        const float4 v = sb[h * npk];
+                        bf[4 * h] = v.x; bf[4 * h + 1] = v.y; bf[4 * h + 2] = v.z; bf[4 * h + 3] = v.w;
+                    }
+                }
+            } else {
+                wf[0] = mt__nfs_wb[p * 32 + lane];
+                if (!RMS) bf[0] = mt__nfs_wb[C + p * 32 + lane];
+            }
+            mt__vec<T, VEC> ov;
+#pragma unroll
+            for (int k = 0; k < VEC; k++) ov.v[k] = mt__cvt<T>(fmaf(fmaf(f[k], r, mr), wf[k], RMS ? 0.0f : bf[k]));
+            mt__stcs<T, VEC>(out + lo + p * 32 * VEC, ov);
+        }
+    if (lane == 0) {
+        if (!RMS && mean) mean[row] = m;
+        if (rstd) rstd[row] = r;
+    }
+}
+
 /* dw[c] += sum over blocks of partial[blk][0][c]; db likewise from partial[blk][1][c] (NV == 2).
  * Block (32, 32): x = column, y = a stride-32 slice of the blocks, summed with four independent
  * accumulators (four loads in flight per thread), then a fixed-order sum over y. */
@@ -1001,6 +1122,31 @@ static inline mt_status mt__norm_fwd_warp_launch(const mt_ctx *cx, int vec, void
     if (!opt || !mt__warp_np(C, vec, &np)) return MT_OK;
     if (opt == 4 || opt == 5) {
         MT_TRY((mt__norm_fwd_pipe_launch<T, RMS>(cx, opt, vec, np, out, mean, rstd, inp, w, b, N, C)));
+        *done = 1;
+        return MT_OK;
+    }
+    if (opt == 6) { /* w (and b) as float in dynamic shared memory: C floats each, <= 16 KB */
+        constexpr int NWB = MT__NORM_FWD_SMEM_WARPS;
+        const size_t smem = (size_t)(RMS ? 1 : 2) * C * sizeof(float);
+#define MT__NFS(V, P) mt__norm_fwd_smem_kernel<T, V, P, RMS>
+        if (vec == mt__pack_width<T>::value) {
+            constexpr int PW = mt__pack_width<T>::value;
+            switch (np) {
+                case 1: MT__NFS(PW, 1)<<<mt__cdiv(N, NWB), NWB * 32, smem, MT__STREAM(cx)>>>((T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C); break;
+                case 2: MT__NFS(PW, 2)<<<mt__cdiv(N, NWB), NWB * 32, smem, MT__STREAM(cx)>>>((T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C); break;
+                case 4: MT__NFS(PW, 4)<<<mt__cdiv(N, NWB), NWB * 32, smem, MT__STREAM(cx)>>>((T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C); break;
+                default: MT__NFS(PW, 8)<<<mt__cdiv(N, NWB), NWB * 32, smem, MT__STREAM(cx)>>>((T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C); break;
+            }
+        } else {
+            switch (np) {
+                case 1: MT__NFS(1, 1)<<<mt__cdiv(N, NWB), NWB * 32, smem, MT__STREAM(cx)>>>((T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C); break;
+                case 2: MT__NFS(1, 2)<<<mt__cdiv(N, NWB), NWB * 32, smem, MT__STREAM(cx)>>>((T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C); break;
+                case 4: MT__NFS(1, 4)<<<mt__cdiv(N, NWB), NWB * 32, smem, MT__STREAM(cx)>>>((T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C); break;
+                default: MT__NFS(1, 8)<<<mt__cdiv(N, NWB), NWB * 32, smem, MT__STREAM(cx)>>>((T *)out, (float *)mean, (float *)rstd, (const T *)inp, (const T *)w, (const T *)b, N, C); break;
+            }
+        }
+#undef MT__NFS
+        MT__LAUNCHED(cx, "mt__norm_fwd_smem_kernel");
         *done = 1;
         return MT_OK;
     }

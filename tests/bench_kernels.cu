@@ -211,14 +211,14 @@ int main(int argc, char **argv) {
             TIME_GRAPH_MS(ms, K, call);                                     \
             row_mem(name, shape, ms, bytes);                                \
         } while (0)
-        static const char *fwd_vn[6] = {"", "  (warp/row, 2 passes)", "  (warp/row, 1 pass, x2)", "",
-                                        "  (persistent, regs)", "  (persistent, ring)"};
+        static const char *fwd_vn[7] = {"", "  (warp/row, 2 passes)", "  (warp/row, 1 pass, x2)", "",
+                                        "  (persistent, regs)", "  (persistent, ring)", "  (w,b in smem)"};
         NORM_ROW("layernorm fwd", lnf, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
         cx->gpu->norm_fwd_warp = 0;
         snprintf(shape, sizeof shape, "(%zu, %zu) %s", NR, C, g1);
         TIME_GRAPH_MS(ms, K, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
         row_mem("  (block/row, before)", shape, ms, lnf);
-        for (int opt = 1; opt <= 5; opt++) { /* two-pass statistics; one pass at 2 blocks per SM; persistent */
+        for (int opt = 1; opt <= 6; opt++) { /* two-pass statistics; one pass at 2 blocks per SM; persistent; w,b in smem */
             if (opt == 3) continue; /* the default, timed above */
             cx->gpu->norm_fwd_warp = opt;
             TIME_GRAPH_MS(ms, K, mt_layernorm_fwd(cx, out[k_], mean[k_], rstd[k_], x[k_], w, b, Nn, Cc));
@@ -249,7 +249,7 @@ int main(int argc, char **argv) {
         cx->gpu->norm_fwd_warp = 0;
         TIME_GRAPH_MS(ms, K, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));
         row_mem("  (block/row, before)", shape, ms, rmf);
-        for (int opt = 1; opt <= 5; opt++) {
+        for (int opt = 1; opt <= 6; opt++) {
             if (opt == 3) continue; /* the default, timed above */
             cx->gpu->norm_fwd_warp = opt;
             TIME_GRAPH_MS(ms, K, mt_rmsnorm_fwd(cx, out[k_], rstd[k_], x[k_], w, Nn, Cc));

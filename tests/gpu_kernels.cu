@@ -188,9 +188,9 @@ static void test_layernorm(void) {
             mt_layernorm_fwd_cpu_f32(out, mean, rstd, x, w, b, N, C);
             void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C), *db = dup_dev(dt, b, C);
             void *dout = poison_dev(dt, n), *dmean = poison_dev(MT_F32, N), *drstd = poison_dev(MT_F32, N);
-            static const char *fwd_name[6] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3",
-                                              "persistent regs", "persistent ring"};
-            for (int warp = 5; warp >= 0; warp--) { /* norm_fwd_warp: persistent, 1 pass, warp per row, block per row */
+            static const char *fwd_name[7] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3",
+                                              "persistent regs", "persistent ring", "w,b in smem"};
+            for (int warp = 6; warp >= 0; warp--) { /* norm_fwd_warp: w,b in smem, persistent, 1 pass, warp per row, block per row */
                 cx.gpu->norm_fwd_warp = warp;
                 cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
                 cudaMemset(dmean, 0xff, N * 4);
@@ -256,9 +256,9 @@ static void test_rmsnorm(void) {
             mt_rmsnorm_fwd_cpu_f32(out, rstd, x, w, N, C);
             void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C);
             void *dout = poison_dev(dt, n), *drstd = poison_dev(MT_F32, N);
-            static const char *fwd_name[6] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3",
-                                              "persistent regs", "persistent ring"};
-            for (int warp = 5; warp >= 0; warp--) {
+            static const char *fwd_name[7] = {"block/row", "warp/row", "warp/row 1-pass", "warp/row 1-pass x3",
+                                              "persistent regs", "persistent ring", "w,b in smem"};
+            for (int warp = 6; warp >= 0; warp--) {
                 cx.gpu->norm_fwd_warp = warp;
                 cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
                 cudaMemset(drstd, 0xff, N * 4);
@@ -343,8 +343,9 @@ static void run_matmul_case(mt_dtype dt, int fused, int N, int IC, int OC, int u
 }
 
 /* The persistent forwards (norm_fwd_warp 4, 5) with enough rows that every warp walks several and the
- * ring of rows wraps around, at widths that take every pack count (C = 2048 bf16 fills 8 packs per
- * lane) and the scalar path (odd C). */
+ * ring of rows wraps around, and the forward with w, b in shared memory (6: many blocks, the last one
+ * partial), at widths that take every pack count (C = 2048 bf16 fills 8 packs per lane) and the
+ * scalar path (odd C). */
 static void test_norm_fwd_persistent(void) {
     const int Cs[4] = {1600, 2048, 1000, 37};
     for (int di = 0; di < 2; di++)
@@ -363,7 +364,7 @@ static void test_norm_fwd_persistent(void) {
             mt_rmsnorm_fwd_cpu_f32(rout, rrstd, x, w, N, C);
             void *dx = dup_dev(dt, x, n), *dw = dup_dev(dt, w, C), *db = dup_dev(dt, b, C);
             void *dout = poison_dev(dt, n), *dmean = poison_dev(MT_F32, N), *drstd = poison_dev(MT_F32, N);
-            for (int warp = 4; warp <= 5; warp++) {
+            for (int warp = 4; warp <= 6; warp++) {
                 cx.gpu->norm_fwd_warp = warp;
                 cudaMemset(dout, 0xff, n * mt_dtype_size(dt));
                 cudaMemset(dmean, 0xff, N * 4);
