@@ -68,12 +68,12 @@ test-gpu: $(GPU_TESTS) all
 	@sh tests/gpu_check.sh check
 
 bench: $(BENCHES) all
-	@sh tests/gpu_check.sh bench train-bench
+	@sh tests/gpu_check.sh bench train-bench timing
 
 # Everything a GPU machine should run, in one go (tests, trainer checks, benchmarks, peers);
 # the multi-GPU part when 2+ GPUs are present.
 gpu-check: all $(GPU_TESTS) $(BENCHES)
-	@sh tests/gpu_check.sh check bench train-bench
+	@sh tests/gpu_check.sh check bench train-bench timing
 	@if [ "$$(nvidia-smi -L | wc -l)" -ge 2 ]; then sh tests/gpu_multi.sh; fi
 
 # Coverage-guided fuzzing of the .idx/.bin parser and index-cache reader (clang's libFuzzer), 60 s.

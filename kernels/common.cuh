@@ -9,6 +9,8 @@
  *   struct mt_gpu_state        stream, cuBLASLt handle + 32 MiB workspace, cached matmul
  *                              heuristics per shape, device properties, reduction scratch
  *   mt_gpu_init, mt_gpu_destroy, mt_gpu_sync
+ *   mt_gpu_timing, mt_gpu_timing_step, mt_gpu_timing_report   GPU time of every op by name and
+ *                              shape, from CUDA events around each op (a profile without a profiler)
  *   MT_CUDA_TRY, MT_CUBLAS_TRY   turn a cudaError_t / cublasStatus_t into an mt_status that names
  *                                file:line, the expression and the library's message
  *   MT__LAUNCHED(cx, name)       after every launch: cudaGetLastError (no host sync); with
@@ -104,13 +106,13 @@ struct mt_gpu_state {
     size_t scratch_nbytes;
     int lt_epilogues;           /* 1 (default): bias/GELU/dGELU/bias-grad fused into cuBLASLt;
                                    0: plain GEMMs + separate kernels (tests check both) */
-    int norm_fwd_warp;          /* norm forwards, when the row fits in a warp: 3 (default) one warp
-                                   per row, one-pass statistics, 3 blocks per SM; 2 the same at 2
-                                   blocks per SM; 1 two-pass statistics; 0: one block per row;
-                                   4, 5: persistent warps, the next row in registers (4) or a ring of
-                                   rows in shared memory by cp.async (5); 6: as 3, 16 rows per block,
-                                   w and b as float in shared memory (tests and bench compare them
-                                   all) */
+    int norm_fwd_warp;          /* norm forwards, when the row fits in a warp: 6 (default) one warp
+                                   per row, one-pass statistics, 16 rows per block, w and b as float
+                                   in shared memory; 3 the same in blocks of 8 rows reading w, b
+                                   from global, 3 blocks per SM; 2 that at 2 blocks per SM; 1 two-pass
+                                   statistics; 0: one block per row; 4, 5: persistent warps, the next
+                                   row in registers (4) or a ring of rows in shared memory by
+                                   cp.async (5) (tests and bench compare them all) */
     int xent_smem;              /* 1 (default): cross-entropy keeps the row in shared memory;
                                    0: re-reads it for the gradient (tests and bench compare both) */
     int xent_variant;           /* kernel variant of the cross-entropy (0 = default; bench compares) */
@@ -120,6 +122,7 @@ struct mt_gpu_state {
     int next_plan;
     struct { const void *fn; int threads, blocks; size_t smem; } occ[16]; /* resident blocks per SM */
     int next_occ;
+    struct mt_op_timer *timer;  /* per-op GPU time, NULL unless mt_gpu_timing(cx, 1) */
 };
 
 #ifdef __cplusplus
@@ -160,7 +163,7 @@ MT_API mt_status mt_gpu_init(mt_ctx *cx, int device_index, mt_dtype dtype) {
     MT_TRY(mt_calloc(sizeof *g, (void **)&g));
     g->device = device_index;
     g->lt_epilogues = 1;
-    g->norm_fwd_warp = 3;
+    g->norm_fwd_warp = 6;
     g->xent_smem = 1;
     cx->gpu = g; /* so mt_gpu_destroy can clean up a partial init */
     cx->device = mt_gpu(device_index);
@@ -231,11 +234,160 @@ MT_API mt_status mt_gpu_sync(const mt_ctx *cx) {
     return MT_OK;
 }
 
+#ifdef __cplusplus
+}
+#endif
+
+/* ------------------------------------------------------------------ per-op timing */
+
+/* GPU time per op, for finding where a step goes without a profiler.  mt_gpu_timing(cx, 1) turns
+ * it on: from then every op of mt/ops.h records a CUDA event before and after itself on cx's stream
+ * (a few microseconds of host time per op; nothing else changes).  mt_gpu_timing_step waits for the
+ * stream and adds each op's elapsed time to its row (name + up to 3 shape numbers: matmuls and
+ * attention give theirs); mt_gpu_timing_report prints the rows, largest first, per step and as a
+ * share of a step time the caller measured; what no op accounts for (launch gaps, copies, memsets,
+ * collectives, host waits) is the last row.  mt_gpu_timing(cx, 0) frees it.
+ *
+ *   MT_TRY(mt_gpu_timing(&cx, 1));
+ *   for (...) { step(); MT_TRY(mt_gpu_timing_step(&cx)); }   // each step: a host sync
+ *   mt_gpu_timing_report(&cx, stdout, mean_step_ms);
+ */
+#define MT__TIMER_ROWS 64
+#define MT__TIMER_PAIRS 4096 /* ops per step at most (more are not timed, and counted) */
+typedef struct mt_op_timer {
+    const char *name[MT__TIMER_ROWS];
+    int shape[MT__TIMER_ROWS][3];
+    double ms[MT__TIMER_ROWS];
+    long calls[MT__TIMER_ROWS];
+    int rows, steps;
+    long dropped;
+    cudaEvent_t ev[2 * MT__TIMER_PAIRS];
+    int row_of[MT__TIMER_PAIRS]; /* the row of each pending pair */
+    int pending, created;        /* pairs recorded this step; events created so far */
+} mt_op_timer;
+
+static inline void mt__op_timer_free(mt_op_timer *t) {
+    if (!t) return;
+    for (int i = 0; i < t->created; i++) cudaEventDestroy(t->ev[i]);
+    mt_free(t);
+}
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+MT_API mt_status mt_gpu_timing(const mt_ctx *cx, int on) {
+    if (!cx->gpu) return mt_errorf(MT_ERR_ARG, "mt_gpu_timing: cx has no GPU state (call mt_gpu_init first)");
+    if (!on) {
+        if (cx->gpu->timer) cudaStreamSynchronize((cudaStream_t)cx->stream);
+        mt__op_timer_free(cx->gpu->timer);
+        cx->gpu->timer = NULL;
+        return MT_OK;
+    }
+    if (!cx->gpu->timer) MT_TRY(mt_calloc(sizeof(mt_op_timer), (void **)&cx->gpu->timer));
+    return MT_OK;
+}
+
+/* Before an op: the row of (name, shape), its start event recorded; -1 when not timed. */
+MT_API int mt__op_timer_begin(const mt_ctx *cx, const char *name, int s0, int s1, int s2) {
+    mt_op_timer *t = cx->gpu ? cx->gpu->timer : NULL;
+    if (!t) return -1;
+    int r = 0;
+    while (r < t->rows && !(t->name[r] == name && t->shape[r][0] == s0 && t->shape[r][1] == s1 &&
+                            t->shape[r][2] == s2)) r++;
+    if (r == t->rows) {
+        if (r == MT__TIMER_ROWS) { t->dropped++; return -1; }
+        t->name[r] = name;
+        t->shape[r][0] = s0; t->shape[r][1] = s1; t->shape[r][2] = s2;
+        t->rows++;
+    }
+    int k = t->pending;
+    if (k == MT__TIMER_PAIRS) { t->dropped++; return -1; }
+    while (t->created < 2 * k + 2) {
+        if (cudaEventCreate(&t->ev[t->created]) != cudaSuccess) { t->dropped++; return -1; }
+        t->created++;
+    }
+    if (cudaEventRecord(t->ev[2 * k], (cudaStream_t)cx->stream) != cudaSuccess) { t->dropped++; return -1; }
+    t->row_of[k] = r;
+    t->pending++;
+    return k;
+}
+
+MT_API void mt__op_timer_end(const mt_ctx *cx, int k) {
+    if (k >= 0) cudaEventRecord(cx->gpu->timer->ev[2 * k + 1], (cudaStream_t)cx->stream);
+}
+
+/* The end of a step: wait for the stream, add every pending op's time to its row. */
+MT_API mt_status mt_gpu_timing_step(const mt_ctx *cx) {
+    mt_op_timer *t = cx->gpu ? cx->gpu->timer : NULL;
+    if (!t) return MT_OK;
+    cudaError_t e = cudaStreamSynchronize((cudaStream_t)cx->stream);
+    if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "mt_gpu_timing_step: %s", cudaGetErrorString(e));
+    for (int k = 0; k < t->pending; k++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, t->ev[2 * k], t->ev[2 * k + 1]) != cudaSuccess) { t->dropped++; continue; }
+        t->ms[t->row_of[k]] += ms;
+        t->calls[t->row_of[k]]++;
+    }
+    t->pending = 0;
+    t->steps++;
+    return MT_OK;
+}
+
+/* Forget what was added so far (e.g. after warm-up steps). */
+MT_API void mt_gpu_timing_reset(const mt_ctx *cx) {
+    mt_op_timer *t = cx->gpu ? cx->gpu->timer : NULL;
+    if (!t) return;
+    for (int r = 0; r < t->rows; r++) { t->ms[r] = 0; t->calls[r] = 0; }
+    t->steps = 0;
+    t->dropped = 0;
+}
+
+/* The rows, largest first: calls and milliseconds per step, and the share of step_ms (the caller's
+ * step time, e.g. its mean over the same steps; 0 leaves the shares out). */
+MT_API void mt_gpu_timing_report(const mt_ctx *cx, FILE *f, double step_ms) {
+    mt_op_timer *t = cx->gpu ? cx->gpu->timer : NULL;
+    if (!t || t->steps == 0) return;
+    int order[MT__TIMER_ROWS];
+    double sum = 0;
+    for (int r = 0; r < t->rows; r++) { order[r] = r; sum += t->ms[r]; }
+    for (int i = 1; i < t->rows; i++)
+        for (int j = i; j > 0 && t->ms[order[j]] > t->ms[order[j - 1]]; j--) {
+            int x = order[j]; order[j] = order[j - 1]; order[j - 1] = x;
+        }
+    fprintf(f, "GPU time per step by op (mean of %d steps; shape: matmul N IC OC, attention T H D)\n",
+            t->steps);
+    fprintf(f, "  %-18s %-22s %8s %10s %7s\n", "op", "shape", "calls", "ms", "share");
+    for (int i = 0; i < t->rows; i++) {
+        int r = order[i];
+        char shape[64] = "";
+        if (t->shape[r][0] || t->shape[r][1] || t->shape[r][2])
+            snprintf(shape, sizeof shape, "%d %d %d", t->shape[r][0], t->shape[r][1], t->shape[r][2]);
+        double ms = t->ms[r] / t->steps;
+        fprintf(f, "  %-18s %-22s %8.1f %10.3f", t->name[r], shape, (double)t->calls[r] / t->steps, ms);
+        if (step_ms > 0) fprintf(f, " %6.1f%%", 100.0 * ms / step_ms);
+        fprintf(f, "\n");
+    }
+    double ops_ms = sum / t->steps;
+    fprintf(f, "  %-18s %-22s %8s %10.3f", "ops in all", "", "", ops_ms);
+    if (step_ms > 0) {
+        fprintf(f, " %6.1f%%\n", 100.0 * ops_ms / step_ms);
+        fprintf(f, "  %-18s %-22s %8s %10.3f %6.1f%%\n", "not in an op", "", "", step_ms - ops_ms,
+                100.0 * (step_ms - ops_ms) / step_ms);
+        fprintf(f, "  %-18s %-22s %8s %10.3f\n", "step (wall)", "", "", step_ms);
+    } else {
+        fprintf(f, "\n");
+    }
+    if (t->dropped) fprintf(f, "  (%ld op calls not timed: more than %d rows or %d ops per step)\n", t->dropped,
+                            MT__TIMER_ROWS, MT__TIMER_PAIRS);
+}
+
 /* Free everything mt_gpu_init created; cx goes back to the CPU defaults. Safe on a partial init. */
 MT_API void mt_gpu_destroy(mt_ctx *cx) {
     struct mt_gpu_state *g = cx->gpu;
     if (g) {
         if (g->stream) cudaStreamSynchronize(g->stream);
+        mt__op_timer_free(g->timer);
         if (g->lt) cublasLtDestroy(g->lt);
         if (g->workspace) cudaFree(g->workspace);
         if (g->scratch) cudaFree(g->scratch);

@@ -12,9 +12,10 @@
  * scalar path of the same kernel.  Maths in fp32 (RoPE angles in fp64: pos * theta^(-2i/D) reaches
  * thousands of radians, where fp32 would lose the 1e-5 agreement with the CPU).
  * Embedding backward, deterministic without atomics: the token ids are sorted (stable radix sort
- * of (id, position) pairs, CUB from the CUDA toolkit, buffers in the scratch), then one block per
- * distinct id sums its dout rows in position order and adds the sum to dwte once.  dwpe sums over
- * the batch in order, one thread per (t, pack).
+ * of (id, position) pairs, CUB from the CUDA toolkit, buffers in the scratch), then each run of
+ * equal ids sums its dout rows in position order, split over segments of the sorted positions when
+ * it is long (partial sums joined in segment order), and adds the sum to its dwte row once.  dwpe
+ * sums over the batch in order, one thread per (t, pack).
  */
 #ifndef MT_KERNELS_ELEMENTWISE_CUH
 #define MT_KERNELS_ELEMENTWISE_CUH
@@ -187,28 +188,92 @@ __global__ void mt__embedding_keys_kernel(uint32_t *keys, int32_t *vals, const i
     vals[i] = i;
 }
 
-/* One block per sorted position; the first position of each run of equal ids sums the run's dout
- * rows (positions ascending: the sort is stable) and adds the sum to that id's dwte row. */
+/* The wte gradient in two launches over segments of S sorted positions (S from 16 up, so that the
+ * partial sums fit in the scratch).  Pass 1, one block per segment: each run of equal ids inside the
+ * segment sums its dout rows in position order (4 rows in flight); a run that lies wholly in the
+ * segment adds its sum to dwte at once, a run that crosses the segment's start or end leaves its
+ * part as fp32 in part[2s + 0] (the part at the segment's start) or part[2s + 1] (a run that starts
+ * later and crosses the end).  Pass 2, one block per segment where a crossing run starts: its part,
+ * plus the head parts of the segments it covers, in segment order, added to dwte.  So a token that
+ * fills a whole batch (a synthetic task, a padding id) is summed by many blocks, not one, and each
+ * dwte row is written by one block: deterministic without atomics. */
 template <typename T, int VEC>
-__global__ void mt__embedding_bwd_wte_kernel(T *dwte, const T *__restrict__ dout, const uint32_t *__restrict__ keys,
-                                             const int32_t *__restrict__ pos, int BT, int C, uint32_t vcount) {
-    int i = blockIdx.x;
-    uint32_t key = keys[i];
-    if (key >= vcount || (i > 0 && keys[i - 1] == key)) return;
-    int cp = C / VEC;
-    int p0 = pos[i];
+__global__ void mt__embedding_bwd_seg_kernel(T *dwte, float *__restrict__ part, const T *__restrict__ dout,
+                                             const uint32_t *__restrict__ keys, const int32_t *__restrict__ pos,
+                                             int BT, int C, uint32_t vcount, int S) {
+    extern __shared__ uint32_t mt__emb_sm[]; /* the segment's keys, then its positions */
+    const int s = blockIdx.x, s0 = s * S, n = min(S, BT - s0), cp = C / VEC;
+    uint32_t *sk = mt__emb_sm;
+    int32_t *sp = (int32_t *)(mt__emb_sm + S);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) { sk[i] = keys[s0 + i]; sp[i] = pos[s0 + i]; }
+    __syncthreads();
+    const bool from_left = s0 > 0 && keys[s0 - 1] == sk[0];
+    const bool to_right = s0 + n < BT && keys[s0 + n] == sk[n - 1];
     for (int p = threadIdx.x; p < cp; p += blockDim.x) {
-        T *dst = dwte + (size_t)key * C + (size_t)p * VEC;
-        mt__vec<T, VEC> w = mt__ld<T, VEC>(dst); /* issued before the sum: independent of it */
-        mt__vec<T, VEC> d0 = mt__ldcs<T, VEC>(dout + (size_t)p0 * C + (size_t)p * VEC);
-        float acc[VEC];
+        for (int i = 0; i < n;) {
+            const uint32_t key = sk[i];
+            if (key >= vcount) break; /* sorted: the rest are not local ids */
+            int e = i + 1;
+            while (e < n && sk[e] == key) e++;
+            float acc[VEC];
 #pragma unroll
-        for (int k = 0; k < VEC; k++) acc[k] = mt__f(d0.v[k]);
-        for (int j = i + 1; j < BT && keys[j] == key; j++) {
-            mt__vec<T, VEC> d = mt__ldcs<T, VEC>(dout + (size_t)pos[j] * C + (size_t)p * VEC);
+            for (int k = 0; k < VEC; k++) acc[k] = 0.0f;
+            int j = i;
+            for (; j + 4 <= e; j += 4) {
+                mt__vec<T, VEC> d[4];
 #pragma unroll
-            for (int k = 0; k < VEC; k++) acc[k] += mt__f(d.v[k]);
+                for (int u = 0; u < 4; u++) d[u] = mt__ldcs<T, VEC>(dout + (size_t)sp[j + u] * C + (size_t)p * VEC);
+#pragma unroll
+                for (int u = 0; u < 4; u++)
+#pragma unroll
+                    for (int k = 0; k < VEC; k++) acc[k] += mt__f(d[u].v[k]);
+            }
+            for (; j < e; j++) {
+                mt__vec<T, VEC> d = mt__ldcs<T, VEC>(dout + (size_t)sp[j] * C + (size_t)p * VEC);
+#pragma unroll
+                for (int k = 0; k < VEC; k++) acc[k] += mt__f(d.v[k]);
+            }
+            const bool head = i == 0 && from_left, tail = e == n && to_right;
+            if (!head && !tail) {
+                T *dst = dwte + (size_t)key * C + (size_t)p * VEC;
+                mt__vec<T, VEC> w = mt__ld<T, VEC>(dst);
+#pragma unroll
+                for (int k = 0; k < VEC; k++) w.v[k] = mt__cvt<T>(mt__f(w.v[k]) + acc[k]);
+                mt__st<T, VEC>(dst, w);
+            } else {
+                float *dst = part + ((size_t)2 * s + (i == 0 ? 0 : 1)) * C + (size_t)p * VEC;
+#pragma unroll
+                for (int k = 0; k < VEC; k++) dst[k] = acc[k];
+            }
+            i = e;
         }
+    }
+}
+
+template <typename T, int VEC>
+__global__ void mt__embedding_bwd_join_kernel(T *dwte, const float *__restrict__ part,
+                                              const uint32_t *__restrict__ keys, int BT, int C, uint32_t vcount,
+                                              int S) {
+    const int s = blockIdx.x, s0 = s * S, s1 = s0 + S, cp = C / VEC;
+    if (s1 >= BT) return;
+    const uint32_t key = keys[s1 - 1];
+    if (key >= vcount || keys[s1] != key) return;              /* no run crosses this segment's end */
+    if (s0 > 0 && keys[s0] == key && keys[s0 - 1] == key) return; /* it started in an earlier segment */
+    const int slot = keys[s0] == key ? 0 : 1;
+    for (int p = threadIdx.x; p < cp; p += blockDim.x) {
+        float acc[VEC];
+        const float *src = part + ((size_t)2 * s + slot) * C + (size_t)p * VEC;
+#pragma unroll
+        for (int k = 0; k < VEC; k++) acc[k] = src[k];
+        for (int t = s + 1;; t++) { /* the head part of every segment the run reaches, in order */
+            src = part + (size_t)2 * t * C + (size_t)p * VEC;
+#pragma unroll
+            for (int k = 0; k < VEC; k++) acc[k] += src[k];
+            const int t1 = (t + 1) * S;
+            if (t1 >= BT || keys[t1] != key) break;
+        }
+        T *dst = dwte + (size_t)key * C + (size_t)p * VEC;
+        mt__vec<T, VEC> w = mt__ld<T, VEC>(dst);
 #pragma unroll
         for (int k = 0; k < VEC; k++) w.v[k] = mt__cvt<T>(mt__f(w.v[k]) + acc[k]);
         mt__st<T, VEC>(dst, w);
@@ -366,26 +431,42 @@ MT_API mt_status mt_embedding_bwd_gpu(const mt_ctx *cx, void *dwte, void *dwpe, 
         size_t temp_nbytes = 0;
         MT_CUDA_TRY(cub::DeviceRadixSort::SortPairs(NULL, temp_nbytes, keys_in, keys_out, vals_in, vals_out, BT, 0,
                                                     end_bit, MT__STREAM(cx)));
-        if (4 * arr + temp_nbytes > cx->gpu->scratch_nbytes)
-            return mt_errorf(MT_ERR_UNSUPPORTED, "%s: sorting %d tokens needs %zu bytes of scratch, have %zu", op, BT,
-                             4 * arr + temp_nbytes, cx->gpu->scratch_nbytes);
+        /* segments of S sorted positions: the smallest S from 16 whose partial sums fit after the sort */
+        size_t used = 4 * arr + (temp_nbytes + 255) / 256 * 256;
+        int S = 16;
+        while (S < BT && used + (size_t)2 * mt__cdiv(BT, S) * C * sizeof(float) > cx->gpu->scratch_nbytes) S *= 2;
+        if (used + (size_t)2 * mt__cdiv(BT, S) * C * sizeof(float) > cx->gpu->scratch_nbytes)
+            return mt_errorf(MT_ERR_UNSUPPORTED, "%s: %d tokens of width %d need %zu bytes of scratch, have %zu", op,
+                             BT, C, used + (size_t)2 * mt__cdiv(BT, S) * C * sizeof(float), cx->gpu->scratch_nbytes);
+        if ((size_t)S * 8 > 48 * 1024)
+            return mt_errorf(MT_ERR_UNSUPPORTED, "%s: %d tokens of width %d: segments of %d positions; more scratch "
+                             "(MT_GPU_SCRATCH_NBYTES, now %zu bytes) would make them shorter", op, BT, C, S,
+                             cx->gpu->scratch_nbytes);
+        float *part = (float *)(base + used);
         mt__embedding_keys_kernel<<<mt__cdiv(BT, 256), 256, 0, MT__STREAM(cx)>>>(keys_in, vals_in, tokens, BT, vstart,
                                                                                  vcount);
         MT__LAUNCHED(cx, "mt__embedding_keys_kernel");
         MT_CUDA_TRY(cub::DeviceRadixSort::SortPairs(temp, temp_nbytes, keys_in, keys_out, vals_in, vals_out, BT, 0,
                                                     end_bit, MT__STREAM(cx)));
+        const int nseg = mt__cdiv(BT, S);
+        const size_t smem = (size_t)S * 8;
         MT__GPU_DISPATCH(cx, op, {
             constexpr int PW = mt__pack_width<T>::value;
             int vec = C % PW == 0 && mt__al16(dwte) && mt__al16(dout) ? PW : 1;
             int cp = C / vec, threads = cp < 256 ? (cp + 31) / 32 * 32 : 256;
-            if (vec == PW)
-                mt__embedding_bwd_wte_kernel<T, PW><<<BT, threads, 0, MT__STREAM(cx)>>>(
-                    (T *)dwte, (const T *)dout, keys_out, vals_out, BT, C, (uint32_t)vcount);
-            else
-                mt__embedding_bwd_wte_kernel<T, 1><<<BT, threads, 0, MT__STREAM(cx)>>>(
-                    (T *)dwte, (const T *)dout, keys_out, vals_out, BT, C, (uint32_t)vcount);
+            if (vec == PW) {
+                mt__embedding_bwd_seg_kernel<T, PW><<<nseg, threads, smem, MT__STREAM(cx)>>>(
+                    (T *)dwte, part, (const T *)dout, keys_out, vals_out, BT, C, (uint32_t)vcount, S);
+                mt__embedding_bwd_join_kernel<T, PW><<<nseg, threads, 0, MT__STREAM(cx)>>>(
+                    (T *)dwte, part, keys_out, BT, C, (uint32_t)vcount, S);
+            } else {
+                mt__embedding_bwd_seg_kernel<T, 1><<<nseg, threads, smem, MT__STREAM(cx)>>>(
+                    (T *)dwte, part, (const T *)dout, keys_out, vals_out, BT, C, (uint32_t)vcount, S);
+                mt__embedding_bwd_join_kernel<T, 1><<<nseg, threads, 0, MT__STREAM(cx)>>>(
+                    (T *)dwte, part, keys_out, BT, C, (uint32_t)vcount, S);
+            }
         });
-        MT__LAUNCHED(cx, "mt__embedding_bwd_wte_kernel");
+        MT__LAUNCHED(cx, "mt__embedding_bwd_seg_kernel / mt__embedding_bwd_join_kernel");
     }
     if (dwpe) {
         MT__GPU_DISPATCH(cx, op, {

@@ -12,13 +12,14 @@
  * most 256 packs (C <= 2048 bf16 / 1024 f32): each lane holds NP raw 16-byte packs, statistics by
  * warp shuffles, no block barrier; wider rows: one thread block per row, the row held in registers
  * (each thread owns NP packs at columns (p*blockDim + tid)*VEC), statistics by a fixed-order block
- * reduction.  cx->gpu->norm_fwd_warp picks the warp-per-row kernel: 3 (default) one-pass (shifted)
- * statistics, 3 resident blocks per SM; 2 the same at 2 per SM; 1 two passes (mean, then variance);
- * 0 forces one block per row.  LN, 8192 x 1600 bf16 on an H200: 21 / 23 / 22 / 28 us.  Options 4 and
- * 5 are persistent (the grid is what fits at once; each warp walks several rows): 4 keeps the next
+ * reduction.  cx->gpu->norm_fwd_warp picks the warp-per-row kernel: 6 (default) one-pass (shifted)
+ * statistics in blocks of 16 warps, w and b converted once per block into float shared memory;
+ * 3 the same in blocks of 8 warps reading w, b from global memory, 3 resident blocks per SM; 2 that
+ * at 2 per SM; 1 two passes (mean, then variance); 0 forces one block per row.  LN, 8192 x 1600
+ * bf16 on an H200 in a CUDA graph: 18 (6) / 22 (3) / 23 (2) / 22 (1) / 28 (0) us.  Options 4 and 5
+ * are persistent (the grid is what fits at once; each warp walks several rows): 4 keeps the next
  * row in a second register set, 5 keeps a ring of rows per warp in shared memory filled by cp.async
- * (16-byte packs; else as 4); measured slower than 3 so far (kernels/KERNEL_NOTES.md).  Option 6:
- * as 3 in blocks of 16 warps, w and b converted once per block into float shared memory.
+ * (16-byte packs; else as 4); measured slower than 3 (kernels/KERNEL_NOTES.md).
  * Vector packs need C % (16/sizeof(T)) == 0 and 16-byte aligned pointers; otherwise the same
  * kernels run with scalar accesses (any C).  Backward (norm_bwd_variant, default 0; the others are
  * kept for comparison):
@@ -846,7 +847,7 @@ __global__ void __launch_bounds__(128) mt__norm_fwd_ring_kernel(T *__restrict__ 
 }
 
 /* Forward of both norms, one warp per row, w and b (LayerNorm) converted once per block into float
- * shared memory (cx->gpu->norm_fwd_warp 6, an option; rows up to 256 packs).  Why: the warp-per-row
+ * shared memory (cx->gpu->norm_fwd_warp 6, the default; rows up to 256 packs).  Why: the warp-per-row
  * kernels are close to issue-bound, and variant 3 loads w and b from global memory for every row and
  * converts them (PRMT + shift per bf16 element), and its code for "b given" and "b NULL" is two copies
  * of each pack.  Here a block of MT__NORM_FWD_SMEM_WARPS (16) warps issues its rows' loads first,

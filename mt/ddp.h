@@ -162,6 +162,8 @@ typedef struct mt_ddp {
     mt_ddp_bucket *buckets;   /* (n_buckets), backward order */
     int n_runs;
     mt_ddp_run *runs;         /* (n_runs) */
+    mt_adamw_multi_plan plan; /* AdamW over every run in one launch; built at the first step */
+    int plan_ready;
     mt_dtype pdt, rdt;        /* param/grad dtype, reduction dtype */
     float *master;            /* (nshard_elems) fp32 master weights for 16-bit params, else NULL */
     void *mom, *var;          /* (nshard_elems) Adam moments, stat type */
@@ -650,6 +652,7 @@ MT_API void mt_ddp_free(mt_ddp *d) {
     mt_free(d->events);
     mt_free(d->buckets);
     mt_free(d->runs);
+    mt_adamw_multi_plan_free(&d->plan);
     memset(d, 0, sizeof *d);
 }
 
@@ -792,6 +795,28 @@ MT_API void *mt__ddp_reduced_grad(const mt_ddp *d, const mt_ddp_run *r) {
     return (char *)d->m->grad_mem + r->off * rs;
 }
 
+/* The AdamW table: one entry per run (its params, master, moments, and the gradient AdamW reads:
+ * the reduced one, or its copy cast back into grad_mem when the reduction ran in another dtype). */
+MT_API mt_status mt__ddp_make_plan(const mt_ctx *cx, mt_ddp *d) {
+    size_t es = mt_dtype_size(d->pdt), ss = mt_dtype_size(mt_stat_dtype(cx));
+    mt_adamw_tensor *t = NULL;
+    MT_TRY(mt_calloc(sizeof *t * (size_t)(d->n_runs > 0 ? d->n_runs : 1), (void **)&t));
+    for (int i = 0; i < d->n_runs; i++) {
+        const mt_ddp_run *r = &d->runs[i];
+        t[i].param = (char *)d->m->param_mem + r->off * es;
+        t[i].master = d->master ? d->master + r->soff : NULL;
+        t[i].m = (char *)d->mom + r->soff * ss;
+        t[i].v = (char *)d->var + r->soff * ss;
+        t[i].grad = d->rdt != d->pdt ? (const void *)((char *)d->m->grad_mem + r->off * es) : mt__ddp_reduced_grad(d, r);
+        t[i].n = r->n;
+        t[i].decay = r->decay;
+    }
+    mt_status st = mt_adamw_multi_plan_init(cx, &d->plan, t, d->n_runs);
+    mt_free(t);
+    if (st == MT_OK) d->plan_ready = 1;
+    return st;
+}
+
 /* finish; global gradient norm and clip coefficient (on the device); AdamW on this rank's runs;
  * all-gather the updated params (ZeRO-3: the root only); zero the gradients. No host sync. */
 MT_API mt_status mt_ddp_step(const mt_ctx *cx, mt_ddp *d, const mt_optim_hp *hp_in) {
@@ -810,21 +835,16 @@ MT_API mt_status mt_ddp_step(const mt_ctx *cx, mt_ddp *d, const mt_optim_hp *hp_
     if (d->tp) MT_TRY(mt_ddp_all_reduce(d, d->tp, norm_sq, 1, sdt, MT_SUM, cx->stream));
     if (d->pp) MT_TRY(mt_ddp_all_reduce(d, d->pp, norm_sq, 1, sdt, MT_SUM, cx->stream));
     MT_TRY(mt_clip_coef(cx, coef, norm_sq, hp_in->clip_grad));
-    /* AdamW per run (grads in the param dtype: cast back from fp32 where needed) */
+    /* AdamW over every run in one launch (grads in the param dtype: cast back from fp32 first where needed) */
     d->step++;
     mt_adamw_hp hp;
     mt_optim_resolve_hp(hp_in, d->step, &hp);
-    for (int i = 0; i < d->n_runs; i++) {
-        const mt_ddp_run *r = &d->runs[i];
-        const void *g = mt__ddp_reduced_grad(d, r);
-        if (d->rdt != d->pdt) {
-            MT_TRY(mt__ddp_convert(cx, d->pdt, (char *)m->grad_mem + r->off * es, d->rdt, g, r->n, 0));
-            g = (char *)m->grad_mem + r->off * es;
-        }
-        hp.weight_decay = r->decay ? hp_in->weight_decay : 0.0f;
-        MT_TRY(mt_adamw(cx, (char *)m->param_mem + r->off * es, d->master ? d->master + r->soff : NULL,
-                        (char *)d->mom + r->soff * ss, (char *)d->var + r->soff * ss, g, r->n, &hp, coef, 0));
-    }
+    if (d->rdt != d->pdt)
+        for (int i = 0; i < d->n_runs; i++)
+            MT_TRY(mt__ddp_convert(cx, d->pdt, (char *)m->grad_mem + d->runs[i].off * es, d->rdt,
+                                   mt__ddp_reduced_grad(d, &d->runs[i]), d->runs[i].n, 0));
+    if (!d->plan_ready) MT_TRY(mt__ddp_make_plan(cx, d));
+    MT_TRY(mt_adamw_multi_plan_step(cx, &d->plan, &hp, hp_in->weight_decay, coef, 0));
     /* parameters: everyone's updated pieces */
     if (d->nshard > 1) {
         for (int b = 0; b < d->n_buckets; b++) {

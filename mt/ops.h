@@ -35,19 +35,29 @@ MT_API mt_status mt__bad_cpu_dtype(const mt_ctx *cx, const char *op) {
 }
 
 #ifdef __CUDACC__
-#define MT__GPU_RETURN(call, name) return (call)
+/* the GPU call, between two timing events when mt_gpu_timing is on (kernels/common.cuh) */
+#define MT__GPU_RETURN(cx, call, name, s0, s1, s2)                                   \
+    do {                                                                           \
+        if (!(cx)->gpu || !(cx)->gpu->timer) return (call);                        \
+        int k_ = mt__op_timer_begin(cx, name, s0, s1, s2);                         \
+        mt_status st_ = (call);                                                    \
+        mt__op_timer_end(cx, k_);                                                  \
+        return st_;                                                                \
+    } while (0)
 #else
-#define MT__GPU_RETURN(call, name) return mt__no_gpu(name)
+#define MT__GPU_RETURN(cx, call, name, s0, s1, s2) return mt__no_gpu(name)
 #endif
 
-/* Inside an op: run the GPU launcher, or MT__BODY(R, sfx) for the CPU dtype. */
-#define MT__DISPATCH(cx, name, gpu_call)                                         \
+/* Inside an op: run the GPU launcher, or MT__BODY(R, sfx) for the CPU dtype. s0..s2: the shape
+ * under which the op's GPU time is reported (0 0 0: by name only). */
+#define MT__DISPATCH_SHAPE(cx, name, s0, s1, s2, gpu_call)                        \
     do {                                                                         \
-        if ((cx)->device.type == MT_CUDA) MT__GPU_RETURN(gpu_call, name);        \
+        if ((cx)->device.type == MT_CUDA) MT__GPU_RETURN(cx, gpu_call, name, s0, s1, s2); \
         if ((cx)->dtype == MT_F32) { MT__BODY(float, f32); return MT_OK; }       \
         if ((cx)->dtype == MT_F64) { MT__BODY(double, f64); return MT_OK; }      \
         return mt__bad_cpu_dtype(cx, name);                                      \
     } while (0)
+#define MT__DISPATCH(cx, name, gpu_call) MT__DISPATCH_SHAPE(cx, name, 0, 0, 0, gpu_call)
 
 /* ------------------------------------------------------------------ memory */
 
@@ -211,7 +221,7 @@ MT_API mt_status mt_matmul_fwd(const mt_ctx *cx, void *out, void *gelu_pre, cons
                                 (const R *)bias, (const R *)resid, N, IC, OC);                               \
         if (gelu_pre) mt_gelu_fwd_cpu_##sfx((R *)out, (const R *)gelu_pre, (size_t)N * OC);                  \
     } while (0)
-    MT__DISPATCH(cx, "matmul_fwd", mt_matmul_fwd_gpu(cx, out, gelu_pre, inp, w, bias, resid, N, IC, OC));
+    MT__DISPATCH_SHAPE(cx, "matmul_fwd", N, IC, OC, mt_matmul_fwd_gpu(cx, out, gelu_pre, inp, w, bias, resid, N, IC, OC));
 #undef MT__BODY
 }
 
@@ -227,7 +237,7 @@ MT_API mt_status mt_matmul_bwd(const mt_ctx *cx, void *dinp, void *dw, void *dbi
         if (dinp && gelu_pre)                                                                                \
             mt_gelu_bwd_cpu_##sfx((R *)dinp, (const R *)gelu_pre, (const R *)dinp, (size_t)N * IC);          \
     } while (0)
-    MT__DISPATCH(cx, "matmul_bwd", mt_matmul_bwd_gpu(cx, dinp, dw, dbias, dout, inp, w, gelu_pre, N, IC, OC));
+    MT__DISPATCH_SHAPE(cx, "matmul_bwd", N, IC, OC, mt_matmul_bwd_gpu(cx, dinp, dw, dbias, dout, inp, w, gelu_pre, N, IC, OC));
 #undef MT__BODY
 }
 
@@ -309,7 +319,8 @@ MT_API size_t mt_attention_workspace_nbytes(const mt_ctx *cx, int B, int T, int 
 MT_API mt_status mt_attention_fwd(const mt_ctx *cx, void *out, void *lse, const void *qkv, int B, int T, int Hkv,
                                   int G, int D, int causal) {
 #define MT__BODY(R, sfx) mt_attention_fwd_cpu_##sfx((R *)out, (R *)lse, (const R *)qkv, B, T, Hkv, G, D, causal)
-    MT__DISPATCH(cx, "attention_fwd", mt__attention_fwd_gpu(cx, out, lse, qkv, B, T, Hkv, G, D, causal));
+    MT__DISPATCH_SHAPE(cx, "attention_fwd", T, Hkv * G, D,
+                       mt__attention_fwd_gpu(cx, out, lse, qkv, B, T, Hkv, G, D, causal));
 #undef MT__BODY
 }
 
@@ -323,8 +334,8 @@ MT_API mt_status mt_attention_bwd(const mt_ctx *cx, void *dqkv, const void *dout
 #define MT__BODY(R, sfx)                                                                                      \
     mt_attention_bwd_cpu_##sfx((R *)dqkv, (const R *)dout, (const R *)out, (const R *)lse, (const R *)qkv, B, \
                                T, Hkv, G, D, causal)
-    MT__DISPATCH(cx, "attention_bwd",
-                 mt__attention_bwd_gpu(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, causal, ws, ws_nbytes));
+    MT__DISPATCH_SHAPE(cx, "attention_bwd", T, Hkv * G, D,
+                       mt__attention_bwd_gpu(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, causal, ws, ws_nbytes));
 #undef MT__BODY
 }
 
@@ -518,8 +529,11 @@ MT_API mt_status mt_adamw_multi_plan_step(const mt_ctx *cx, const mt_adamw_multi
     if (cx->device.type == MT_CUDA) {
         mt__adamw_args a;
         MT_TRY(mt__adamw_make_args(hp_base, wd, seed, &a));
-        return mt__adamw_launch(cx, NULL, (const mt__adamw_entry *)plan->table, plan->count, plan->nchunks,
-                                plan->has_master, &a, gscale);
+        int k = mt__op_timer_begin(cx, "adamw", 0, 0, 0);
+        mt_status st = mt__adamw_launch(cx, NULL, (const mt__adamw_entry *)plan->table, plan->count, plan->nchunks,
+                                        plan->has_master, &a, gscale);
+        mt__op_timer_end(cx, k);
+        return st;
     }
 #endif
     return mt_adamw_multi(cx, (const mt_adamw_tensor *)plan->table, plan->count, hp_base, wd, gscale, seed);

@@ -33,7 +33,19 @@ typedef struct mt_optim {
     void *scalars;   /* 2 stat-type scalars on the device: [0] gradient norm squared, [1] clip coefficient */
     int step;
     mt_device device;
+    mt_adamw_multi_plan plan; /* every parameter tensor: one AdamW launch per step on the GPU */
 } mt_optim;
+
+/* AdamW hyper-parameters for step `step` (1-based) with the defaults filled in; weight_decay is
+ * hp->weight_decay (set it to 0 for the params without decay). */
+MT_API void mt_optim_resolve_hp(const mt_optim_hp *hp, int step, mt_adamw_hp *out) {
+    out->lr = hp->lr;
+    out->beta1 = hp->beta1 != 0 ? hp->beta1 : 0.9f;
+    out->beta2 = hp->beta2 != 0 ? hp->beta2 : 0.95f;
+    out->eps = hp->eps != 0 ? hp->eps : 1e-8f;
+    out->weight_decay = hp->weight_decay;
+    out->step = step;
+}
 
 MT_API mt_status mt_optim_init(const mt_ctx *cx, mt_optim *o, const mt_gpt *m, const float *host_init) {
     memset(o, 0, sizeof *o);
@@ -51,10 +63,28 @@ MT_API mt_status mt_optim_init(const mt_ctx *cx, mt_optim *o, const mt_gpt *m, c
         f32.dtype = MT_F32;
         MT_TRY(mt_copy_from_f32(&f32, o->master, host_init, o->n));
     }
-    return MT_OK;
+    /* the table of tensors for the one-launch AdamW (weight decay on the 2-D weights only) */
+    size_t es = mt_dtype_size(cx->dtype);
+    mt_adamw_tensor *t = NULL;
+    MT_TRY(mt_calloc(sizeof *t * (size_t)(m->n_params > 0 ? m->n_params : 1), (void **)&t));
+    for (int i = 0; i < m->n_params; i++) {
+        const mt_param *p = &m->params[i];
+        size_t off = p->offset;
+        t[i].param = (char *)m->param_mem + off * es;
+        t[i].master = o->master ? o->master + off : NULL;
+        t[i].m = (char *)o->m + off * ss;
+        t[i].v = (char *)o->v + off * ss;
+        t[i].grad = (const char *)m->grad_mem + off * es;
+        t[i].n = (size_t)(p->rows * p->cols);
+        t[i].decay = p->decay;
+    }
+    mt_status st = mt_adamw_multi_plan_init(cx, &o->plan, t, m->n_params);
+    mt_free(t);
+    return st;
 }
 
 MT_API void mt_optim_free(mt_optim *o) {
+    mt_adamw_multi_plan_free(&o->plan);
     mt_device_free(o->device, o->master);
     mt_device_free(o->device, o->m);
     mt_device_free(o->device, o->v);
@@ -70,31 +100,9 @@ MT_API mt_status mt_optim_step(const mt_ctx *cx, mt_optim *o, mt_gpt *m, const m
     MT_TRY(mt_clip_coef(cx, coef, norm_sq, hp_in->clip_grad));
     o->step++;
     mt_adamw_hp hp;
-    hp.lr = hp_in->lr;
-    hp.beta1 = hp_in->beta1 != 0 ? hp_in->beta1 : 0.9f;
-    hp.beta2 = hp_in->beta2 != 0 ? hp_in->beta2 : 0.95f;
-    hp.eps = hp_in->eps != 0 ? hp_in->eps : 1e-8f;
-    hp.step = o->step;
-    for (int i = 0; i < m->n_params; i++) {
-        const mt_param *p = &m->params[i];
-        size_t off = p->offset, n = (size_t)(p->rows * p->cols);
-        hp.weight_decay = p->decay ? hp_in->weight_decay : 0.0f;
-        MT_TRY(mt_adamw(cx, (char *)m->param_mem + off * es, o->master ? o->master + off : NULL,
-                        (char *)o->m + off * ss, (char *)o->v + off * ss, (const char *)m->grad_mem + off * es, n,
-                        &hp, coef, 0));
-    }
+    mt_optim_resolve_hp(hp_in, o->step, &hp);
+    MT_TRY(mt_adamw_multi_plan_step(cx, &o->plan, &hp, hp_in->weight_decay, coef, 0));
     return mt_zero(cx, m->grad_mem, o->n * es);
-}
-
-/* AdamW hyper-parameters for step `step` (1-based) with the defaults filled in; weight_decay is
- * hp->weight_decay (set it to 0 for the params without decay). */
-MT_API void mt_optim_resolve_hp(const mt_optim_hp *hp, int step, mt_adamw_hp *out) {
-    out->lr = hp->lr;
-    out->beta1 = hp->beta1 != 0 ? hp->beta1 : 0.9f;
-    out->beta2 = hp->beta2 != 0 ? hp->beta2 : 0.95f;
-    out->eps = hp->eps != 0 ? hp->eps : 1e-8f;
-    out->weight_decay = hp->weight_decay;
-    out->step = step;
 }
 
 /* 1 when p's gradient counts in the global norm on this rank: a tensor-parallel duplicate

@@ -19,6 +19,7 @@ typedef struct args {
     int seq_len, micro_batch, global_batch, train_iters, world_size, tp, sequence_parallel, grad_fp32;
     int global_batch_default; /* 1: --global-batch-size not given: micro-batch x data-parallel size */
     int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
+    int timing;             /* GPU time per op, reported at the end (one host sync per step) */
     mt_shard_strategy sharding;
     double lr, min_lr, weight_decay, clip_grad, beta1, beta2, eps;
     int warmup_iters, decay_iters;
@@ -41,7 +42,8 @@ static void usage(void) {
             "  --data-path [W] PREFIX...  --split 949,50,1  --eval-interval N  --eval-iters N  --log-interval N\n"
             "  --world-size N  --tensor-model-parallel-size N  --sequence-parallel  --use-distributed-optimizer\n"
             "  --data-parallel-sharding-strategy no_shard|optim|optim_grads|optim_grads_params\n"
-            "  --no-tp-comm-overlap  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n");
+            "  --no-tp-comm-overlap  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n"
+            "  --timing   (GPU: time of every op per step, printed after the speed line)\n");
 }
 
 static int fail(const char *fmt, const char *a, const char *b) {
@@ -93,6 +95,7 @@ static int parse_args(int argc, char **argv, args *a) {
         if (!strcmp(f, "--fp32")) { a->dtype_flag = 1; continue; }
         if (!strcmp(f, "--sequence-parallel")) { a->sequence_parallel = 1; continue; }
         if (!strcmp(f, "--no-tp-comm-overlap")) { a->no_tp_comm_overlap = 1; continue; }
+        if (!strcmp(f, "--timing")) { a->timing = 1; continue; }
         if (!strcmp(f, "--use-distributed-optimizer")) { a->sharding = MT_SHARD_OPTIM; continue; }
         if (!strcmp(f, "--accumulate-allreduce-grads-in-fp32")) { a->grad_fp32 = 1; continue; }
         if (!strcmp(f, "--data-path")) {
@@ -406,9 +409,12 @@ static mt_status train(mt_comm *world, void *arg) {
     if (n_gpu > 0 || a.device > 0)
         MT_TRY(mt_gpu_init(&cx, ra->device + (ra->thread_per_gpu ? rank : 0), a.dtype_flag == 1 ? MT_F32 : MT_BF16));
     else if (talk) fprintf(stderr, "train_gpt: no GPU found, running on the CPU\n");
+    if (a.timing && cx.device.type == MT_CUDA) MT_TRY(mt_gpu_timing(&cx, 1));
 #else
     if (a.dtype_flag == 2 && talk) fprintf(stderr, "train_gpt: --bf16 needs the GPU build; the CPU computes in fp32\n");
 #endif
+    if (a.timing && cx.device.type != MT_CUDA && talk)
+        fprintf(stderr, "train_gpt: --timing times GPU ops; this run is on the CPU, so there is no op report\n");
 
     /* 4. The model (one pipeline stage holding every layer), its optimizer, and one arena. */
     int B = a.micro_batch, T = a.seq_len, n_micro = a.global_batch / (a.micro_batch * dp);
@@ -468,6 +474,7 @@ static mt_status train(mt_comm *world, void *arg) {
     double first_loss = 0, last_loss = 0, t_start = now_ms(), *step_ms;
     MT_TRY(mt_calloc(sizeof(double) * a.train_iters, (void **)&step_ms));
     size_t sb = mt_dtype_size(mt_stat_dtype(&cx)), nb = (size_t)B * T;
+    int timing_skip = a.train_iters > 4 ? 2 : 0;
     for (int it = 0; it < a.train_iters; it++) {
         double t0 = now_ms();
         mt_optim_hp hp = {0};
@@ -503,6 +510,10 @@ static mt_status train(mt_comm *world, void *arg) {
         else MT_TRY(mt_optim_grad_norm(&cx, &opt, &gnorm));
         double ms = now_ms() - t0;
         step_ms[it] = ms;
+#ifdef __CUDACC__
+        MT_TRY(mt_gpu_timing_step(&cx));             /* nothing unless --timing */
+        if (it + 1 == timing_skip) mt_gpu_timing_reset(&cx); /* the warm-up steps print_speed skips too */
+#endif
         if (it == 0) first_loss = loss;
         last_loss = loss;
         if (talk && ((it + 1) % a.log_interval == 0 || it == 0 || it + 1 == a.train_iters))
@@ -516,7 +527,12 @@ static mt_status train(mt_comm *world, void *arg) {
     double total_s = (now_ms() - t_start) / 1e3;
     if (talk) {
         printf("trained %d iterations in %.1f s: lm loss %.4f -> %.4f\n", a.train_iters, total_s, first_loss, last_loss);
+        double mean_ms = 0;
+        for (int i = timing_skip; i < a.train_iters; i++) mean_ms += step_ms[i] / (a.train_iters - timing_skip);
         print_speed(&a, &model.cfg, step_ms, &cx);
+#ifdef __CUDACC__
+        mt_gpu_timing_report(&cx, stdout, mean_ms);
+#endif
     }
     mt_free(step_ms);
     if (world) MT_TRY(mt_ddp_gather_params(&cx, &ddp));  /* ZeRO-3 holds shards: gather the weights */

@@ -2,7 +2,7 @@
 # One device call: every GPU test, the trainer's GPU-vs-CPU checks, and the benchmarks next to the
 # PyTorch peers. Build first (`make all test-cuda-build`); logs go to $OUT (or build/gpu-logs) and
 # a short summary is printed last.
-#   sh tests/gpu_check.sh [check] [precision] [bench] [train-bench]      (default: check)
+#   sh tests/gpu_check.sh [check] [precision] [bench] [train-bench] [timing]   (default: check)
 #   ANCHORS=dir   where the peers' scripts are (default ../shared/anchors)
 set -u
 export NCCL_NVLS_ENABLE=0
@@ -101,6 +101,18 @@ if has train-bench; then
     done
     PYTHONUNBUFFERED=1 python3 "$anchors/torch_gpt.py" d12 d24 d48 > "$out/torch_gpt.log" 2>&1
     grep RESULT "$out/torch_gpt.log" | tee -a "$summary"
+fi
+
+if has timing; then
+    # where a step goes: GPU time per op (--timing: events around every op, one sync per step; a
+    # separate run so that the speed lines above are untouched)
+    for cfg in "d12 12 768 12 32" "d48 48 1600 25 8"; do
+        set -- $cfg
+        ./build/train_gpt_cuda --bf16 --num-layers $2 --hidden-size $3 --num-attention-heads $4 --micro-batch-size $5 \
+            --seq-length 1024 --vocab-size 50304 --train-iters 12 --eval-iters 1 --log-interval 12 --timing \
+            > "$out/timing_$1.log" 2>&1
+        note "op times $1: $(grep -h -A40 '^GPU time per step' "$out/timing_$1.log" | grep -e 'ops in all' -e 'not in an op' -e 'step (wall)' | tr -s ' ' | tr '\n' ';')"
+    done
 fi
 
 # every log in one file (the device call brings back few files), the summary last

@@ -123,16 +123,26 @@ static const mt_dtype DTYPES[2] = {MT_F32, MT_BF16};
 
 /* ------------------------------------------------------------------ embedding */
 
+/* Tokens: random over V (short runs once sorted), or "few": 70 % one id, 20 % the last local id,
+ * 5 % not local, 5 % random, so that runs cover many segments of the backward's sorted positions. */
 static void test_embedding(void) {
     const int Cs[2] = {64, 37};
+    for (int few = 0; few < 2; few++)
     for (int di = 0; di < 2; di++)
         for (int ci = 0; ci < 2; ci++) {
             mt_dtype dt = DTYPES[di];
             mt_ctx cx = ctx_of(dt);
-            int B = 3, T = 37, C = Cs[ci], V = 50, vstart = 10, vcount = 30, pos_off = 5;
+            int B = few ? 4 : 3, T = few ? 301 : 37, C = Cs[ci], V = 50, vstart = 10, vcount = 30, pos_off = 5;
             size_t BT = (size_t)B * T;
             int32_t *tok = (int32_t *)hmalloc(BT * sizeof(int32_t));
-            for (size_t i = 0; i < BT; i++) tok[i] = (int32_t)(mt_rng_u32(g_seed, g_stream_id, i) % V);
+            for (size_t i = 0; i < BT; i++) {
+                uint32_t r = mt_rng_u32(g_seed, g_stream_id, i);
+                tok[i] = (int32_t)(r % V);
+                if (few) {
+                    uint32_t u = (r >> 8) % 100;
+                    tok[i] = u < 70 ? vstart + 2 : u < 90 ? vstart + vcount - 1 : u < 95 ? V - 1 : tok[i];
+                }
+            }
             g_stream_id++;
             tok[1] = tok[5] = tok[7] = vstart + 3; /* repeats */
             int32_t *dtok = dup_tokens(tok, BT);
@@ -159,7 +169,7 @@ static void test_embedding(void) {
             void *dgw = dup_dev(dt, gw0, (size_t)vcount * C), *dgp = dup_dev(dt, gp0, (size_t)(T + pos_off) * C);
             MT_CHECK(mt_embedding_bwd(&cx, dgw, dgp, dg, dtok, B, T, C, pos_off, vstart, vcount));
             float *r1 = down(dgw, dt, (size_t)vcount * C);
-            snprintf(what, sizeof what, "bwd dwte C=%d", C);
+            snprintf(what, sizeof what, "bwd dwte C=%d%s", C, few ? " few ids" : "");
             check("embedding", dt, what, r1, gw, (size_t)vcount * C, tol_of(dt));
             snprintf(what, sizeof what, "bwd dwpe C=%d", C);
             check_dev("embedding", dt, what, dgp, dt, gp, (size_t)(T + pos_off) * C, tol_of(dt));
@@ -203,7 +213,7 @@ static void test_layernorm(void) {
                 snprintf(what, sizeof what, "fwd rstd C=%d %s", C, fwd_name[warp]);
                 check_dev("layernorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
             }
-            cx.gpu->norm_fwd_warp = 3;
+            cx.gpu->norm_fwd_warp = 6; /* the default */
 
             /* backward: dinp = dresid + ..., dw, db += ; then in place (dresid == dinp) */
             float *g = hrand(n, 1.0f, dt), *res = hrand(n, 1.0f, dt);
@@ -268,7 +278,7 @@ static void test_rmsnorm(void) {
                 snprintf(what, sizeof what, "fwd rstd C=%d %s", C, fwd_name[warp]);
                 check_dev("rmsnorm", dt, what, drstd, MT_F32, rstd, N, 1e-5);
             }
-            cx.gpu->norm_fwd_warp = 3;
+            cx.gpu->norm_fwd_warp = 6; /* the default */
 
             float *g = hrand(n, 1.0f, dt), *res = hrand(n, 1.0f, dt), *dw0 = hrand(C, 1.0f, dt);
             float *rdx = (float *)hmalloc(n * 4), *rdw = hcopy(dw0, C);
@@ -384,7 +394,7 @@ static void test_norm_fwd_persistent(void) {
                 snprintf(what, sizeof what, "fwd rstd N=%d C=%d v%d", N, C, warp);
                 check_dev("rmsnorm", dt, what, drstd, MT_F32, rrstd, N, 1e-5);
             }
-            cx.gpu->norm_fwd_warp = 3;
+            cx.gpu->norm_fwd_warp = 6; /* the default */
             free_all();
         }
 }
@@ -958,6 +968,53 @@ static void test_init_errors(void) {
     mt_arena_free(&small);
 }
 
+/* Per-op timing (mt_gpu_timing): one row per (op, shape) with the right call counts and positive
+ * times, outputs bitwise the same as untimed, the report names every row, off frees it. */
+static void test_op_timing(void) {
+    mt_ctx cx = ctx_of(MT_BF16);
+    const int N = 512, IC = 256, OC = 384;
+    float *x = hrand((size_t)N * IC, 1.0f, MT_BF16), *w = hrand((size_t)OC * IC, 0.05f, MT_BF16);
+    void *dx = dup_dev(MT_BF16, x, (size_t)N * IC), *dw = dup_dev(MT_BF16, w, (size_t)OC * IC);
+    void *d0 = poison_dev(MT_BF16, (size_t)N * OC), *d1 = poison_dev(MT_BF16, (size_t)N * OC);
+    void *dw2 = dup_dev(MT_BF16, w, (size_t)IC * IC), *d2 = poison_dev(MT_BF16, (size_t)N * IC);
+    MT_CHECK(mt_matmul_fwd(&cx, d0, NULL, dx, dw, NULL, NULL, N, IC, OC)); /* untimed */
+    MT_CHECK(mt_gpu_timing(&cx, 1));
+    for (int i = 0; i < 3; i++) MT_CHECK(mt_matmul_fwd(&cx, d1, NULL, dx, dw, NULL, NULL, N, IC, OC));
+    for (int i = 0; i < 2; i++) MT_CHECK(mt_gelu_fwd(&cx, d2, dx, (size_t)N * IC));
+    MT_CHECK(mt_matmul_fwd(&cx, d2, NULL, dx, dw2, NULL, NULL, N, IC, IC));
+    MT_CHECK(mt_gpu_timing_step(&cx));
+    const mt_op_timer *t = cx.gpu->timer;
+    MT_EXPECT(t && t->rows == 3 && t->steps == 1, "rows %d steps %d", t ? t->rows : -1, t ? t->steps : -1);
+    if (t && t->rows == 3) {
+        const long want[3] = {3, 2, 1};
+        const int oc[3] = {OC, 0, IC};
+        for (int r = 0; r < 3; r++) {
+            MT_EXPECT(t->calls[r] == want[r], "row %d (%s): %ld calls, want %ld", r, t->name[r], t->calls[r], want[r]);
+            MT_EXPECT(t->ms[r] > 0 && t->ms[r] < 1000, "row %d (%s): %g ms", r, t->name[r], t->ms[r]);
+            MT_EXPECT(t->shape[r][2] == oc[r], "row %d (%s): shape %d %d %d", r, t->name[r], t->shape[r][0],
+                      t->shape[r][1], t->shape[r][2]);
+        }
+        MT_EXPECT(!strcmp(t->name[0], "matmul_fwd") && !strcmp(t->name[1], "gelu_fwd"), "rows %s, %s", t->name[0],
+                  t->name[1]);
+    }
+    size_t n = (size_t)N * OC * 2;
+    unsigned char *h0 = (unsigned char *)hmalloc(n), *h1 = (unsigned char *)hmalloc(n);
+    cudaMemcpy(h0, d0, n, cudaMemcpyDeviceToHost);
+    cudaMemcpy(h1, d1, n, cudaMemcpyDeviceToHost);
+    MT_EXPECT(memcmp(h0, h1, n) == 0, "a timed matmul differs from the untimed one");
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    mt_gpu_timing_report(&cx, f, 1.0);
+    fclose(f);
+    MT_EXPECT(buf && strstr(buf, "matmul_fwd") && strstr(buf, "gelu_fwd") && strstr(buf, "not in an op"),
+              "report:\n%s", buf ? buf : "(none)");
+    free(buf);
+    MT_CHECK(mt_gpu_timing(&cx, 0));
+    MT_EXPECT(cx.gpu->timer == NULL, "timing off left the timer");
+    free_all();
+}
+
 int main(void) {
     const char *s = getenv("MT_TEST_SEED");
     g_seed = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL);
@@ -984,6 +1041,7 @@ int main(void) {
     MT_RUN(test_adamw_multi);
     MT_RUN(test_adamw_variants);
     MT_RUN(test_sumsq_clip);
+    MT_RUN(test_op_timing);
     MT_RUN(test_init_errors);
     mt_gpu_destroy(&g_cx);
     return mt_test_summary("gpu_kernels");
