@@ -40,7 +40,9 @@
  *             launches; step 2 with Hopper's warpgroup MMA: 2 warpgroups x 64 keys per CTA, keys as
  *             the M dimension so P^T and dS^T stay in registers as the A operand of dV and dK, K/V
  *             resident and Q/dO double-buffered in shared memory (128-byte swizzle), dS^T through
- *             shared memory for dQ (see mt__flash_bwd3_kernel).
+ *             shared memory for dQ (see mt__flash_bwd3_kernel); by default pipelined: a query
+ *             block's first products run together with the previous block's dK and dQ
+ *             (mt__flash_bwd3p_kernel, Q/dO in three stages).
  *             hd 128 (mt__flash_bwd3_128_run, the default for hd 128): the same tiling with tiles
  *             stored as two 64-column halves, dK/dV in two column halves per warpgroup and dQ
  *             columns split between the warpgroups (see mt__flash_bwd3_128_kernel).
@@ -60,6 +62,11 @@
  * accumulator in the workspace). */
 #ifndef MT_FLASH_DETERMINISTIC
 #define MT_FLASH_DETERMINISTIC 0
+#endif
+/* Option: MT_FLASH_BWD_PIPE 0 runs the hd 64 wgmma backward without pipelining across query blocks
+ * (mt__flash_bwd3_kernel<64, 1>; for comparison). */
+#ifndef MT_FLASH_BWD_PIPE
+#define MT_FLASH_BWD_PIPE 1
 #endif
 
 #include "../mt/core.h"
@@ -1491,6 +1498,244 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
 #endif
 }
 
+/* Backward on wgmma, head dim 64, pipelined across query blocks (mt__flash_bwd3p_run; the hd 64
+ * default unless MT_FLASH_BWD_PIPE is 0).  The products and tiles of mt__flash_bwd3_kernel<D, 1>, in
+ * another order.  That kernel drains every product of a block before the next block starts, so the
+ * tensor cores idle while the warpgroups compute P^T and dS^T.  Here block it's S^T = K Q^T and
+ * dP^T = V dO^T go in together with block it-1's dK += dS^T Q and dQ = dS K (its dS^T kept as
+ * register fragments and in shared memory), so P^T is computed while three products run and dS^T
+ * while two do (dQ of it-1, dV of it).  Every product still completes inside its iteration: a
+ * wgmma in flight across the loop's back edge makes ptxas serialize them all (C7514).  What that
+ * needs: Q/dO/lse/delta in 3 stages (block it-1's Q is read during block it while block it+1 is
+ * prefetched), dS^T in 2 buffers, the first block's "previous" products on zeros, the last block's
+ * after the loop, and no branch on whether a warpgroup has work (a warpgroup whose keys all lie
+ * after the block or past T computes masked zeros).  ptxas, sm_90a: 194 registers, no spills,
+ * 133,632 B of dynamic shared memory. */
+template <int D>
+__global__ void __launch_bounds__(256, 1)
+mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
+                       const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
+                       const float *__restrict__ delta, const __nv_bfloat16 *__restrict__ qkv, int T, int Hkv, int G,
+                       int causal, float scale, float scale_log2) {
+    static_assert(D == 64, "the pipelined wgmma backward is written for head dim 64");
+    constexpr int BM = 64, BN = 128, NT = 256, TILE = 64 * D * 2, NS = 3;
+#if MT__WG_OK
+    extern __shared__ __align__(1024) unsigned char mt__fa_smem3p[];
+    const uint32_t raw = mt__fa_smem_addr(mt__fa_smem3p);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = mt__fa_smem3p + (base - raw);
+    const uint32_t sK = base;              /* 128 x D: warpgroup w's keys at sK + w*TILE */
+    const uint32_t sV = sK + 2 * TILE;     /* 128 x D */
+    const uint32_t sQ0 = sV + 2 * TILE;    /* NS stages of 64 x D */
+    const uint32_t sO0 = sQ0 + NS * TILE;  /* dO, NS stages */
+    const uint32_t sS0 = sO0 + NS * TILE;  /* dS^T, 2 buffers of 2 tiles ([key][query], warpgroup w's at +w*TILE) */
+    const uint32_t sKT = sS0 + 4 * TILE;   /* K^T, D x 128 keys as two D x 64 tiles */
+    const uint32_t sL0 = sKT + 2 * TILE;   /* lse, NS stages of 64 floats */
+    const uint32_t sD0 = sL0 + NS * BM * 4; /* delta, NS stages */
+    const float *sLf = reinterpret_cast<const float *>(smem + (sL0 - base));
+    const float *sDf = reinterpret_cast<const float *>(smem + (sD0 - base));
+
+    const int tid = threadIdx.x, wg = tid >> 7, wq = (tid >> 5) & 3, lane = tid & 31;
+    const int gr = lane >> 2, tq = lane & 3;
+    const int H = Hkv * G;
+    const int nb = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    const int n0 = nb * BN, kv0 = n0 + wg * 64;
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const size_t ldo = (size_t)H * D;
+    const __nv_bfloat16 *grp = qkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+    const int nqb = (T + BM - 1) / BM;
+    const int qb0 = causal ? n0 / BM : 0;
+    const int per_head = nqb - qb0;
+    const int total = G * per_head;
+    const uint32_t sKw = sK + wg * TILE, sVw = sV + wg * TILE;
+
+    auto load_q = [&](int it, int st) { /* as in mt__flash_bwd3_kernel */
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        mt__fa_load_tile<BM, D, NT>(sQ0 + st * TILE, grp + (size_t)jj * D, ld, q0, T, tid);
+        mt__fa_load_tile<BM, D, NT>(sO0 + st * TILE, dout + (size_t)b * T * ldo + (size_t)hh * D, ldo, q0, T, tid);
+        const int r = tid & (BM - 1), which = (tid >> 6) & 1;
+        const bool ok = q0 + r < T;
+        const float *src = (which ? delta : lse) + ((size_t)b * H + hh) * T + (ok ? q0 + r : 0);
+        mt__fa_cp4((which ? sD0 : sL0) + st * BM * 4 + r * 4, src, ok);
+    };
+
+    mt__fa_load_tile<BN, D, NT>(sK, grp + (size_t)G * D, ld, n0, T, tid);
+    mt__fa_load_tile<BN, D, NT>(sV, grp + (size_t)(G + 1) * D, ld, n0, T, tid);
+    load_q(0, 0);
+    mt__fa_cp_commit();
+    mt__fa_cp_wait<0>();
+    __syncthreads();
+#pragma unroll 4
+    for (int k = 0; k < BN * D / 2 / NT; k++) { /* K^T as in mt__flash_bwd3_kernel */
+        const int i = k * NT + tid, d = i % D, key = 2 * (i / D);
+        const unsigned short lo =
+            *reinterpret_cast<const unsigned short *>(smem + mt__fa_swz<64>(key, d >> 3) + (d & 7) * 2);
+        const unsigned short hi =
+            *reinterpret_cast<const unsigned short *>(smem + mt__fa_swz<64>(key + 1, d >> 3) + (d & 7) * 2);
+        const int kc = key & 63;
+        *reinterpret_cast<uint32_t *>(smem + (sKT - base) + (key >> 6) * TILE + mt__fa_swz<64>(d, kc >> 3) +
+                                      (kc & 7) * 2) = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+    { /* dS^T buffer 1 as zeros: the first block's "previous block" products (below) read it */
+        uint4 *z = reinterpret_cast<uint4 *>(smem + (sS0 + 2 * TILE - base));
+#pragma unroll
+        for (int k = 0; k < 2 * TILE / 16 / NT; k++) z[k * NT + tid] = make_uint4(0u, 0u, 0u, 0u);
+    }
+    mt__fence_async_smem();
+    __syncthreads();
+
+    float dk[32], dv[32], dq16[16];
+    uint32_t da[4][4]; /* dS^T of the previous block, bf16 A fragments (its dK product's A operand) */
+#pragma unroll
+    for (int i = 0; i < 32; i++) dk[i] = dv[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) dq16[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) da[i >> 2][i & 3] = 0u;
+    /* the previous block: its dQ rows, Q stage and dS^T buffer (before the first: zeros, added to a valid row) */
+    float *pend = dq_acc + ((size_t)b * H + (size_t)g * G) * T * D + (size_t)qb0 * BM * D;
+    int pend_rows = T - qb0 * BM, pst = 0, pbuf = 1;
+    /* dK += dS^T Q and dQ[:, 32w..32w+31] = dS K (128 keys, both warpgroups' dS^T tiles) of the block
+     * in stage pstage, dS^T buffer pb: two groups */
+    auto issue_dk_dq = [&](int pstage, int pb) {
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk, da[kk], mt__wg_desc(sQ0 + pstage * TILE + kk * 2048));
+        mt__wg_commit();
+        const uint32_t bt = sKT + wg * 32 * 128, sSb = sS0 + pb * 2 * TILE;
+#pragma unroll
+        for (int kk = 0; kk < 128 / 16; kk++)
+            mt__wg_ss32<1, 0>(dq16, mt__wg_desc(sSb + (kk >> 2) * TILE + (kk & 3) * 2048),
+                              mt__wg_desc(bt + (kk >> 2) * TILE + (kk & 3) * 32), kk);
+        mt__wg_commit();
+    };
+
+    /* Block it: S^T and dP^T, then the previous block's dK and dQ, all queued at once; P^T is computed
+     * while dP^T, dK, dQ run, dS^T while dQ and dV run. Everything completes inside the iteration
+     * (nothing in flight across the loop's back edge, where the compiler would serialize wgmma). */
+    for (int it = 0; it < total; it++) {
+        const int st = it % NS, nst = (it + 1) % NS;
+        float s[32], dp[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) s[i] = dp[i] = 0.f;
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ss<0, 0>(s, mt__wg_desc(sKw + kk * 32), mt__wg_desc(sQ0 + st * TILE + kk * 32), kk);
+        mt__wg_commit();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + kk * 32), mt__wg_desc(sO0 + st * TILE + kk * 32), kk);
+        mt__wg_commit();
+        issue_dk_dq(pst, pbuf);
+        /* the next block into the stage read two blocks ago (done before the last barrier); no branch
+         * while wgmma runs: the last block loads itself again, unused */
+        load_q(it + 1 < total ? it + 1 : it, nst);
+        mt__fa_cp_commit();
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        const uint32_t sO = sO0 + st * TILE;
+        const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
+
+        mt__wg_wait<3>(); /* S^T done (dP^T, dK, dQ may run) */
+        mt__wg_keep(s);
+        /* P^T = exp2(S^T c - lse log2e), masked (all of it when this warpgroup's keys are after the block or past T) */
+        const bool need_mask = (q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0);
+        const int kr = kv0 + wq * 16 + gr;
+        uint32_t pa[4][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int qc = 8 * j + 2 * tq;
+            const float2 l = *reinterpret_cast<const float2 *>(sL + qc);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float sv = s[4 * j + e];
+                if (need_mask) {
+                    const int kv = kr + (e >> 1) * 8, q = q0 + qc + (e & 1);
+                    if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
+                }
+                s[4 * j + e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
+            }
+            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
+            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
+        }
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc(sO + kk * 2048));
+        mt__wg_commit();
+        mt__wg_wait<2>(); /* dP^T and the previous dK done (its dQ and this dV may run): da is free */
+        mt__wg_keep(dp);
+
+        /* dS^T = P^T (dP^T - delta): bf16 A fragments, and to this warpgroup's tile of buffer it & 1 */
+        {
+            const int rl = wq * 16 + gr;
+            unsigned char *p = smem + (sS0 + (it & 1) * 2 * TILE + wg * TILE - base);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const float2 dl = *reinterpret_cast<const float2 *>(sDl + 8 * j + 2 * tq);
+                const uint32_t lo = mt__fa_pack(s[4 * j] * (dp[4 * j] - dl.x), s[4 * j + 1] * (dp[4 * j + 1] - dl.y));
+                const uint32_t hi =
+                    mt__fa_pack(s[4 * j + 2] * (dp[4 * j + 2] - dl.x), s[4 * j + 3] * (dp[4 * j + 3] - dl.y));
+                da[j >> 1][(j & 1) * 2 + 0] = lo;
+                da[j >> 1][(j & 1) * 2 + 1] = hi;
+                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = lo;
+                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) = hi;
+            }
+        }
+        mt__wg_wait<0>(); /* the previous dQ and this dV */
+        mt__wg_keep(dq16);
+        mt__wg_keep(dv);
+        mt__wg_keep(dk);
+        mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
+        pend = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
+        pend_rows = T - q0;
+        pst = st;
+        pbuf = it & 1;
+        /* the next block: its stage has landed (each thread's copies), this block's dS^T tiles and the
+         * stage are visible to wgmma, and every warpgroup is past this block's products */
+        mt__fa_cp_wait<0>();
+        mt__fence_async_smem();
+        __syncthreads();
+    }
+    issue_dk_dq(pst, pbuf); /* the last block's */
+    mt__wg_wait<0>();
+    mt__wg_keep(dk);
+    mt__wg_keep(dq16);
+    mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
+    mt__fa_cp_wait<0>();
+
+    /* dK * scale and dV to bf16 through this warpgroup's own rows of sK / sV, then 16-byte stores */
+    if (kv0 < T) {
+        unsigned char *pk = smem + (sKw - base), *pv = smem + (sVw - base);
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int rl = wq * 16 + gr + r * 8;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const uint32_t off = mt__fa_swz<64>(rl, j) + tq * 4;
+                *reinterpret_cast<uint32_t *>(pk + off) =
+                    mt__fa_pack(dk[4 * j + 2 * r] * scale, dk[4 * j + 2 * r + 1] * scale);
+                *reinterpret_cast<uint32_t *>(pv + off) = mt__fa_pack(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+            }
+        }
+        mt__bar_sync(2 + wg, 128);
+        const int wtid = tid & 127;
+        __nv_bfloat16 *dgrp = dqkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+#pragma unroll
+        for (int k = 0; k < 64 * 8 / 128; k++) {
+            const int i = k * 128 + wtid, r = i >> 3, c = i & 7, row = kv0 + r;
+            if (row < T) {
+                __nv_bfloat16 *dst = dgrp + (size_t)row * ld + (size_t)G * D + c * 8;
+                *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(pk + mt__fa_swz<64>(r, c));
+                *reinterpret_cast<uint4 *>(dst + D) = *reinterpret_cast<const uint4 *>(pv + mt__fa_swz<64>(r, c));
+            }
+        }
+    }
+#else
+    (void)dqkv; (void)dq_acc; (void)dout; (void)lse; (void)delta; (void)qkv; (void)T; (void)Hkv; (void)G;
+    (void)causal; (void)scale; (void)scale_log2;
+#endif
+}
+
 /* ------------------------------------------------------------------ backward on wgmma, head dim 128 (variant) */
 
 /* Tiles whose rows hold 128 bf16 (256 bytes, two 128-byte swizzle atoms) are stored as two 64-column
@@ -2087,7 +2332,8 @@ template <> struct mt__fa_cfg<64> {
     /* BWD2: 2 = the wgmma backward (sm_90a builds on compute capability 9.x; mt__flash_bwd3_run
      * falls back by itself otherwise), 1 = the FA2-layout backward, 0 = the 16-keys-per-warp one at
      * (BWD_BM, BWD_BN).  Causal hd 64 on an H100, TFLOP/s at T = 1024/2048/4096/8192: wgmma
-     * 167/202/226/245, 16 keys per warp 64x64 165/191/209/215, FA2 layout 139/161/179/189.
+     * 167/202/226/245, 16 keys per warp 64x64 165/191/209/215, FA2 layout 139/161/179/189; on an
+     * H200 the pipelined wgmma 187/229/258/277 against the plain wgmma's 173/206/230/243.
      * FWD3_T: from this sequence length on, the wgmma forward (mt__flash_fwd3_run, same fallback);
      * H100 causal: wgmma 227/274/305/326 against mma.sync 231/265/287/302. */
     enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 64, BWD2 = 2, FWD3_T = 2048 };
@@ -2215,26 +2461,25 @@ static inline mt_status mt__flash_bwd2_run(const mt_ctx *cx, void *dqkv, const v
     return mt__fa_cuda("mt_flash_attention_bwd: dq");
 }
 
-/* The backward through mt__flash_bwd3_kernel<D, SPLIT> (wgmma, head dim 64; atomics for dQ). The
- * kernel needs a build for sm_90a (-gencode=arch=compute_90a,code=sm_90a) and a GPU of compute
- * capability 9.x; on anything else this returns MT_ERR_UNSUPPORTED. */
-template <int D, int SPLIT>
-static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
-                                           const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
-                                           float *delta, float *dq_acc) {
+typedef void (*mt__flash_bwd3_fn)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *,
+                                  const __nv_bfloat16 *, int, int, int, int, float, float);
+
+/* delta and the zeroed dQ accumulator, wgmma backward kernel k (one CTA per 128 keys, kv group and
+ * batch, smem bytes of dynamic shared memory), dQ to bf16. MT_ERR_UNSUPPORTED unless the build has
+ * sm_90a code and the GPU is of compute capability 9.x. */
+template <int D>
+static inline mt_status mt__flash_bwd3_go(const mt_ctx *cx, mt__flash_bwd3_fn k, size_t smem, void *dqkv,
+                                          const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                                          int T, int Hkv, int G, int causal, float *delta, float *dq_acc) {
     const int H = Hkv * G;
     cudaStream_t s = (cudaStream_t)cx->stream;
     const float scale = (float)(1.0 / sqrt((double)D));
     const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
-    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
-              int, int, int, int, float, float) = mt__flash_bwd3_kernel<D, SPLIT>;
     MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_bwd (wgmma): device query"));
     const size_t n = (size_t)B * T * H * (D / 8);
     mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
         delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
     MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
-    /* alignment slack; K, V, Q x2, dO x2, dS^T x2 (64-row tiles); lse, delta x2; SPLIT: K^T */
-    const size_t smem = 1024 + (size_t)(SPLIT ? 12 : 10) * 64 * D * 2 + 4 * 64 * 4;
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
     dim3 grid((T + 127) / 128, Hkv, B);
@@ -2245,11 +2490,35 @@ static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, con
                                                                          D, scale);
     return mt__fa_cuda("mt_flash_attention_bwd: dq");
 }
-/* The wgmma backward with its default option (dQ columns split across the warpgroups). */
+
+/* The backward through mt__flash_bwd3_kernel<D, SPLIT> (wgmma, head dim 64; atomics for dQ). */
+template <int D, int SPLIT>
+static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                           const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
+                                           float *delta, float *dq_acc) {
+    /* alignment slack; K, V, Q x2, dO x2, dS^T x2 (64-row tiles); lse, delta x2; SPLIT: K^T */
+    const size_t smem = 1024 + (size_t)(SPLIT ? 12 : 10) * 64 * D * 2 + 4 * 64 * 4;
+    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3_kernel<D, SPLIT>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G,
+                                causal, delta, dq_acc);
+}
+/* The pipelined one (mt__flash_bwd3p_kernel). */
+template <int D>
+static inline mt_status mt__flash_bwd3p_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                            const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
+                                            float *delta, float *dq_acc) {
+    /* alignment slack; K, V (2 tiles each), Q x3, dO x3, dS^T 2 x 2, K^T 2; lse, delta x3 */
+    const size_t smem = 1024 + (size_t)16 * 64 * D * 2 + 2 * 3 * 64 * 4;
+    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3p_kernel<D>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
+                                delta, dq_acc);
+}
+/* The hd 64 wgmma backward: pipelined unless MT_FLASH_BWD_PIPE is 0 (then dQ columns split across the
+ * warpgroups, products drained every block). */
 template <int D>
 static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
                                            const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                            float *delta, float *dq_acc) {
+    if (MT_FLASH_BWD_PIPE)
+        return mt__flash_bwd3p_run<D>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     return mt__flash_bwd3_cfg_run<D, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
@@ -2260,28 +2529,10 @@ static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, con
                                                const float *lse, const void *qkv, int B, int T, int Hkv, int G,
                                                int causal, float *delta, float *dq_acc) {
     enum { D = 128 };
-    const int H = Hkv * G;
-    cudaStream_t s = (cudaStream_t)cx->stream;
-    const float scale = (float)(1.0 / sqrt((double)D));
-    const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
-    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, const float *, const float *, const __nv_bfloat16 *,
-              int, int, int, int, float, float) = mt__flash_bwd3_128_kernel;
-    MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_bwd (wgmma hd 128): device query"));
-    const size_t n = (size_t)B * T * H * (D / 8);
-    mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
-        delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
-    MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
     /* alignment slack; K, V (128 x D each), Q x2, dO x2 (64 x D), dS^T x2 (64 x 64); lse, delta x2 */
     const size_t smem = 1024 + (size_t)2 * 128 * D * 2 + (size_t)4 * 64 * D * 2 + (size_t)2 * 64 * 64 * 2 + 4 * 64 * 4;
-    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
-        return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
-    dim3 grid((T + 127) / 128, Hkv, B);
-    k<<<grid, 256, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
-                              (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
-    MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
-    mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G,
-                                                                         D, scale);
-    return mt__fa_cuda("mt_flash_attention_bwd: dq");
+    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3_128_kernel, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
+                                delta, dq_acc);
 }
 
 /* The forward through mt__flash_fwd3_kernel<D, BN, NS, KA, PN> (wgmma, head dim 64 or 128, key tiles of

@@ -111,7 +111,8 @@ static const variant g_variants[] = {
     {"bwd 16-keys/warp determ.", 128, NULL, mt__flash_bwd_run<128, 64, 128, true>},
     {"bwd FA2 layout (fallback)", 128, NULL, mt__flash_bwd2_run<128>},
     /* last, so that the rows above are printed even if these fault */
-    {"bwd wgmma (default)", 64, NULL, mt__flash_bwd3_run<64>},
+    {"bwd wgmma pipelined (default)", 64, NULL, mt__flash_bwd3p_run<64>},
+    {"bwd wgmma not pipelined", 64, NULL, mt__flash_bwd3_cfg_run<64, 1>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
     {"bwd wgmma (default)", 128, NULL, mt__flash_bwd3_128_run},
     {"fwd wgmma (default T>=2048)", 64, mt__flash_fwd3_run<64>, NULL},
