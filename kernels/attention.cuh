@@ -2320,6 +2320,226 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
 #endif
 }
 
+/* The hd 128 backward pipelined (mt__flash_bwd3p_128_run; an option, written and compiled but not
+ * yet run on a GPU, so not the default): mt__flash_bwd3_128_kernel's tiles and products, with block it-1's
+ * dK[h] += dS^T Q[:, 64h..] queued together with block it's S^T and dP^T, so P^T is computed while
+ * dP^T and that dK run.  The dK product reads dS^T from shared memory (A K-major: the [key][query]
+ * tile), so no dS^T registers stay live across blocks; dQ stays inside its block (deferring it too
+ * would keep 32 more accumulators live next to S^T and dP^T).  As in mt__flash_bwd3p_kernel: Q/dO/
+ * lse/delta in 3 stages, dS^T in 2 buffers, the first block's "previous" dK on a zeroed buffer, the
+ * last block's after the loop, nothing in flight across the back edge, and no branch on whether a
+ * warpgroup has work (masked zeros instead).  ptxas, sm_90a: 234 registers, no spills; shared
+ * memory 194.5 KB. */
+__global__ void __launch_bounds__(256, 1)
+mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
+                           const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
+                           const float *__restrict__ delta, const __nv_bfloat16 *__restrict__ qkv, int T, int Hkv,
+                           int G, int causal, float scale, float scale_log2) {
+    constexpr int D = 128, BM = 64, BN = 128, NT = 256, NS = 3;
+    constexpr uint32_t HK = BN * 128;  /* bytes of one 64-column half of a 128-row tile (K, V) */
+    constexpr uint32_t HQ = BM * 128;  /* ... of a 64-row tile (Q, dO); also one dS^T tile */
+#if MT__WG_OK
+    extern __shared__ __align__(1024) unsigned char mt__fa_smem5[];
+    const uint32_t raw = mt__fa_smem_addr(mt__fa_smem5);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = mt__fa_smem5 + (base - raw);
+    const uint32_t sK = base;             /* 128 x 128, halves HK apart; warpgroup w's keys at + w*HQ */
+    const uint32_t sV = sK + 2 * HK;      /* 128 x 128 */
+    const uint32_t sQ0 = sV + 2 * HK;     /* NS stages of 64 x 128 (2*HQ bytes each) */
+    const uint32_t sO0 = sQ0 + NS * 2 * HQ; /* dO, NS stages */
+    const uint32_t sS0 = sO0 + NS * 2 * HQ; /* dS^T, 2 buffers of 2 tiles (warpgroup w's at + w*HQ) */
+    const uint32_t sL0 = sS0 + 4 * HQ;    /* lse, NS stages of 64 floats */
+    const uint32_t sD0 = sL0 + NS * BM * 4; /* delta, NS stages */
+    const float *sLf = reinterpret_cast<const float *>(smem + (sL0 - base));
+    const float *sDf = reinterpret_cast<const float *>(smem + (sD0 - base));
+
+    const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127, wq = (tid >> 5) & 3, lane = tid & 31;
+    const int gr = lane >> 2, tq = lane & 3;
+    const int H = Hkv * G;
+    const int nb = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    const int n0 = nb * BN, kv0 = n0 + wg * 64;
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const size_t ldo = (size_t)H * D;
+    const __nv_bfloat16 *grp = qkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+    const int nqb = (T + BM - 1) / BM;
+    const int qb0 = causal ? n0 / BM : 0;
+    const int per_head = nqb - qb0;
+    const int total = G * per_head;
+    const uint32_t sKw = sK + wg * HQ, sVw = sV + wg * HQ;
+
+    auto load_q = [&](int it, int st) { /* as in mt__flash_bwd3_128_kernel */
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        mt__fa_load_tile_h<BM, NT>(sQ0 + st * 2 * HQ, grp + (size_t)jj * D, ld, q0, T, tid);
+        mt__fa_load_tile_h<BM, NT>(sO0 + st * 2 * HQ, dout + (size_t)b * T * ldo + (size_t)hh * D, ldo, q0, T, tid);
+        const int r = tid & (BM - 1), which = (tid >> 6) & 1;
+        const bool ok = q0 + r < T;
+        const float *src = (which ? delta : lse) + ((size_t)b * H + hh) * T + (ok ? q0 + r : 0);
+        mt__fa_cp4((which ? sD0 : sL0) + st * BM * 4 + r * 4, src, ok);
+    };
+
+    mt__fa_load_tile_h<BN, NT>(sK, grp + (size_t)G * D, ld, n0, T, tid);
+    mt__fa_load_tile_h<BN, NT>(sV, grp + (size_t)(G + 1) * D, ld, n0, T, tid);
+    load_q(0, 0);
+    mt__fa_cp_commit();
+    { /* dS^T buffer 1 as zeros: the first block's "previous" dK reads it */
+        uint4 *z = reinterpret_cast<uint4 *>(smem + (sS0 + 2 * HQ - base));
+#pragma unroll
+        for (int k = 0; k < 2 * HQ / 16 / NT; k++) z[k * NT + tid] = make_uint4(0u, 0u, 0u, 0u);
+    }
+
+    float dk[2][32], dv[2][32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dk[0][i] = dk[1][i] = dv[0][i] = dv[1][i] = 0.f;
+    int pst = 0, pbuf = 1; /* the previous block's Q stage and dS^T buffer */
+    auto issue_dk = [&](int pstage, int pb) { /* dK[h] += dS^T Q[:, 64h..] of that block, one group */
+        const uint32_t a = sS0 + pb * 2 * HQ + wg * HQ, q = sQ0 + pstage * 2 * HQ;
+        mt__wg_fence();
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++)
+                mt__wg_ss<0, 1>(dk[h], mt__wg_desc(a + kk * 32), mt__wg_desc(q + h * HQ + kk * 2048), 1);
+        mt__wg_commit();
+    };
+
+    for (int it = 0; it < total; it++) {
+        const int st = it % NS;
+        mt__fa_cp_wait<0>();
+        mt__fence_async_smem();
+        __syncthreads(); /* this stage and the previous dS^T are visible; everyone is past the previous products */
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        const uint32_t sQ = sQ0 + st * 2 * HQ, sO = sO0 + st * 2 * HQ, sSb = sS0 + (it & 1) * 2 * HQ;
+        const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
+        float *dqh = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
+        float s[32], dp[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) s[i] = dp[i] = 0.f;
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ss<0, 0>(s, mt__wg_desc(sKw + (kk >> 2) * HK + (kk & 3) * 32),
+                            mt__wg_desc(sQ + (kk >> 2) * HQ + (kk & 3) * 32), kk);
+        mt__wg_commit();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + (kk >> 2) * HK + (kk & 3) * 32),
+                            mt__wg_desc(sO + (kk >> 2) * HQ + (kk & 3) * 32), kk);
+        mt__wg_commit();
+        issue_dk(pst, pbuf);
+        /* the next block into the stage read two blocks ago; the last block loads itself again, unused */
+        load_q(it + 1 < total ? it + 1 : it, (it + 1) % NS);
+        mt__fa_cp_commit();
+        mt__wg_wait<2>(); /* S^T done (dP^T and the previous dK may run) */
+        mt__wg_keep(s);
+
+        /* P^T = exp2(S^T c - lse log2e), masked (all of it for a warpgroup whose keys are after the block or past T) */
+        const bool need_mask = (q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0);
+        const int kr = kv0 + wq * 16 + gr;
+        uint32_t pa[4][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int qc = 8 * j + 2 * tq;
+            const float2 l = *reinterpret_cast<const float2 *>(sL + qc);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float sv = s[4 * j + e];
+                if (need_mask) {
+                    const int kv = kr + (e >> 1) * 8, q = q0 + qc + (e & 1);
+                    if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
+                }
+                s[4 * j + e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
+            }
+            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
+            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
+        }
+        mt__wg_fence();
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv[h], pa[kk], mt__wg_desc(sO + h * HQ + kk * 2048));
+        mt__wg_commit();
+        mt__wg_wait<2>(); /* dP^T done (the previous dK and this dV may run) */
+        mt__wg_keep(dp);
+
+        /* dS^T = P^T (dP^T - delta) to this warpgroup's tile of buffer it & 1 */
+        {
+            const int rl = wq * 16 + gr;
+            unsigned char *p = smem + (sSb + wg * HQ - base);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const float2 dl = *reinterpret_cast<const float2 *>(sDl + 8 * j + 2 * tq);
+                const uint32_t lo = mt__fa_pack(s[4 * j] * (dp[4 * j] - dl.x), s[4 * j + 1] * (dp[4 * j + 1] - dl.y));
+                const uint32_t hi =
+                    mt__fa_pack(s[4 * j + 2] * (dp[4 * j + 2] - dl.x), s[4 * j + 3] * (dp[4 * j + 3] - dl.y));
+                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = lo;
+                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) = hi;
+            }
+        }
+        /* dQ[:, 64w..64w+63] = dS K over the 128 keys, once both dS^T tiles are written */
+        mt__fence_async_smem();
+        mt__bar_sync(1, 256);
+        float dq[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) dq[i] = 0.f;
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++)
+            mt__wg_ss<1, 1>(dq, mt__wg_desc(sSb + (kk >> 2) * HQ + (kk & 3) * 2048),
+                            mt__wg_desc(sK + wg * HK + kk * 2048), kk);
+        mt__wg_commit();
+        mt__wg_wait<0>();
+        mt__wg_keep(dq);
+        mt__wg_keep(dk[0]);
+        mt__wg_keep(dk[1]);
+        mt__wg_keep(dv[0]);
+        mt__wg_keep(dv[1]);
+        mt__fa_red_tile<8, D>(dqh, dq, wq * 16 + gr, wg * 64, T - q0, lane);
+        pst = st;
+        pbuf = it & 1;
+    }
+    mt__fa_cp_wait<0>();
+    mt__fence_async_smem();
+    __syncthreads(); /* the last dS^T tiles are visible; every warpgroup's dQ products (all of K) are done */
+    issue_dk(pst, pbuf); /* the last block's dK */
+    mt__wg_wait<0>();
+    mt__wg_keep(dk[0]);
+    mt__wg_keep(dk[1]);
+
+    /* dK * scale and dV to bf16 through this warpgroup's own rows of sK / sV, then 16-byte stores */
+    if (kv0 < T) {
+        unsigned char *pk = smem + (sKw - base), *pv = smem + (sVw - base);
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int rl = wq * 16 + gr + r * 8;
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const uint32_t off = h * HK + mt__fa_swz<64>(rl, j) + tq * 4;
+                    *reinterpret_cast<uint32_t *>(pk + off) =
+                        mt__fa_pack(dk[h][4 * j + 2 * r] * scale, dk[h][4 * j + 2 * r + 1] * scale);
+                    *reinterpret_cast<uint32_t *>(pv + off) = mt__fa_pack(dv[h][4 * j + 2 * r], dv[h][4 * j + 2 * r + 1]);
+                }
+            }
+        mt__bar_sync(2 + wg, 128);
+        __nv_bfloat16 *dgrp = dqkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+#pragma unroll
+        for (int k = 0; k < 64 * 16 / 128; k++) {
+            const int i = k * 128 + wtid, r = i >> 4, c = i & 15, row = kv0 + r;
+            if (row < T) {
+                const uint32_t off = (c >> 3) * HK + mt__fa_swz<64>(r, c & 7);
+                __nv_bfloat16 *dst = dgrp + (size_t)row * ld + (size_t)G * D + c * 8;
+                *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(pk + off);
+                *reinterpret_cast<uint4 *>(dst + D) = *reinterpret_cast<const uint4 *>(pv + off);
+            }
+        }
+    }
+#else
+    (void)dqkv; (void)dq_acc; (void)dout; (void)lse; (void)delta; (void)qkv; (void)T; (void)Hkv; (void)G;
+    (void)causal; (void)scale; (void)scale_log2;
+#endif
+}
+
 /* ------------------------------------------------------------------ launchers */
 
 /* Default tile shapes per head dim (forward: BM query rows, BN key rows, NW warps; backward: BWD2
@@ -2522,7 +2742,8 @@ static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const v
     return mt__flash_bwd3_cfg_run<D, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
-/* The wgmma backward for head dim 128 (mt__flash_bwd3_128_kernel; the hd 128 default). Same
+/* The wgmma backwards for head dim 128: mt__flash_bwd3_128_kernel (the default) and the pipelined
+ * mt__flash_bwd3p_128_kernel (an option the tests and the benchmark run; not yet measured). Same
  * arguments and workspace as the other backwards; MT_ERR_UNSUPPORTED unless the build has sm_90a code
  * and the GPU is of compute capability 9.x. */
 static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
@@ -2532,6 +2753,15 @@ static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, con
     /* alignment slack; K, V (128 x D each), Q x2, dO x2 (64 x D), dS^T x2 (64 x 64); lse, delta x2 */
     const size_t smem = 1024 + (size_t)2 * 128 * D * 2 + (size_t)4 * 64 * D * 2 + (size_t)2 * 64 * 64 * 2 + 4 * 64 * 4;
     return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3_128_kernel, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
+                                delta, dq_acc);
+}
+static inline mt_status mt__flash_bwd3p_128_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                                const float *lse, const void *qkv, int B, int T, int Hkv, int G,
+                                                int causal, float *delta, float *dq_acc) {
+    enum { D = 128 };
+    /* alignment slack; K, V (128 x D each), Q x3, dO x3 (64 x D), dS^T 2 x 2 (64 x 64); lse, delta x3 */
+    const size_t smem = 1024 + (size_t)2 * 128 * D * 2 + (size_t)6 * 64 * D * 2 + (size_t)4 * 64 * 64 * 2 + 6 * 64 * 4;
+    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3p_128_kernel, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
                                 delta, dq_acc);
 }
 

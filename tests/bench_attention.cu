@@ -115,6 +115,7 @@ static const variant g_variants[] = {
     {"bwd wgmma not pipelined", 64, NULL, mt__flash_bwd3_cfg_run<64, 1>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
     {"bwd wgmma (default)", 128, NULL, mt__flash_bwd3_128_run},
+    {"bwd wgmma pipelined (option)", 128, NULL, mt__flash_bwd3p_128_run},
     {"fwd wgmma (default T>=2048)", 64, mt__flash_fwd3_run<64>, NULL},
     {"fwd wgmma 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>, NULL},
     {"fwd wgmma K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>, NULL},

@@ -8,7 +8,8 @@
  * the same way and must be bitwise reproducible; the default one must give bitwise identical dK/dV;
  * the alternative backward (16 keys per warp, P in registers) is checked against the reference too,
  * and so is the wgmma backward (Hopper only: at hd 64 the pipelined default and mt__flash_bwd3_cfg_run
- * in both of its configurations, the mt__flash_bwd3_128_run variant at hd 128), whose dK/dV must also be bitwise identical
+ * in both of its configurations, at hd 128 the default and the pipelined option), whose dK/dV
+ * must also be bitwise identical
  * between two runs. The wgmma forward (Hopper only: mt__flash_fwd3_run at hd 64 and 128, and the other
  * tile configurations the benchmark times) is checked against the reference too (out and lse) and must
  * give bitwise identical results in two runs.
@@ -99,12 +100,13 @@ static mt_status bwd_alt_layout(const mt_ctx *cx, void *dqkv, const void *dout, 
 
 /* the wgmma backward in configuration v: 0 = hd 64's default (mt__flash_bwd3_run: pipelined across
  * query blocks unless MT_FLASH_BWD_PIPE is 0), 1 = hd 64 with dQ per warpgroup over its own keys, 2 =
- * the hd 128 variant (mt__flash_bwd3_128_run), 3 = hd 64 not pipelined (dQ columns split across the
- * warpgroups). Each runs at its own head dim (wgmma_head_dim) on compute capability 9.x, else
- * MT_ERR_UNSUPPORTED. */
-#define N_WGMMA 4
-static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma own-keys", "wgmma hd128", "wgmma not pipelined"};
-static int wgmma_head_dim(int v) { return v == 2 ? 128 : 64; }
+ * hd 128's default (mt__flash_bwd3_128_run), 3 = hd 64 not pipelined (dQ columns split across the
+ * warpgroups), 4 = hd 128 pipelined (mt__flash_bwd3p_128_run, an option). Each runs at its own head
+ * dim (wgmma_head_dim) on compute capability 9.x, else MT_ERR_UNSUPPORTED. */
+#define N_WGMMA 5
+static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma own-keys", "wgmma hd128", "wgmma not pipelined",
+                                                   "wgmma hd128 pipelined"};
+static int wgmma_head_dim(int v) { return v == 2 || v == 4 ? 128 : 64; }
 static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
                            const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws) {
     float *delta, *dq_acc;
@@ -113,6 +115,7 @@ static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout
     if (v == 0) return mt__flash_bwd3_run<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     if (v == 1) return mt__flash_bwd3_cfg_run<64, 0>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     if (v == 3) return mt__flash_bwd3_cfg_run<64, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    if (v == 4) return mt__flash_bwd3p_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     return mt__flash_bwd3_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 static int g_wgmma_ran = 0, g_wgmma_skipped = 0;
