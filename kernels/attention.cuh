@@ -43,9 +43,10 @@
  *             shared memory for dQ (see mt__flash_bwd3_kernel); by default pipelined: a query
  *             block's first products run together with the previous block's dK and dQ
  *             (mt__flash_bwd3p_kernel, Q/dO in three stages).
- *             hd 128 (mt__flash_bwd3_128_run, the default for hd 128): the same tiling with tiles
- *             stored as two 64-column halves, dK/dV in two column halves per warpgroup and dQ
- *             columns split between the warpgroups (see mt__flash_bwd3_128_kernel).
+ *             hd 128: the same tiling with tiles stored as two 64-column halves, dK/dV in two
+ *             column halves per warpgroup and dQ columns split between the warpgroups (see
+ *             mt__flash_bwd3_128_kernel); by default pipelined: the previous block's dK runs with
+ *             a block's first products (mt__flash_bwd3p_128_kernel).
  *   forward on wgmma (mt__flash_fwd3_run, hd 64, sm_90a; the default from T = 2048): 2 warpgroups x 64
  *             query rows per CTA, S = Q K^T from shared memory, O += P V with P from registers, key/value
  *             tiles of 128 rows in four cp.async stages (see mt__flash_fwd3_kernel).
@@ -63,8 +64,8 @@
 #ifndef MT_FLASH_DETERMINISTIC
 #define MT_FLASH_DETERMINISTIC 0
 #endif
-/* Option: MT_FLASH_BWD_PIPE 0 runs the hd 64 wgmma backward without pipelining across query blocks
- * (mt__flash_bwd3_kernel<64, 1>; for comparison). */
+/* Option: MT_FLASH_BWD_PIPE 0 runs the wgmma backwards without pipelining across query blocks
+ * (mt__flash_bwd3_kernel<64, 1> and mt__flash_bwd3_128_kernel; for comparison). */
 #ifndef MT_FLASH_BWD_PIPE
 #define MT_FLASH_BWD_PIPE 1
 #endif
@@ -2320,8 +2321,9 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
 #endif
 }
 
-/* The hd 128 backward pipelined (mt__flash_bwd3p_128_run; an option, written and compiled but not
- * yet run on a GPU, so not the default): mt__flash_bwd3_128_kernel's tiles and products, with block it-1's
+/* The hd 128 backward pipelined (mt__flash_bwd3p_128_run; the hd 128 default unless MT_FLASH_BWD_PIPE
+ * is 0; H200 causal 240/290/324/341 TFLOP/s at T = 1024..8192 against the plain kernel's
+ * 206/241/264/279): mt__flash_bwd3_128_kernel's tiles and products, with block it-1's
  * dK[h] += dS^T Q[:, 64h..] queued together with block it's S^T and dP^T, so P^T is computed while
  * dP^T and that dK run.  The dK product reads dS^T from shared memory (A K-major: the [key][query]
  * tile), so no dS^T registers stay live across blocks; dQ stays inside its block (deferring it too
@@ -2559,8 +2561,10 @@ template <> struct mt__fa_cfg<64> {
     enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 64, BWD2 = 2, FWD3_T = 2048 };
 };
 template <> struct mt__fa_cfg<128> {
-    /* BWD2 3 = the hd 128 wgmma backward (mt__flash_bwd3_128_run, same fallback to the FA2 layout);
-     * H100 causal: 195/235/261/281 against the FA2 layout's 180/215/238/254. The wgmma forward at
+    /* BWD2 3 = the hd 128 wgmma backward (mt__flash_bwd3p_128_run, pipelined across query blocks, or
+     * mt__flash_bwd3_128_run when MT_FLASH_BWD_PIPE is 0; same fallback to the FA2 layout); H100 causal,
+     * not pipelined: 195/235/261/281 against the FA2 layout's 180/215/238/254; H200 pipelined
+     * 240/290/324/341 against not pipelined 206/241/264/279. The wgmma forward at
      * every length: 303/360/395/422 against mma.sync's 245/275/295/293. */
     enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128, BWD2 = 3, FWD3_T = 1 };
 };
@@ -2742,8 +2746,8 @@ static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const v
     return mt__flash_bwd3_cfg_run<D, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
-/* The wgmma backwards for head dim 128: mt__flash_bwd3_128_kernel (the default) and the pipelined
- * mt__flash_bwd3p_128_kernel (an option the tests and the benchmark run; not yet measured). Same
+/* The wgmma backwards for head dim 128: the pipelined mt__flash_bwd3p_128_kernel (the default) and
+ * mt__flash_bwd3_128_kernel (MT_FLASH_BWD_PIPE=0; the tests and the benchmark run both). Same
  * arguments and workspace as the other backwards; MT_ERR_UNSUPPORTED unless the build has sm_90a code
  * and the GPU is of compute capability 9.x. */
 static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
@@ -2827,7 +2831,9 @@ static inline mt_status mt__flash_bwd_launch(const mt_ctx *cx, void *dqkv, const
         if (st != MT_ERR_UNSUPPORTED) return st; /* not an sm_90a build on a 9.x GPU: mma.sync below */
     }
     if constexpr (C::BWD2 == 3) {
-        mt_status st = mt__flash_bwd3_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+        mt_status st = MT_FLASH_BWD_PIPE
+                           ? mt__flash_bwd3p_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc)
+                           : mt__flash_bwd3_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
         if (st != MT_ERR_UNSUPPORTED) return st; /* as above: the FA2 layout below */
     }
     if (C::BWD2 == 0)

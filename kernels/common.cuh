@@ -118,6 +118,11 @@ struct mt_gpu_state {
     int xent_variant;           /* kernel variant of the cross-entropy (0 = default; bench compares) */
     int adamw_variant;          /* kernel variant of AdamW (0 = default; bench compares) */
     int norm_bwd_variant;       /* kernel variant of the norm backwards (0 = default; bench compares) */
+    int gemm_tune;              /* 0 or 1 (default): each GEMM shape runs cuBLASLt's first heuristic
+                                   algorithm (the same one every run); N > 1: the first time a shape
+                                   is seen, up to N of the heuristic's algorithms are timed and the
+                                   fastest kept (a host sync and a scratch output then; the choice,
+                                   and so the rounding, can differ between runs) */
     mt__matmul_plan plans[MT_GPU_MATMUL_CACHE]; /* heuristic cache, round-robin replacement */
     int next_plan;
     struct { const void *fn; int threads, blocks; size_t smem; } occ[16]; /* resident blocks per SM */
@@ -246,7 +251,8 @@ MT_API mt_status mt_gpu_sync(const mt_ctx *cx) {
  * stream and adds each op's elapsed time to its row (name + up to 3 shape numbers: matmuls and
  * attention give theirs); mt_gpu_timing_report prints the rows, largest first, per step and as a
  * share of a step time the caller measured; what no op accounts for (launch gaps, copies, memsets,
- * collectives, host waits) is the last row.  mt_gpu_timing(cx, 0) frees it.
+ * collectives, host waits) is the last row.  mt_gpu_timing(cx, 0) frees it.  Ops issued while the
+ * stream is being captured into a CUDA graph are not timed (counted in the report's "not timed").
  *
  *   MT_TRY(mt_gpu_timing(&cx, 1));
  *   for (...) { step(); MT_TRY(mt_gpu_timing_step(&cx)); }   // each step: a host sync
@@ -292,6 +298,11 @@ MT_API mt_status mt_gpu_timing(const mt_ctx *cx, int on) {
 MT_API int mt__op_timer_begin(const mt_ctx *cx, const char *name, int s0, int s1, int s2) {
     mt_op_timer *t = cx->gpu ? cx->gpu->timer : NULL;
     if (!t) return -1;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing((cudaStream_t)cx->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+        t->dropped++; /* inside a CUDA graph capture: a timestamp would never be taken */
+        return -1;
+    }
     int r = 0;
     while (r < t->rows && !(t->name[r] == name && t->shape[r][0] == s0 && t->shape[r][1] == s1 &&
                             t->shape[r][2] == s2)) r++;
@@ -378,8 +389,9 @@ MT_API void mt_gpu_timing_report(const mt_ctx *cx, FILE *f, double step_ms) {
     } else {
         fprintf(f, "\n");
     }
-    if (t->dropped) fprintf(f, "  (%ld op calls not timed: more than %d rows or %d ops per step)\n", t->dropped,
-                            MT__TIMER_ROWS, MT__TIMER_PAIRS);
+    if (t->dropped)
+        fprintf(f, "  (%ld op calls not timed: more than %d rows or %d ops per step, or inside a graph capture)\n",
+                t->dropped, MT__TIMER_ROWS, MT__TIMER_PAIRS);
 }
 
 /* Free everything mt_gpu_init created; cx goes back to the CPU defaults. Safe on a partial init. */

@@ -71,6 +71,56 @@ MT_API int mt__align_bytes(const void *p) {
     return 2;
 }
 
+#define MT__GEMM_TUNE_MAX 16
+
+/* Which of nres heuristic results runs fastest here (cx->gpu->gemm_tune > 1, once per shape): each
+ * runs once to warm up, then 3 times between events.  The candidates write a scratch copy of D
+ * (d_nbytes, zeroed), never D itself, so an accumulating GEMM (C == D, passed as C = NULL) is not
+ * applied more than once; aux and the bias-gradient outputs are plain overwrites, written again by
+ * the real call.  Falls back to result 0 (the heuristic's choice) when the scratch does not fit, the
+ * stream is being captured, or nothing could be timed. */
+MT_API int mt__gemm_fastest(const mt_ctx *cx, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t la,
+                            cublasLtMatrixLayout_t lb, cublasLtMatrixLayout_t lc, cublasLtMatrixLayout_t ld,
+                            const void *A, const void *B, const void *C, float beta, const void *D, size_t d_nbytes,
+                            const cublasLtMatmulHeuristicResult_t *res, int nres) {
+    struct mt_gpu_state *g = cx->gpu;
+    cudaStream_t s = MT__STREAM(cx);
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(s, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) return 0;
+    void *Dt = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    int best = 0;
+    float best_ms = 0.0f, alpha = 1.0f;
+    (void)D;
+    if (cudaMalloc(&Dt, d_nbytes) != cudaSuccess || cudaMemsetAsync(Dt, 0, d_nbytes, s) != cudaSuccess ||
+        cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
+        (void)cudaGetLastError();
+        goto done;
+    }
+    if (!C) C = Dt;
+    for (int i = 0; i < nres; i++) {
+        if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+        int ok = 1;
+        for (int r = 0; r < 4 && ok; r++) {
+            if (r == 1) ok = cudaEventRecord(e0, s) == cudaSuccess;
+            ok = ok && cublasLtMatmul(g->lt, desc, &alpha, A, la, B, lb, &beta, C, lc, Dt, ld, &res[i].algo,
+                                      g->workspace, g->workspace_nbytes, s) == CUBLAS_STATUS_SUCCESS;
+        }
+        float ms = 0.0f;
+        if (!ok || cudaEventRecord(e1, s) != cudaSuccess || cudaEventSynchronize(e1) != cudaSuccess ||
+            cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess) {
+            (void)cudaGetLastError();
+            continue;
+        }
+        if (best_ms == 0.0f || ms < best_ms) { best = i; best_ms = ms; }
+    }
+done:
+    if (e0) cudaEventDestroy(e0);
+    if (e1) cudaEventDestroy(e1);
+    if (Dt) { cudaStreamSynchronize(s); cudaFree(Dt); }
+    return best;
+}
+
 /* D (m,n, column-major, ldd) = alpha * op(A) @ op(B) + beta * C, with an epilogue, in cuBLASLt's
  * column-major terms.  C may be NULL (beta must be 0) or alias D.  When `unsupported` is given and
  * cuBLASLt has no algorithm, sets *unsupported = 1 and returns MT_OK without running anything. */
@@ -121,13 +171,13 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
         if (g->plans[i].used && g->plans[i].nkey == nkey && memcmp(g->plans[i].key, key, sizeof(int64_t) * nkey) == 0)
             hit = i;
     if (hit < 0) {
-        cublasLtMatmulHeuristicResult_t res;
-        int nres = 0;
-        memset(&res, 0, sizeof res);
+        cublasLtMatmulHeuristicResult_t res[MT__GEMM_TUNE_MAX];
+        int nres = 0, want = g->gemm_tune > 1 ? (g->gemm_tune < MT__GEMM_TUNE_MAX ? g->gemm_tune : MT__GEMM_TUNE_MAX) : 1;
+        memset(res, 0, sizeof res);
         MT__LT(cublasLtMatmulPreferenceCreate(&pref));
         size_t ws = g->workspace_nbytes;
         MT__LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-        b = cublasLtMatmulAlgoGetHeuristic(g->lt, desc, la, lb, lc, ld, pref, 1, &res, &nres);
+        b = cublasLtMatmulAlgoGetHeuristic(g->lt, desc, la, lb, lc, ld, pref, want, res, &nres);
         if (b != CUBLAS_STATUS_SUCCESS || nres == 0) {
             if (unsupported) {
                 *unsupported = 1;
@@ -143,7 +193,9 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
         g->next_plan = (g->next_plan + 1) % MT_GPU_MATMUL_CACHE;
         memcpy(g->plans[hit].key, key, sizeof key);
         g->plans[hit].nkey = nkey;
-        g->plans[hit].algo = res.algo;
+        g->plans[hit].algo = res[nres > 1 ? mt__gemm_fastest(cx, desc, la, lb, lc, ld, A, B, C == D ? NULL : C, beta, D,
+                                                              (size_t)ldd * n * (dt == CUDA_R_16BF ? 2 : 4), res, nres)
+                                          : 0].algo;
         g->plans[hit].used = 1;
     }
     MT__LT(cublasLtMatmul(g->lt, desc, &alpha, A, la, B, lb, &beta, C, lc, D, ld, &g->plans[hit].algo, g->workspace,

@@ -20,6 +20,7 @@ typedef struct args {
     int global_batch_default; /* 1: --global-batch-size not given: micro-batch x data-parallel size */
     int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
     int timing;             /* GPU time per op, reported at the end (one host sync per step) */
+    int gemm_tune;          /* GPU: time up to N cuBLASLt algorithms per GEMM shape once, keep the fastest */
     mt_shard_strategy sharding;
     double lr, min_lr, weight_decay, clip_grad, beta1, beta2, eps;
     int warmup_iters, decay_iters;
@@ -43,7 +44,9 @@ static void usage(void) {
             "  --world-size N  --tensor-model-parallel-size N  --sequence-parallel  --use-distributed-optimizer\n"
             "  --data-parallel-sharding-strategy no_shard|optim|optim_grads|optim_grads_params\n"
             "  --no-tp-comm-overlap  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n"
-            "  --timing   (GPU: time of every op per step, printed after the speed line)\n");
+            "  --timing   (GPU: time of every op per step, printed after the speed line)\n"
+            "  --gemm-tune N   (GPU: time up to N cuBLASLt algorithms per GEMM shape at its first use and keep\n"
+            "                   the fastest; faster, but the choice and so the rounding can differ run to run)\n");
 }
 
 static int fail(const char *fmt, const char *a, const char *b) {
@@ -126,6 +129,7 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (!strcmp(f, "--eval-interval")) ok = parse_int(f, v, 0, &a->eval_interval);
         else if (!strcmp(f, "--eval-iters")) ok = parse_int(f, v, 0, &a->eval_iters);
         else if (!strcmp(f, "--log-interval")) ok = parse_int(f, v, 1, &a->log_interval);
+        else if (!strcmp(f, "--gemm-tune")) ok = parse_int(f, v, 0, &a->gemm_tune);
         else if (!strcmp(f, "--world-size")) ok = parse_int(f, v, 1, &a->world_size);
         else if (!strcmp(f, "--tensor-model-parallel-size")) ok = parse_int(f, v, 1, &a->tp);
         else if (!strcmp(f, "--data-parallel-sharding-strategy")) {
@@ -206,23 +210,67 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-/* Split rows of T+1 tokens into inputs (first T) and targets (last T) on the model's device. */
-static mt_status upload_batch(const mt_ctx *cx, mt_gpt_acts *a, const int32_t *rows, int32_t *staging) {
+/* The host side of a batch upload: inputs then targets, pinned on the GPU so that the copy is
+ * asynchronous; `copied` marks when the GPU has read it, so it is not overwritten before. */
+typedef struct staging {
+    int32_t *buf; /* (2, B, T) */
+#ifdef __CUDACC__
+    cudaEvent_t copied;
+#endif
+} staging;
+
+static mt_status staging_init(const mt_ctx *cx, staging *s, size_t n) {
+    memset(s, 0, sizeof *s);
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA) {
+        if (cudaMallocHost((void **)&s->buf, sizeof(int32_t) * n) != cudaSuccess ||
+            cudaEventCreateWithFlags(&s->copied, cudaEventDisableTiming) != cudaSuccess)
+            return mt_errorf(MT_ERR_CUDA, "train_gpt: %zu bytes of pinned memory for the batch upload",
+                             sizeof(int32_t) * n);
+        return MT_OK;
+    }
+#endif
+    (void)cx;
+    return mt_calloc(sizeof(int32_t) * n, (void **)&s->buf);
+}
+
+static void staging_free(const mt_ctx *cx, staging *s) {
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA) {
+        cudaFreeHost(s->buf);
+        cudaEventDestroy(s->copied);
+        return;
+    }
+#endif
+    (void)cx;
+    mt_free(s->buf);
+}
+
+/* Split rows of T+1 tokens into inputs (first T) and targets (last T) on the model's device.  On the
+ * GPU the copies are queued on the stream: the host does not wait for the GPU here (only, if it is
+ * far ahead, for the previous upload to have been read). */
+static mt_status upload_batch(const mt_ctx *cx, mt_gpt_acts *a, const int32_t *rows, staging *stg) {
     int B = a->B, T = a->T;
+    int32_t *h = stg->buf;
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA && cudaEventSynchronize(stg->copied) != cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "waiting for the previous batch upload failed");
+#endif
     for (int r = 0; r < B; r++) {
-        memcpy(staging + (size_t)r * T, rows + (size_t)r * (T + 1), sizeof(int32_t) * T);
-        memcpy(staging + (size_t)(B + r) * T, rows + (size_t)r * (T + 1) + 1, sizeof(int32_t) * T);
+        memcpy(h + (size_t)r * T, rows + (size_t)r * (T + 1), sizeof(int32_t) * T);
+        memcpy(h + (size_t)(B + r) * T, rows + (size_t)r * (T + 1) + 1, sizeof(int32_t) * T);
     }
     if (cx->device.type == MT_CPU) {
-        memcpy(a->tokens, staging, sizeof(int32_t) * B * T);
-        memcpy(a->targets, staging + (size_t)B * T, sizeof(int32_t) * B * T);
+        memcpy(a->tokens, h, sizeof(int32_t) * B * T);
+        memcpy(a->targets, h + (size_t)B * T, sizeof(int32_t) * B * T);
         return MT_OK;
     }
 #ifdef __CUDACC__
     cudaStream_t st = (cudaStream_t)cx->stream;
-    if (cudaMemcpyAsync(a->tokens, staging, sizeof(int32_t) * B * T, cudaMemcpyHostToDevice, st) != cudaSuccess ||
-        cudaMemcpyAsync(a->targets, staging + (size_t)B * T, sizeof(int32_t) * B * T, cudaMemcpyHostToDevice, st) !=
-            cudaSuccess)
+    if (cudaMemcpyAsync(a->tokens, h, sizeof(int32_t) * B * T, cudaMemcpyHostToDevice, st) != cudaSuccess ||
+        cudaMemcpyAsync(a->targets, h + (size_t)B * T, sizeof(int32_t) * B * T, cudaMemcpyHostToDevice, st) !=
+            cudaSuccess ||
+        cudaEventRecord(stg->copied, st) != cudaSuccess)
         return mt_errorf(MT_ERR_CUDA, "copying a batch to the GPU failed");
     return MT_OK;
 #else
@@ -234,7 +282,7 @@ static mt_status upload_batch(const mt_ctx *cx, mt_gpt_acts *a, const int32_t *r
  * Each row holds training examples as context, then the held-out prompt "ddddd>" in the last slot
  * where a whole example fits. */
 static double task_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s, int32_t *rows,
-                            int32_t *staging, float *logits_row, void *row_buf, uint64_t seed, uint32_t n_eval) {
+                            staging *stg, float *logits_row, void *row_buf, uint64_t seed, uint32_t n_eval) {
     int B = a->B, T = a->T, right = 0, total = 0;
     int slot = (T - TASK_LEN + 2) / TASK_LEN, sep = slot * TASK_LEN + TASK_DIGITS;
     uint32_t *held, n_held = 0;
@@ -248,7 +296,7 @@ static double task_accuracy(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, m
             ok[r] = 1;
         }
         for (int d = 0; d < TASK_DIGITS; d++) {  /* predict digit d after the separator */
-            if (upload_batch(cx, a, rows, staging) != MT_OK || mt_gpt_forward(cx, m, a, s, 0.0f) != MT_OK) return -1;
+            if (upload_batch(cx, a, rows, stg) != MT_OK || mt_gpt_forward(cx, m, a, s, 0.0f) != MT_OK) return -1;
             int have0 = 0, have_n = 0; /* the forward keeps one chunk of logits: recompute the rows read */
             void *have = NULL;
             for (int r = 0; r < B; r++) {
@@ -304,12 +352,12 @@ static const char *loader_note(const mt_loader *ld) {
 
 /* The validation loss: the mean per-token loss over `iters` micro-batches of the valid split. */
 static mt_status evaluate(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_gpt_scratch *s, mt_loader *valid,
-                          int32_t *rows, int32_t *staging, int iters, float *loss_host, int it, int talk) {
+                          int32_t *rows, staging *stg, int iters, float *loss_host, int it, int talk) {
     size_t N = (size_t)a->B * a->T;
     double sum = 0;
     for (int i = 0; i < iters; i++) {
         MT_TRY(mt_loader_next(valid, rows));
-        MT_TRY(upload_batch(cx, a, rows, staging));
+        MT_TRY(upload_batch(cx, a, rows, stg));
         MT_TRY(mt_gpt_forward(cx, m, a, s, 0.0f));
         MT_TRY(mt_copy_to_f32(cx, loss_host, a->losses, mt_stat_dtype(cx), N));
         for (size_t k = 0; k < N; k++) sum += loss_host[k];
@@ -320,6 +368,91 @@ static mt_status evaluate(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_
 
 /* The median step time after the first two iterations, tokens/s, MFU (6N + 12·L·C·T FLOPs per
  * token, N without position embeddings, against an H100's 989 dense bf16 TFLOP/s) and peak memory. */
+/* A step's per-token losses and squared gradient norm, on their way back to the host.  On the GPU the
+ * copies are queued behind the step (into pinned memory) and an event marks them done, so the host
+ * can queue the next step before reading this one; two slots, because one step is in flight while
+ * the one before it is read. */
+typedef struct readback {
+    void *host[2];  /* per slot: n per-token losses, then the squared norm, all of type dtype */
+    size_t n;
+    mt_dtype dtype;
+#ifdef __CUDACC__
+    cudaEvent_t done[2];
+#endif
+} readback;
+
+static mt_status readback_init(const mt_ctx *cx, readback *r, size_t n) {
+    memset(r, 0, sizeof *r);
+    r->n = n;
+    r->dtype = mt_stat_dtype(cx);
+    size_t nbytes = (n + 1) * mt_dtype_size(r->dtype);
+    for (int s = 0; s < 2; s++) {
+#ifdef __CUDACC__
+        if (cx->device.type == MT_CUDA) {
+            if (cudaMallocHost(&r->host[s], nbytes) != cudaSuccess ||
+                cudaEventCreateWithFlags(&r->done[s], cudaEventDisableTiming) != cudaSuccess)
+                return mt_errorf(MT_ERR_CUDA, "train_gpt: %zu bytes of pinned memory for the loss read-back", nbytes);
+            continue;
+        }
+#endif
+        MT_TRY(mt_calloc(nbytes, &r->host[s]));
+    }
+    return MT_OK;
+}
+
+/* Queue the copies of step `it`'s results (per-token losses on the device, the squared norm). */
+static mt_status readback_start(const mt_ctx *cx, readback *r, int it, const void *losses, const void *norm2) {
+    size_t es = mt_dtype_size(r->dtype);
+    char *h = (char *)r->host[it & 1];
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA) {
+        cudaStream_t st = (cudaStream_t)cx->stream;
+        if (cudaMemcpyAsync(h, losses, r->n * es, cudaMemcpyDeviceToHost, st) != cudaSuccess ||
+            cudaMemcpyAsync(h + r->n * es, norm2, es, cudaMemcpyDeviceToHost, st) != cudaSuccess ||
+            cudaEventRecord(r->done[it & 1], st) != cudaSuccess)
+            return mt_errorf(MT_ERR_CUDA, "train_gpt: queueing the loss read-back of iteration %d failed", it + 1);
+        return MT_OK;
+    }
+#endif
+    (void)cx;
+    memcpy(h, losses, r->n * es);
+    memcpy(h + r->n * es, norm2, es);
+    return MT_OK;
+}
+
+/* Wait for step `it`'s copies; its mean loss and gradient norm. */
+static mt_status readback_wait(const mt_ctx *cx, readback *r, int it, double *loss, double *gnorm) {
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA && cudaEventSynchronize(r->done[it & 1]) != cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "train_gpt: iteration %d failed on the GPU: %s", it + 1,
+                         cudaGetErrorString(cudaGetLastError()));
+#endif
+    (void)cx;
+    const void *h = r->host[it & 1];
+    double sum = 0, v[1];
+    for (size_t i = 0; i <= r->n; i++) {
+        v[0] = r->dtype == MT_F64 ? ((const double *)h)[i] : ((const float *)h)[i];
+        if (i < r->n) sum += v[0];
+    }
+    *loss = sum / (double)r->n;
+    *gnorm = sqrt(v[0]);
+    return MT_OK;
+}
+
+static void readback_free(const mt_ctx *cx, readback *r) {
+    for (int s = 0; s < 2; s++) {
+#ifdef __CUDACC__
+        if (cx->device.type == MT_CUDA) {
+            if (r->host[s]) cudaFreeHost(r->host[s]);
+            if (r->done[s]) cudaEventDestroy(r->done[s]);
+            continue;
+        }
+#endif
+        (void)cx;
+        mt_free(r->host[s]);
+    }
+}
+
 static void print_speed(const args *a, const mt_gpt_config *c, double *step_ms, const mt_ctx *cx) {
     int gpu = cx->device.type == MT_CUDA;
     int skip = a->train_iters > 4 ? 2 : 0, n = a->train_iters - skip;
@@ -410,6 +543,7 @@ static mt_status train(mt_comm *world, void *arg) {
         MT_TRY(mt_gpu_init(&cx, ra->device + (ra->thread_per_gpu ? rank : 0), a.dtype_flag == 1 ? MT_F32 : MT_BF16));
     else if (talk) fprintf(stderr, "train_gpt: no GPU found, running on the CPU\n");
     if (a.timing && cx.device.type == MT_CUDA) MT_TRY(mt_gpu_timing(&cx, 1));
+    if (cx.gpu) cx.gpu->gemm_tune = a.gemm_tune;
 #else
     if (a.dtype_flag == 2 && talk) fprintf(stderr, "train_gpt: --bf16 needs the GPU build; the CPU computes in fp32\n");
 #endif
@@ -446,12 +580,13 @@ static mt_status train(mt_comm *world, void *arg) {
     MT_TRY(mt_gpt_acts_alloc(&model, &arena, B, T, &acts, &scratch));
     void *losses; /* (n_micro, B*T) per-token losses of the step, read back once per step */
     MT_TRY(mt__take(&arena, (size_t)n_micro * B * T, mt_stat_dtype(&cx), &losses));
-    void *loss_mean; /* one stat-type scalar: the step's mean loss, averaged over data-parallel ranks */
-    MT_TRY(mt__take(&arena, 1, mt_stat_dtype(&cx), &loss_mean));
-    int32_t *rows, *staging;
+    readback rb;
+    MT_TRY(readback_init(&cx, &rb, (size_t)n_micro * B * T));
+    int32_t *rows;
+    staging stg;
     float *loss_host, *logits_row;
     MT_TRY(mt_calloc(sizeof(int32_t) * B * (T + 1), (void **)&rows));
-    MT_TRY(mt_calloc(sizeof(int32_t) * 2 * B * T, (void **)&staging));
+    MT_TRY(staging_init(&cx, &stg, (size_t)2 * B * T));
     MT_TRY(mt_calloc(sizeof(float) * n_micro * B * T, (void **)&loss_host));
     MT_TRY(mt_calloc(sizeof(float) * a.model.padded_vocab, (void **)&logits_row));
     void *row_buf; /* one row of logits over the whole vocabulary (tensor parallelism gathers it here) */
@@ -470,13 +605,14 @@ static mt_status train(mt_comm *world, void *arg) {
                synthetic ? "synthetic task: encipher 5 digits (1 string in 10 held out)" : "data");
     }
 
-    /* 5. Train. */
-    double first_loss = 0, last_loss = 0, t_start = now_ms(), *step_ms;
+    /* 5. Train.  On the GPU the host queues step it before it reads step it-1's loss and norm (so the
+     * GPU never waits for the host between steps); before an evaluation, the last step, or with
+     * --timing it reads each step right after queueing it. */
+    double first_loss = 0, last_loss = 0, t_start = now_ms(), t_read = t_start, *step_ms;
     MT_TRY(mt_calloc(sizeof(double) * a.train_iters, (void **)&step_ms));
     size_t sb = mt_dtype_size(mt_stat_dtype(&cx)), nb = (size_t)B * T;
-    int timing_skip = a.train_iters > 4 ? 2 : 0;
+    int timing_skip = a.train_iters > 4 ? 2 : 0, ahead = cx.device.type == MT_CUDA && !a.timing, next_read = 0;
     for (int it = 0; it < a.train_iters; it++) {
-        double t0 = now_ms();
         mt_optim_hp hp = {0};
         hp.lr = (float)mt_lr_at(it, a.warmup_iters, a.decay_iters, a.lr, a.min_lr, a.decay_style);
         hp.beta1 = (float)a.beta1; hp.beta2 = (float)a.beta2; hp.eps = (float)a.eps;
@@ -486,43 +622,43 @@ static mt_status train(mt_comm *world, void *arg) {
             /* Megatron's order: micro-batch mb of step it is global samples it*G + mb*dp*B + dp_rank*B + b */
             if (synthetic) task_batch(rows, B, T, a.seed, (uint64_t)it * a.global_batch + ((uint64_t)mb * dp + dp_rank) * B);
             else MT_TRY(mt_loader_next(&train_data, rows));
-            MT_TRY(upload_batch(&cx, &acts, rows, staging));
+            MT_TRY(upload_batch(&cx, &acts, rows, &stg));
             MT_TRY(mt_gpt_forward(&cx, &model, &acts, &scratch, 1.0f / ((float)a.global_batch * T)));
             MT_TRY(mt_copy(&cx, (char *)losses + mb * nb * sb, acts.losses, nb * sb));
             MT_TRY(mt_gpt_backward(&cx, &model, &acts, &scratch, NULL, NULL));
         }
         if (world) MT_TRY(mt_ddp_step(&cx, &ddp, &hp));  /* reduce, clip by the global norm, AdamW, gather */
         else MT_TRY(mt_optim_step(&cx, &opt, &model, &hp));
-        MT_TRY(mt_copy_to_f32(&cx, loss_host, losses, mt_stat_dtype(&cx), n_micro * nb)); /* waits for the step */
-        double loss = 0, gnorm = 0;
-        for (size_t i = 0; i < n_micro * nb; i++) loss += loss_host[i];
-        loss /= (double)(n_micro * nb);
-        if (dp > 1) {
-            float lf = (float)loss;
-            mt_ctx f32 = cx;
-            f32.dtype = MT_F32;
-            MT_TRY(mt_copy_from_f32(&f32, loss_mean, &lf, 1));
-            MT_TRY(mt_comm_all_reduce(par.dp, loss_mean, loss_mean, 1, MT_F32, MT_AVG, cx.stream));
-            MT_TRY(mt_copy_to_f32(&cx, &lf, loss_mean, MT_F32, 1));
-            loss = lf;
-        }
-        if (world) MT_TRY(mt_ddp_grad_norm(&cx, &ddp, &gnorm));
-        else MT_TRY(mt_optim_grad_norm(&cx, &opt, &gnorm));
-        double ms = now_ms() - t0;
-        step_ms[it] = ms;
+        if (dp > 1) /* every rank logs the loss over the whole global batch */
+            MT_TRY(mt_comm_all_reduce(par.dp, losses, losses, n_micro * nb, mt_stat_dtype(&cx), MT_AVG, cx.stream));
+        MT_TRY(readback_start(&cx, &rb, it, losses, world ? ddp.scalars : opt.scalars));
+
+        int eval_now = !synthetic && valid_data.seq_len && ((it + 1) % a.eval_interval == 0 || it + 1 == a.train_iters);
+        int last_read = ahead && !eval_now && it + 1 < a.train_iters ? it - 1 : it;
+        for (; next_read <= last_read; next_read++) { /* the steps whose results are due, in order */
+            int r = next_read;
+            double loss = 0, gnorm = 0, t;
+            MT_TRY(readback_wait(&cx, &rb, r, &loss, &gnorm));
+            t = now_ms();
+            step_ms[r] = t - t_read; /* from the previous step's end to this one's: the step time */
+            t_read = t;
 #ifdef __CUDACC__
-        MT_TRY(mt_gpu_timing_step(&cx));             /* nothing unless --timing */
-        if (it + 1 == timing_skip) mt_gpu_timing_reset(&cx); /* the warm-up steps print_speed skips too */
+            MT_TRY(mt_gpu_timing_step(&cx));             /* nothing unless --timing */
+            if (r + 1 == timing_skip) mt_gpu_timing_reset(&cx); /* the warm-up steps print_speed skips too */
 #endif
-        if (it == 0) first_loss = loss;
-        last_loss = loss;
-        if (talk && ((it + 1) % a.log_interval == 0 || it == 0 || it + 1 == a.train_iters))
-            printf("iteration %6d/%6d | lm loss: %.6E | grad norm: %.4f | lr: %.4E | elapsed time per iteration "
-                   "(ms): %.1f | tokens/s: %.0f%s\n", it + 1, a.train_iters, loss, gnorm, hp.lr, ms,
-                   a.global_batch * (double)T / (ms / 1e3), synthetic ? "" : loader_note(&train_data));
-        if (!synthetic && valid_data.seq_len && ((it + 1) % a.eval_interval == 0 || it + 1 == a.train_iters))
-            MT_TRY(evaluate(&cx, &model, &acts, &scratch, &valid_data, rows, staging, a.eval_iters, loss_host, it + 1, talk));
-        if (talk) fflush(stdout);
+            if (r == 0) first_loss = loss;
+            last_loss = loss;
+            if (talk && ((r + 1) % a.log_interval == 0 || r == 0 || r + 1 == a.train_iters))
+                printf("iteration %6d/%6d | lm loss: %.6E | grad norm: %.4f | lr: %.4E | elapsed time per iteration "
+                       "(ms): %.1f | tokens/s: %.0f%s\n", r + 1, a.train_iters, loss, gnorm,
+                       mt_lr_at(r, a.warmup_iters, a.decay_iters, a.lr, a.min_lr, a.decay_style), step_ms[r],
+                       a.global_batch * (double)T / (step_ms[r] / 1e3), synthetic ? "" : loader_note(&train_data));
+            if (talk) fflush(stdout);
+        }
+        if (eval_now) {
+            MT_TRY(evaluate(&cx, &model, &acts, &scratch, &valid_data, rows, &stg, a.eval_iters, loss_host, it + 1, talk));
+            t_read = now_ms(); /* the evaluation is not part of the next step's time */
+        }
     }
     double total_s = (now_ms() - t_start) / 1e3;
     if (talk) {
@@ -538,13 +674,14 @@ static mt_status train(mt_comm *world, void *arg) {
     if (world) MT_TRY(mt_ddp_gather_params(&cx, &ddp));  /* ZeRO-3 holds shards: gather the weights */
     if (synthetic) { /* every rank takes part: tensor-parallel ranks compute the forward together */
         uint32_t n_eval = a.eval_iters > 0 && a.eval_iters * B < TASK_EVAL ? (uint32_t)(a.eval_iters * B) : TASK_EVAL;
-        double acc = task_accuracy(&cx, &model, &acts, &scratch, rows, staging, logits_row, row_buf, a.seed, n_eval);
+        double acc = task_accuracy(&cx, &model, &acts, &scratch, rows, &stg, logits_row, row_buf, a.seed, n_eval);
         if (acc < 0) return MT_ERR_INTERNAL;
         if (talk) printf("held-out accuracy: %.1f%% of %u held-out strings enciphered exactly\n", 100.0 * acc, n_eval);
     }
     if (!synthetic) mt_loader_close(&train_data);
     if (valid_data.seq_len) mt_loader_close(&valid_data);
-    mt_free(rows); mt_free(staging); mt_free(loss_host); mt_free(logits_row);
+    mt_free(rows); staging_free(&cx, &stg); mt_free(loss_host); mt_free(logits_row);
+    readback_free(&cx, &rb);
     mt_gpt_acts_free(&acts);
     mt_arena_free(&arena);
     if (world) mt_ddp_free(&ddp);

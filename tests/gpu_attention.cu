@@ -100,12 +100,12 @@ static mt_status bwd_alt_layout(const mt_ctx *cx, void *dqkv, const void *dout, 
 
 /* the wgmma backward in configuration v: 0 = hd 64's default (mt__flash_bwd3_run: pipelined across
  * query blocks unless MT_FLASH_BWD_PIPE is 0), 1 = hd 64 with dQ per warpgroup over its own keys, 2 =
- * hd 128's default (mt__flash_bwd3_128_run), 3 = hd 64 not pipelined (dQ columns split across the
- * warpgroups), 4 = hd 128 pipelined (mt__flash_bwd3p_128_run, an option). Each runs at its own head
+ * hd 128 not pipelined (mt__flash_bwd3_128_run), 3 = hd 64 not pipelined (dQ columns split across the
+ * warpgroups), 4 = hd 128's default, pipelined (mt__flash_bwd3p_128_run). Each runs at its own head
  * dim (wgmma_head_dim) on compute capability 9.x, else MT_ERR_UNSUPPORTED. */
 #define N_WGMMA 5
-static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma own-keys", "wgmma hd128", "wgmma not pipelined",
-                                                   "wgmma hd128 pipelined"};
+static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma own-keys", "wgmma hd128 not pipelined",
+                                                   "wgmma not pipelined", "wgmma hd128"};
 static int wgmma_head_dim(int v) { return v == 2 || v == 4 ? 128 : 64; }
 static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
                            const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws) {

@@ -302,9 +302,12 @@ static void test_rmsnorm(void) {
 
 /* ------------------------------------------------------------------ matmul */
 
+static int g_gemm_tune; /* cx.gpu->gemm_tune for run_matmul_case */
+
 static void run_matmul_case(mt_dtype dt, int fused, int N, int IC, int OC, int use_bias, int use_resid, int use_gelu) {
     mt_ctx cx = ctx_of(dt);
     cx.gpu->lt_epilogues = fused;
+    cx.gpu->gemm_tune = g_gemm_tune;
     char what[96];
     const char *tag = fused ? "lt" : "sep";
     size_t ni = (size_t)N * IC, no = (size_t)N * OC, nw = (size_t)OC * IC;
@@ -350,6 +353,7 @@ static void run_matmul_case(mt_dtype dt, int fused, int N, int IC, int OC, int u
         check_dev("matmul", dt, what, ddb2, dt, rdb2, OC, tol_of(dt));
     }
     cx.gpu->lt_epilogues = 1;
+    cx.gpu->gemm_tune = 0;
 }
 
 /* The persistent forwards (norm_fwd_warp 4, 5) with enough rows that every warp walks several and the
@@ -411,6 +415,15 @@ static void test_matmul(void) {
         }
         free_all();
     }
+    /* gemm_tune 8: each new shape times several algorithms on a scratch output first; the results,
+     * the accumulating dw (C == D) and the residual included, must be the same as untuned */
+    g_gemm_tune = 8;
+    for (int di = 0; di < 2; di++) {
+        run_matmul_case(DTYPES[di], 1, 300, 256, 384, 1, 1, 0);
+        run_matmul_case(DTYPES[di], 1, 300, 384, 512, 1, 0, 1);
+        free_all();
+    }
+    g_gemm_tune = 0;
     /* f32 takes any size */
     run_matmul_case(MT_F32, 1, 37, 33, 45, 1, 1, 0);
     run_matmul_case(MT_F32, 1, 37, 33, 45, 1, 0, 1);
