@@ -368,16 +368,19 @@ static mt_status evaluate(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_
 
 /* The median step time after the first two iterations, tokens/s, MFU (6N + 12·L·C·T FLOPs per
  * token, N without position embeddings, against an H100's 989 dense bf16 TFLOP/s) and peak memory. */
-/* A step's per-token losses and squared gradient norm, on their way back to the host.  On the GPU the
- * copies are queued behind the step (into pinned memory) and an event marks them done, so the host
- * can queue the next step before reading this one; two slots, because one step is in flight while
- * the one before it is read. */
+/* A step's per-token losses, squared gradient norm and time, on their way back to the host.  On the
+ * GPU the copies are queued behind the step (into pinned memory) with an event after them, so the
+ * host can queue the next step before reading this one, and a step's time is the GPU time between
+ * two such events (or from the last mark: the start, an evaluation).  Three slots: the step being
+ * read, the one queued after it, and the one before it (its event is where the time starts). */
 typedef struct readback {
-    void *host[2];  /* per slot: n per-token losses, then the squared norm, all of type dtype */
+    void *host[3]; /* per slot: n per-token losses, then the squared norm, all of type dtype */
     size_t n;
     mt_dtype dtype;
+    int from_mark;           /* the next step's time starts at the mark */
+    double mark_ms, last_ms; /* the CPU's clock */
 #ifdef __CUDACC__
-    cudaEvent_t done[2];
+    cudaEvent_t done[3], mark;
 #endif
 } readback;
 
@@ -386,11 +389,14 @@ static mt_status readback_init(const mt_ctx *cx, readback *r, size_t n) {
     r->n = n;
     r->dtype = mt_stat_dtype(cx);
     size_t nbytes = (n + 1) * mt_dtype_size(r->dtype);
-    for (int s = 0; s < 2; s++) {
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA && cudaEventCreate(&r->mark) != cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "train_gpt: creating an event failed");
+#endif
+    for (int s = 0; s < 3; s++) {
 #ifdef __CUDACC__
         if (cx->device.type == MT_CUDA) {
-            if (cudaMallocHost(&r->host[s], nbytes) != cudaSuccess ||
-                cudaEventCreateWithFlags(&r->done[s], cudaEventDisableTiming) != cudaSuccess)
+            if (cudaMallocHost(&r->host[s], nbytes) != cudaSuccess || cudaEventCreate(&r->done[s]) != cudaSuccess)
                 return mt_errorf(MT_ERR_CUDA, "train_gpt: %zu bytes of pinned memory for the loss read-back", nbytes);
             continue;
         }
@@ -400,16 +406,28 @@ static mt_status readback_init(const mt_ctx *cx, readback *r, size_t n) {
     return MT_OK;
 }
 
+/* The next step's time starts here (queued on the GPU's stream; the CPU's clock otherwise). */
+static mt_status readback_mark(const mt_ctx *cx, readback *r) {
+    r->from_mark = 1;
+    r->mark_ms = now_ms();
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA && cudaEventRecord(r->mark, (cudaStream_t)cx->stream) != cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "train_gpt: recording an event failed");
+#endif
+    (void)cx;
+    return MT_OK;
+}
+
 /* Queue the copies of step `it`'s results (per-token losses on the device, the squared norm). */
 static mt_status readback_start(const mt_ctx *cx, readback *r, int it, const void *losses, const void *norm2) {
     size_t es = mt_dtype_size(r->dtype);
-    char *h = (char *)r->host[it & 1];
+    char *h = (char *)r->host[it % 3];
 #ifdef __CUDACC__
     if (cx->device.type == MT_CUDA) {
         cudaStream_t st = (cudaStream_t)cx->stream;
         if (cudaMemcpyAsync(h, losses, r->n * es, cudaMemcpyDeviceToHost, st) != cudaSuccess ||
             cudaMemcpyAsync(h + r->n * es, norm2, es, cudaMemcpyDeviceToHost, st) != cudaSuccess ||
-            cudaEventRecord(r->done[it & 1], st) != cudaSuccess)
+            cudaEventRecord(r->done[it % 3], st) != cudaSuccess)
             return mt_errorf(MT_ERR_CUDA, "train_gpt: queueing the loss read-back of iteration %d failed", it + 1);
         return MT_OK;
     }
@@ -420,27 +438,40 @@ static mt_status readback_start(const mt_ctx *cx, readback *r, int it, const voi
     return MT_OK;
 }
 
-/* Wait for step `it`'s copies; its mean loss and gradient norm. */
-static mt_status readback_wait(const mt_ctx *cx, readback *r, int it, double *loss, double *gnorm) {
+/* Wait for step `it`'s copies (steps are read in order); its mean loss, gradient norm and time. */
+static mt_status readback_wait(const mt_ctx *cx, readback *r, int it, double *loss, double *gnorm, double *ms) {
+    double t = now_ms();
+    *ms = t - (r->from_mark ? r->mark_ms : r->last_ms);
 #ifdef __CUDACC__
-    if (cx->device.type == MT_CUDA && cudaEventSynchronize(r->done[it & 1]) != cudaSuccess)
-        return mt_errorf(MT_ERR_CUDA, "train_gpt: iteration %d failed on the GPU: %s", it + 1,
-                         cudaGetErrorString(cudaGetLastError()));
+    if (cx->device.type == MT_CUDA) {
+        float gpu_ms = 0;
+        if (cudaEventSynchronize(r->done[it % 3]) != cudaSuccess ||
+            cudaEventElapsedTime(&gpu_ms, r->from_mark ? r->mark : r->done[(it + 2) % 3], r->done[it % 3]) !=
+                cudaSuccess)
+            return mt_errorf(MT_ERR_CUDA, "train_gpt: iteration %d failed on the GPU: %s", it + 1,
+                             cudaGetErrorString(cudaGetLastError()));
+        *ms = gpu_ms;
+    }
 #endif
     (void)cx;
-    const void *h = r->host[it & 1];
-    double sum = 0, v[1];
+    r->from_mark = 0;
+    r->last_ms = t;
+    const void *h = r->host[it % 3];
+    double sum = 0, v = 0;
     for (size_t i = 0; i <= r->n; i++) {
-        v[0] = r->dtype == MT_F64 ? ((const double *)h)[i] : ((const float *)h)[i];
-        if (i < r->n) sum += v[0];
+        v = r->dtype == MT_F64 ? ((const double *)h)[i] : ((const float *)h)[i];
+        if (i < r->n) sum += v;
     }
     *loss = sum / (double)r->n;
-    *gnorm = sqrt(v[0]);
+    *gnorm = sqrt(v);
     return MT_OK;
 }
 
 static void readback_free(const mt_ctx *cx, readback *r) {
-    for (int s = 0; s < 2; s++) {
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA && r->mark) cudaEventDestroy(r->mark);
+#endif
+    for (int s = 0; s < 3; s++) {
 #ifdef __CUDACC__
         if (cx->device.type == MT_CUDA) {
             if (r->host[s]) cudaFreeHost(r->host[s]);
@@ -608,10 +639,11 @@ static mt_status train(mt_comm *world, void *arg) {
     /* 5. Train.  On the GPU the host queues step it before it reads step it-1's loss and norm (so the
      * GPU never waits for the host between steps); before an evaluation, the last step, or with
      * --timing it reads each step right after queueing it. */
-    double first_loss = 0, last_loss = 0, t_start = now_ms(), t_read = t_start, *step_ms;
+    double first_loss = 0, last_loss = 0, t_start = now_ms(), *step_ms;
     MT_TRY(mt_calloc(sizeof(double) * a.train_iters, (void **)&step_ms));
     size_t sb = mt_dtype_size(mt_stat_dtype(&cx)), nb = (size_t)B * T;
     int timing_skip = a.train_iters > 4 ? 2 : 0, ahead = cx.device.type == MT_CUDA && !a.timing, next_read = 0;
+    MT_TRY(readback_mark(&cx, &rb));
     for (int it = 0; it < a.train_iters; it++) {
         mt_optim_hp hp = {0};
         hp.lr = (float)mt_lr_at(it, a.warmup_iters, a.decay_iters, a.lr, a.min_lr, a.decay_style);
@@ -637,11 +669,8 @@ static mt_status train(mt_comm *world, void *arg) {
         int last_read = ahead && !eval_now && it + 1 < a.train_iters ? it - 1 : it;
         for (; next_read <= last_read; next_read++) { /* the steps whose results are due, in order */
             int r = next_read;
-            double loss = 0, gnorm = 0, t;
-            MT_TRY(readback_wait(&cx, &rb, r, &loss, &gnorm));
-            t = now_ms();
-            step_ms[r] = t - t_read; /* from the previous step's end to this one's: the step time */
-            t_read = t;
+            double loss = 0, gnorm = 0;
+            MT_TRY(readback_wait(&cx, &rb, r, &loss, &gnorm, &step_ms[r]));
 #ifdef __CUDACC__
             MT_TRY(mt_gpu_timing_step(&cx));             /* nothing unless --timing */
             if (r + 1 == timing_skip) mt_gpu_timing_reset(&cx); /* the warm-up steps print_speed skips too */
@@ -657,7 +686,7 @@ static mt_status train(mt_comm *world, void *arg) {
         }
         if (eval_now) {
             MT_TRY(evaluate(&cx, &model, &acts, &scratch, &valid_data, rows, &stg, a.eval_iters, loss_host, it + 1, talk));
-            t_read = now_ms(); /* the evaluation is not part of the next step's time */
+            MT_TRY(readback_mark(&cx, &rb)); /* the evaluation is not part of the next step's time */
         }
     }
     double total_s = (now_ms() - t_start) / 1e3;
