@@ -81,17 +81,15 @@ MT_API int mt__align_bytes(const void *p) {
  * stream is being captured, or nothing could be timed. */
 MT_API int mt__gemm_fastest(const mt_ctx *cx, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t la,
                             cublasLtMatrixLayout_t lb, cublasLtMatrixLayout_t lc, cublasLtMatrixLayout_t ld,
-                            const void *A, const void *B, const void *C, float beta, const void *D, size_t d_nbytes,
+                            const void *A, const void *B, const void *C, float beta, size_t d_nbytes,
                             const cublasLtMatmulHeuristicResult_t *res, int nres) {
     struct mt_gpu_state *g = cx->gpu;
     cudaStream_t s = MT__STREAM(cx);
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(s, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) return 0;
+    if (mt__stream_capturing(cx)) return 0;
     void *Dt = NULL;
     cudaEvent_t e0 = NULL, e1 = NULL;
     int best = 0;
     float best_ms = 0.0f, alpha = 1.0f;
-    (void)D;
     if (cudaMalloc(&Dt, d_nbytes) != cudaSuccess || cudaMemsetAsync(Dt, 0, d_nbytes, s) != cudaSuccess ||
         cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
         (void)cudaGetLastError();
@@ -193,9 +191,11 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
         g->next_plan = (g->next_plan + 1) % MT_GPU_MATMUL_CACHE;
         memcpy(g->plans[hit].key, key, sizeof key);
         g->plans[hit].nkey = nkey;
-        g->plans[hit].algo = res[nres > 1 ? mt__gemm_fastest(cx, desc, la, lb, lc, ld, A, B, C == D ? NULL : C, beta, D,
-                                                              (size_t)ldd * n * (dt == CUDA_R_16BF ? 2 : 4), res, nres)
-                                          : 0].algo;
+        int pick = 0; /* the heuristic's first, or with gemm_tune the fastest of those it offered */
+        if (nres > 1)
+            pick = mt__gemm_fastest(cx, desc, la, lb, lc, ld, A, B, C == D ? NULL : C, beta,
+                                    (size_t)ldd * n * (dt == CUDA_R_16BF ? 2 : 4), res, nres);
+        g->plans[hit].algo = res[pick].algo;
         g->plans[hit].used = 1;
     }
     MT__LT(cublasLtMatmul(g->lt, desc, &alpha, A, la, B, lb, &beta, C, lc, D, ld, &g->plans[hit].algo, g->workspace,

@@ -219,31 +219,43 @@ typedef struct staging {
 #endif
 } staging;
 
-static mt_status staging_init(const mt_ctx *cx, staging *s, size_t n) {
-    memset(s, 0, sizeof *s);
+/* Host memory the GPU copies to or from asynchronously: pinned in the GPU build on a GPU. */
+static mt_status host_alloc(const mt_ctx *cx, size_t nbytes, void **p) {
 #ifdef __CUDACC__
     if (cx->device.type == MT_CUDA) {
-        if (cudaMallocHost((void **)&s->buf, sizeof(int32_t) * n) != cudaSuccess ||
-            cudaEventCreateWithFlags(&s->copied, cudaEventDisableTiming) != cudaSuccess)
-            return mt_errorf(MT_ERR_CUDA, "train_gpt: %zu bytes of pinned memory for the batch upload",
-                             sizeof(int32_t) * n);
+        if (cudaMallocHost(p, nbytes) != cudaSuccess)
+            return mt_errorf(MT_ERR_CUDA, "train_gpt: %zu bytes of pinned host memory", nbytes);
         return MT_OK;
     }
 #endif
     (void)cx;
-    return mt_calloc(sizeof(int32_t) * n, (void **)&s->buf);
+    return mt_calloc(nbytes, p);
 }
-
-static void staging_free(const mt_ctx *cx, staging *s) {
+static void host_free(const mt_ctx *cx, void *p) {
 #ifdef __CUDACC__
     if (cx->device.type == MT_CUDA) {
-        cudaFreeHost(s->buf);
-        cudaEventDestroy(s->copied);
+        if (p) cudaFreeHost(p);
         return;
     }
 #endif
     (void)cx;
-    mt_free(s->buf);
+    mt_free(p);
+}
+
+static mt_status staging_init(const mt_ctx *cx, staging *s, size_t n) {
+    memset(s, 0, sizeof *s);
+#ifdef __CUDACC__
+    if (cx->device.type == MT_CUDA && cudaEventCreateWithFlags(&s->copied, cudaEventDisableTiming) != cudaSuccess)
+        return mt_errorf(MT_ERR_CUDA, "train_gpt: creating an event failed");
+#endif
+    return host_alloc(cx, sizeof(int32_t) * n, (void **)&s->buf);
+}
+
+static void staging_free(const mt_ctx *cx, staging *s) {
+#ifdef __CUDACC__
+    if (s->copied) cudaEventDestroy(s->copied);
+#endif
+    host_free(cx, s->buf);
 }
 
 /* Split rows of T+1 tokens into inputs (first T) and targets (last T) on the model's device.  On the
@@ -366,8 +378,6 @@ static mt_status evaluate(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *a, mt_
     return MT_OK;
 }
 
-/* The median step time after the first two iterations, tokens/s, MFU (6N + 12·L·C·T FLOPs per
- * token, N without position embeddings, against an H100's 989 dense bf16 TFLOP/s) and peak memory. */
 /* A step's per-token losses, squared gradient norm and time, on their way back to the host.  On the
  * GPU the copies are queued behind the step (into pinned memory) with an event after them, so the
  * host can queue the next step before reading this one, and a step's time is the GPU time between
@@ -388,21 +398,13 @@ static mt_status readback_init(const mt_ctx *cx, readback *r, size_t n) {
     memset(r, 0, sizeof *r);
     r->n = n;
     r->dtype = mt_stat_dtype(cx);
-    size_t nbytes = (n + 1) * mt_dtype_size(r->dtype);
 #ifdef __CUDACC__
-    if (cx->device.type == MT_CUDA && cudaEventCreate(&r->mark) != cudaSuccess)
-        return mt_errorf(MT_ERR_CUDA, "train_gpt: creating an event failed");
+    if (cx->device.type == MT_CUDA)
+        for (int e = 0; e < 4; e++)
+            if (cudaEventCreate(e < 3 ? &r->done[e] : &r->mark) != cudaSuccess)
+                return mt_errorf(MT_ERR_CUDA, "train_gpt: creating an event failed");
 #endif
-    for (int s = 0; s < 3; s++) {
-#ifdef __CUDACC__
-        if (cx->device.type == MT_CUDA) {
-            if (cudaMallocHost(&r->host[s], nbytes) != cudaSuccess || cudaEventCreate(&r->done[s]) != cudaSuccess)
-                return mt_errorf(MT_ERR_CUDA, "train_gpt: %zu bytes of pinned memory for the loss read-back", nbytes);
-            continue;
-        }
-#endif
-        MT_TRY(mt_calloc(nbytes, &r->host[s]));
-    }
+    for (int s = 0; s < 3; s++) MT_TRY(host_alloc(cx, (n + 1) * mt_dtype_size(r->dtype), &r->host[s]));
     return MT_OK;
 }
 
@@ -441,7 +443,7 @@ static mt_status readback_start(const mt_ctx *cx, readback *r, int it, const voi
 /* Wait for step `it`'s copies (steps are read in order); its mean loss, gradient norm and time. */
 static mt_status readback_wait(const mt_ctx *cx, readback *r, int it, double *loss, double *gnorm, double *ms) {
     double t = now_ms();
-    *ms = t - (r->from_mark ? r->mark_ms : r->last_ms);
+    *ms = t - (r->from_mark ? r->mark_ms : r->last_ms); /* the CPU's clock; the GPU's events below */
 #ifdef __CUDACC__
     if (cx->device.type == MT_CUDA) {
         float gpu_ms = 0;
@@ -457,33 +459,27 @@ static mt_status readback_wait(const mt_ctx *cx, readback *r, int it, double *lo
     r->from_mark = 0;
     r->last_ms = t;
     const void *h = r->host[it % 3];
-    double sum = 0, v = 0;
-    for (size_t i = 0; i <= r->n; i++) {
-        v = r->dtype == MT_F64 ? ((const double *)h)[i] : ((const float *)h)[i];
-        if (i < r->n) sum += v;
-    }
+    const double *hd = (const double *)h;
+    const float *hf = (const float *)h;
+    double sum = 0;
+    for (size_t i = 0; i < r->n; i++) sum += r->dtype == MT_F64 ? hd[i] : hf[i];
     *loss = sum / (double)r->n;
-    *gnorm = sqrt(v);
+    *gnorm = sqrt(r->dtype == MT_F64 ? hd[r->n] : hf[r->n]); /* after the losses: the squared norm */
     return MT_OK;
 }
 
 static void readback_free(const mt_ctx *cx, readback *r) {
 #ifdef __CUDACC__
-    if (cx->device.type == MT_CUDA && r->mark) cudaEventDestroy(r->mark);
-#endif
-    for (int s = 0; s < 3; s++) {
-#ifdef __CUDACC__
-        if (cx->device.type == MT_CUDA) {
-            if (r->host[s]) cudaFreeHost(r->host[s]);
-            if (r->done[s]) cudaEventDestroy(r->done[s]);
-            continue;
-        }
-#endif
-        (void)cx;
-        mt_free(r->host[s]);
+    for (int e = 0; e < 4; e++) {
+        cudaEvent_t ev = e < 3 ? r->done[e] : r->mark;
+        if (ev) cudaEventDestroy(ev);
     }
+#endif
+    for (int s = 0; s < 3; s++) host_free(cx, r->host[s]);
 }
 
+/* The median step time after the first two iterations, tokens/s, MFU (6N + 12·L·C·T FLOPs per
+ * token, N without position embeddings, against an H100's 989 dense bf16 TFLOP/s) and peak memory. */
 static void print_speed(const args *a, const mt_gpt_config *c, double *step_ms, const mt_ctx *cx) {
     int gpu = cx->device.type == MT_CUDA;
     int skip = a->train_iters > 4 ? 2 : 0, n = a->train_iters - skip;
