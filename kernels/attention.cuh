@@ -1122,6 +1122,10 @@ __device__ __forceinline__ uint64_t mt__wg_desc(uint32_t saddr) {
     return (uint64_t)((saddr & 0x3FFFFu) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
            ((uint64_t)1 << 62);
 }
+/* The descriptor of the tile `bytes` (a multiple of 16) past the one of d: the start address field
+ * (bits 0-13, address / 16) plus bytes / 16. Shared addresses stay below 256 KB, so the field does not
+ * overflow: one 64-bit add instead of the mask, shift and or of mt__wg_desc for every k step. */
+__device__ __forceinline__ uint64_t mt__wg_desc_at(uint64_t d, uint32_t bytes) { return d + (bytes >> 4); }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define MT__WG_OK 1
@@ -1510,8 +1514,11 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
  * needs: Q/dO/lse/delta in 3 stages (block it-1's Q is read during block it while block it+1 is
  * prefetched), dS^T in 2 buffers, the first block's "previous" products on zeros, the last block's
  * after the loop, and no branch on whether a warpgroup has work (a warpgroup whose keys all lie
- * after the block or past T computes masked zeros).  ptxas, sm_90a: 194 registers, no spills,
- * 133,632 B of dynamic shared memory. */
+ * after the block or past T computes masked zeros).  The mask sits in a loop of its own behind a
+ * branch (in the exponential loop it was predicated: ~250 of the loop's ~970 instructions ran on
+ * every block), and the wgmma descriptors of a block are one base per tile plus a constant per k
+ * step (mt__wg_desc_at): an unmasked block issues ~680 instructions per thread.  ptxas, sm_90a:
+ * 213 registers, no spills, 133,632 B of dynamic shared memory. */
 template <int D>
 __global__ void __launch_bounds__(256, 1)
 mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
@@ -1598,16 +1605,19 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
     int pend_rows = T - qb0 * BM, pst = 0, pbuf = 1;
     /* dK += dS^T Q and dQ[:, 32w..32w+31] = dS K (128 keys, both warpgroups' dS^T tiles) of the block
      * in stage pstage, dS^T buffer pb: two groups */
+    const uint64_t dK = mt__wg_desc(sKw), dV = mt__wg_desc(sVw), dQ0 = mt__wg_desc(sQ0), dO0 = mt__wg_desc(sO0);
+    const uint64_t dS0 = mt__wg_desc(sS0), dKT = mt__wg_desc(sKT + wg * 32 * 128);
     auto issue_dk_dq = [&](int pstage, int pb) {
         mt__wg_fence();
+        const uint64_t q = mt__wg_desc_at(dQ0, pstage * TILE);
 #pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk, da[kk], mt__wg_desc(sQ0 + pstage * TILE + kk * 2048));
+        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk, da[kk], mt__wg_desc_at(q, kk * 2048));
         mt__wg_commit();
-        const uint32_t bt = sKT + wg * 32 * 128, sSb = sS0 + pb * 2 * TILE;
+        const uint64_t a = mt__wg_desc_at(dS0, pb * 2 * TILE);
 #pragma unroll
         for (int kk = 0; kk < 128 / 16; kk++)
-            mt__wg_ss32<1, 0>(dq16, mt__wg_desc(sSb + (kk >> 2) * TILE + (kk & 3) * 2048),
-                              mt__wg_desc(bt + (kk >> 2) * TILE + (kk & 3) * 32), kk);
+            mt__wg_ss32<1, 0>(dq16, mt__wg_desc_at(a, (kk >> 2) * TILE + (kk & 3) * 2048),
+                              mt__wg_desc_at(dKT, (kk >> 2) * TILE + (kk & 3) * 32), kk);
         mt__wg_commit();
     };
 
@@ -1619,14 +1629,15 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
         float s[32], dp[32];
 #pragma unroll
         for (int i = 0; i < 32; i++) s[i] = dp[i] = 0.f;
+        const uint64_t dQs = mt__wg_desc_at(dQ0, st * TILE), dOs = mt__wg_desc_at(dO0, st * TILE);
         mt__wg_fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ss<0, 0>(s, mt__wg_desc(sKw + kk * 32), mt__wg_desc(sQ0 + st * TILE + kk * 32), kk);
+            mt__wg_ss<0, 0>(s, mt__wg_desc_at(dK, kk * 32), mt__wg_desc_at(dQs, kk * 32), kk);
         mt__wg_commit();
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + kk * 32), mt__wg_desc(sO0 + st * TILE + kk * 32), kk);
+            mt__wg_ss<0, 0>(dp, mt__wg_desc_at(dV, kk * 32), mt__wg_desc_at(dOs, kk * 32), kk);
         mt__wg_commit();
         issue_dk_dq(pst, pbuf);
         /* the next block into the stage read two blocks ago (done before the last barrier); no branch
@@ -1634,34 +1645,37 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
         load_q(it + 1 < total ? it + 1 : it, nst);
         mt__fa_cp_commit();
         const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
-        const uint32_t sO = sO0 + st * TILE;
         const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
 
         mt__wg_wait<3>(); /* S^T done (dP^T, dK, dQ may run) */
         mt__wg_keep(s);
         /* P^T = exp2(S^T c - lse log2e), masked (all of it when this warpgroup's keys are after the block or past T) */
-        const bool need_mask = (q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0);
-        const int kr = kv0 + wq * 16 + gr;
+        /* The mask in a loop of its own behind a branch: inside the exponential loop the compiler
+         * predicates it, and its ~250 instructions then run on every block, masked or not. */
+        if ((q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0)) {
+            const int kr = kv0 + wq * 16 + gr;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int kv = kr + (e >> 1) * 8, q = q0 + 8 * j + 2 * tq + (e & 1);
+                    if (kv >= T || q >= T || (causal && kv > q)) s[4 * j + e] = -INFINITY;
+                }
+        }
         uint32_t pa[4][4];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            const int qc = 8 * j + 2 * tq;
-            const float2 l = *reinterpret_cast<const float2 *>(sL + qc);
+            const float2 l = *reinterpret_cast<const float2 *>(sL + 8 * j + 2 * tq);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float sv = s[4 * j + e];
-                if (need_mask) {
-                    const int kv = kr + (e >> 1) * 8, q = q0 + qc + (e & 1);
-                    if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
-                }
-                s[4 * j + e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
-            }
+            for (int e = 0; e < 4; e++)
+                s[4 * j + e] =
+                    mt__fa_exp2(fmaf(s[4 * j + e], scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
             pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
             pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
         }
         mt__wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc(sO + kk * 2048));
+        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc_at(dOs, kk * 2048));
         mt__wg_commit();
         mt__wg_wait<2>(); /* dP^T and the previous dK done (its dQ and this dV may run): da is free */
         mt__wg_keep(dp);
@@ -2085,7 +2099,9 @@ __device__ __forceinline__ void mt__fa_load_tile_wg(uint32_t s, const __nv_bfloa
  *                                  the hd 64 descriptor) or 128 (hd 128 only: one m64n128 product whose
  *                                  B spans both halves, mt__wg_desc2)
  *   wait for S_t: mask (tails, causal diagonal), running row max, P_t = exp2(S_t c - m) and row sums
- *   wait for the product: O *= exp2(m_old c - m_new), P_t packed to bf16 A fragments
+ *   wait for the product: O *= exp2(m_old c - m_new), P_t packed to bf16 A fragments (behind a
+ *                                  barrier of the warpgroup: without it ptxas hoists this wait above
+ *                                  the exponentials, see the loop)
  * and after the last tile O += P V once more.
  * Stages (one cp.async group per iteration, loaded by all threads): K tiles KA ahead, V tiles NS - 2
  * ahead. At the top of iteration t, after a CTA barrier (both warpgroups have waited for S_{t-1} and for
@@ -2102,7 +2118,8 @@ __device__ __forceinline__ void mt__fa_load_tile_wg(uint32_t s, const __nv_bfloa
  * Registers per thread: S BN/2 fp32, O D/2, P BN/4 (bf16 pairs), all live while S_t and O += P V are
  * in flight: 160 at D = BN = 128. Shared memory: Q 128 x D + NS x (K, V) BN x D, bf16 (+1 KB for
  * alignment): D = 128, BN = 128, NS = 3: 225 KB of the 227 KB an SM allows.
- * nvcc 13.0, -O3, sm_90a, ptxas -v (no spills, no stack in any of them); <D, BN, NS, KA, PN>: registers,
+ * nvcc 13.0, -O3, sm_90a, ptxas -v (no spills, no stack in any of them; measured before the
+ * warpgroup barrier, which took the two defaults to 168 (hd 64) and 210 (hd 128)); <D, BN, NS, KA, PN>: registers,
  * dynamic shared memory (the launcher's, alignment slack included):
  *   <64, 128, 4, 2, 64> (hd 64 run)   161, 148,480 B     <128, 128, 3, 2, 128> (hd 128 run)  197, 230,400 B
  *   <64, 128, 3, 1, 64>               161, 115,712 B     <128, 128, 3, 2, 64>                197, 230,400 B
@@ -2269,8 +2286,11 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
         mt__wg_keep(s);
         softmax(t);
         mt__wg_keep(s);
-        mt__wg_wait<0>(); /* (ptxas schedules this wait above the exponentials: they do not overlap the
-                           * product within a warpgroup, only across the two warpgroups) */
+        /* A barrier of this warpgroup's 128 threads before the wait for O += P V: without it ptxas
+         * hoists that wait above the exponentials (to the top of the row-max code), and the softmax
+         * of tile t no longer overlaps the product of tile t-1 within the warpgroup. */
+        mt__bar_sync(1 + wg, 128);
+        mt__wg_wait<0>();
         mt__wg_keep(o);
         rescale_pack();
     }
@@ -2330,8 +2350,8 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
  * would keep 32 more accumulators live next to S^T and dP^T).  As in mt__flash_bwd3p_kernel: Q/dO/
  * lse/delta in 3 stages, dS^T in 2 buffers, the first block's "previous" dK on a zeroed buffer, the
  * last block's after the loop, nothing in flight across the back edge, and no branch on whether a
- * warpgroup has work (masked zeros instead).  ptxas, sm_90a: 234 registers, no spills; shared
- * memory 194.5 KB. */
+ * warpgroup has work (masked zeros instead); the mask behind a branch as there.  ptxas, sm_90a:
+ * 246 registers, no spills; shared memory 194.5 KB. */
 __global__ void __launch_bounds__(256, 1)
 mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
                            const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
@@ -2435,22 +2455,26 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         mt__wg_keep(s);
 
         /* P^T = exp2(S^T c - lse log2e), masked (all of it for a warpgroup whose keys are after the block or past T) */
-        const bool need_mask = (q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0);
-        const int kr = kv0 + wq * 16 + gr;
+        /* The mask in a loop of its own behind a branch: inside the exponential loop the compiler
+         * predicates it, and its ~250 instructions then run on every block, masked or not. */
+        if ((q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0)) {
+            const int kr = kv0 + wq * 16 + gr;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int kv = kr + (e >> 1) * 8, q = q0 + 8 * j + 2 * tq + (e & 1);
+                    if (kv >= T || q >= T || (causal && kv > q)) s[4 * j + e] = -INFINITY;
+                }
+        }
         uint32_t pa[4][4];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            const int qc = 8 * j + 2 * tq;
-            const float2 l = *reinterpret_cast<const float2 *>(sL + qc);
+            const float2 l = *reinterpret_cast<const float2 *>(sL + 8 * j + 2 * tq);
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float sv = s[4 * j + e];
-                if (need_mask) {
-                    const int kv = kr + (e >> 1) * 8, q = q0 + qc + (e & 1);
-                    if (kv >= T || q >= T || (causal && kv > q)) sv = -INFINITY;
-                }
-                s[4 * j + e] = mt__fa_exp2(fmaf(sv, scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
-            }
+            for (int e = 0; e < 4; e++)
+                s[4 * j + e] =
+                    mt__fa_exp2(fmaf(s[4 * j + e], scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
             pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
             pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
         }
