@@ -1503,6 +1503,21 @@ mt__flash_bwd3_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_a
 #endif
 }
 
+/* Mask this thread's part of a warpgroup's 64-key x 64-query S^T accumulator: element 4j+e is key
+ * kr + 8*(e>>1) and query qc + 8j + (e&1) (kr: the thread's first key row, qc: its first query
+ * column); keys or queries at or past T, and with causal keys after the query, become -inf.  The
+ * pipelined backwards call it behind a test of the whole block: inside the exponential loop the
+ * compiler predicated it, and its ~250 instructions ran on every block, masked or not. */
+__device__ __forceinline__ void mt__fa_mask_st(float (&s)[32], int kr, int qc, int T, int causal) {
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int kv = kr + (e >> 1) * 8, q = qc + 8 * j + (e & 1);
+            if (kv >= T || q >= T || (causal && kv > q)) s[4 * j + e] = -INFINITY;
+        }
+}
+
 /* Backward on wgmma, head dim 64, pipelined across query blocks (mt__flash_bwd3p_run; the hd 64
  * default unless MT_FLASH_BWD_PIPE is 0).  The products and tiles of mt__flash_bwd3_kernel<D, 1>, in
  * another order.  That kernel drains every product of a block before the next block starts, so the
@@ -1650,18 +1665,8 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
         mt__wg_wait<3>(); /* S^T done (dP^T, dK, dQ may run) */
         mt__wg_keep(s);
         /* P^T = exp2(S^T c - lse log2e), masked (all of it when this warpgroup's keys are after the block or past T) */
-        /* The mask in a loop of its own behind a branch: inside the exponential loop the compiler
-         * predicates it, and its ~250 instructions then run on every block, masked or not. */
-        if ((q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0)) {
-            const int kr = kv0 + wq * 16 + gr;
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int kv = kr + (e >> 1) * 8, q = q0 + 8 * j + 2 * tq + (e & 1);
-                    if (kv >= T || q >= T || (causal && kv > q)) s[4 * j + e] = -INFINITY;
-                }
-        }
+        if ((q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0)) /* behind a branch: see mt__fa_mask_st */
+            mt__fa_mask_st(s, kv0 + wq * 16 + gr, q0 + 2 * tq, T, causal);
         uint32_t pa[4][4];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
@@ -2191,24 +2196,27 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
     alpha[0] = alpha[1] = 0.f;
 
     /* S_t = Q K_t^T into s (k16 step kk: half kk / 4, 32*(kk%4) bytes into the rows) */
+    const uint64_t dQw = mt__wg_desc(sQw); /* descriptors as a base plus a constant per k step (mt__wg_desc_at) */
     auto qk = [&](uint32_t sK) {
+        const uint64_t dK = mt__wg_desc(sK);
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ssn<0, 0>(s, mt__wg_desc(sQw + (kk >> 2) * HQ + (kk & 3) * 32),
-                             mt__wg_desc(sK + (kk >> 2) * HK + (kk & 3) * 32), kk);
+            mt__wg_ssn<0, 0>(s, mt__wg_desc_at(dQw, (kk >> 2) * HQ + (kk & 3) * 32),
+                             mt__wg_desc_at(dK, (kk >> 2) * HK + (kk & 3) * 32), kk);
     };
     /* O += P V (k16 step kk = keys 16kk.., rows 16kk of V: kk*2048 bytes into each half). o's element
      * 4j+e is column 8j + ..., so the m64n64 product of half hh owns o[32hh .. 32hh+31] */
     auto pv = [&](uint32_t sV) {
+        const uint64_t dV = PN == 128 ? mt__wg_desc2(sV, HK) : mt__wg_desc(sV);
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++) {
             if constexpr (PN == 128) {
-                mt__wg_rs128<1>(o, pa[kk], mt__wg_desc2(sV + kk * 2048, HK));
+                mt__wg_rs128<1>(o, pa[kk], mt__wg_desc_at(dV, kk * 2048));
             } else {
 #pragma unroll
                 for (int hh = 0; hh < D / 64; hh++)
                     mt__wg_rs<1>(*reinterpret_cast<float(*)[32]>(o + 32 * hh), pa[kk],
-                                 mt__wg_desc(sV + hh * HK + kk * 2048));
+                                 mt__wg_desc_at(dV, hh * HK + kk * 2048));
             }
         }
     };
@@ -2413,14 +2421,16 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
 #pragma unroll
     for (int i = 0; i < 32; i++) dk[0][i] = dk[1][i] = dv[0][i] = dv[1][i] = 0.f;
     int pst = 0, pbuf = 1; /* the previous block's Q stage and dS^T buffer */
+    /* descriptors as a base plus a constant per k step (mt__wg_desc_at) */
+    const uint64_t dKw = mt__wg_desc(sKw), dVw = mt__wg_desc(sVw), dKh = mt__wg_desc(sK + wg * HK);
     auto issue_dk = [&](int pstage, int pb) { /* dK[h] += dS^T Q[:, 64h..] of that block, one group */
-        const uint32_t a = sS0 + pb * 2 * HQ + wg * HQ, q = sQ0 + pstage * 2 * HQ;
+        const uint64_t da = mt__wg_desc(sS0 + pb * 2 * HQ + wg * HQ), dq = mt__wg_desc(sQ0 + pstage * 2 * HQ);
         mt__wg_fence();
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
             for (int kk = 0; kk < BM / 16; kk++)
-                mt__wg_ss<0, 1>(dk[h], mt__wg_desc(a + kk * 32), mt__wg_desc(q + h * HQ + kk * 2048), 1);
+                mt__wg_ss<0, 1>(dk[h], mt__wg_desc_at(da, kk * 32), mt__wg_desc_at(dq, h * HQ + kk * 2048), 1);
         mt__wg_commit();
     };
 
@@ -2430,7 +2440,9 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         mt__fence_async_smem();
         __syncthreads(); /* this stage and the previous dS^T are visible; everyone is past the previous products */
         const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
-        const uint32_t sQ = sQ0 + st * 2 * HQ, sO = sO0 + st * 2 * HQ, sSb = sS0 + (it & 1) * 2 * HQ;
+        const uint32_t sSb = sS0 + (it & 1) * 2 * HQ;
+        const uint64_t dQs = mt__wg_desc(sQ0 + st * 2 * HQ), dOs = mt__wg_desc(sO0 + st * 2 * HQ);
+        const uint64_t dSb = mt__wg_desc(sSb);
         const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
         float *dqh = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
         float s[32], dp[32];
@@ -2439,13 +2451,13 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         mt__wg_fence();
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ss<0, 0>(s, mt__wg_desc(sKw + (kk >> 2) * HK + (kk & 3) * 32),
-                            mt__wg_desc(sQ + (kk >> 2) * HQ + (kk & 3) * 32), kk);
+            mt__wg_ss<0, 0>(s, mt__wg_desc_at(dKw, (kk >> 2) * HK + (kk & 3) * 32),
+                            mt__wg_desc_at(dQs, (kk >> 2) * HQ + (kk & 3) * 32), kk);
         mt__wg_commit();
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ss<0, 0>(dp, mt__wg_desc(sVw + (kk >> 2) * HK + (kk & 3) * 32),
-                            mt__wg_desc(sO + (kk >> 2) * HQ + (kk & 3) * 32), kk);
+            mt__wg_ss<0, 0>(dp, mt__wg_desc_at(dVw, (kk >> 2) * HK + (kk & 3) * 32),
+                            mt__wg_desc_at(dOs, (kk >> 2) * HQ + (kk & 3) * 32), kk);
         mt__wg_commit();
         issue_dk(pst, pbuf);
         /* the next block into the stage read two blocks ago; the last block loads itself again, unused */
@@ -2455,18 +2467,8 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         mt__wg_keep(s);
 
         /* P^T = exp2(S^T c - lse log2e), masked (all of it for a warpgroup whose keys are after the block or past T) */
-        /* The mask in a loop of its own behind a branch: inside the exponential loop the compiler
-         * predicates it, and its ~250 instructions then run on every block, masked or not. */
-        if ((q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0)) {
-            const int kr = kv0 + wq * 16 + gr;
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int kv = kr + (e >> 1) * 8, q = q0 + 8 * j + 2 * tq + (e & 1);
-                    if (kv >= T || q >= T || (causal && kv > q)) s[4 * j + e] = -INFINITY;
-                }
-        }
+        if ((q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0)) /* behind a branch: see mt__fa_mask_st */
+            mt__fa_mask_st(s, kv0 + wq * 16 + gr, q0 + 2 * tq, T, causal);
         uint32_t pa[4][4];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
@@ -2482,7 +2484,7 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
 #pragma unroll
         for (int h = 0; h < 2; h++)
 #pragma unroll
-            for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv[h], pa[kk], mt__wg_desc(sO + h * HQ + kk * 2048));
+            for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv[h], pa[kk], mt__wg_desc_at(dOs, h * HQ + kk * 2048));
         mt__wg_commit();
         mt__wg_wait<2>(); /* dP^T done (the previous dK and this dV may run) */
         mt__wg_keep(dp);
@@ -2510,8 +2512,8 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         mt__wg_fence();
 #pragma unroll
         for (int kk = 0; kk < BN / 16; kk++)
-            mt__wg_ss<1, 1>(dq, mt__wg_desc(sSb + (kk >> 2) * HQ + (kk & 3) * 2048),
-                            mt__wg_desc(sK + wg * HK + kk * 2048), kk);
+            mt__wg_ss<1, 1>(dq, mt__wg_desc_at(dSb, (kk >> 2) * HQ + (kk & 3) * 2048),
+                            mt__wg_desc_at(dKh, kk * 2048), kk);
         mt__wg_commit();
         mt__wg_wait<0>();
         mt__wg_keep(dq);
