@@ -1529,10 +1529,9 @@ __device__ __forceinline__ void mt__fa_mask_st(float (&s)[32], int kr, int qc, i
  * needs: Q/dO/lse/delta in 3 stages (block it-1's Q is read during block it while block it+1 is
  * prefetched), dS^T in 2 buffers, the first block's "previous" products on zeros, the last block's
  * after the loop, and no branch on whether a warpgroup has work (a warpgroup whose keys all lie
- * after the block or past T computes masked zeros).  The mask sits in a loop of its own behind a
- * branch (in the exponential loop it was predicated: ~250 of the loop's ~970 instructions ran on
- * every block), and the wgmma descriptors of a block are one base per tile plus a constant per k
- * step (mt__wg_desc_at): an unmasked block issues ~680 instructions per thread.  ptxas, sm_90a:
+ * after the block or past T computes masked zeros).  The mask runs only on blocks that need it
+ * (mt__fa_mask_st) and the wgmma descriptors are a base per tile plus a constant per k step
+ * (mt__wg_desc_at): an unmasked block issues ~680 instructions per thread, down from ~970.  ptxas, sm_90a:
  * 213 registers, no spills, 133,632 B of dynamic shared memory. */
 template <int D>
 __global__ void __launch_bounds__(256, 1)
@@ -2358,7 +2357,7 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
  * would keep 32 more accumulators live next to S^T and dP^T).  As in mt__flash_bwd3p_kernel: Q/dO/
  * lse/delta in 3 stages, dS^T in 2 buffers, the first block's "previous" dK on a zeroed buffer, the
  * last block's after the loop, nothing in flight across the back edge, and no branch on whether a
- * warpgroup has work (masked zeros instead); the mask behind a branch as there.  ptxas, sm_90a:
+ * warpgroup has work (masked zeros instead); the mask and descriptors as there.  ptxas, sm_90a:
  * 246 registers, no spills; shared memory 194.5 KB. */
 __global__ void __launch_bounds__(256, 1)
 mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,

@@ -294,7 +294,6 @@ MT_API mt_status mt_gpu_timing(const mt_ctx *cx, int on) {
     return MT_OK;
 }
 
-/* Before an op: the row of (name, shape), its start event recorded; -1 when not timed. */
 /* 1 while cx's stream is being captured into a CUDA graph (or the query fails): no host syncs,
  * event timing or allocations then. */
 MT_API int mt__stream_capturing(const mt_ctx *cx) {
@@ -302,6 +301,7 @@ MT_API int mt__stream_capturing(const mt_ctx *cx) {
     return cudaStreamIsCapturing((cudaStream_t)cx->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone;
 }
 
+/* Before an op: the row of (name, shape), its start event recorded; -1 when not timed. */
 MT_API int mt__op_timer_begin(const mt_ctx *cx, const char *name, int s0, int s1, int s2) {
     mt_op_timer *t = cx->gpu ? cx->gpu->timer : NULL;
     if (!t) return -1;
