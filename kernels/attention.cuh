@@ -47,11 +47,13 @@
  *             column halves per warpgroup and dQ columns split between the warpgroups (see
  *             mt__flash_bwd3_128_kernel); by default pipelined: the previous block's dK runs with
  *             a block's first products (mt__flash_bwd3p_128_kernel).
- *   forward on wgmma (mt__flash_fwd3_run, hd 64, sm_90a; the default from T = 2048): 2 warpgroups x 64
- *             query rows per CTA, S = Q K^T from shared memory, O += P V with P from registers, key/value
- *             tiles of 128 rows in four cp.async stages (see mt__flash_fwd3_kernel).
- *             hd 128 (mt__flash_fwd3_run<128>, the default at every length): Q/K/V tiles as two
- *             64-column halves, K/V tiles of 128 rows in three stages, loaded one tile ahead.
+ *   forward on wgmma (mt__flash_fwd3_run, sm_90a; the default at every length): warp-specialized,
+ *             a producer warpgroup loading key/value tiles of 128 rows into four (hd 64) or three
+ *             (hd 128) stages behind mbarriers, two consumer warpgroups x 64 query rows taking turns
+ *             at the tensor cores: S = Q K^T from shared memory, O += P V with P from registers
+ *             (see mt__flash_fwd4_kernel). At hd 128 the Q/K/V tiles are two 64-column halves.
+ *             mt__flash_fwd3_kernel is the same loop without the producer (all threads load,
+ *             a CTA barrier per key tile).
  *   Shared-memory tiles are rows of D bf16 with 16-byte chunks XOR-swizzled by (row & 7), so that
  *   ldmatrix and cp.async are free of bank conflicts.
  */
@@ -2348,6 +2350,310 @@ mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
 #endif
 }
 
+/* mbarriers (shared-memory transaction counters with a phase bit) and the other pieces of a
+ * warp-specialized kernel: a producer warpgroup loads, consumer warpgroups compute, and the two sides
+ * meet only at barriers of the stage they share. */
+__device__ __forceinline__ void mt__mbar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+/* Make the initialised barriers visible to the other threads (and the async units) of the CTA. */
+__device__ __forceinline__ void mt__mbar_fence_init() {
+#if MT__WG_OK
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+/* Wait until the phase of parity `parity` of barrier `bar` has completed. */
+__device__ __forceinline__ void mt__mbar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n.reg .pred p;\nMT_WAIT:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra MT_WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void mt__mbar_arrive(uint32_t bar) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+}
+/* Arrive on `bar` once every cp.async this thread has issued so far has landed (the barrier's count
+ * includes this arrival: .noinc). */
+__device__ __forceinline__ void mt__mbar_cp_arrive(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+/* Named barrier `id` over `n` threads without waiting (the other side waits with mt__bar_sync). */
+__device__ __forceinline__ void mt__bar_arrive(int id, int n) {
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+/* This warpgroup's registers per thread lowered / raised to N (a multiple of 8, 24..256). */
+template <int N>
+__device__ __forceinline__ void mt__setmaxnreg_dec() {
+#if MT__WG_OK
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void mt__setmaxnreg_inc() {
+#if MT__WG_OK
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+/* Forward on wgmma, warp-specialized (mt__flash_fwd4_run): the products and softmax of
+ * mt__flash_fwd3_kernel, with the loads and the two warpgroups' schedules taken apart.
+ * One CTA per (query block of 128 rows, head, batch), three warpgroups (384 threads):
+ *   warpgroup 0, the producer (72 registers a thread): Q, then K_0, and for t = 1.. K_t and V_{t-1}
+ *     into NS stages with cp.async; each thread arrives on the stage's "full" barrier when its copies
+ *     have landed (cp.async.mbarrier.arrive), and waits on the stage's "empty" barrier before it
+ *     overwrites a slot. K and V have barriers of their own: K_t's slot is free as soon as S_t is
+ *     done, V_t's only after O += P_t V_t, one tile later.
+ *   warpgroups 1 and 2, the consumers (216 registers), 64 query rows each: per key tile the loop of
+ *     mt__flash_fwd3_kernel (S_t and O += P_{t-1} V_{t-1} queued, softmax of tile t under the product),
+ *     waiting on the full barriers instead of a CTA barrier and arriving on the empty ones when the
+ *     product that read the slot has completed (all 256 threads: count 256).
+ * PP (ping-pong, FlashAttention-3's schedule): a consumer issues its products only after the other
+ * one has issued its own (named barriers 2 and 3, 256 threads: one side waits, the other arrives),
+ * so the two softmaxes alternate and the tensor cores always have one warpgroup's products queued;
+ * without PP both consumers run freely.
+ * Nothing else is shared: no CTA barrier after the start. The consumers see the producer's copies
+ * after the full barrier and a proxy fence (cp.async writes through the generic proxy, wgmma reads
+ * through the async one). Causal: the same tiles as mt__flash_fwd3_kernel (both consumers visit
+ * every tile up to the block's last row: the phases of the ping-pong stay paired). Shared memory:
+ * Q 128 x D, NS x (K, V) BN x D bf16, 4 NS + 1 barriers, 1 KB for alignment. */
+/* Registers a thread: 384 threads start with 168 each (65,536 / 384, in steps of 8); the producer gives
+ * back what the consumers take, and setmaxnreg.inc waits until the CTA's pool has it, so
+ * PREG + 2 CREG must stay within 3 x 168. */
+#define MT__FWD4_PREG 72
+#define MT__FWD4_CREG 216
+static_assert(MT__FWD4_PREG + 2 * MT__FWD4_CREG <= 3 * 168, "the consumers would wait forever for registers");
+template <int D, int BN, int NS, int PP>
+__global__ void __launch_bounds__(384, 1)
+mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, const __nv_bfloat16 *__restrict__ qkv,
+                      int T, int Hkv, int G, int causal, float scale_log2) {
+    static_assert(D == 64 || D == 128, "the wgmma forward is written for head dims 64 and 128");
+    static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 rows (S is m64n64 or m64n128)");
+    static_assert(NS >= 2, "at least two stages");
+    constexpr int BM = 128, KT = BN * D * 2; /* bytes of a K or V tile */
+    constexpr uint32_t HQ = BM * 128, HK = BN * 128;
+#if MT__WG_OK
+    extern __shared__ __align__(1024) unsigned char mt__fa_smem4[];
+    const uint32_t raw = mt__fa_smem_addr(mt__fa_smem4);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = mt__fa_smem4 + (base - raw);
+    const uint32_t sQ = base, sKV = sQ + BM * D * 2; /* stage s: K at sKV + s*2*KT, V KT bytes later */
+    const uint32_t bars = sKV + NS * 2 * KT;         /* fullK[NS], fullV[NS], emptyK[NS], emptyV[NS], Q */
+    auto full_k = [&](int s) { return bars + 8u * (uint32_t)s; };
+    auto full_v = [&](int s) { return bars + 8u * (uint32_t)(NS + s); };
+    auto empty_k = [&](int s) { return bars + 8u * (uint32_t)(2 * NS + s); };
+    auto empty_v = [&](int s) { return bars + 8u * (uint32_t)(3 * NS + s); };
+    const uint32_t full_q = bars + 8u * (uint32_t)(4 * NS);
+
+    const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127;
+    const int H = Hkv * G;
+    const int mb = causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int g = h / G, jh = h - g * G;
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const int m0 = mb * BM;
+    const int n_end = causal ? min(T, m0 + BM) : T;
+    const int ntiles = (n_end + BN - 1) / BN;
+
+    if (tid == 0) {
+        for (int s = 0; s < NS; s++) {
+            mt__mbar_init(full_k(s), 128);
+            mt__mbar_init(full_v(s), 128);
+            mt__mbar_init(empty_k(s), 256);
+            mt__mbar_init(empty_v(s), 256);
+        }
+        mt__mbar_init(full_q, 128);
+        mt__mbar_fence_init();
+    }
+    __syncthreads();
+
+    if (wg == 0) { /* ------------------------------------------------ producer */
+        mt__setmaxnreg_dec<MT__FWD4_PREG>();
+        const __nv_bfloat16 *qb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + jh) * D;
+        const __nv_bfloat16 *kb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + G) * D;
+        const __nv_bfloat16 *vb = kb + D;
+        mt__fa_load_tile_wg<BM, D, 128>(sQ, qb, ld, m0, T, wtid);
+        mt__mbar_cp_arrive(full_q);
+        for (int t = 0; t <= ntiles; t++) {
+            if (t < ntiles) { /* K_t */
+                const int s = t % NS, u = t / NS;
+                if (u > 0) mt__mbar_wait(empty_k(s), (uint32_t)(u - 1) & 1u);
+                mt__fa_load_tile_wg<BN, D, 128>(sKV + (uint32_t)s * 2 * KT, kb, ld, t * BN, T, wtid);
+                mt__mbar_cp_arrive(full_k(s));
+            }
+            if (t > 0) { /* V_{t-1} */
+                const int s = (t - 1) % NS, u = (t - 1) / NS;
+                if (u > 0) mt__mbar_wait(empty_v(s), (uint32_t)(u - 1) & 1u);
+                mt__fa_load_tile_wg<BN, D, 128>(sKV + (uint32_t)s * 2 * KT + KT, vb, ld, (t - 1) * BN, T, wtid);
+                mt__mbar_cp_arrive(full_v(s));
+            }
+        }
+        mt__fa_cp_wait<0>();
+        return;
+    }
+
+    /* ---------------------------------------------------------------- consumers */
+    mt__setmaxnreg_inc<MT__FWD4_CREG>();
+    const int c = wg - 1, wq = (wtid >> 5) & 3, lane = tid & 31, gr = lane >> 2, tq = lane & 3;
+    const int w0 = m0 + c * 64;
+    const uint32_t sQw = sQ + c * 64 * 128;
+
+    float s[BN / 2], o[D / 2], mrow[2], lrow[2], alpha[2];
+    uint32_t pa[BN / 16][4];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.f;
+    alpha[0] = alpha[1] = 0.f;
+
+    const uint64_t dQw = mt__wg_desc(sQw);
+    auto qk = [&](uint32_t sK) {
+        const uint64_t dK = mt__wg_desc(sK);
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ssn<0, 0>(s, mt__wg_desc_at(dQw, (kk >> 2) * HQ + (kk & 3) * 32),
+                             mt__wg_desc_at(dK, (kk >> 2) * HK + (kk & 3) * 32), kk);
+    };
+    auto pv = [&](uint32_t sV) {
+        const uint64_t dV = D == 128 ? mt__wg_desc2(sV, HK) : mt__wg_desc(sV);
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            if constexpr (D == 128) mt__wg_rs128<1>(o, pa[kk], mt__wg_desc_at(dV, kk * 2048));
+            else mt__wg_rs<1>(*reinterpret_cast<float(*)[32]>(o), pa[kk], mt__wg_desc_at(dV, kk * 2048));
+        }
+    };
+    auto softmax = [&](int t) {
+        const int n0 = t * BN;
+        if (n0 + BN > T || (causal && n0 + BN - 1 > w0)) {
+            const int r0 = w0 + wq * 16 + gr;
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int row = r0 + (e >> 1) * 8, col = n0 + 8 * j + 2 * tq + (e & 1);
+                    if (col >= T || (causal && col > row)) s[4 * j + e] = -INFINITY;
+                }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = mrow[r];
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float ms = (mx == -INFINITY) ? 0.f : mx * scale_log2;
+            alpha[r] = mt__fa_exp2(mrow[r] * scale_log2 - ms);
+            mrow[r] = mx;
+            float rs = 0.f;
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) {
+                const float p0 = mt__fa_exp2(fmaf(s[4 * j + 2 * r], scale_log2, -ms));
+                const float p1 = mt__fa_exp2(fmaf(s[4 * j + 2 * r + 1], scale_log2, -ms));
+                s[4 * j + 2 * r] = p0;
+                s[4 * j + 2 * r + 1] = p1;
+                rs += p0 + p1;
+            }
+            lrow[r] = lrow[r] * alpha[r] + rs;
+        }
+    };
+    auto rescale_pack = [&]() {
+#pragma unroll
+        for (int i = 0; i < D / 2; i++) o[i] *= alpha[(i >> 1) & 1];
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
+            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
+        }
+    };
+    /* the ping-pong: wait for this consumer's turn to issue, and hand the turn over after issuing.
+     * Consumer 0 goes first (consumer 1 arrives once up front); each issues ntiles + 1 times and
+     * consumer 1 skips its last hand-over, so every barrier phase gets exactly 256 threads. */
+    auto turn_wait = [&]() { if constexpr (PP) mt__bar_sync(2 + c, 256); };
+    auto turn_pass = [&](bool last) { if constexpr (PP) if (!(last && c == 1)) mt__bar_arrive(3 - c, 256); };
+    auto sK = [&](int t) { return sKV + (uint32_t)(t % NS) * 2 * KT; };
+    auto sV = [&](int t) { return sKV + (uint32_t)(t % NS) * 2 * KT + KT; };
+
+    if constexpr (PP) if (c == 1) mt__bar_arrive(2, 256);
+    mt__mbar_wait(full_q, 0);
+    mt__mbar_wait(full_k(0), 0);
+    mt__fence_async_smem();
+    turn_wait();
+    mt__wg_fence();
+    qk(sK(0));
+    mt__wg_commit();
+    turn_pass(false);
+    mt__wg_wait<0>();
+    mt__wg_keep(s);
+    mt__mbar_arrive(empty_k(0));
+    softmax(0);
+    rescale_pack();
+
+    for (int t = 1; t < ntiles; t++) {
+        mt__mbar_wait(full_k(t % NS), (uint32_t)(t / NS) & 1u);
+        mt__mbar_wait(full_v((t - 1) % NS), (uint32_t)((t - 1) / NS) & 1u);
+        mt__fence_async_smem();
+        turn_wait();
+        mt__wg_fence();
+        qk(sK(t));
+        mt__wg_commit();
+        pv(sV(t - 1));
+        mt__wg_commit();
+        turn_pass(false);
+        mt__wg_wait<1>(); /* S_t is done: K_t's slot is free */
+        mt__wg_keep(s);
+        mt__mbar_arrive(empty_k(t % NS));
+        softmax(t);
+        mt__wg_keep(s);
+        mt__bar_sync(4 + c, 128); /* keeps the wait below the softmax, as in mt__flash_fwd3_kernel */
+        mt__wg_wait<0>();
+        mt__wg_keep(o);
+        mt__mbar_arrive(empty_v((t - 1) % NS));
+        rescale_pack();
+    }
+    {   /* O += P V of the last tile */
+        mt__mbar_wait(full_v((ntiles - 1) % NS), (uint32_t)((ntiles - 1) / NS) & 1u);
+        mt__fence_async_smem();
+        turn_wait();
+        mt__wg_fence();
+        pv(sV(ntiles - 1));
+        mt__wg_commit();
+        turn_pass(true);
+        mt__wg_wait<0>();
+        mt__wg_keep(o);
+    }
+
+    /* O / l into this consumer's rows of the Q tile (only its products read them), 16-byte stores */
+    {
+        unsigned char *pq = smem + (sQw - base);
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float l = lrow[r];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const float inv = l > 0.f ? 1.f / l : 0.f;
+            const int rl = wq * 16 + gr + r * 8, row = w0 + rl;
+            if (tq == 0 && row < T)
+                lse[((size_t)b * H + h) * T + row] =
+                    l > 0.f ? (mrow[r] * scale_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
+#pragma unroll
+            for (int j = 0; j < D / 8; j++)
+                *reinterpret_cast<uint32_t *>(pq + (j >> 3) * HQ + mt__fa_swz<64>(rl, j & 7) + tq * 4) =
+                    mt__fa_pack(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+        }
+        mt__bar_sync(4 + c, 128);
+#pragma unroll
+        for (int k = 0; k < 64 * (D / 8) / 128; k++) {
+            const int i = k * 128 + wtid, r = i / (D / 8), cc = i % (D / 8), row = w0 + r;
+            if (row < T)
+                *reinterpret_cast<uint4 *>(out + (((size_t)b * T + row) * H + h) * D + cc * 8) =
+                    *reinterpret_cast<const uint4 *>(pq + (cc >> 3) * HQ + mt__fa_swz<64>(r, cc & 7));
+        }
+    }
+#else
+    (void)out; (void)lse; (void)qkv; (void)T; (void)Hkv; (void)G; (void)causal; (void)scale_log2;
+#endif
+}
+
 /* The hd 128 backward pipelined (mt__flash_bwd3p_128_run; the hd 128 default unless MT_FLASH_BWD_PIPE
  * is 0; H200 causal 240/290/324/341 TFLOP/s at T = 1024..8192 against the plain kernel's
  * 206/241/264/279): mt__flash_bwd3_128_kernel's tiles and products, with block it-1's
@@ -2581,9 +2887,10 @@ template <> struct mt__fa_cfg<64> {
      * (BWD_BM, BWD_BN).  Causal hd 64 on an H100, TFLOP/s at T = 1024/2048/4096/8192: wgmma
      * 167/202/226/245, 16 keys per warp 64x64 165/191/209/215, FA2 layout 139/161/179/189; on an
      * H200 the pipelined wgmma 187/229/258/277 against the plain wgmma's 173/206/230/243.
-     * FWD3_T: from this sequence length on, the wgmma forward (mt__flash_fwd3_run, same fallback);
-     * H100 causal: wgmma 227/274/305/326 against mma.sync 231/265/287/302. */
-    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 64, BWD2 = 2, FWD3_T = 2048 };
+     * FWD3_T: from this sequence length on, the wgmma forward (mt__flash_fwd3_run, same fallback):
+     * every length since it is warp-specialized (H200 causal, T = 1024: 255 TFLOP/s against
+     * mma.sync's 234; mt__flash_fwd3_kernel was level with mma.sync there and the default from 2048). */
+    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 64, BWD2 = 2, FWD3_T = 1 };
 };
 template <> struct mt__fa_cfg<128> {
     /* BWD2 3 = the hd 128 wgmma backward (mt__flash_bwd3p_128_run, pipelined across query blocks, or
@@ -2815,21 +3122,43 @@ static inline mt_status mt__flash_fwd3_tile_run(const mt_ctx *cx, void *out, flo
                                                      causal, scale_log2);
     return mt__fa_cuda("mt_flash_attention_fwd (wgmma)");
 }
+/* The warp-specialized forward, mt__flash_fwd4_kernel<D, BN, NS, PP> (same contract as
+ * mt__flash_fwd3_tile_run). */
+template <int D, int BN, int NS, int PP>
+static inline mt_status mt__flash_fwd4_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                           int Hkv, int G, int causal) {
+    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, float) =
+        mt__flash_fwd4_kernel<D, BN, NS, PP>;
+    MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_fwd (wgmma, warp-specialized): device query"));
+    /* alignment slack; Q (128 rows); NS stages of K and V (BN rows each); 4 NS + 1 barriers */
+    const size_t smem = 1024 + (size_t)(128 + NS * 2 * BN) * D * 2 + 8 * (4 * NS + 1);
+    static_assert(1024 + (128 + NS * 2 * BN) * D * 2 + 8 * (4 * NS + 1) <= 227 * 1024,
+                  "over the 227 KB of shared memory per block");
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
+        return mt__fa_cuda("mt_flash_attention_fwd (wgmma, warp-specialized): cudaFuncSetAttribute");
+    dim3 grid((T + 127) / 128, Hkv * G, B);
+    const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
+    k<<<grid, 384, smem, (cudaStream_t)cx->stream>>>((__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)qkv, T, Hkv, G,
+                                                     causal, scale_log2);
+    return mt__fa_cuda("mt_flash_attention_fwd (wgmma, warp-specialized)");
+}
 /* The hd 64 shapes: key/value tiles of 128 rows in NS stages, K and V of a tile loaded together. */
 template <int D, int NS>
 static inline mt_status mt__flash_fwd3_cfg_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
                                                int Hkv, int G, int causal) {
     return mt__flash_fwd3_tile_run<D, 128, NS, NS - 2, 64>(cx, out, lse, qkv, B, T, Hkv, G, causal);
 }
-/* The wgmma forward: hd 64 with four stages (key/value tiles loaded two ahead); hd 128 with three
- * stages of 128-row tiles loaded one ahead, and O += P V as one m64n128 product per k step (H100,
- * causal, T = 1024..8192: 303/360/395/422 TFLOP/s; K two ahead 292/342/374/398, P V as two n64
- * products 282/328/359/381, BN 64 285/336/368/388). */
+/* The wgmma forward, the default at every length where it can run: warp-specialized with the
+ * ping-pong (mt__flash_fwd4_kernel), key/value tiles of 128 rows, hd 64 in four stages, hd 128 in
+ * three. H200, causal, T = 1024..8192, in one call: hd 64 255/322/369/401 TFLOP/s against
+ * mt__flash_fwd3_kernel's 239/289/323/345 and mma.sync's 234 at T = 1024; hd 128 362/460/532/575
+ * against 308/365/401/432. (mt__flash_fwd3_kernel on an H100: hd 128 K one ahead 303/360/395/422,
+ * K two ahead 292/342/374/398, P V as two n64 products 282/328/359/381, BN 64 285/336/368/388.) */
 template <int D>
 static inline mt_status mt__flash_fwd3_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
                                            int Hkv, int G, int causal) {
-    if constexpr (D == 64) return mt__flash_fwd3_tile_run<64, 128, 4, 2, 64>(cx, out, lse, qkv, B, T, Hkv, G, causal);
-    else return mt__flash_fwd3_tile_run<D, 128, 3, 1, 128>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+    if constexpr (D == 64) return mt__flash_fwd4_run<64, 128, 4, 1>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+    else return mt__flash_fwd4_run<D, 128, 3, 1>(cx, out, lse, qkv, B, T, Hkv, G, causal);
 }
 
 template <int D>

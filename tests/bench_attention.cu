@@ -7,7 +7,7 @@
  * backward is timed on its own (it includes its delta and dQ conversion kernels), fwd+bwd is one
  * forward plus one backward. Prints lines shaped like sdpa_bench.py's, then a table.
  * Then the same kernels with other tile shapes (causal only), to choose the defaults.
- *   ./build/bench_attention [iters] [--no-variants]
+ *   ./build/bench_attention [iters] [--no-variants] [--only NAME]   (--only: the variants whose name contains NAME)
  */
 #if defined(__has_include)
 #if __has_include("kernels/kernels.cuh")
@@ -116,14 +116,21 @@ static const variant g_variants[] = {
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
     {"bwd wgmma pipelined (default)", 128, NULL, mt__flash_bwd3p_128_run},
     {"bwd wgmma not pipelined", 128, NULL, mt__flash_bwd3_128_run},
-    {"fwd wgmma (default T>=2048)", 64, mt__flash_fwd3_run<64>, NULL},
-    {"fwd wgmma 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>, NULL},
-    {"fwd wgmma K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>, NULL},
-    /* hd 128 wgmma forward: BN 128, 3 stages, K 2 tiles ahead, P V as m64n128; then one change each */
+    /* the wgmma forward: the default (warp-specialized, mt__flash_fwd4_kernel), then one change each;
+     * "plain" = mt__flash_fwd3_kernel (every thread loads, a CTA barrier per key tile) */
+    {"fwd wgmma (default)", 64, mt__flash_fwd3_run<64>, NULL},
+    {"fwd wgmma 6 stages", 64, mt__flash_fwd4_run<64, 128, 6, 1>, NULL},
+    {"fwd wgmma no ping-pong", 64, mt__flash_fwd4_run<64, 128, 4, 0>, NULL},
+    {"fwd plain", 64, mt__flash_fwd3_tile_run<64, 128, 4, 2, 64>, NULL},
+    {"fwd plain 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>, NULL},
+    {"fwd plain K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>, NULL},
     {"fwd wgmma (default)", 128, mt__flash_fwd3_run<128>, NULL},
-    {"fwd wgmma PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>, NULL},
-    {"fwd wgmma K 2 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 128>, NULL},
-    {"fwd wgmma BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>, NULL},
+    {"fwd wgmma no ping-pong", 128, mt__flash_fwd4_run<128, 128, 3, 0>, NULL},
+    {"fwd wgmma BN 64", 128, mt__flash_fwd4_run<128, 64, 5, 1>, NULL},
+    {"fwd plain", 128, mt__flash_fwd3_tile_run<128, 128, 3, 1, 128>, NULL},
+    {"fwd plain PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>, NULL},
+    {"fwd plain K 2 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 128>, NULL},
+    {"fwd plain BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>, NULL},
 };
 
 static const variant *g_cur_variant;
@@ -154,6 +161,7 @@ static double rel_diff(const void *x, const void *y, size_t n) {
     return b > 0 ? sqrt(a / b) : sqrt(a);
 }
 
+static const char *g_only = NULL; /* --only S: only the variants whose name contains S, no main table */
 static void run_variants(const mt_ctx *cx, void *qkv, void *dqkv, void *out, void *dout, float *lse, void *ws,
                          size_t ws_nbytes, int iters) {
     static const int Ts[] = {1024, 2048, 4096, 8192};
@@ -163,6 +171,7 @@ static void run_variants(const mt_ctx *cx, void *qkv, void *dqkv, void *out, voi
     printf("\nvariants, causal, TFLOP/s at T = 1024 / 2048 / 4096 / 8192 (rel. diff vs default at T=1024)\n");
     for (size_t vi = 0; vi < sizeof g_variants / sizeof g_variants[0]; vi++) {
         const variant *v = &g_variants[vi];
+        if (g_only && !strstr(v->name, g_only)) continue;
         g_cur_variant = v;
         { /* a variant this GPU or build cannot run (the wgmma ones off Hopper) is skipped */
             bench_args a;
@@ -216,6 +225,7 @@ int main(int argc, char **argv) {
     int iters = 20, variants = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--no-variants")) variants = 0;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) g_only = argv[++i];
         else iters = atoi(argv[i]);
     }
     if (iters < 1) iters = 1;
@@ -257,7 +267,7 @@ int main(int argc, char **argv) {
 
     static const int Ds[] = {64, 128}, Ts[] = {1024, 2048, 4096, 8192};
     double res[2][4][2][3];
-    for (int di = 0; di < 2; di++)
+    for (int di = 0; di < (g_only ? 0 : 2); di++)
         for (int ti = 0; ti < 4; ti++)
             for (int ci = 0; ci < 2; ci++) {
                 const int D = Ds[di], T = Ts[ti], causal = ci == 0;
@@ -278,8 +288,8 @@ int main(int argc, char **argv) {
                        t_both);
                 fflush(stdout);
             }
-    printf("\n| TFLOP/s fwd / bwd / fwd+bwd | causal | non-causal |\n|---|---|---|\n");
-    for (int di = 0; di < 2; di++)
+    if (!g_only) printf("\n| TFLOP/s fwd / bwd / fwd+bwd | causal | non-causal |\n|---|---|---|\n");
+    for (int di = 0; di < (g_only ? 0 : 2); di++)
         for (int ti = 0; ti < 4; ti++)
             printf("| hd%d T=%d | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f |\n", Ds[di], Ts[ti], res[di][ti][0][0],
                    res[di][ti][0][1], res[di][ti][0][2], res[di][ti][1][0], res[di][ti][1][1], res[di][ti][1][2]);

@@ -120,17 +120,22 @@ static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout
 }
 static int g_wgmma_ran = 0, g_wgmma_skipped = 0;
 
-/* the wgmma forward configurations (mt__flash_fwd3_kernel<D, BN, NS, KA, PN>), each at its head dim */
+/* the wgmma forward configurations, each at its head dim: the default (mt__flash_fwd4_kernel, warp-
+ * specialized), without the ping-pong, and mt__flash_fwd3_kernel<D, BN, NS, KA, PN> ("plain") */
 typedef mt_status (*fwd3_fn)(const mt_ctx *, void *, float *, const void *, int, int, int, int, int);
 typedef struct { const char *name; int D; fwd3_fn f; } fwd3_cfg;
 static const fwd3_cfg g_fwd3[] = {
     {"wgmma fwd", 64, mt__flash_fwd3_run<64>},
-    {"wgmma fwd 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>},
-    {"wgmma fwd K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>},
+    {"wgmma fwd plain", 64, mt__flash_fwd3_tile_run<64, 128, 4, 2, 64>},
+    {"wgmma fwd plain 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>},
+    {"wgmma fwd plain K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>},
     {"wgmma fwd", 128, mt__flash_fwd3_run<128>},
-    {"wgmma fwd PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>},
-    {"wgmma fwd K 2 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 128>},
-    {"wgmma fwd BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>},
+    {"wgmma fwd plain", 128, mt__flash_fwd3_tile_run<128, 128, 3, 1, 128>},
+    {"wgmma fwd plain PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>},
+    {"wgmma fwd plain K 2 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 128>},
+    {"wgmma fwd plain BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>},
+    {"wgmma fwd no ping-pong", 64, mt__flash_fwd4_run<64, 128, 4, 0>},
+    {"wgmma fwd no ping-pong", 128, mt__flash_fwd4_run<128, 128, 3, 0>},
 };
 #define N_FWD3 ((int)(sizeof g_fwd3 / sizeof g_fwd3[0]))
 static int g_fwd3_ran = 0, g_fwd3_skipped = 0;
