@@ -2654,6 +2654,256 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
 #endif
 }
 
+/* The hd 64 pipelined backward, warp-specialized (mt__flash_bwd4_run): mt__flash_bwd3p_kernel's
+ * products and order, with the loads taken out of the compute warps as in mt__flash_fwd4_kernel.
+ * 384 threads: warpgroup 0 loads (72 registers a thread) K and V once, then per query block Q, dO,
+ * lse and delta into NS stages with cp.async, arriving on the stage's "full" mbarrier (count 128)
+ * when its copies have landed and waiting on the stage's "empty" one (count 256) before it reuses a
+ * stage. Warpgroups 1 and 2 (216 registers) compute as in mt__flash_bwd3p_kernel, 64 keys each. A
+ * block's stage is read by its own products and by the next block's dK += dS^T Q, so the consumers
+ * release it one block later, when that product has completed. The consumers still meet once per
+ * block (named barrier 1, 256 threads): dQ = dS K reads both warpgroups' dS^T tiles.
+ * Not the default: correct (gpu_attention), 592 instead of ~680 instructions per unmasked block, and
+ * slower than mt__flash_bwd3p_kernel on an H200 (causal 196/242/273/295 TFLOP/s at T = 1024..8192
+ * against 198/249/287/312; kernels/ATTENTION_NOTES.md v18). Kept for the next step, consumers that
+ * no longer meet every block. */
+template <int D, int NS>
+__global__ void __launch_bounds__(384, 1)
+mt__flash_bwd4_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
+                      const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
+                      const float *__restrict__ delta, const __nv_bfloat16 *__restrict__ qkv, int T, int Hkv, int G,
+                      int causal, float scale, float scale_log2) {
+    static_assert(D == 64, "the warp-specialized backward is written for head dim 64");
+    static_assert(NS >= 2, "at least two stages");
+    constexpr int BM = 64, BN = 128, NC = 256, TILE = 64 * D * 2;
+#if MT__WG_OK
+    extern __shared__ __align__(1024) unsigned char mt__fa_smem4b[];
+    const uint32_t raw = mt__fa_smem_addr(mt__fa_smem4b);
+    const uint32_t base = (raw + 1023u) & ~1023u;
+    unsigned char *smem = mt__fa_smem4b + (base - raw);
+    const uint32_t sK = base;              /* 128 x D: warpgroup w's keys at sK + w*TILE */
+    const uint32_t sV = sK + 2 * TILE;     /* 128 x D */
+    const uint32_t sQ0 = sV + 2 * TILE;    /* NS stages of 64 x D */
+    const uint32_t sO0 = sQ0 + NS * TILE;  /* dO, NS stages */
+    const uint32_t sS0 = sO0 + NS * TILE;  /* dS^T, 2 buffers of 2 tiles ([key][query], warpgroup w's at +w*TILE) */
+    const uint32_t sKT = sS0 + 4 * TILE;   /* K^T, D x 128 keys as two D x 64 tiles */
+    const uint32_t sL0 = sKT + 2 * TILE;   /* lse, NS stages of 64 floats */
+    const uint32_t sD0 = sL0 + NS * BM * 4; /* delta, NS stages */
+    const uint32_t bars = sD0 + NS * BM * 4; /* full[NS], empty[NS], K/V */
+    const float *sLf = reinterpret_cast<const float *>(smem + (sL0 - base));
+    const float *sDf = reinterpret_cast<const float *>(smem + (sD0 - base));
+    auto full = [&](int s) { return bars + 8u * (uint32_t)s; };
+    auto empty = [&](int s) { return bars + 8u * (uint32_t)(NS + s); };
+    const uint32_t full_kv = bars + 8u * (uint32_t)(2 * NS);
+
+    const int tid = threadIdx.x, wgp = tid >> 7;
+    const int H = Hkv * G;
+    const int nb = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    const int n0 = nb * BN;
+    const size_t ld = (size_t)Hkv * (G + 2) * D;
+    const size_t ldo = (size_t)H * D;
+    const __nv_bfloat16 *grp = qkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+    const int nqb = (T + BM - 1) / BM;
+    const int qb0 = causal ? n0 / BM : 0;
+    const int per_head = nqb - qb0;
+    const int total = G * per_head;
+
+    if (tid == 0) {
+        for (int s = 0; s < NS; s++) {
+            mt__mbar_init(full(s), 128);
+            mt__mbar_init(empty(s), NC);
+        }
+        mt__mbar_init(full_kv, 128);
+        mt__mbar_fence_init();
+    }
+    __syncthreads();
+
+    if (wgp == 0) { /* ------------------------------------------------ producer */
+        mt__setmaxnreg_dec<MT__FWD4_PREG>();
+        const int wtid = tid;
+        mt__fa_load_tile<BN, D, 128>(sK, grp + (size_t)G * D, ld, n0, T, wtid);
+        mt__fa_load_tile<BN, D, 128>(sV, grp + (size_t)(G + 1) * D, ld, n0, T, wtid);
+        mt__mbar_cp_arrive(full_kv);
+        for (int it = 0; it < total; it++) {
+            const int st = it % NS, u = it / NS;
+            if (u > 0) mt__mbar_wait(empty(st), (uint32_t)(u - 1) & 1u);
+            const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+            mt__fa_load_tile<BM, D, 128>(sQ0 + st * TILE, grp + (size_t)jj * D, ld, q0, T, wtid);
+            mt__fa_load_tile<BM, D, 128>(sO0 + st * TILE, dout + (size_t)b * T * ldo + (size_t)hh * D, ldo, q0, T,
+                                         wtid);
+            const int r = wtid & (BM - 1), which = wtid >> 6;
+            const bool ok = q0 + r < T;
+            const float *src = (which ? delta : lse) + ((size_t)b * H + hh) * T + (ok ? q0 + r : 0);
+            mt__fa_cp4((which ? sD0 : sL0) + st * BM * 4 + r * 4, src, ok);
+            mt__mbar_cp_arrive(full(st));
+        }
+        mt__fa_cp_wait<0>();
+        return;
+    }
+
+    /* ---------------------------------------------------------------- consumers */
+    mt__setmaxnreg_inc<MT__FWD4_CREG>();
+    const int ctid = tid - 128, wg = ctid >> 7, wq = (ctid >> 5) & 3, lane = tid & 31;
+    const int gr = lane >> 2, tq = lane & 3;
+    const int kv0 = n0 + wg * 64;
+    const uint32_t sKw = sK + wg * TILE, sVw = sV + wg * TILE;
+
+    mt__mbar_wait(full_kv, 0);
+#pragma unroll 4
+    for (int k = 0; k < BN * D / 2 / NC; k++) { /* K^T as in mt__flash_bwd3_kernel */
+        const int i = k * NC + ctid, d = i % D, key = 2 * (i / D);
+        const unsigned short lo =
+            *reinterpret_cast<const unsigned short *>(smem + mt__fa_swz<64>(key, d >> 3) + (d & 7) * 2);
+        const unsigned short hi =
+            *reinterpret_cast<const unsigned short *>(smem + mt__fa_swz<64>(key + 1, d >> 3) + (d & 7) * 2);
+        const int kc = key & 63;
+        *reinterpret_cast<uint32_t *>(smem + (sKT - base) + (key >> 6) * TILE + mt__fa_swz<64>(d, kc >> 3) +
+                                      (kc & 7) * 2) = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+    { /* dS^T buffer 1 as zeros: the first block's "previous block" products read it */
+        uint4 *z = reinterpret_cast<uint4 *>(smem + (sS0 + 2 * TILE - base));
+#pragma unroll
+        for (int k = 0; k < 2 * TILE / 16 / NC; k++) z[k * NC + ctid] = make_uint4(0u, 0u, 0u, 0u);
+    }
+    mt__fence_async_smem();
+    mt__bar_sync(1, NC);
+
+    float dk[32], dv[32], dq16[16];
+    uint32_t da[4][4];
+#pragma unroll
+    for (int i = 0; i < 32; i++) dk[i] = dv[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) dq16[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) da[i >> 2][i & 3] = 0u;
+    float *pend = dq_acc + ((size_t)b * H + (size_t)g * G) * T * D + (size_t)qb0 * BM * D;
+    int pend_rows = T - qb0 * BM, pst = 0, pbuf = 1;
+    const uint64_t dK = mt__wg_desc(sKw), dV = mt__wg_desc(sVw), dQ0 = mt__wg_desc(sQ0), dO0 = mt__wg_desc(sO0);
+    const uint64_t dS0 = mt__wg_desc(sS0), dKT = mt__wg_desc(sKT + wg * 32 * 128);
+    auto issue_dk_dq = [&](int pstage, int pb) {
+        mt__wg_fence();
+        const uint64_t q = mt__wg_desc_at(dQ0, pstage * TILE);
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk, da[kk], mt__wg_desc_at(q, kk * 2048));
+        mt__wg_commit();
+        const uint64_t a = mt__wg_desc_at(dS0, pb * 2 * TILE);
+#pragma unroll
+        for (int kk = 0; kk < 128 / 16; kk++)
+            mt__wg_ss32<1, 0>(dq16, mt__wg_desc_at(a, (kk >> 2) * TILE + (kk & 3) * 2048),
+                              mt__wg_desc_at(dKT, (kk >> 2) * TILE + (kk & 3) * 32), kk);
+        mt__wg_commit();
+    };
+
+    for (int it = 0; it < total; it++) {
+        const int st = it % NS;
+        mt__mbar_wait(full(st), (uint32_t)(it / NS) & 1u); /* this block's Q, dO, lse, delta */
+        mt__fence_async_smem();
+        float s[32], dp[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) s[i] = dp[i] = 0.f;
+        const uint64_t dQs = mt__wg_desc_at(dQ0, st * TILE), dOs = mt__wg_desc_at(dO0, st * TILE);
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ss<0, 0>(s, mt__wg_desc_at(dK, kk * 32), mt__wg_desc_at(dQs, kk * 32), kk);
+        mt__wg_commit();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            mt__wg_ss<0, 0>(dp, mt__wg_desc_at(dV, kk * 32), mt__wg_desc_at(dOs, kk * 32), kk);
+        mt__wg_commit();
+        issue_dk_dq(pst, pbuf);
+        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
+        const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
+
+        mt__wg_wait<3>(); /* S^T done */
+        mt__wg_keep(s);
+        if ((q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0))
+            mt__fa_mask_st(s, kv0 + wq * 16 + gr, q0 + 2 * tq, T, causal);
+        uint32_t pa[4][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const float2 l = *reinterpret_cast<const float2 *>(sL + 8 * j + 2 * tq);
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[4 * j + e] =
+                    mt__fa_exp2(fmaf(s[4 * j + e], scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
+            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
+            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
+        }
+        mt__wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc_at(dOs, kk * 2048));
+        mt__wg_commit();
+        mt__wg_wait<2>(); /* dP^T and the previous dK done: da is free */
+        mt__wg_keep(dp);
+        {
+            const int rl = wq * 16 + gr;
+            unsigned char *p = smem + (sS0 + (it & 1) * 2 * TILE + wg * TILE - base);
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const float2 dl = *reinterpret_cast<const float2 *>(sDl + 8 * j + 2 * tq);
+                const uint32_t lo = mt__fa_pack(s[4 * j] * (dp[4 * j] - dl.x), s[4 * j + 1] * (dp[4 * j + 1] - dl.y));
+                const uint32_t hi =
+                    mt__fa_pack(s[4 * j + 2] * (dp[4 * j + 2] - dl.x), s[4 * j + 3] * (dp[4 * j + 3] - dl.y));
+                da[j >> 1][(j & 1) * 2 + 0] = lo;
+                da[j >> 1][(j & 1) * 2 + 1] = hi;
+                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = lo;
+                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) = hi;
+            }
+        }
+        mt__wg_wait<0>(); /* the previous dQ and this dV */
+        mt__wg_keep(dq16);
+        mt__wg_keep(dv);
+        mt__wg_keep(dk);
+        if (it > 0) mt__mbar_arrive(empty(pst)); /* the previous block's stage: its last reader (dK) is done */
+        mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
+        pend = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
+        pend_rows = T - q0;
+        pst = st;
+        pbuf = it & 1;
+        /* this block's dS^T tiles (both warpgroups') visible to the next block's dQ product, and both
+         * warpgroups past this block's products before the dS^T buffer is written again */
+        mt__fence_async_smem();
+        mt__bar_sync(1, NC);
+    }
+    issue_dk_dq(pst, pbuf); /* the last block's */
+    mt__wg_wait<0>();
+    mt__wg_keep(dk);
+    mt__wg_keep(dq16);
+    mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
+
+    if (kv0 < T) {
+        unsigned char *pk = smem + (sKw - base), *pv = smem + (sVw - base);
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int rl = wq * 16 + gr + r * 8;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                const uint32_t off = mt__fa_swz<64>(rl, j) + tq * 4;
+                *reinterpret_cast<uint32_t *>(pk + off) =
+                    mt__fa_pack(dk[4 * j + 2 * r] * scale, dk[4 * j + 2 * r + 1] * scale);
+                *reinterpret_cast<uint32_t *>(pv + off) = mt__fa_pack(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
+            }
+        }
+        mt__bar_sync(2 + wg, 128);
+        const int wtid = ctid & 127;
+        __nv_bfloat16 *dgrp = dqkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
+#pragma unroll
+        for (int k = 0; k < 64 * 8 / 128; k++) {
+            const int i = k * 128 + wtid, r = i >> 3, c = i & 7, row = kv0 + r;
+            if (row < T) {
+                __nv_bfloat16 *dst = dgrp + (size_t)row * ld + (size_t)G * D + c * 8;
+                *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(pk + mt__fa_swz<64>(r, c));
+                *reinterpret_cast<uint4 *>(dst + D) = *reinterpret_cast<const uint4 *>(pv + mt__fa_swz<64>(r, c));
+            }
+        }
+    }
+#else
+    (void)dqkv; (void)dq_acc; (void)dout; (void)lse; (void)delta; (void)qkv; (void)T; (void)Hkv; (void)G;
+    (void)causal; (void)scale; (void)scale_log2;
+#endif
+}
+
 /* The hd 128 backward pipelined (mt__flash_bwd3p_128_run; the hd 128 default unless MT_FLASH_BWD_PIPE
  * is 0; H200 causal 240/290/324/341 TFLOP/s at T = 1024..8192 against the plain kernel's
  * 206/241/264/279): mt__flash_bwd3_128_kernel's tiles and products, with block it-1's
@@ -3026,7 +3276,8 @@ typedef void (*mt__flash_bwd3_fn)(__nv_bfloat16 *, float *, const __nv_bfloat16 
 template <int D>
 static inline mt_status mt__flash_bwd3_go(const mt_ctx *cx, mt__flash_bwd3_fn k, size_t smem, void *dqkv,
                                           const void *dout, const void *out, const float *lse, const void *qkv, int B,
-                                          int T, int Hkv, int G, int causal, float *delta, float *dq_acc) {
+                                          int T, int Hkv, int G, int causal, float *delta, float *dq_acc,
+                                          int threads = 256) {
     const int H = Hkv * G;
     cudaStream_t s = (cudaStream_t)cx->stream;
     const float scale = (float)(1.0 / sqrt((double)D));
@@ -3039,7 +3290,7 @@ static inline mt_status mt__flash_bwd3_go(const mt_ctx *cx, mt__flash_bwd3_fn k,
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
     dim3 grid((T + 127) / 128, Hkv, B);
-    k<<<grid, 256, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
+    k<<<grid, threads, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
                               (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
     MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
     mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G,
@@ -3066,6 +3317,18 @@ static inline mt_status mt__flash_bwd3p_run(const mt_ctx *cx, void *dqkv, const 
     const size_t smem = 1024 + (size_t)16 * 64 * D * 2 + 2 * 3 * 64 * 4;
     return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3p_kernel<D>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
                                 delta, dq_acc);
+}
+/* The warp-specialized one (mt__flash_bwd4_kernel, NS stages of Q/dO/lse/delta). */
+template <int D, int NS>
+static inline mt_status mt__flash_bwd4_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
+                                           const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
+                                           float *delta, float *dq_acc) {
+    /* alignment slack; K, V (2 tiles each), Q and dO x NS, dS^T 2 x 2, K^T 2; lse, delta x NS; 2 NS + 1 barriers */
+    const size_t smem = 1024 + (size_t)(10 + 2 * NS) * 64 * D * 2 + 2 * NS * 64 * 4 + 8 * (2 * NS + 1);
+    static_assert(1024 + (10 + 2 * NS) * 64 * D * 2 + 2 * NS * 64 * 4 + 8 * (2 * NS + 1) <= 227 * 1024,
+                  "over the 227 KB of shared memory per block");
+    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd4_kernel<D, NS>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
+                                delta, dq_acc, 384);
 }
 /* The hd 64 wgmma backward: pipelined unless MT_FLASH_BWD_PIPE is 0 (then dQ columns split across the
  * warpgroups, products drained every block). */

@@ -114,6 +114,8 @@ static const variant g_variants[] = {
     {"bwd wgmma pipelined (default)", 64, NULL, mt__flash_bwd3p_run<64>},
     {"bwd wgmma not pipelined", 64, NULL, mt__flash_bwd3_cfg_run<64, 1>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
+    {"bwd wgmma warp-specialized", 64, NULL, mt__flash_bwd4_run<64, 4>},
+    {"bwd wgmma warp-spec. 3 stages", 64, NULL, mt__flash_bwd4_run<64, 3>},
     {"bwd wgmma pipelined (default)", 128, NULL, mt__flash_bwd3p_128_run},
     {"bwd wgmma not pipelined", 128, NULL, mt__flash_bwd3_128_run},
     /* the wgmma forward: the default (warp-specialized, mt__flash_fwd4_kernel), then one change each;
