@@ -47,13 +47,11 @@
  *             column halves per warpgroup and dQ columns split between the warpgroups (see
  *             mt__flash_bwd3_128_kernel); by default pipelined: the previous block's dK runs with
  *             a block's first products (mt__flash_bwd3p_128_kernel).
- *   forward on wgmma (mt__flash_fwd3_run, sm_90a; the default at every length): warp-specialized,
+ *   forward on wgmma (mt__flash_fwd_wg_run, sm_90a; the default at every length): warp-specialized,
  *             a producer warpgroup loading key/value tiles of 128 rows into four (hd 64) or three
  *             (hd 128) stages behind mbarriers, two consumer warpgroups x 64 query rows taking turns
  *             at the tensor cores: S = Q K^T from shared memory, O += P V with P from registers
  *             (see mt__flash_fwd4_kernel). At hd 128 the Q/K/V tiles are two 64-column halves.
- *             mt__flash_fwd3_kernel is the same loop without the producer (all threads load,
- *             a CTA barrier per key tile).
  *   Shared-memory tiles are rows of D bf16 with 16-byte chunks XOR-swizzled by (row & 7), so that
  *   ldmatrix and cp.async are free of bank conflicts.
  */
@@ -2093,263 +2091,6 @@ __device__ __forceinline__ void mt__fa_load_tile_wg(uint32_t s, const __nv_bfloa
         mt__fa_load_tile_h<ROWS, NT>(s, g, ld, row0, nrows, tid);
 }
 
-/* Forward on wgmma, head dims 64 and 128 (mt__flash_fwd3_run; mt__flash_fwd3_tile_run for the other
- * tile shapes). One CTA per (query block of 128 rows, head, batch), 2 warpgroups of 64 query rows (256
- * threads), queries as M. Q stays in shared memory; key/value tiles of BN rows stream
- * through NS stages (cp.async by all threads). Per key tile t, each warpgroup:
- *   S_t = Q K_t^T                  m64nBN, A = Q, B = K (both K-major, D/16 k16 steps over the head
- *                                  dim; at D = 128 steps 0-3 read the first 64-column half, 4-7 the second)
- *   O += P_{t-1} V_{t-1}           issued right behind S_t: A = P from registers (bf16), B = V (N-major,
- *                                  BN/16 k16 steps over the keys), so the tensor cores have it queued.
- *                                  PN = N of one product: 64 (D/64 products per k step, one per half:
- *                                  the hd 64 descriptor) or 128 (hd 128 only: one m64n128 product whose
- *                                  B spans both halves, mt__wg_desc2)
- *   wait for S_t: mask (tails, causal diagonal), running row max, P_t = exp2(S_t c - m) and row sums
- *   wait for the product: O *= exp2(m_old c - m_new), P_t packed to bf16 A fragments (behind a
- *                                  barrier of the warpgroup: without it ptxas hoists this wait above
- *                                  the exponentials, see the loop)
- * and after the last tile O += P V once more.
- * Stages (one cp.async group per iteration, loaded by all threads): K tiles KA ahead, V tiles NS - 2
- * ahead. At the top of iteration t, after a CTA barrier (both warpgroups have waited for S_{t-1} and for
- * O += P_{t-2} V_{t-2}), K_{t+KA} goes to the K slot of stage (t+KA) % NS and V_{t+NS-2} to the V slot of
- * stage (t-2) % NS. KA = NS - 2 loads K and V of one tile together (the layout measured at hd 64);
- * KA = NS - 1 puts K one tile further ahead in the same memory, since K_{t-1}'s slot is free one
- * iteration before V_{t-1}'s. Group i (i < KA: the prologue, i = KA + t: iteration t) holds K_i and
- * V_{i-KA+NS-2}, so K_t and V_{t-1} are in group t or earlier: wait_group KA - 1 at the top of
- * iteration t; with KA = NS - 1 the last V is in the group after, so once more before the final P V.
- * Causal: tiles past the block's last row are never visited (the diagonal tile is masked; with BN = 64
- * the warpgroup of the upper 64 rows runs one fully masked tile, P = 0); blocks run heaviest first.
- * O / l goes out through this warpgroup's rows of the Q tile (16-byte stores); lse = (m c + log2 l)
- * ln 2. No atomics: the result is the same on every run.
- * Registers per thread: S BN/2 fp32, O D/2, P BN/4 (bf16 pairs), all live while S_t and O += P V are
- * in flight: 160 at D = BN = 128. Shared memory: Q 128 x D + NS x (K, V) BN x D, bf16 (+1 KB for
- * alignment): D = 128, BN = 128, NS = 3: 225 KB of the 227 KB an SM allows.
- * nvcc 13.0, -O3, sm_90a, ptxas -v (no spills, no stack in any of them; measured before the
- * warpgroup barrier, which took the two defaults to 168 (hd 64) and 210 (hd 128)); <D, BN, NS, KA, PN>: registers,
- * dynamic shared memory (the launcher's, alignment slack included):
- *   <64, 128, 4, 2, 64> (hd 64 run)   161, 148,480 B     <128, 128, 3, 2, 128> (hd 128 run)  197, 230,400 B
- *   <64, 128, 3, 1, 64>               161, 115,712 B     <128, 128, 3, 2, 64>                197, 230,400 B
- *   <64, 128, 4, 3, 64>               165, 148,480 B     <128, 128, 3, 1, 128>               194, 230,400 B
- *                                                        <128, 64, 4, 3, 128>                161, 164,864 B */
-template <int D, int BN, int NS, int KA, int PN>
-__global__ void __launch_bounds__(256, 1)
-mt__flash_fwd3_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, const __nv_bfloat16 *__restrict__ qkv,
-                      int T, int Hkv, int G, int causal, float scale_log2) {
-    static_assert(D == 64 || D == 128, "the wgmma forward is written for head dims 64 and 128");
-    static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 rows (S is m64n64 or m64n128)");
-    static_assert(NS >= 3, "O += P V of tile t-1 runs during tile t: at least three stages");
-    static_assert(KA == NS - 2 || KA == NS - 1, "K tiles NS - 2 or NS - 1 ahead");
-    static_assert(PN == 64 || (PN == 128 && D == 128), "O += P V as m64n64 per half or one m64n128");
-    constexpr int BM = 128, NT = 256, VA = NS - 2, KT = BN * D * 2; /* bytes of a K or V tile */
-    constexpr uint32_t HQ = BM * 128, HK = BN * 128;  /* bytes of a 64-column half of a Q, K or V tile */
-#if MT__WG_OK
-    extern __shared__ __align__(1024) unsigned char mt__fa_smem3[];
-    const uint32_t raw = mt__fa_smem_addr(mt__fa_smem3);
-    const uint32_t base = (raw + 1023u) & ~1023u; /* the 128-byte swizzle repeats every 1024 bytes */
-    unsigned char *smem = mt__fa_smem3 + (base - raw);
-    const uint32_t sQ = base;             /* 128 x D (halves HQ apart): warpgroup w's rows at sQ + w*64*128 */
-    const uint32_t sKV = sQ + BM * D * 2; /* stage s: K at sKV + s*2*KT, V KT bytes later */
-
-    const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127, wq = (tid >> 5) & 3, lane = tid & 31;
-    const int gr = lane >> 2, tq = lane & 3;
-    const int H = Hkv * G;
-    const int mb = causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const int g = h / G, jh = h - g * G;
-    const size_t ld = (size_t)Hkv * (G + 2) * D;
-    const __nv_bfloat16 *qb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + jh) * D;
-    const __nv_bfloat16 *kb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + G) * D;
-    const __nv_bfloat16 *vb = kb + D;
-    const int m0 = mb * BM, w0 = m0 + wg * 64; /* first query row of the CTA, of this warpgroup */
-    const int n_end = causal ? min(T, m0 + BM) : T;
-    const int ntiles = (n_end + BN - 1) / BN;
-    const uint32_t sQw = sQ + wg * 64 * 128;
-
-    /* K tile tk and V tile tv (those that exist) into their stages; always exactly one commit group */
-    auto load_kv = [&](int tk, int tv) {
-        if constexpr (KA == VA) { /* tk == tv: one stage */
-            if (tk < ntiles) {
-                const uint32_t st = sKV + (uint32_t)(tk % NS) * 2 * KT;
-                mt__fa_load_tile_wg<BN, D, NT>(st, kb, ld, tk * BN, T, tid);
-                mt__fa_load_tile_wg<BN, D, NT>(st + KT, vb, ld, tk * BN, T, tid);
-            }
-        } else {
-            if (tk < ntiles)
-                mt__fa_load_tile_wg<BN, D, NT>(sKV + (uint32_t)(tk % NS) * 2 * KT, kb, ld, tk * BN, T, tid);
-            if (tv >= 0 && tv < ntiles)
-                mt__fa_load_tile_wg<BN, D, NT>(sKV + (uint32_t)(tv % NS) * 2 * KT + KT, vb, ld, tv * BN, T, tid);
-        }
-        mt__fa_cp_commit();
-    };
-
-    mt__fa_load_tile_wg<BM, D, NT>(sQ, qb, ld, m0, T, tid); /* in group 0 */
-#pragma unroll
-    for (int i = 0; i < KA; i++) load_kv(i, i - KA + VA);
-
-    float s[BN / 2], o[D / 2], mrow[2], lrow[2], alpha[2];
-    uint32_t pa[BN / 16][4];
-#pragma unroll
-    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-    mrow[0] = mrow[1] = -INFINITY;
-    lrow[0] = lrow[1] = 0.f;
-    alpha[0] = alpha[1] = 0.f;
-
-    /* S_t = Q K_t^T into s (k16 step kk: half kk / 4, 32*(kk%4) bytes into the rows) */
-    const uint64_t dQw = mt__wg_desc(sQw); /* descriptors as a base plus a constant per k step (mt__wg_desc_at) */
-    auto qk = [&](uint32_t sK) {
-        const uint64_t dK = mt__wg_desc(sK);
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ssn<0, 0>(s, mt__wg_desc_at(dQw, (kk >> 2) * HQ + (kk & 3) * 32),
-                             mt__wg_desc_at(dK, (kk >> 2) * HK + (kk & 3) * 32), kk);
-    };
-    /* O += P V (k16 step kk = keys 16kk.., rows 16kk of V: kk*2048 bytes into each half). o's element
-     * 4j+e is column 8j + ..., so the m64n64 product of half hh owns o[32hh .. 32hh+31] */
-    auto pv = [&](uint32_t sV) {
-        const uint64_t dV = PN == 128 ? mt__wg_desc2(sV, HK) : mt__wg_desc(sV);
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            if constexpr (PN == 128) {
-                mt__wg_rs128<1>(o, pa[kk], mt__wg_desc_at(dV, kk * 2048));
-            } else {
-#pragma unroll
-                for (int hh = 0; hh < D / 64; hh++)
-                    mt__wg_rs<1>(*reinterpret_cast<float(*)[32]>(o + 32 * hh), pa[kk],
-                                 mt__wg_desc_at(dV, hh * HK + kk * 2048));
-            }
-        }
-    };
-
-    /* S_t (in s) -> P_t (in s, fp32), running max, partial row sums (this thread's columns), alpha */
-    auto softmax = [&](int t) {
-        const int n0 = t * BN;
-        if (n0 + BN > T || (causal && n0 + BN - 1 > w0)) {
-            const int r0 = w0 + wq * 16 + gr;
-#pragma unroll
-            for (int j = 0; j < BN / 8; j++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = r0 + (e >> 1) * 8, col = n0 + 8 * j + 2 * tq + (e & 1);
-                    if (col >= T || (causal && col > row)) s[4 * j + e] = -INFINITY;
-                }
-        }
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float mx = mrow[r];
-#pragma unroll
-            for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float ms = (mx == -INFINITY) ? 0.f : mx * scale_log2;
-            alpha[r] = mt__fa_exp2(mrow[r] * scale_log2 - ms); /* 0 when the old max is -inf */
-            mrow[r] = mx;
-            float rs = 0.f;
-#pragma unroll
-            for (int j = 0; j < BN / 8; j++) {
-                const float p0 = mt__fa_exp2(fmaf(s[4 * j + 2 * r], scale_log2, -ms));
-                const float p1 = mt__fa_exp2(fmaf(s[4 * j + 2 * r + 1], scale_log2, -ms));
-                s[4 * j + 2 * r] = p0;
-                s[4 * j + 2 * r + 1] = p1;
-                rs += p0 + p1;
-            }
-            lrow[r] = lrow[r] * alpha[r] + rs;
-        }
-    };
-    /* O *= alpha (O += P_{t-1} V_{t-1} has completed); P_t -> bf16 A fragments (k16 step kk = keys 16kk..) */
-    auto rescale_pack = [&]() {
-#pragma unroll
-        for (int i = 0; i < D / 2; i++) o[i] *= alpha[(i >> 1) & 1];
-#pragma unroll
-        for (int j = 0; j < BN / 8; j++) {
-            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
-            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
-        }
-    };
-
-    /* tile 0: S_0 alone */
-    mt__fa_cp_wait<KA - 1>();
-    mt__fence_async_smem();
-    __syncthreads();
-    load_kv(KA, VA);
-    mt__wg_fence();
-    qk(sKV);
-    mt__wg_commit();
-    mt__wg_wait<0>();
-    mt__wg_keep(s);
-    softmax(0);
-    rescale_pack();
-
-    for (int t = 1; t < ntiles; t++) {
-        mt__fa_cp_wait<KA - 1>(); /* K_t and V_{t-1} have landed (this thread's copies) */
-        mt__fence_async_smem();   /* ... and are visible to wgmma */
-        __syncthreads();          /* everyone's copies; everyone is past S_{t-1} and O += P_{t-2} V_{t-2} */
-        load_kv(t + KA, t + VA);  /* into the K slot of tile t + KA - NS, the V slot of tile t - 2 */
-        mt__wg_fence();
-        qk(sKV + (uint32_t)(t % NS) * 2 * KT);
-        mt__wg_commit();
-        pv(sKV + (uint32_t)((t - 1) % NS) * 2 * KT + KT);
-        mt__wg_commit();
-        mt__wg_wait<1>(); /* S_t is done; O += P_{t-1} V_{t-1} may still run */
-        mt__wg_keep(s);
-        softmax(t);
-        mt__wg_keep(s);
-        /* A barrier of this warpgroup's 128 threads before the wait for O += P V: without it ptxas
-         * hoists that wait above the exponentials (to the top of the row-max code), and the softmax
-         * of tile t no longer overlaps the product of tile t-1 within the warpgroup. */
-        mt__bar_sync(1 + wg, 128);
-        mt__wg_wait<0>();
-        mt__wg_keep(o);
-        rescale_pack();
-    }
-    if constexpr (KA > VA) { /* V of the last tile came in the group after its K */
-        mt__fa_cp_wait<KA - 1>();
-        mt__fence_async_smem();
-        __syncthreads();
-    }
-    {   /* O += P V of the last tile */
-        mt__wg_fence();
-        pv(sKV + (uint32_t)((ntiles - 1) % NS) * 2 * KT + KT);
-        mt__wg_commit();
-        mt__wg_wait<0>();
-        mt__wg_keep(o);
-    }
-    mt__fa_cp_wait<0>(); /* the (empty or unused) last groups, before the CTA may exit */
-
-    /* O / l (bf16) into this warpgroup's rows of the Q tile (only it read them, and its products are
-     * complete), then 16-byte stores; lse from the thread of each row's quad holding column 0 */
-    {
-        unsigned char *pq = smem + (sQw - base);
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float l = lrow[r];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            const float inv = l > 0.f ? 1.f / l : 0.f;
-            const int rl = wq * 16 + gr + r * 8, row = w0 + rl;
-            if (tq == 0 && row < T)
-                lse[((size_t)b * H + h) * T + row] =
-                    l > 0.f ? (mrow[r] * scale_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
-#pragma unroll
-            for (int j = 0; j < D / 8; j++)
-                *reinterpret_cast<uint32_t *>(pq + (j >> 3) * HQ + mt__fa_swz<64>(rl, j & 7) + tq * 4) =
-                    mt__fa_pack(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
-        }
-        mt__bar_sync(1 + wg, 128);
-#pragma unroll
-        for (int k = 0; k < 64 * (D / 8) / 128; k++) {
-            const int i = k * 128 + wtid, r = i / (D / 8), c = i % (D / 8), row = w0 + r;
-            if (row < T)
-                *reinterpret_cast<uint4 *>(out + (((size_t)b * T + row) * H + h) * D + c * 8) =
-                    *reinterpret_cast<const uint4 *>(pq + (c >> 3) * HQ + mt__fa_swz<64>(r, c & 7));
-        }
-    }
-#else
-    (void)out; (void)lse; (void)qkv; (void)T; (void)Hkv; (void)G; (void)causal; (void)scale_log2;
-#endif
-}
-
 /* mbarriers (shared-memory transaction counters with a phase bit) and the other pieces of a
  * warp-specialized kernel: a producer warpgroup loads, consumer warpgroups compute, and the two sides
  * meet only at barriers of the stage they share. */
@@ -2394,27 +2135,41 @@ __device__ __forceinline__ void mt__setmaxnreg_inc() {
 #endif
 }
 
-/* Forward on wgmma, warp-specialized (mt__flash_fwd4_run): the products and softmax of
- * mt__flash_fwd3_kernel, with the loads and the two warpgroups' schedules taken apart.
- * One CTA per (query block of 128 rows, head, batch), three warpgroups (384 threads):
+/* Forward on wgmma, head dims 64 and 128, warp-specialized (mt__flash_fwd4_run; through
+ * mt__flash_fwd_wg_run the default on Hopper). One CTA per (query block of 128 rows, head, batch),
+ * three warpgroups (384 threads):
  *   warpgroup 0, the producer (72 registers a thread): Q, then K_0, and for t = 1.. K_t and V_{t-1}
  *     into NS stages with cp.async; each thread arrives on the stage's "full" barrier when its copies
  *     have landed (cp.async.mbarrier.arrive), and waits on the stage's "empty" barrier before it
  *     overwrites a slot. K and V have barriers of their own: K_t's slot is free as soon as S_t is
  *     done, V_t's only after O += P_t V_t, one tile later.
- *   warpgroups 1 and 2, the consumers (216 registers), 64 query rows each: per key tile the loop of
- *     mt__flash_fwd3_kernel (S_t and O += P_{t-1} V_{t-1} queued, softmax of tile t under the product),
- *     waiting on the full barriers instead of a CTA barrier and arriving on the empty ones when the
- *     product that read the slot has completed (all 256 threads: count 256).
+ *   warpgroups 1 and 2, the consumers (216 registers), 64 query rows each, queries as M. Per key
+ *     tile t, each consumer:
+ *       S_t = Q K_t^T          m64nBN, A = Q, B = K (both K-major, D/16 k16 steps over the head dim;
+ *                              at D = 128 steps 0-3 read the first 64-column half, 4-7 the second)
+ *       O += P_{t-1} V_{t-1}   issued right behind S_t: A = P from registers (bf16), B = V (N-major,
+ *                              BN/16 k16 steps over the keys; at D = 128 one m64n128 product whose B
+ *                              spans both halves, mt__wg_desc2)
+ *       wait for S_t: release K_t's slot; mask (tails, causal diagonal), running row max,
+ *                              P_t = exp2(S_t c - m) and row sums
+ *       wait for the product:  release V_{t-1}'s slot; O *= exp2(m_old c - m_new), P_t packed to bf16
+ *                              A fragments (behind a barrier of the warpgroup: without it ptxas
+ *                              hoists this wait above the exponentials)
+ *     and after the last tile O += P V once more. The empty barriers count all 256 consumer threads.
  * PP (ping-pong, FlashAttention-3's schedule): a consumer issues its products only after the other
  * one has issued its own (named barriers 2 and 3, 256 threads: one side waits, the other arrives),
  * so the two softmaxes alternate and the tensor cores always have one warpgroup's products queued;
  * without PP both consumers run freely.
  * Nothing else is shared: no CTA barrier after the start. The consumers see the producer's copies
  * after the full barrier and a proxy fence (cp.async writes through the generic proxy, wgmma reads
- * through the async one). Causal: the same tiles as mt__flash_fwd3_kernel (both consumers visit
- * every tile up to the block's last row: the phases of the ping-pong stay paired). Shared memory:
- * Q 128 x D, NS x (K, V) BN x D bf16, 4 NS + 1 barriers, 1 KB for alignment. */
+ * through the async one). Causal: key tiles past the block's last row are never visited, both
+ * consumers visit the same tiles (so the phases of the ping-pong stay paired; the diagonal tile is
+ * masked), and blocks run heaviest first. O / l goes out through the consumer's rows of the Q tile
+ * (16-byte stores); lse = (m c + log2 l) ln 2. No atomics: the result is the same on every run.
+ * Registers per consumer thread: S BN/2 fp32, O D/2, P BN/4 (bf16 pairs). Shared memory: Q 128 x D,
+ * NS x (K, V) BN x D bf16, 4 NS + 1 barriers, 1 KB for alignment (D = 128, BN = 128, NS = 3: 225 KB of
+ * the 227 KB an SM allows). The same loop with every thread loading and a CTA barrier per tile
+ * (mt__flash_fwd3_kernel, the default before) is in the history at commit 76731c6. */
 /* Registers a thread: 384 threads start with 168 each (65,536 / 384, in steps of 8); the producer gives
  * back what the consumers take, and setmaxnreg.inc waits until the CTA's pool has it, so
  * PREG + 2 CREG must stay within 3 x 168. */
@@ -2604,7 +2359,7 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
         mt__mbar_arrive(empty_k(t % NS));
         softmax(t);
         mt__wg_keep(s);
-        mt__bar_sync(4 + c, 128); /* keeps the wait below the softmax, as in mt__flash_fwd3_kernel */
+        mt__bar_sync(4 + c, 128); /* keeps the wait for O += P V below the softmax (see above) */
         mt__wg_wait<0>();
         mt__wg_keep(o);
         mt__mbar_arrive(empty_v((t - 1) % NS));
@@ -2651,256 +2406,6 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
     }
 #else
     (void)out; (void)lse; (void)qkv; (void)T; (void)Hkv; (void)G; (void)causal; (void)scale_log2;
-#endif
-}
-
-/* The hd 64 pipelined backward, warp-specialized (mt__flash_bwd4_run): mt__flash_bwd3p_kernel's
- * products and order, with the loads taken out of the compute warps as in mt__flash_fwd4_kernel.
- * 384 threads: warpgroup 0 loads (72 registers a thread) K and V once, then per query block Q, dO,
- * lse and delta into NS stages with cp.async, arriving on the stage's "full" mbarrier (count 128)
- * when its copies have landed and waiting on the stage's "empty" one (count 256) before it reuses a
- * stage. Warpgroups 1 and 2 (216 registers) compute as in mt__flash_bwd3p_kernel, 64 keys each. A
- * block's stage is read by its own products and by the next block's dK += dS^T Q, so the consumers
- * release it one block later, when that product has completed. The consumers still meet once per
- * block (named barrier 1, 256 threads): dQ = dS K reads both warpgroups' dS^T tiles.
- * Not the default: correct (gpu_attention), 592 instead of ~680 instructions per unmasked block, and
- * slower than mt__flash_bwd3p_kernel on an H200 (causal 196/242/273/295 TFLOP/s at T = 1024..8192
- * against 198/249/287/312; kernels/ATTENTION_NOTES.md v18). Kept for the next step, consumers that
- * no longer meet every block. */
-template <int D, int NS>
-__global__ void __launch_bounds__(384, 1)
-mt__flash_bwd4_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
-                      const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
-                      const float *__restrict__ delta, const __nv_bfloat16 *__restrict__ qkv, int T, int Hkv, int G,
-                      int causal, float scale, float scale_log2) {
-    static_assert(D == 64, "the warp-specialized backward is written for head dim 64");
-    static_assert(NS >= 2, "at least two stages");
-    constexpr int BM = 64, BN = 128, NC = 256, TILE = 64 * D * 2;
-#if MT__WG_OK
-    extern __shared__ __align__(1024) unsigned char mt__fa_smem4b[];
-    const uint32_t raw = mt__fa_smem_addr(mt__fa_smem4b);
-    const uint32_t base = (raw + 1023u) & ~1023u;
-    unsigned char *smem = mt__fa_smem4b + (base - raw);
-    const uint32_t sK = base;              /* 128 x D: warpgroup w's keys at sK + w*TILE */
-    const uint32_t sV = sK + 2 * TILE;     /* 128 x D */
-    const uint32_t sQ0 = sV + 2 * TILE;    /* NS stages of 64 x D */
-    const uint32_t sO0 = sQ0 + NS * TILE;  /* dO, NS stages */
-    const uint32_t sS0 = sO0 + NS * TILE;  /* dS^T, 2 buffers of 2 tiles ([key][query], warpgroup w's at +w*TILE) */
-    const uint32_t sKT = sS0 + 4 * TILE;   /* K^T, D x 128 keys as two D x 64 tiles */
-    const uint32_t sL0 = sKT + 2 * TILE;   /* lse, NS stages of 64 floats */
-    const uint32_t sD0 = sL0 + NS * BM * 4; /* delta, NS stages */
-    const uint32_t bars = sD0 + NS * BM * 4; /* full[NS], empty[NS], K/V */
-    const float *sLf = reinterpret_cast<const float *>(smem + (sL0 - base));
-    const float *sDf = reinterpret_cast<const float *>(smem + (sD0 - base));
-    auto full = [&](int s) { return bars + 8u * (uint32_t)s; };
-    auto empty = [&](int s) { return bars + 8u * (uint32_t)(NS + s); };
-    const uint32_t full_kv = bars + 8u * (uint32_t)(2 * NS);
-
-    const int tid = threadIdx.x, wgp = tid >> 7;
-    const int H = Hkv * G;
-    const int nb = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
-    const int n0 = nb * BN;
-    const size_t ld = (size_t)Hkv * (G + 2) * D;
-    const size_t ldo = (size_t)H * D;
-    const __nv_bfloat16 *grp = qkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
-    const int nqb = (T + BM - 1) / BM;
-    const int qb0 = causal ? n0 / BM : 0;
-    const int per_head = nqb - qb0;
-    const int total = G * per_head;
-
-    if (tid == 0) {
-        for (int s = 0; s < NS; s++) {
-            mt__mbar_init(full(s), 128);
-            mt__mbar_init(empty(s), NC);
-        }
-        mt__mbar_init(full_kv, 128);
-        mt__mbar_fence_init();
-    }
-    __syncthreads();
-
-    if (wgp == 0) { /* ------------------------------------------------ producer */
-        mt__setmaxnreg_dec<MT__FWD4_PREG>();
-        const int wtid = tid;
-        mt__fa_load_tile<BN, D, 128>(sK, grp + (size_t)G * D, ld, n0, T, wtid);
-        mt__fa_load_tile<BN, D, 128>(sV, grp + (size_t)(G + 1) * D, ld, n0, T, wtid);
-        mt__mbar_cp_arrive(full_kv);
-        for (int it = 0; it < total; it++) {
-            const int st = it % NS, u = it / NS;
-            if (u > 0) mt__mbar_wait(empty(st), (uint32_t)(u - 1) & 1u);
-            const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
-            mt__fa_load_tile<BM, D, 128>(sQ0 + st * TILE, grp + (size_t)jj * D, ld, q0, T, wtid);
-            mt__fa_load_tile<BM, D, 128>(sO0 + st * TILE, dout + (size_t)b * T * ldo + (size_t)hh * D, ldo, q0, T,
-                                         wtid);
-            const int r = wtid & (BM - 1), which = wtid >> 6;
-            const bool ok = q0 + r < T;
-            const float *src = (which ? delta : lse) + ((size_t)b * H + hh) * T + (ok ? q0 + r : 0);
-            mt__fa_cp4((which ? sD0 : sL0) + st * BM * 4 + r * 4, src, ok);
-            mt__mbar_cp_arrive(full(st));
-        }
-        mt__fa_cp_wait<0>();
-        return;
-    }
-
-    /* ---------------------------------------------------------------- consumers */
-    mt__setmaxnreg_inc<MT__FWD4_CREG>();
-    const int ctid = tid - 128, wg = ctid >> 7, wq = (ctid >> 5) & 3, lane = tid & 31;
-    const int gr = lane >> 2, tq = lane & 3;
-    const int kv0 = n0 + wg * 64;
-    const uint32_t sKw = sK + wg * TILE, sVw = sV + wg * TILE;
-
-    mt__mbar_wait(full_kv, 0);
-#pragma unroll 4
-    for (int k = 0; k < BN * D / 2 / NC; k++) { /* K^T as in mt__flash_bwd3_kernel */
-        const int i = k * NC + ctid, d = i % D, key = 2 * (i / D);
-        const unsigned short lo =
-            *reinterpret_cast<const unsigned short *>(smem + mt__fa_swz<64>(key, d >> 3) + (d & 7) * 2);
-        const unsigned short hi =
-            *reinterpret_cast<const unsigned short *>(smem + mt__fa_swz<64>(key + 1, d >> 3) + (d & 7) * 2);
-        const int kc = key & 63;
-        *reinterpret_cast<uint32_t *>(smem + (sKT - base) + (key >> 6) * TILE + mt__fa_swz<64>(d, kc >> 3) +
-                                      (kc & 7) * 2) = (uint32_t)lo | ((uint32_t)hi << 16);
-    }
-    { /* dS^T buffer 1 as zeros: the first block's "previous block" products read it */
-        uint4 *z = reinterpret_cast<uint4 *>(smem + (sS0 + 2 * TILE - base));
-#pragma unroll
-        for (int k = 0; k < 2 * TILE / 16 / NC; k++) z[k * NC + ctid] = make_uint4(0u, 0u, 0u, 0u);
-    }
-    mt__fence_async_smem();
-    mt__bar_sync(1, NC);
-
-    float dk[32], dv[32], dq16[16];
-    uint32_t da[4][4];
-#pragma unroll
-    for (int i = 0; i < 32; i++) dk[i] = dv[i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < 16; i++) dq16[i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < 16; i++) da[i >> 2][i & 3] = 0u;
-    float *pend = dq_acc + ((size_t)b * H + (size_t)g * G) * T * D + (size_t)qb0 * BM * D;
-    int pend_rows = T - qb0 * BM, pst = 0, pbuf = 1;
-    const uint64_t dK = mt__wg_desc(sKw), dV = mt__wg_desc(sVw), dQ0 = mt__wg_desc(sQ0), dO0 = mt__wg_desc(sO0);
-    const uint64_t dS0 = mt__wg_desc(sS0), dKT = mt__wg_desc(sKT + wg * 32 * 128);
-    auto issue_dk_dq = [&](int pstage, int pb) {
-        mt__wg_fence();
-        const uint64_t q = mt__wg_desc_at(dQ0, pstage * TILE);
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dk, da[kk], mt__wg_desc_at(q, kk * 2048));
-        mt__wg_commit();
-        const uint64_t a = mt__wg_desc_at(dS0, pb * 2 * TILE);
-#pragma unroll
-        for (int kk = 0; kk < 128 / 16; kk++)
-            mt__wg_ss32<1, 0>(dq16, mt__wg_desc_at(a, (kk >> 2) * TILE + (kk & 3) * 2048),
-                              mt__wg_desc_at(dKT, (kk >> 2) * TILE + (kk & 3) * 32), kk);
-        mt__wg_commit();
-    };
-
-    for (int it = 0; it < total; it++) {
-        const int st = it % NS;
-        mt__mbar_wait(full(st), (uint32_t)(it / NS) & 1u); /* this block's Q, dO, lse, delta */
-        mt__fence_async_smem();
-        float s[32], dp[32];
-#pragma unroll
-        for (int i = 0; i < 32; i++) s[i] = dp[i] = 0.f;
-        const uint64_t dQs = mt__wg_desc_at(dQ0, st * TILE), dOs = mt__wg_desc_at(dO0, st * TILE);
-        mt__wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ss<0, 0>(s, mt__wg_desc_at(dK, kk * 32), mt__wg_desc_at(dQs, kk * 32), kk);
-        mt__wg_commit();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ss<0, 0>(dp, mt__wg_desc_at(dV, kk * 32), mt__wg_desc_at(dOs, kk * 32), kk);
-        mt__wg_commit();
-        issue_dk_dq(pst, pbuf);
-        const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
-        const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
-
-        mt__wg_wait<3>(); /* S^T done */
-        mt__wg_keep(s);
-        if ((q0 + BM > T) || (kv0 + 64 > T) || (causal && kv0 + 63 > q0))
-            mt__fa_mask_st(s, kv0 + wq * 16 + gr, q0 + 2 * tq, T, causal);
-        uint32_t pa[4][4];
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const float2 l = *reinterpret_cast<const float2 *>(sL + 8 * j + 2 * tq);
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                s[4 * j + e] =
-                    mt__fa_exp2(fmaf(s[4 * j + e], scale_log2, -((e & 1) ? l.y : l.x) * 1.4426950408889634f));
-            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
-            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
-        }
-        mt__wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < BM / 16; kk++) mt__wg_rs<1>(dv, pa[kk], mt__wg_desc_at(dOs, kk * 2048));
-        mt__wg_commit();
-        mt__wg_wait<2>(); /* dP^T and the previous dK done: da is free */
-        mt__wg_keep(dp);
-        {
-            const int rl = wq * 16 + gr;
-            unsigned char *p = smem + (sS0 + (it & 1) * 2 * TILE + wg * TILE - base);
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const float2 dl = *reinterpret_cast<const float2 *>(sDl + 8 * j + 2 * tq);
-                const uint32_t lo = mt__fa_pack(s[4 * j] * (dp[4 * j] - dl.x), s[4 * j + 1] * (dp[4 * j + 1] - dl.y));
-                const uint32_t hi =
-                    mt__fa_pack(s[4 * j + 2] * (dp[4 * j + 2] - dl.x), s[4 * j + 3] * (dp[4 * j + 3] - dl.y));
-                da[j >> 1][(j & 1) * 2 + 0] = lo;
-                da[j >> 1][(j & 1) * 2 + 1] = hi;
-                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = lo;
-                *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl + 8, j) + tq * 4) = hi;
-            }
-        }
-        mt__wg_wait<0>(); /* the previous dQ and this dV */
-        mt__wg_keep(dq16);
-        mt__wg_keep(dv);
-        mt__wg_keep(dk);
-        if (it > 0) mt__mbar_arrive(empty(pst)); /* the previous block's stage: its last reader (dK) is done */
-        mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
-        pend = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
-        pend_rows = T - q0;
-        pst = st;
-        pbuf = it & 1;
-        /* this block's dS^T tiles (both warpgroups') visible to the next block's dQ product, and both
-         * warpgroups past this block's products before the dS^T buffer is written again */
-        mt__fence_async_smem();
-        mt__bar_sync(1, NC);
-    }
-    issue_dk_dq(pst, pbuf); /* the last block's */
-    mt__wg_wait<0>();
-    mt__wg_keep(dk);
-    mt__wg_keep(dq16);
-    mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
-
-    if (kv0 < T) {
-        unsigned char *pk = smem + (sKw - base), *pv = smem + (sVw - base);
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int rl = wq * 16 + gr + r * 8;
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const uint32_t off = mt__fa_swz<64>(rl, j) + tq * 4;
-                *reinterpret_cast<uint32_t *>(pk + off) =
-                    mt__fa_pack(dk[4 * j + 2 * r] * scale, dk[4 * j + 2 * r + 1] * scale);
-                *reinterpret_cast<uint32_t *>(pv + off) = mt__fa_pack(dv[4 * j + 2 * r], dv[4 * j + 2 * r + 1]);
-            }
-        }
-        mt__bar_sync(2 + wg, 128);
-        const int wtid = ctid & 127;
-        __nv_bfloat16 *dgrp = dqkv + (size_t)b * T * ld + (size_t)g * (G + 2) * D;
-#pragma unroll
-        for (int k = 0; k < 64 * 8 / 128; k++) {
-            const int i = k * 128 + wtid, r = i >> 3, c = i & 7, row = kv0 + r;
-            if (row < T) {
-                __nv_bfloat16 *dst = dgrp + (size_t)row * ld + (size_t)G * D + c * 8;
-                *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(pk + mt__fa_swz<64>(r, c));
-                *reinterpret_cast<uint4 *>(dst + D) = *reinterpret_cast<const uint4 *>(pv + mt__fa_swz<64>(r, c));
-            }
-        }
-    }
-#else
-    (void)dqkv; (void)dq_acc; (void)dout; (void)lse; (void)delta; (void)qkv; (void)T; (void)Hkv; (void)G;
-    (void)causal; (void)scale; (void)scale_log2;
 #endif
 }
 
@@ -3137,10 +2642,10 @@ template <> struct mt__fa_cfg<64> {
      * (BWD_BM, BWD_BN).  Causal hd 64 on an H100, TFLOP/s at T = 1024/2048/4096/8192: wgmma
      * 167/202/226/245, 16 keys per warp 64x64 165/191/209/215, FA2 layout 139/161/179/189; on an
      * H200 the pipelined wgmma 187/229/258/277 against the plain wgmma's 173/206/230/243.
-     * FWD3_T: from this sequence length on, the wgmma forward (mt__flash_fwd3_run, same fallback):
+     * FWD_WG_T: from this sequence length on, the wgmma forward (mt__flash_fwd_wg_run, same fallback):
      * every length since it is warp-specialized (H200 causal, T = 1024: 255 TFLOP/s against
-     * mma.sync's 234; mt__flash_fwd3_kernel was level with mma.sync there and the default from 2048). */
-    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 64, BWD2 = 2, FWD3_T = 1 };
+     * mma.sync's 234; the CTA-barrier wgmma forward before it was level with mma.sync there). */
+    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 64, BWD2 = 2, FWD_WG_T = 1 };
 };
 template <> struct mt__fa_cfg<128> {
     /* BWD2 3 = the hd 128 wgmma backward (mt__flash_bwd3p_128_run, pipelined across query blocks, or
@@ -3148,7 +2653,7 @@ template <> struct mt__fa_cfg<128> {
      * not pipelined: 195/235/261/281 against the FA2 layout's 180/215/238/254; H200 pipelined
      * 240/290/324/341 against not pipelined 206/241/264/279. The wgmma forward at
      * every length: 303/360/395/422 against mma.sync's 245/275/295/293. */
-    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128, BWD2 = 3, FWD3_T = 1 };
+    enum { FWD_BM = 128, FWD_BN = 64, FWD_NW = 4, BWD_BM = 64, BWD_BN = 128, BWD2 = 3, FWD_WG_T = 1 };
 };
 
 template <int D, int BM, int BN>
@@ -3276,8 +2781,7 @@ typedef void (*mt__flash_bwd3_fn)(__nv_bfloat16 *, float *, const __nv_bfloat16 
 template <int D>
 static inline mt_status mt__flash_bwd3_go(const mt_ctx *cx, mt__flash_bwd3_fn k, size_t smem, void *dqkv,
                                           const void *dout, const void *out, const float *lse, const void *qkv, int B,
-                                          int T, int Hkv, int G, int causal, float *delta, float *dq_acc,
-                                          int threads = 256) {
+                                          int T, int Hkv, int G, int causal, float *delta, float *dq_acc) {
     const int H = Hkv * G;
     cudaStream_t s = (cudaStream_t)cx->stream;
     const float scale = (float)(1.0 / sqrt((double)D));
@@ -3290,7 +2794,7 @@ static inline mt_status mt__flash_bwd3_go(const mt_ctx *cx, mt__flash_bwd3_fn k,
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
     dim3 grid((T + 127) / 128, Hkv, B);
-    k<<<grid, threads, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
+    k<<<grid, 256, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
                               (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
     MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
     mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G,
@@ -3317,18 +2821,6 @@ static inline mt_status mt__flash_bwd3p_run(const mt_ctx *cx, void *dqkv, const 
     const size_t smem = 1024 + (size_t)16 * 64 * D * 2 + 2 * 3 * 64 * 4;
     return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3p_kernel<D>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
                                 delta, dq_acc);
-}
-/* The warp-specialized one (mt__flash_bwd4_kernel, NS stages of Q/dO/lse/delta). */
-template <int D, int NS>
-static inline mt_status mt__flash_bwd4_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
-                                           const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
-                                           float *delta, float *dq_acc) {
-    /* alignment slack; K, V (2 tiles each), Q and dO x NS, dS^T 2 x 2, K^T 2; lse, delta x NS; 2 NS + 1 barriers */
-    const size_t smem = 1024 + (size_t)(10 + 2 * NS) * 64 * D * 2 + 2 * NS * 64 * 4 + 8 * (2 * NS + 1);
-    static_assert(1024 + (10 + 2 * NS) * 64 * D * 2 + 2 * NS * 64 * 4 + 8 * (2 * NS + 1) <= 227 * 1024,
-                  "over the 227 KB of shared memory per block");
-    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd4_kernel<D, NS>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
-                                delta, dq_acc, 384);
 }
 /* The hd 64 wgmma backward: pipelined unless MT_FLASH_BWD_PIPE is 0 (then dQ columns split across the
  * warpgroups, products drained every block). */
@@ -3364,29 +2856,9 @@ static inline mt_status mt__flash_bwd3p_128_run(const mt_ctx *cx, void *dqkv, co
                                 delta, dq_acc);
 }
 
-/* The forward through mt__flash_fwd3_kernel<D, BN, NS, KA, PN> (wgmma, head dim 64 or 128, key tiles of
- * BN rows in NS stages, K tiles KA ahead, O += P V in products of PN columns). Like the wgmma backward it
- * needs an sm_90a build and a GPU of compute capability 9.x; on anything else this returns
- * MT_ERR_UNSUPPORTED (nothing launched). */
-template <int D, int BN, int NS, int KA, int PN>
-static inline mt_status mt__flash_fwd3_tile_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B,
-                                                int T, int Hkv, int G, int causal) {
-    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, float) =
-        mt__flash_fwd3_kernel<D, BN, NS, KA, PN>;
-    MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_fwd (wgmma): device query"));
-    /* alignment slack; Q (128 rows); NS stages of K and V (BN rows each) */
-    const size_t smem = 1024 + (size_t)(128 + NS * 2 * BN) * D * 2;
-    static_assert(1024 + (128 + NS * 2 * BN) * D * 2 <= 227 * 1024, "over the 227 KB of shared memory per block");
-    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
-        return mt__fa_cuda("mt_flash_attention_fwd (wgmma): cudaFuncSetAttribute");
-    dim3 grid((T + 127) / 128, Hkv * G, B);
-    const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
-    k<<<grid, 256, smem, (cudaStream_t)cx->stream>>>((__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)qkv, T, Hkv, G,
-                                                     causal, scale_log2);
-    return mt__fa_cuda("mt_flash_attention_fwd (wgmma)");
-}
-/* The warp-specialized forward, mt__flash_fwd4_kernel<D, BN, NS, PP> (same contract as
- * mt__flash_fwd3_tile_run). */
+/* The warp-specialized forward, mt__flash_fwd4_kernel<D, BN, NS, PP>. It needs an sm_90a build and a GPU
+ * of compute capability 9.x (like the wgmma backwards); on anything else this returns
+ * MT_ERR_UNSUPPORTED with nothing launched, and the caller falls back to mma.sync. */
 template <int D, int BN, int NS, int PP>
 static inline mt_status mt__flash_fwd4_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
                                            int Hkv, int G, int causal) {
@@ -3405,20 +2877,13 @@ static inline mt_status mt__flash_fwd4_run(const mt_ctx *cx, void *out, float *l
                                                      causal, scale_log2);
     return mt__fa_cuda("mt_flash_attention_fwd (wgmma, warp-specialized)");
 }
-/* The hd 64 shapes: key/value tiles of 128 rows in NS stages, K and V of a tile loaded together. */
-template <int D, int NS>
-static inline mt_status mt__flash_fwd3_cfg_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
-                                               int Hkv, int G, int causal) {
-    return mt__flash_fwd3_tile_run<D, 128, NS, NS - 2, 64>(cx, out, lse, qkv, B, T, Hkv, G, causal);
-}
 /* The wgmma forward, the default at every length where it can run: warp-specialized with the
  * ping-pong (mt__flash_fwd4_kernel), key/value tiles of 128 rows, hd 64 in four stages, hd 128 in
  * three. H200, causal, T = 1024..8192, in one call: hd 64 255/322/369/401 TFLOP/s against
- * mt__flash_fwd3_kernel's 239/289/323/345 and mma.sync's 234 at T = 1024; hd 128 362/460/532/575
- * against 308/365/401/432. (mt__flash_fwd3_kernel on an H100: hd 128 K one ahead 303/360/395/422,
- * K two ahead 292/342/374/398, P V as two n64 products 282/328/359/381, BN 64 285/336/368/388.) */
+ * the CTA-barrier kernel it replaced at 239/289/323/345 and mma.sync's 234 at T = 1024; hd 128
+ * 362/460/532/575 against 308/365/401/432 (kernels/ATTENTION_NOTES.md v17). */
 template <int D>
-static inline mt_status mt__flash_fwd3_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+static inline mt_status mt__flash_fwd_wg_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
                                            int Hkv, int G, int causal) {
     if constexpr (D == 64) return mt__flash_fwd4_run<64, 128, 4, 1>(cx, out, lse, qkv, B, T, Hkv, G, causal);
     else return mt__flash_fwd4_run<D, 128, 3, 1>(cx, out, lse, qkv, B, T, Hkv, G, causal);
@@ -3428,9 +2893,9 @@ template <int D>
 static inline mt_status mt__flash_fwd_launch(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
                                              int Hkv, int G, int causal) {
     typedef mt__fa_cfg<D> C;
-    if constexpr (C::FWD3_T != 0)
-        if (T >= C::FWD3_T) {
-            mt_status st = mt__flash_fwd3_run<D>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+    if constexpr (C::FWD_WG_T != 0)
+        if (T >= C::FWD_WG_T) {
+            mt_status st = mt__flash_fwd_wg_run<D>(cx, out, lse, qkv, B, T, Hkv, G, causal);
             if (st != MT_ERR_UNSUPPORTED) return st; /* not an sm_90a build on a 9.x GPU: mma.sync below */
         }
     return mt__flash_fwd_run<D, C::FWD_BM, C::FWD_BN, C::FWD_NW>(cx, out, lse, qkv, B, T, Hkv, G, causal);

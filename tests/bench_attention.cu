@@ -114,25 +114,15 @@ static const variant g_variants[] = {
     {"bwd wgmma pipelined (default)", 64, NULL, mt__flash_bwd3p_run<64>},
     {"bwd wgmma not pipelined", 64, NULL, mt__flash_bwd3_cfg_run<64, 1>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
-    {"bwd wgmma warp-specialized", 64, NULL, mt__flash_bwd4_run<64, 4>},
-    {"bwd wgmma warp-spec. 3 stages", 64, NULL, mt__flash_bwd4_run<64, 3>},
     {"bwd wgmma pipelined (default)", 128, NULL, mt__flash_bwd3p_128_run},
     {"bwd wgmma not pipelined", 128, NULL, mt__flash_bwd3_128_run},
-    /* the wgmma forward: the default (warp-specialized, mt__flash_fwd4_kernel), then one change each;
-     * "plain" = mt__flash_fwd3_kernel (every thread loads, a CTA barrier per key tile) */
-    {"fwd wgmma (default)", 64, mt__flash_fwd3_run<64>, NULL},
+    /* the wgmma forward: the default (warp-specialized, mt__flash_fwd4_kernel), then one change each */
+    {"fwd wgmma (default)", 64, mt__flash_fwd_wg_run<64>, NULL},
     {"fwd wgmma 6 stages", 64, mt__flash_fwd4_run<64, 128, 6, 1>, NULL},
     {"fwd wgmma no ping-pong", 64, mt__flash_fwd4_run<64, 128, 4, 0>, NULL},
-    {"fwd plain", 64, mt__flash_fwd3_tile_run<64, 128, 4, 2, 64>, NULL},
-    {"fwd plain 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>, NULL},
-    {"fwd plain K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>, NULL},
-    {"fwd wgmma (default)", 128, mt__flash_fwd3_run<128>, NULL},
+    {"fwd wgmma (default)", 128, mt__flash_fwd_wg_run<128>, NULL},
     {"fwd wgmma no ping-pong", 128, mt__flash_fwd4_run<128, 128, 3, 0>, NULL},
     {"fwd wgmma BN 64", 128, mt__flash_fwd4_run<128, 64, 5, 1>, NULL},
-    {"fwd plain", 128, mt__flash_fwd3_tile_run<128, 128, 3, 1, 128>, NULL},
-    {"fwd plain PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>, NULL},
-    {"fwd plain K 2 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 128>, NULL},
-    {"fwd plain BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>, NULL},
 };
 
 static const variant *g_cur_variant;

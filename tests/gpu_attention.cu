@@ -10,7 +10,7 @@
  * and so is the wgmma backward (Hopper only: at hd 64 the pipelined default and mt__flash_bwd3_cfg_run
  * in both of its configurations, at hd 128 the default and the pipelined option), whose dK/dV
  * must also be bitwise identical
- * between two runs. The wgmma forward (Hopper only: mt__flash_fwd3_run at hd 64 and 128, and the other
+ * between two runs. The wgmma forward (Hopper only: mt__flash_fwd_wg_run at hd 64 and 128, and the other
  * tile configurations the benchmark times) is checked against the reference too (out and lse) and must
  * give bitwise identical results in two runs.
  * Also: an unsupported head dim returns MT_ERR_UNSUPPORTED, a short workspace is refused.
@@ -101,12 +101,11 @@ static mt_status bwd_alt_layout(const mt_ctx *cx, void *dqkv, const void *dout, 
 /* the wgmma backward in configuration v: 0 = hd 64's default (mt__flash_bwd3_run: pipelined across
  * query blocks unless MT_FLASH_BWD_PIPE is 0), 1 = hd 64 with dQ per warpgroup over its own keys, 2 =
  * hd 128 not pipelined (mt__flash_bwd3_128_run), 3 = hd 64 not pipelined (dQ columns split across the
- * warpgroups), 4 = hd 128's default, pipelined (mt__flash_bwd3p_128_run), 5 = hd 64 warp-specialized
- * (mt__flash_bwd4_run). Each runs at its own head
+ * warpgroups), 4 = hd 128's default, pipelined (mt__flash_bwd3p_128_run). Each runs at its own head
  * dim (wgmma_head_dim) on compute capability 9.x, else MT_ERR_UNSUPPORTED. */
-#define N_WGMMA 6
+#define N_WGMMA 5
 static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma own-keys", "wgmma hd128 not pipelined",
-                                                   "wgmma not pipelined", "wgmma hd128", "wgmma warp-specialized"};
+                                                   "wgmma not pipelined", "wgmma hd128"};
 static int wgmma_head_dim(int v) { return v == 2 || v == 4 ? 128 : 64; }
 static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
                            const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws) {
@@ -117,30 +116,24 @@ static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout
     if (v == 1) return mt__flash_bwd3_cfg_run<64, 0>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     if (v == 3) return mt__flash_bwd3_cfg_run<64, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     if (v == 4) return mt__flash_bwd3p_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
-    if (v == 5) return mt__flash_bwd4_run<64, 4>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     return mt__flash_bwd3_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 static int g_wgmma_ran = 0, g_wgmma_skipped = 0;
 
-/* the wgmma forward configurations, each at its head dim: the default (mt__flash_fwd4_kernel, warp-
- * specialized), without the ping-pong, and mt__flash_fwd3_kernel<D, BN, NS, KA, PN> ("plain") */
-typedef mt_status (*fwd3_fn)(const mt_ctx *, void *, float *, const void *, int, int, int, int, int);
-typedef struct { const char *name; int D; fwd3_fn f; } fwd3_cfg;
-static const fwd3_cfg g_fwd3[] = {
-    {"wgmma fwd", 64, mt__flash_fwd3_run<64>},
-    {"wgmma fwd plain", 64, mt__flash_fwd3_tile_run<64, 128, 4, 2, 64>},
-    {"wgmma fwd plain 3 stages", 64, mt__flash_fwd3_cfg_run<64, 3>},
-    {"wgmma fwd plain K 3 ahead", 64, mt__flash_fwd3_tile_run<64, 128, 4, 3, 64>},
-    {"wgmma fwd", 128, mt__flash_fwd3_run<128>},
-    {"wgmma fwd plain", 128, mt__flash_fwd3_tile_run<128, 128, 3, 1, 128>},
-    {"wgmma fwd plain PV n64", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 64>},
-    {"wgmma fwd plain K 2 ahead", 128, mt__flash_fwd3_tile_run<128, 128, 3, 2, 128>},
-    {"wgmma fwd plain BN 64", 128, mt__flash_fwd3_tile_run<128, 64, 4, 3, 128>},
+/* the wgmma forward configurations (mt__flash_fwd4_kernel<D, BN, NS, PP>), each at its head dim: the
+ * default, and the benchmark's other configurations */
+typedef mt_status (*fwd_wg_fn)(const mt_ctx *, void *, float *, const void *, int, int, int, int, int);
+typedef struct { const char *name; int D; fwd_wg_fn f; } fwd_wg_cfg;
+static const fwd_wg_cfg g_fwd_wg[] = {
+    {"wgmma fwd", 64, mt__flash_fwd_wg_run<64>},
+    {"wgmma fwd 6 stages", 64, mt__flash_fwd4_run<64, 128, 6, 1>},
     {"wgmma fwd no ping-pong", 64, mt__flash_fwd4_run<64, 128, 4, 0>},
+    {"wgmma fwd", 128, mt__flash_fwd_wg_run<128>},
     {"wgmma fwd no ping-pong", 128, mt__flash_fwd4_run<128, 128, 3, 0>},
+    {"wgmma fwd BN 64", 128, mt__flash_fwd4_run<128, 64, 5, 1>},
 };
-#define N_FWD3 ((int)(sizeof g_fwd3 / sizeof g_fwd3[0]))
-static int g_fwd3_ran = 0, g_fwd3_skipped = 0;
+#define N_FWD_WG ((int)(sizeof g_fwd_wg / sizeof g_fwd_wg[0]))
+static int g_fwd_wg_ran = 0, g_fwd_wg_skipped = 0;
 
 static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *worst) {
     const int H = Hkv * G;
@@ -190,9 +183,9 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
 
     /* the wgmma forward (Hopper) in each configuration of this head dim, twice on fresh poison in its own
      * buffers: out and lse bitwise identical between the runs, checked against the reference below */
-    float *gout3[N_FWD3] = {NULL}, *glse3[N_FWD3] = {NULL};
-    for (int v = 0; v < N_FWD3; v++) {
-        if (g_fwd3[v].D != D) continue;
+    float *gout3[N_FWD_WG] = {NULL}, *glse3[N_FWD_WG] = {NULL};
+    for (int v = 0; v < N_FWD_WG; v++) {
+        if (g_fwd_wg[v].D != D) continue;
         void *d_out3;
         float *d_lse3;
         CK(cudaMalloc(&d_out3, nout * 2));
@@ -202,22 +195,22 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
         for (int rep = 0; rep < 2; rep++) {
             CK(cudaMemset(d_out3, 0xff, nout * 2));
             CK(cudaMemset(d_lse3, 0xff, nlse * 4));
-            st = g_fwd3[v].f(&cx, d_out3, d_lse3, d_qkv, B, T, Hkv, G, causal);
+            st = g_fwd_wg[v].f(&cx, d_out3, d_lse3, d_qkv, B, T, Hkv, G, causal);
             if (st == MT_ERR_UNSUPPORTED) break;
-            MT_EXPECT(st == MT_OK, "%s status %s", g_fwd3[v].name, mt_status_str(st));
+            MT_EXPECT(st == MT_OK, "%s status %s", g_fwd_wg[v].name, mt_status_str(st));
             CK(cudaDeviceSynchronize());
             CK(cudaGetLastError());
             CK(cudaMemcpy(rep ? h2 : h1, d_out3, nout * 2, cudaMemcpyDeviceToHost));
             CK(cudaMemcpy(rep ? l2 : l1, d_lse3, nlse * 4, cudaMemcpyDeviceToHost));
         }
         if (st == MT_ERR_UNSUPPORTED) {
-            g_fwd3_skipped++;
+            g_fwd_wg_skipped++;
         } else {
-            g_fwd3_ran++;
+            g_fwd_wg_ran++;
             size_t nd = 0;
             for (size_t i = 0; i < nout; i++) nd += h1[i] != h2[i];
             for (size_t i = 0; i < nlse; i++) nd += memcmp(&l1[i], &l2[i], 4) != 0;
-            MT_EXPECT(nd == 0, "%s: out/lse differ between two runs in %zu elements", g_fwd3[v].name, nd);
+            MT_EXPECT(nd == 0, "%s: out/lse differ between two runs in %zu elements", g_fwd_wg[v].name, nd);
             gout3[v] = (float *)malloc(nout * 4);
             glse3[v] = (float *)malloc(nlse * 4);
             for (size_t i = 0; i < nout; i++) gout3[v][i] = mt_bf16_to_f32(h1[i]);
@@ -319,8 +312,8 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
 
     relerr e_out = rel_error(gout, ref_out, nout);
     relerr e_lse = rel_error(glse, ref_lse, nlse);
-    relerr e_out3[N_FWD3], e_lse3[N_FWD3];
-    for (int v = 0; v < N_FWD3; v++) {
+    relerr e_out3[N_FWD_WG], e_lse3[N_FWD_WG];
+    for (int v = 0; v < N_FWD_WG; v++) {
         e_out3[v].err = e_lse3[v].err = 0;
         e_out3[v].nonfinite = e_lse3[v].nonfinite = 0;
         if (gout3[v]) {
@@ -369,10 +362,10 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     snprintf(tag, sizeof tag, "B=%d T=%d Hkv=%d G=%d D=%d causal=%d", B, T, Hkv, G, D, causal);
     MT_EXPECT(e_out.err < tol, "%s: out rel err %.3g (%zu non-finite)", tag, e_out.err, e_out.nonfinite);
     MT_EXPECT(e_lse.err < tol, "%s: lse rel err %.3g (%zu non-finite)", tag, e_lse.err, e_lse.nonfinite);
-    for (int v = 0; v < N_FWD3; v++) {
-        MT_EXPECT(e_out3[v].err < tol, "%s: %s out rel err %.3g (%zu non-finite)", tag, g_fwd3[v].name, e_out3[v].err,
+    for (int v = 0; v < N_FWD_WG; v++) {
+        MT_EXPECT(e_out3[v].err < tol, "%s: %s out rel err %.3g (%zu non-finite)", tag, g_fwd_wg[v].name, e_out3[v].err,
                   e_out3[v].nonfinite);
-        MT_EXPECT(e_lse3[v].err < tol, "%s: %s lse rel err %.3g (%zu non-finite)", tag, g_fwd3[v].name, e_lse3[v].err,
+        MT_EXPECT(e_lse3[v].err < tol, "%s: %s lse rel err %.3g (%zu non-finite)", tag, g_fwd_wg[v].name, e_lse3[v].err,
                   e_lse3[v].nonfinite);
     }
     MT_EXPECT(e_dq.err < tol, "%s: dq rel err %.3g (%zu non-finite)", tag, e_dq.err, e_dq.nonfinite);
@@ -389,8 +382,8 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     }
     printf("    %-40s out %.2e lse %.2e dq %.2e dk %.2e dv %.2e", tag, e_out.err, e_lse.err, e_dq.err, e_dk.err,
            e_dv.err);
-    for (int v = 0; v < N_FWD3; v++)
-        if (g_fwd3[v].D == D) { /* the first configuration of this head dim (all are checked above) */
+    for (int v = 0; v < N_FWD_WG; v++)
+        if (g_fwd_wg[v].D == D) { /* the first configuration of this head dim (all are checked above) */
             printf("  wgmma fwd out %.2e lse %.2e", e_out3[v].err, e_lse3[v].err);
             break;
         }
@@ -402,7 +395,7 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     printf("\n");
     double m = e_out.err;
     if (!(m >= e_lse.err)) m = e_lse.err;
-    for (int v = 0; v < N_FWD3; v++) {
+    for (int v = 0; v < N_FWD_WG; v++) {
         if (!(m >= e_out3[v].err)) m = e_out3[v].err;
         if (!(m >= e_lse3[v].err)) m = e_lse3[v].err;
     }
@@ -426,7 +419,7 @@ static void sweep(int D) {
     static const int Ts[] = {1, 7, 64, 129, 257, 1000};
     double worst = 0;
     g_wgmma_ran = g_wgmma_skipped = 0;
-    g_fwd3_ran = g_fwd3_skipped = 0;
+    g_fwd_wg_ran = g_fwd_wg_skipped = 0;
     for (int ti = 0; ti < 6; ti++)
         for (int G = 1; G <= 4; G *= 2)
             for (int causal = 1; causal >= 0; causal--) {
@@ -437,8 +430,8 @@ static void sweep(int D) {
     printf("    D=%d: worst relative error %.3g\n", D, worst);
     if (g_wgmma_skipped) printf("    wgmma backward skipped in %d cases: not a compute capability 9.x GPU\n", g_wgmma_skipped);
     else printf("    wgmma backward checked in %d case x configuration runs\n", g_wgmma_ran);
-    if (g_fwd3_skipped) printf("    wgmma forward skipped in %d cases: not a compute capability 9.x GPU\n", g_fwd3_skipped);
-    else printf("    wgmma forward checked in %d case x configuration runs\n", g_fwd3_ran);
+    if (g_fwd_wg_skipped) printf("    wgmma forward skipped in %d cases: not a compute capability 9.x GPU\n", g_fwd_wg_skipped);
+    else printf("    wgmma forward checked in %d case x configuration runs\n", g_fwd_wg_ran);
 }
 
 static void test_flash_attention_d64(void) { sweep(64); }
