@@ -2093,9 +2093,11 @@ __device__ __forceinline__ void mt__fa_load_tile_wg(uint32_t s, const __nv_bfloa
 
 /* mbarriers (shared-memory transaction counters with a phase bit) and the other pieces of a
  * warp-specialized kernel: a producer warpgroup loads, consumer warpgroups compute, and the two sides
- * meet only at barriers of the stage they share. */
+ * meet only at barriers of the stage they share. sm_90a only, like wgmma (empty elsewhere). */
 __device__ __forceinline__ void mt__mbar_init(uint32_t bar, int count) {
+#if MT__WG_OK
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
 }
 /* Make the initialised barriers visible to the other threads (and the async units) of the CTA. */
 __device__ __forceinline__ void mt__mbar_fence_init() {
@@ -2105,17 +2107,23 @@ __device__ __forceinline__ void mt__mbar_fence_init() {
 }
 /* Wait until the phase of parity `parity` of barrier `bar` has completed. */
 __device__ __forceinline__ void mt__mbar_wait(uint32_t bar, uint32_t parity) {
+#if MT__WG_OK
     asm volatile("{\n.reg .pred p;\nMT_WAIT:\n"
                  "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
                  "@!p bra MT_WAIT;\n}\n" ::"r"(bar), "r"(parity) : "memory");
+#endif
 }
 __device__ __forceinline__ void mt__mbar_arrive(uint32_t bar) {
+#if MT__WG_OK
     asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
+#endif
 }
 /* Arrive on `bar` once every cp.async this thread has issued so far has landed (the barrier's count
  * includes this arrival: .noinc). */
 __device__ __forceinline__ void mt__mbar_cp_arrive(uint32_t bar) {
+#if MT__WG_OK
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+#endif
 }
 /* Named barrier `id` over `n` threads without waiting (the other side waits with mt__bar_sync). */
 __device__ __forceinline__ void mt__bar_arrive(int id, int n) {
