@@ -1531,8 +1531,10 @@ __device__ __forceinline__ void mt__fa_mask_st(float (&s)[32], int kr, int qc, i
  * after the loop, and no branch on whether a warpgroup has work (a warpgroup whose keys all lie
  * after the block or past T computes masked zeros).  The mask runs only on blocks that need it
  * (mt__fa_mask_st) and the wgmma descriptors are a base per tile plus a constant per k step
- * (mt__wg_desc_at): an unmasked block issues ~680 instructions per thread, down from ~970.  ptxas, sm_90a:
- * 213 registers, no spills, 133,632 B of dynamic shared memory. */
+ * (mt__wg_desc_at): an unmasked block issues ~680 instructions per thread, down from ~970.  lse and
+ * delta are read into registers while the products run, and the dQ reductions are issued after the
+ * block's fence and barrier, which would otherwise wait for them (kernels/ATTENTION_NOTES.md v19).
+ * ptxas, sm_90a: 242 registers, no spills, 133,632 B of dynamic shared memory. */
 template <int D>
 __global__ void __launch_bounds__(256, 1)
 mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
@@ -1660,6 +1662,14 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
         mt__fa_cp_commit();
         const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
         const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
+        /* lse and delta of this thread's query columns, read while the products run (read after the
+         * waits below, their latency behind the busy shared memory stalled every warp) */
+        float2 lq[8], dl[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            lq[j] = *reinterpret_cast<const float2 *>(sL + 8 * j + 2 * tq);
+            dl[j] = *reinterpret_cast<const float2 *>(sDl + 8 * j + 2 * tq);
+        }
 
         mt__wg_wait<3>(); /* S^T done (dP^T, dK, dQ may run) */
         mt__wg_keep(s);
@@ -1669,7 +1679,7 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
         uint32_t pa[4][4];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            const float2 l = *reinterpret_cast<const float2 *>(sL + 8 * j + 2 * tq);
+            const float2 l = lq[j];
 #pragma unroll
             for (int e = 0; e < 4; e++)
                 s[4 * j + e] =
@@ -1690,10 +1700,10 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
             unsigned char *p = smem + (sS0 + (it & 1) * 2 * TILE + wg * TILE - base);
 #pragma unroll
             for (int j = 0; j < 8; j++) {
-                const float2 dl = *reinterpret_cast<const float2 *>(sDl + 8 * j + 2 * tq);
-                const uint32_t lo = mt__fa_pack(s[4 * j] * (dp[4 * j] - dl.x), s[4 * j + 1] * (dp[4 * j + 1] - dl.y));
+                const uint32_t lo =
+                    mt__fa_pack(s[4 * j] * (dp[4 * j] - dl[j].x), s[4 * j + 1] * (dp[4 * j + 1] - dl[j].y));
                 const uint32_t hi =
-                    mt__fa_pack(s[4 * j + 2] * (dp[4 * j + 2] - dl.x), s[4 * j + 3] * (dp[4 * j + 3] - dl.y));
+                    mt__fa_pack(s[4 * j + 2] * (dp[4 * j + 2] - dl[j].x), s[4 * j + 3] * (dp[4 * j + 3] - dl[j].y));
                 da[j >> 1][(j & 1) * 2 + 0] = lo;
                 da[j >> 1][(j & 1) * 2 + 1] = hi;
                 *reinterpret_cast<uint32_t *>(p + mt__fa_swz<64>(rl, j) + tq * 4) = lo;
@@ -1704,16 +1714,18 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
         mt__wg_keep(dq16);
         mt__wg_keep(dv);
         mt__wg_keep(dk);
-        mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
-        pend = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
-        pend_rows = T - q0;
-        pst = st;
-        pbuf = it & 1;
         /* the next block: its stage has landed (each thread's copies), this block's dS^T tiles and the
          * stage are visible to wgmma, and every warpgroup is past this block's products */
         mt__fa_cp_wait<0>();
         mt__fence_async_smem();
         __syncthreads();
+        /* the previous block's dQ into dq_acc, after the fence: a fence waits for this thread's
+         * outstanding reductions, so issued before it they stalled every warp for their round trip */
+        mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
+        pend = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
+        pend_rows = T - q0;
+        pst = st;
+        pbuf = it & 1;
     }
     issue_dk_dq(pst, pbuf); /* the last block's */
     mt__wg_wait<0>();
@@ -2144,10 +2156,15 @@ __device__ __forceinline__ void mt__setmaxnreg_inc() {
 }
 
 /* Forward on wgmma, head dims 64 and 128, warp-specialized (mt__flash_fwd4_run; through
- * mt__flash_fwd_wg_run the default on Hopper). One CTA per (query block of 128 rows, head, batch),
- * three warpgroups (384 threads):
- *   warpgroup 0, the producer (72 registers a thread): Q, then K_0, and for t = 1.. K_t and V_{t-1}
- *     into NS stages with cp.async; each thread arrives on the stage's "full" barrier when its copies
+ * mt__flash_fwd_wg_run the default on Hopper). A work item is (query block of 128 rows, head, batch);
+ * a CTA takes items blockIdx.x, + gridDim.x, ..., heaviest query blocks first when causal. With one
+ * CTA per item the grid scheduler balances the load; with one CTA per SM (persistent) the producer
+ * loads the next item's K_0 and Q while the consumers finish the current one, so a CTA's fill and
+ * its output no longer stand alone (+9 to +13 % at hd 64, T = 1024; kernels/ATTENTION_NOTES.md v20).
+ * Three warpgroups (384 threads):
+ *   warpgroup 0, the producer (72 registers a thread): per item K_0, then Q into one of QB buffers
+ *     (it waits until the consumers have written out the item that used it), then for t = 1.. K_t
+ *     and V_{t-1} into NS stages with cp.async (stages and their phases count on across items); each thread arrives on the stage's "full" barrier when its copies
  *     have landed (cp.async.mbarrier.arrive), and waits on the stage's "empty" barrier before it
  *     overwrites a slot. K and V have barriers of their own: K_t's slot is free as soon as S_t is
  *     done, V_t's only after O += P_t V_t, one tile later.
@@ -2174,47 +2191,65 @@ __device__ __forceinline__ void mt__setmaxnreg_inc() {
  * consumers visit the same tiles (so the phases of the ping-pong stay paired; the diagonal tile is
  * masked), and blocks run heaviest first. O / l goes out through the consumer's rows of the Q tile
  * (16-byte stores); lse = (m c + log2 l) ln 2. No atomics: the result is the same on every run.
- * Registers per consumer thread: S BN/2 fp32, O D/2, P BN/4 (bf16 pairs). Shared memory: Q 128 x D,
- * NS x (K, V) BN x D bf16, 4 NS + 1 barriers, 1 KB for alignment (D = 128, BN = 128, NS = 3: 225 KB of
+ * Registers per consumer thread: S BN/2 fp32, O D/2, P BN/4 (bf16 pairs). Shared memory: QB x Q 128 x D,
+ * NS x (K, V) BN x D bf16, 4 NS + 2 QB barriers, 1 KB for alignment (D = 128, BN = 128, NS = 3: 225 KB of
  * the 227 KB an SM allows). The same loop with every thread loading and a CTA barrier per tile
- * (mt__flash_fwd3_kernel, the default before) is in the history at commit 76731c6. */
+ * (mt__flash_fwd3_kernel, the default before) is in the history at commit 76731c6. Per item the
+ * consumers start from O = 0, release V's last slot too, and after writing out release the Q buffer;
+ * each item's ping-pong starts and ends as described above, so the named barriers stay paired. */
 /* Registers a thread: 384 threads start with 168 each (65,536 / 384, in steps of 8); the producer gives
  * back what the consumers take, and setmaxnreg.inc waits until the CTA's pool has it, so
  * PREG + 2 CREG must stay within 3 x 168. */
 #define MT__FWD4_PREG 72
 #define MT__FWD4_CREG 216
 static_assert(MT__FWD4_PREG + 2 * MT__FWD4_CREG <= 3 * 168, "the consumers would wait forever for registers");
-template <int D, int BN, int NS, int PP>
+template <int D, int BN, int NS, int PP, int QB>
 __global__ void __launch_bounds__(384, 1)
 mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, const __nv_bfloat16 *__restrict__ qkv,
-                      int T, int Hkv, int G, int causal, float scale_log2) {
+                      int B, int T, int Hkv, int G, int causal, float scale_log2) {
     static_assert(D == 64 || D == 128, "the wgmma forward is written for head dims 64 and 128");
     static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128 rows (S is m64n64 or m64n128)");
     static_assert(NS >= 2, "at least two stages");
+    static_assert(QB == 1 || QB == 2, "one or two Q buffers");
     constexpr int BM = 128, KT = BN * D * 2; /* bytes of a K or V tile */
+    constexpr int NQ = QB;
     constexpr uint32_t HQ = BM * 128, HK = BN * 128;
 #if MT__WG_OK
     extern __shared__ __align__(1024) unsigned char mt__fa_smem4[];
     const uint32_t raw = mt__fa_smem_addr(mt__fa_smem4);
     const uint32_t base = (raw + 1023u) & ~1023u;
     unsigned char *smem = mt__fa_smem4 + (base - raw);
-    const uint32_t sQ = base, sKV = sQ + BM * D * 2; /* stage s: K at sKV + s*2*KT, V KT bytes later */
-    const uint32_t bars = sKV + NS * 2 * KT;         /* fullK[NS], fullV[NS], emptyK[NS], emptyV[NS], Q */
+    const uint32_t sQ0 = base, sKV = sQ0 + NQ * BM * D * 2; /* stage s: K at sKV + s*2*KT, V KT bytes later */
+    const uint32_t bars = sKV + NS * 2 * KT; /* fullK[NS], fullV[NS], emptyK[NS], emptyV[NS], fullQ[NQ], emptyQ[NQ] */
     auto full_k = [&](int s) { return bars + 8u * (uint32_t)s; };
     auto full_v = [&](int s) { return bars + 8u * (uint32_t)(NS + s); };
     auto empty_k = [&](int s) { return bars + 8u * (uint32_t)(2 * NS + s); };
     auto empty_v = [&](int s) { return bars + 8u * (uint32_t)(3 * NS + s); };
-    const uint32_t full_q = bars + 8u * (uint32_t)(4 * NS);
+    auto full_q = [&](int q) { return bars + 8u * (uint32_t)(4 * NS + q); };
+    auto empty_q = [&](int q) { return bars + 8u * (uint32_t)(4 * NS + NQ + q); };
 
     const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127;
     const int H = Hkv * G;
-    const int mb = causal ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
-    const int h = blockIdx.y, b = blockIdx.z;
-    const int g = h / G, jh = h - g * G;
     const size_t ld = (size_t)Hkv * (G + 2) * D;
-    const int m0 = mb * BM;
-    const int n_end = causal ? min(T, m0 + BM) : T;
-    const int ntiles = (n_end + BN - 1) / BN;
+    /* the work items (query block, head, batch): this CTA takes items blockIdx.x, + gridDim.x, ...
+     * With one CTA per item, the query blocks of a head follow each other (the heaviest first when
+     * causal), so that CTAs running together share K and V in L2 and the grid scheduler balances the
+     * load. Persistent, all heads' heaviest query blocks come first, so that each CTA's share of the
+     * work is about even. */
+    const int nmb = (T + BM - 1) / BM, per = H * B, nitems = nmb * per;
+    const bool by_head = (int)gridDim.x >= nitems;
+    struct item { int h, b, m0, ntiles; };
+    auto get = [&](int w) {
+        item x;
+        const int mi = by_head ? w % nmb : w / per, rest = by_head ? w / nmb : w % per;
+        x.m0 = (causal ? nmb - 1 - mi : mi) * BM;
+        x.h = rest % H;
+        x.b = rest / H;
+        const int n_end = causal ? min(T, x.m0 + BM) : T;
+        x.ntiles = (n_end + BN - 1) / BN;
+        return x;
+    };
+    const int w_first = (int)blockIdx.x, w_step = (int)gridDim.x;
 
     if (tid == 0) {
         for (int s = 0; s < NS; s++) {
@@ -2223,31 +2258,44 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
             mt__mbar_init(empty_k(s), 256);
             mt__mbar_init(empty_v(s), 256);
         }
-        mt__mbar_init(full_q, 128);
+        for (int q = 0; q < NQ; q++) {
+            mt__mbar_init(full_q(q), 128);
+            mt__mbar_init(empty_q(q), 256);
+        }
         mt__mbar_fence_init();
     }
     __syncthreads();
 
     if (wg == 0) { /* ------------------------------------------------ producer */
         mt__setmaxnreg_dec<MT__FWD4_PREG>();
-        const __nv_bfloat16 *qb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + jh) * D;
-        const __nv_bfloat16 *kb = qkv + (size_t)b * T * ld + ((size_t)g * (G + 2) + G) * D;
-        const __nv_bfloat16 *vb = kb + D;
-        mt__fa_load_tile_wg<BM, D, 128>(sQ, qb, ld, m0, T, wtid);
-        mt__mbar_cp_arrive(full_q);
-        for (int t = 0; t <= ntiles; t++) {
-            if (t < ntiles) { /* K_t */
-                const int s = t % NS, u = t / NS;
-                if (u > 0) mt__mbar_wait(empty_k(s), (uint32_t)(u - 1) & 1u);
-                mt__fa_load_tile_wg<BN, D, 128>(sKV + (uint32_t)s * 2 * KT, kb, ld, t * BN, T, wtid);
-                mt__mbar_cp_arrive(full_k(s));
+        int tb = 0; /* key tiles of the items before this one: stage and phase count on across items */
+        for (int w = w_first, li = 0; w < nitems; w += w_step, li++) {
+            const item x = get(w);
+            const int g = x.h / G, jh = x.h - g * G;
+            const __nv_bfloat16 *qb = qkv + (size_t)x.b * T * ld + ((size_t)g * (G + 2) + jh) * D;
+            const __nv_bfloat16 *kb = qkv + (size_t)x.b * T * ld + ((size_t)g * (G + 2) + G) * D;
+            const __nv_bfloat16 *vb = kb + D;
+            for (int t = 0; t <= x.ntiles; t++) {
+                if (t < x.ntiles) { /* K_t */
+                    const int s = (tb + t) % NS, u = (tb + t) / NS;
+                    if (u > 0) mt__mbar_wait(empty_k(s), (uint32_t)(u - 1) & 1u);
+                    mt__fa_load_tile_wg<BN, D, 128>(sKV + (uint32_t)s * 2 * KT, kb, ld, t * BN, T, wtid);
+                    mt__mbar_cp_arrive(full_k(s));
+                }
+                if (t == 0) { /* Q, behind K_0: with one Q buffer it waits for the last item's output */
+                    const int q = li % NQ, u = li / NQ;
+                    if (u > 0) mt__mbar_wait(empty_q(q), (uint32_t)(u - 1) & 1u);
+                    mt__fa_load_tile_wg<BM, D, 128>(sQ0 + (uint32_t)q * BM * D * 2, qb, ld, x.m0, T, wtid);
+                    mt__mbar_cp_arrive(full_q(q));
+                }
+                if (t > 0) { /* V_{t-1} */
+                    const int s = (tb + t - 1) % NS, u = (tb + t - 1) / NS;
+                    if (u > 0) mt__mbar_wait(empty_v(s), (uint32_t)(u - 1) & 1u);
+                    mt__fa_load_tile_wg<BN, D, 128>(sKV + (uint32_t)s * 2 * KT + KT, vb, ld, (t - 1) * BN, T, wtid);
+                    mt__mbar_cp_arrive(full_v(s));
+                }
             }
-            if (t > 0) { /* V_{t-1} */
-                const int s = (t - 1) % NS, u = (t - 1) / NS;
-                if (u > 0) mt__mbar_wait(empty_v(s), (uint32_t)(u - 1) & 1u);
-                mt__fa_load_tile_wg<BN, D, 128>(sKV + (uint32_t)s * 2 * KT + KT, vb, ld, (t - 1) * BN, T, wtid);
-                mt__mbar_cp_arrive(full_v(s));
-            }
+            tb += x.ntiles;
         }
         mt__fa_cp_wait<0>();
         return;
@@ -2256,11 +2304,14 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
     /* ---------------------------------------------------------------- consumers */
     mt__setmaxnreg_inc<MT__FWD4_CREG>();
     const int c = wg - 1, wq = (wtid >> 5) & 3, lane = tid & 31, gr = lane >> 2, tq = lane & 3;
-    const int w0 = m0 + c * 64;
-    const uint32_t sQw = sQ + c * 64 * 128;
 
     float s[BN / 2], o[D / 2], mrow[2], lrow[2], alpha[2];
     uint32_t pa[BN / 16][4];
+    int tb = 0;
+    for (int w = w_first, li = 0; w < nitems; w += w_step, li++) {
+    const item x = get(w);
+    const int h = x.h, b = x.b, ntiles = x.ntiles, w0 = x.m0 + c * 64, qbuf = li % NQ;
+    const uint32_t sQw = sQ0 + (uint32_t)qbuf * BM * D * 2 + c * 64 * 128;
 #pragma unroll
     for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
 #pragma unroll
@@ -2333,12 +2384,15 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
      * consumer 1 skips its last hand-over, so every barrier phase gets exactly 256 threads. */
     auto turn_wait = [&]() { if constexpr (PP) mt__bar_sync(2 + c, 256); };
     auto turn_pass = [&](bool last) { if constexpr (PP) if (!(last && c == 1)) mt__bar_arrive(3 - c, 256); };
-    auto sK = [&](int t) { return sKV + (uint32_t)(t % NS) * 2 * KT; };
-    auto sV = [&](int t) { return sKV + (uint32_t)(t % NS) * 2 * KT + KT; };
+    /* stage and phase of this item's key tile t (counting on from the items before) */
+    auto sK = [&](int t) { return sKV + (uint32_t)((tb + t) % NS) * 2 * KT; };
+    auto sV = [&](int t) { return sKV + (uint32_t)((tb + t) % NS) * 2 * KT + KT; };
+    auto st = [&](int t) { return (tb + t) % NS; };
+    auto ph = [&](int t) { return (uint32_t)((tb + t) / NS) & 1u; };
 
     if constexpr (PP) if (c == 1) mt__bar_arrive(2, 256);
-    mt__mbar_wait(full_q, 0);
-    mt__mbar_wait(full_k(0), 0);
+    mt__mbar_wait(full_q(qbuf), (uint32_t)(li / NQ) & 1u);
+    mt__mbar_wait(full_k(st(0)), ph(0));
     mt__fence_async_smem();
     turn_wait();
     mt__wg_fence();
@@ -2347,13 +2401,13 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
     turn_pass(false);
     mt__wg_wait<0>();
     mt__wg_keep(s);
-    mt__mbar_arrive(empty_k(0));
+    mt__mbar_arrive(empty_k(st(0)));
     softmax(0);
     rescale_pack();
 
     for (int t = 1; t < ntiles; t++) {
-        mt__mbar_wait(full_k(t % NS), (uint32_t)(t / NS) & 1u);
-        mt__mbar_wait(full_v((t - 1) % NS), (uint32_t)((t - 1) / NS) & 1u);
+        mt__mbar_wait(full_k(st(t)), ph(t));
+        mt__mbar_wait(full_v(st(t - 1)), ph(t - 1));
         mt__fence_async_smem();
         turn_wait();
         mt__wg_fence();
@@ -2364,17 +2418,17 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
         turn_pass(false);
         mt__wg_wait<1>(); /* S_t is done: K_t's slot is free */
         mt__wg_keep(s);
-        mt__mbar_arrive(empty_k(t % NS));
+        mt__mbar_arrive(empty_k(st(t)));
         softmax(t);
         mt__wg_keep(s);
         mt__bar_sync(4 + c, 128); /* keeps the wait for O += P V below the softmax (see above) */
         mt__wg_wait<0>();
         mt__wg_keep(o);
-        mt__mbar_arrive(empty_v((t - 1) % NS));
+        mt__mbar_arrive(empty_v(st(t - 1)));
         rescale_pack();
     }
     {   /* O += P V of the last tile */
-        mt__mbar_wait(full_v((ntiles - 1) % NS), (uint32_t)((ntiles - 1) / NS) & 1u);
+        mt__mbar_wait(full_v(st(ntiles - 1)), ph(ntiles - 1));
         mt__fence_async_smem();
         turn_wait();
         mt__wg_fence();
@@ -2383,6 +2437,7 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
         turn_pass(true);
         mt__wg_wait<0>();
         mt__wg_keep(o);
+        mt__mbar_arrive(empty_v(st(ntiles - 1))); /* the next item's loads reuse it */
     }
 
     /* O / l into this consumer's rows of the Q tile (only its products read them), 16-byte stores */
@@ -2412,8 +2467,11 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
                     *reinterpret_cast<const uint4 *>(pq + (cc >> 3) * HQ + mt__fa_swz<64>(r, cc & 7));
         }
     }
+    mt__mbar_arrive(empty_q(qbuf)); /* the output has left this item's Q buffer */
+    tb += ntiles;
+    }
 #else
-    (void)out; (void)lse; (void)qkv; (void)T; (void)Hkv; (void)G; (void)causal; (void)scale_log2;
+    (void)out; (void)lse; (void)qkv; (void)B; (void)T; (void)Hkv; (void)G; (void)causal; (void)scale_log2;
 #endif
 }
 
@@ -2426,8 +2484,9 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
  * would keep 32 more accumulators live next to S^T and dP^T).  As in mt__flash_bwd3p_kernel: Q/dO/
  * lse/delta in 3 stages, dS^T in 2 buffers, the first block's "previous" dK on a zeroed buffer, the
  * last block's after the loop, nothing in flight across the back edge, and no branch on whether a
- * warpgroup has work (masked zeros instead); the mask and descriptors as there.  ptxas, sm_90a:
- * 246 registers, no spills; shared memory 194.5 KB. */
+ * warpgroup has work (masked zeros instead); the mask and descriptors as there; a block's dQ
+ * reductions are issued after the next block's fence and barrier (v19).  ptxas, sm_90a: 241 registers,
+ * no spills; shared memory 194.5 KB. */
 __global__ void __launch_bounds__(256, 1)
 mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
                            const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
@@ -2502,17 +2561,22 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         mt__wg_commit();
     };
 
+    float dq[32];           /* the previous block's dQ[:, 64w..64w+63], added to dq_acc at dqh */
+    float *dqh = dq_acc;
+    int q0p = 0;
     for (int it = 0; it < total; it++) {
         const int st = it % NS;
         mt__fa_cp_wait<0>();
         mt__fence_async_smem();
         __syncthreads(); /* this stage and the previous dS^T are visible; everyone is past the previous products */
+        /* the previous block's dQ, after the fence: a fence waits for this thread's outstanding
+         * reductions, so issued before it they stalled every warp for their round trip */
+        if (it > 0) mt__fa_red_tile<8, D>(dqh, dq, wq * 16 + gr, wg * 64, T - q0p, lane);
         const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
         const uint32_t sSb = sS0 + (it & 1) * 2 * HQ;
         const uint64_t dQs = mt__wg_desc(sQ0 + st * 2 * HQ), dOs = mt__wg_desc(sO0 + st * 2 * HQ);
         const uint64_t dSb = mt__wg_desc(sSb);
         const float *sL = sLf + st * BM, *sDl = sDf + st * BM;
-        float *dqh = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
         float s[32], dp[32];
 #pragma unroll
         for (int i = 0; i < 32; i++) s[i] = dp[i] = 0.f;
@@ -2574,7 +2638,6 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         /* dQ[:, 64w..64w+63] = dS K over the 128 keys, once both dS^T tiles are written */
         mt__fence_async_smem();
         mt__bar_sync(1, 256);
-        float dq[32];
 #pragma unroll
         for (int i = 0; i < 32; i++) dq[i] = 0.f;
         mt__wg_fence();
@@ -2589,13 +2652,15 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         mt__wg_keep(dk[1]);
         mt__wg_keep(dv[0]);
         mt__wg_keep(dv[1]);
-        mt__fa_red_tile<8, D>(dqh, dq, wq * 16 + gr, wg * 64, T - q0, lane);
+        dqh = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
+        q0p = q0;
         pst = st;
         pbuf = it & 1;
     }
     mt__fa_cp_wait<0>();
     mt__fence_async_smem();
     __syncthreads(); /* the last dS^T tiles are visible; every warpgroup's dQ products (all of K) are done */
+    if (total > 0) mt__fa_red_tile<8, D>(dqh, dq, wq * 16 + gr, wg * 64, T - q0p, lane);
     issue_dk(pst, pbuf); /* the last block's dK */
     mt__wg_wait<0>();
     mt__wg_keep(dk[0]);
@@ -2867,34 +2932,58 @@ static inline mt_status mt__flash_bwd3p_128_run(const mt_ctx *cx, void *dqkv, co
 /* The warp-specialized forward, mt__flash_fwd4_kernel<D, BN, NS, PP>. It needs an sm_90a build and a GPU
  * of compute capability 9.x (like the wgmma backwards); on anything else this returns
  * MT_ERR_UNSUPPORTED with nothing launched, and the caller falls back to mma.sync. */
-template <int D, int BN, int NS, int PP>
-static inline mt_status mt__flash_fwd4_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
-                                           int Hkv, int G, int causal) {
-    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, float) =
-        mt__flash_fwd4_kernel<D, BN, NS, PP>;
+template <int D, int BN, int NS, int PP, int QB>
+static inline mt_status mt__flash_fwd4_go(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                          int Hkv, int G, int causal, int ctas) {
+    void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, int, float) =
+        mt__flash_fwd4_kernel<D, BN, NS, PP, QB>;
     MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_fwd (wgmma, warp-specialized): device query"));
-    /* alignment slack; Q (128 rows); NS stages of K and V (BN rows each); 4 NS + 1 barriers */
-    const size_t smem = 1024 + (size_t)(128 + NS * 2 * BN) * D * 2 + 8 * (4 * NS + 1);
-    static_assert(1024 + (128 + NS * 2 * BN) * D * 2 + 8 * (4 * NS + 1) <= 227 * 1024,
-                  "over the 227 KB of shared memory per block");
+    /* alignment slack; Q (128 rows, QB buffers); NS stages of K and V (BN rows each); 4 NS + 2 QB barriers */
+    constexpr size_t smem = 1024 + (size_t)(QB * 128 + NS * 2 * BN) * D * 2 + 8 * (4 * NS + 2 * QB);
+    static_assert(smem <= 227 * 1024, "over the 227 KB of shared memory per block");
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_fwd (wgmma, warp-specialized): cudaFuncSetAttribute");
-    dim3 grid((T + 127) / 128, Hkv * G, B);
+    const size_t items = (size_t)((T + 127) / 128) * Hkv * G * B;
+    size_t n = ctas > 0 ? (size_t)ctas : items;
+    if (ctas == 0) { /* persistent: one CTA per SM */
+        int dev = 0, sms = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            return mt__fa_cuda("mt_flash_attention_fwd (wgmma, warp-specialized): device query");
+        n = (size_t)sms;
+    }
+    if (n > items) n = items;
+    if (n > 0x7fffffffu) return mt_errorf(MT_ERR_UNSUPPORTED, "mt_flash_attention_fwd: %zu work items", items);
+    const dim3 grid((unsigned)n);
     const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
-    k<<<grid, 384, smem, (cudaStream_t)cx->stream>>>((__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)qkv, T, Hkv, G,
-                                                     causal, scale_log2);
+    k<<<grid, 384, smem, (cudaStream_t)cx->stream>>>((__nv_bfloat16 *)out, lse, (const __nv_bfloat16 *)qkv, B, T, Hkv,
+                                                     G, causal, scale_log2);
     return mt__fa_cuda("mt_flash_attention_fwd (wgmma, warp-specialized)");
+}
+/* PERS 1: persistent, one CTA per SM looping over the work items; 0: one CTA per item (the grid
+ * scheduler balances them). mt__flash_fwd4_go's ctas > 0 asks for that many CTAs (the tests ask for
+ * fewer, so that every CTA loops over several items). */
+template <int D, int BN, int NS, int PP, int QB, int PERS>
+static inline mt_status mt__flash_fwd4_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
+                                           int Hkv, int G, int causal) {
+    return mt__flash_fwd4_go<D, BN, NS, PP, QB>(cx, out, lse, qkv, B, T, Hkv, G, causal, PERS ? 0 : -1);
 }
 /* The wgmma forward, the default at every length where it can run: warp-specialized with the
  * ping-pong (mt__flash_fwd4_kernel), key/value tiles of 128 rows, hd 64 in four stages, hd 128 in
  * three. H200, causal, T = 1024..8192, in one call: hd 64 255/322/369/401 TFLOP/s against
  * the CTA-barrier kernel it replaced at 239/289/323/345 and mma.sync's 234 at T = 1024; hd 128
- * 362/460/532/575 against 308/365/401/432 (kernels/ATTENTION_NOTES.md v17). */
+ * 362/460/532/575 against 308/365/401/432 (kernels/ATTENTION_NOTES.md v17). Since v20, hd 64 below
+ * T = 4096 runs persistent with two Q buffers (+9 to +13 % at T = 1024, +4 to +6 % at 2048; at 4096
+ * and up one CTA per item, within 2 %); hd 128 one CTA per item everywhere: its persistent variants
+ * were slower, and the loop over items costs it ~4 % at T = 1024 against the one-item kernel before. */
 template <int D>
 static inline mt_status mt__flash_fwd_wg_run(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T,
                                            int Hkv, int G, int causal) {
-    if constexpr (D == 64) return mt__flash_fwd4_run<64, 128, 4, 1>(cx, out, lse, qkv, B, T, Hkv, G, causal);
-    else return mt__flash_fwd4_run<D, 128, 3, 1>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+    if constexpr (D == 64) {
+        if (T < 4096) return mt__flash_fwd4_run<64, 128, 4, 1, 2, 1>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+        return mt__flash_fwd4_run<64, 128, 4, 1, 1, 0>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+    } else {
+        return mt__flash_fwd4_run<D, 128, 3, 1, 1, 0>(cx, out, lse, qkv, B, T, Hkv, G, causal);
+    }
 }
 
 template <int D>

@@ -118,11 +118,14 @@ static const variant g_variants[] = {
     {"bwd wgmma not pipelined", 128, NULL, mt__flash_bwd3_128_run},
     /* the wgmma forward: the default (warp-specialized, mt__flash_fwd4_kernel), then one change each */
     {"fwd wgmma (default)", 64, mt__flash_fwd_wg_run<64>, NULL},
-    {"fwd wgmma 6 stages", 64, mt__flash_fwd4_run<64, 128, 6, 1>, NULL},
-    {"fwd wgmma no ping-pong", 64, mt__flash_fwd4_run<64, 128, 4, 0>, NULL},
+    {"fwd wgmma persistent", 64, mt__flash_fwd4_run<64, 128, 4, 1, 2, 1>, NULL},
+    {"fwd wgmma CTA per item", 64, mt__flash_fwd4_run<64, 128, 4, 1, 1, 0>, NULL},
+    {"fwd wgmma persistent 1 Q", 64, mt__flash_fwd4_run<64, 128, 4, 1, 1, 1>, NULL},
+    {"fwd wgmma no ping-pong", 64, mt__flash_fwd4_run<64, 128, 4, 0, 1, 0>, NULL},
     {"fwd wgmma (default)", 128, mt__flash_fwd_wg_run<128>, NULL},
-    {"fwd wgmma no ping-pong", 128, mt__flash_fwd4_run<128, 128, 3, 0>, NULL},
-    {"fwd wgmma BN 64", 128, mt__flash_fwd4_run<128, 64, 5, 1>, NULL},
+    {"fwd wgmma persistent", 128, mt__flash_fwd4_run<128, 128, 3, 1, 1, 1>, NULL},
+    {"fwd wgmma persistent 2 Q 2 st", 128, mt__flash_fwd4_run<128, 128, 2, 1, 2, 1>, NULL},
+    {"fwd wgmma no ping-pong", 128, mt__flash_fwd4_run<128, 128, 3, 0, 1, 0>, NULL},
 };
 
 static const variant *g_cur_variant;
