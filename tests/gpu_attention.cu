@@ -120,36 +120,25 @@ static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout
 }
 static int g_wgmma_ran = 0, g_wgmma_skipped = 0;
 
-/* the wgmma forward configurations (mt__flash_fwd4_kernel<D, BN, NS, PP>), each at its head dim: the
+/* the wgmma forward configurations (mt__flash_fwd4_kernel<D, BN, NS, PP, QB>), each at its head dim: the
  * default, and the benchmark's other configurations */
 typedef mt_status (*fwd_wg_fn)(const mt_ctx *, void *, float *, const void *, int, int, int, int, int);
 typedef struct { const char *name; int D; fwd_wg_fn f; } fwd_wg_cfg;
-/* the persistent configurations on 3 CTAs, so that every case loops over several work items */
-static mt_status fwd_pers64(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T, int Hkv, int G,
-                            int causal) {
-    return mt__flash_fwd4_go<64, 128, 4, 1, 2>(cx, out, lse, qkv, B, T, Hkv, G, causal, 3);
-}
-static mt_status fwd_pers64q1(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T, int Hkv, int G,
-                              int causal) {
-    return mt__flash_fwd4_go<64, 128, 4, 1, 1>(cx, out, lse, qkv, B, T, Hkv, G, causal, 3);
-}
-static mt_status fwd_pers128(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T, int Hkv, int G,
-                             int causal) {
-    return mt__flash_fwd4_go<128, 128, 3, 1, 1>(cx, out, lse, qkv, B, T, Hkv, G, causal, 3);
-}
-static mt_status fwd_pers128q2(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T, int Hkv, int G,
-                               int causal) {
-    return mt__flash_fwd4_go<128, 128, 2, 1, 2>(cx, out, lse, qkv, B, T, Hkv, G, causal, 3);
+/* a persistent configuration on 3 CTAs, so that every case loops over several work items */
+template <int D, int NS, int QB>
+static mt_status fwd_pers(const mt_ctx *cx, void *out, float *lse, const void *qkv, int B, int T, int Hkv, int G,
+                          int causal) {
+    return mt__flash_fwd4_go<D, 128, NS, 1, QB>(cx, out, lse, qkv, B, T, Hkv, G, causal, 3);
 }
 static const fwd_wg_cfg g_fwd_wg[] = {
     {"wgmma fwd", 64, mt__flash_fwd_wg_run<64>},
-    {"wgmma fwd persistent", 64, fwd_pers64},
-    {"wgmma fwd persistent 1 Q", 64, fwd_pers64q1},
+    {"wgmma fwd persistent", 64, fwd_pers<64, 4, 2>},
+    {"wgmma fwd persistent 1 Q", 64, fwd_pers<64, 4, 1>},
     {"wgmma fwd CTA per item", 64, mt__flash_fwd4_run<64, 128, 4, 1, 1, 0>},
     {"wgmma fwd no ping-pong", 64, mt__flash_fwd4_run<64, 128, 4, 0, 1, 0>},
     {"wgmma fwd", 128, mt__flash_fwd_wg_run<128>},
-    {"wgmma fwd persistent", 128, fwd_pers128},
-    {"wgmma fwd persistent 2 Q 2 stages", 128, fwd_pers128q2},
+    {"wgmma fwd persistent", 128, fwd_pers<128, 3, 1>},
+    {"wgmma fwd persistent 2 Q 2 stages", 128, fwd_pers<128, 2, 2>},
     {"wgmma fwd no ping-pong", 128, mt__flash_fwd4_run<128, 128, 3, 0, 1, 0>},
 };
 #define N_FWD_WG ((int)(sizeof g_fwd_wg / sizeof g_fwd_wg[0]))
