@@ -2162,11 +2162,12 @@ __device__ __forceinline__ void mt__setmaxnreg_inc() {
  * loads the next item's K_0 and Q while the consumers finish the current one, so a CTA's fill and
  * its output no longer stand alone (+9 to +13 % at hd 64, T = 1024; kernels/ATTENTION_NOTES.md v20).
  * Three warpgroups (384 threads):
- *   warpgroup 0, the producer (72 registers a thread): per item K_0, then Q into one of QB buffers
- *     (it waits until the consumers have written out the item that used it), then for t = 1.. K_t
- *     and V_{t-1} into NS stages with cp.async (stages and their phases count on across items); each thread arrives on the stage's "full" barrier when its copies
- *     have landed (cp.async.mbarrier.arrive), and waits on the stage's "empty" barrier before it
- *     overwrites a slot. K and V have barriers of their own: K_t's slot is free as soon as S_t is
+ *   warpgroup 0, the producer (72 registers a thread): per item Q into one of QB buffers and K_0 (Q
+ *     first for the CTA's first item; for later ones K_0 first, as Q waits until the consumers have
+ *     written out the item that used its buffer), then for t = 1.. K_t and V_{t-1} into NS stages
+ *     with cp.async (stages and their phases count on across items); each thread arrives on the
+ *     stage's "full" barrier when its copies have landed (cp.async.mbarrier.arrive), and waits on
+ *     the stage's "empty" barrier before it overwrites a slot. K and V have barriers of their own: K_t's slot is free as soon as S_t is
  *     done, V_t's only after O += P_t V_t, one tile later.
  *   warpgroups 1 and 2, the consumers (216 registers), 64 query rows each, queries as M. Per key
  *     tile t, each consumer:
@@ -2275,6 +2276,15 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
             const __nv_bfloat16 *qb = qkv + (size_t)x.b * T * ld + ((size_t)g * (G + 2) + jh) * D;
             const __nv_bfloat16 *kb = qkv + (size_t)x.b * T * ld + ((size_t)g * (G + 2) + G) * D;
             const __nv_bfloat16 *vb = kb + D;
+            /* Q: ahead of K_0 for a CTA's first item; behind it otherwise, as with one Q buffer it waits
+             * for the previous item's output */
+            auto load_q = [&]() {
+                const int q = li % NQ, u = li / NQ;
+                if (u > 0) mt__mbar_wait(empty_q(q), (uint32_t)(u - 1) & 1u);
+                mt__fa_load_tile_wg<BM, D, 128>(sQ0 + (uint32_t)q * BM * D * 2, qb, ld, x.m0, T, wtid);
+                mt__mbar_cp_arrive(full_q(q));
+            };
+            if (li == 0) load_q();
             for (int t = 0; t <= x.ntiles; t++) {
                 if (t < x.ntiles) { /* K_t */
                     const int s = (tb + t) % NS, u = (tb + t) / NS;
@@ -2282,12 +2292,7 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
                     mt__fa_load_tile_wg<BN, D, 128>(sKV + (uint32_t)s * 2 * KT, kb, ld, t * BN, T, wtid);
                     mt__mbar_cp_arrive(full_k(s));
                 }
-                if (t == 0) { /* Q, behind K_0: with one Q buffer it waits for the last item's output */
-                    const int q = li % NQ, u = li / NQ;
-                    if (u > 0) mt__mbar_wait(empty_q(q), (uint32_t)(u - 1) & 1u);
-                    mt__fa_load_tile_wg<BM, D, 128>(sQ0 + (uint32_t)q * BM * D * 2, qb, ld, x.m0, T, wtid);
-                    mt__mbar_cp_arrive(full_q(q));
-                }
+                if (t == 0 && li > 0) load_q();
                 if (t > 0) { /* V_{t-1} */
                     const int s = (tb + t - 1) % NS, u = (tb + t - 1) / NS;
                     if (u > 0) mt__mbar_wait(empty_v(s), (uint32_t)(u - 1) & 1u);
