@@ -2167,8 +2167,8 @@ __device__ __forceinline__ void mt__setmaxnreg_inc() {
  *     written out the item that used its buffer), then for t = 1.. K_t and V_{t-1} into NS stages
  *     with cp.async (stages and their phases count on across items); each thread arrives on the
  *     stage's "full" barrier when its copies have landed (cp.async.mbarrier.arrive), and waits on
- *     the stage's "empty" barrier before it overwrites a slot. K and V have barriers of their own: K_t's slot is free as soon as S_t is
- *     done, V_t's only after O += P_t V_t, one tile later.
+ *     the stage's "empty" barrier before it overwrites a slot. K and V have barriers of their own:
+ *     K_t's slot is free as soon as S_t is done, V_t's only after O += P_t V_t, one tile later.
  *   warpgroups 1 and 2, the consumers (216 registers), 64 query rows each, queries as M. Per key
  *     tile t, each consumer:
  *       S_t = Q K_t^T          m64nBN, A = Q, B = K (both K-major, D/16 k16 steps over the head dim;
@@ -2192,12 +2192,13 @@ __device__ __forceinline__ void mt__setmaxnreg_inc() {
  * consumers visit the same tiles (so the phases of the ping-pong stay paired; the diagonal tile is
  * masked), and blocks run heaviest first. O / l goes out through the consumer's rows of the Q tile
  * (16-byte stores); lse = (m c + log2 l) ln 2. No atomics: the result is the same on every run.
- * Registers per consumer thread: S BN/2 fp32, O D/2, P BN/4 (bf16 pairs). Shared memory: QB x Q 128 x D,
- * NS x (K, V) BN x D bf16, 4 NS + 2 QB barriers, 1 KB for alignment (D = 128, BN = 128, NS = 3: 225 KB of
- * the 227 KB an SM allows). The same loop with every thread loading and a CTA barrier per tile
- * (mt__flash_fwd3_kernel, the default before) is in the history at commit 76731c6. Per item the
- * consumers start from O = 0, release V's last slot too, and after writing out release the Q buffer;
- * each item's ping-pong starts and ends as described above, so the named barriers stay paired. */
+ * Registers per consumer thread: S BN/2 fp32, O D/2, P BN/4 (bf16 pairs). Shared memory: QB x Q
+ * 128 x D, NS x (K, V) BN x D bf16, 4 NS + 2 QB barriers, 1 KB for alignment (D = 128, BN = 128,
+ * NS = 3, QB = 1: 225 KB of the 227 KB an SM allows). The same loop with every thread loading and a
+ * CTA barrier per tile (mt__flash_fwd3_kernel, the default before) is in the history at commit
+ * 76731c6. Per item the consumers start from O = 0, release V's last slot too, and after writing out
+ * release the Q buffer; each item's ping-pong starts and ends as described above, so the named
+ * barriers stay paired. */
 /* Registers a thread: 384 threads start with 168 each (65,536 / 384, in steps of 8); the producer gives
  * back what the consumers take, and setmaxnreg.inc waits until the CTA's pool has it, so
  * PREG + 2 CREG must stay within 3 x 168. */
@@ -2213,21 +2214,20 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
     static_assert(NS >= 2, "at least two stages");
     static_assert(QB == 1 || QB == 2, "one or two Q buffers");
     constexpr int BM = 128, KT = BN * D * 2; /* bytes of a K or V tile */
-    constexpr int NQ = QB;
     constexpr uint32_t HQ = BM * 128, HK = BN * 128;
 #if MT__WG_OK
     extern __shared__ __align__(1024) unsigned char mt__fa_smem4[];
     const uint32_t raw = mt__fa_smem_addr(mt__fa_smem4);
     const uint32_t base = (raw + 1023u) & ~1023u;
     unsigned char *smem = mt__fa_smem4 + (base - raw);
-    const uint32_t sQ0 = base, sKV = sQ0 + NQ * BM * D * 2; /* stage s: K at sKV + s*2*KT, V KT bytes later */
-    const uint32_t bars = sKV + NS * 2 * KT; /* fullK[NS], fullV[NS], emptyK[NS], emptyV[NS], fullQ[NQ], emptyQ[NQ] */
+    const uint32_t sQ0 = base, sKV = sQ0 + QB * BM * D * 2; /* stage s: K at sKV + s*2*KT, V KT bytes later */
+    const uint32_t bars = sKV + NS * 2 * KT; /* fullK[NS], fullV[NS], emptyK[NS], emptyV[NS], fullQ[QB], emptyQ[QB] */
     auto full_k = [&](int s) { return bars + 8u * (uint32_t)s; };
     auto full_v = [&](int s) { return bars + 8u * (uint32_t)(NS + s); };
     auto empty_k = [&](int s) { return bars + 8u * (uint32_t)(2 * NS + s); };
     auto empty_v = [&](int s) { return bars + 8u * (uint32_t)(3 * NS + s); };
     auto full_q = [&](int q) { return bars + 8u * (uint32_t)(4 * NS + q); };
-    auto empty_q = [&](int q) { return bars + 8u * (uint32_t)(4 * NS + NQ + q); };
+    auto empty_q = [&](int q) { return bars + 8u * (uint32_t)(4 * NS + QB + q); };
 
     const int tid = threadIdx.x, wg = tid >> 7, wtid = tid & 127;
     const int H = Hkv * G;
@@ -2259,7 +2259,7 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
             mt__mbar_init(empty_k(s), 256);
             mt__mbar_init(empty_v(s), 256);
         }
-        for (int q = 0; q < NQ; q++) {
+        for (int q = 0; q < QB; q++) {
             mt__mbar_init(full_q(q), 128);
             mt__mbar_init(empty_q(q), 256);
         }
@@ -2279,7 +2279,7 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
             /* Q: ahead of K_0 for a CTA's first item; behind it otherwise, as with one Q buffer it waits
              * for the previous item's output */
             auto load_q = [&]() {
-                const int q = li % NQ, u = li / NQ;
+                const int q = li % QB, u = li / QB;
                 if (u > 0) mt__mbar_wait(empty_q(q), (uint32_t)(u - 1) & 1u);
                 mt__fa_load_tile_wg<BM, D, 128>(sQ0 + (uint32_t)q * BM * D * 2, qb, ld, x.m0, T, wtid);
                 mt__mbar_cp_arrive(full_q(q));
@@ -2314,166 +2314,166 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
     uint32_t pa[BN / 16][4];
     int tb = 0;
     for (int w = w_first, li = 0; w < nitems; w += w_step, li++) {
-    const item x = get(w);
-    const int h = x.h, b = x.b, ntiles = x.ntiles, w0 = x.m0 + c * 64, qbuf = li % NQ;
-    const uint32_t sQw = sQ0 + (uint32_t)qbuf * BM * D * 2 + c * 64 * 128;
+        const item x = get(w);
+        const int h = x.h, b = x.b, ntiles = x.ntiles, w0 = x.m0 + c * 64, qbuf = li % QB;
+        const uint32_t sQw = sQ0 + (uint32_t)qbuf * BM * D * 2 + c * 64 * 128;
 #pragma unroll
-    for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
+        for (int i = 0; i < BN / 2; i++) s[i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < D / 2; i++) o[i] = 0.f;
-    mrow[0] = mrow[1] = -INFINITY;
-    lrow[0] = lrow[1] = 0.f;
-    alpha[0] = alpha[1] = 0.f;
+        for (int i = 0; i < D / 2; i++) o[i] = 0.f;
+        mrow[0] = mrow[1] = -INFINITY;
+        lrow[0] = lrow[1] = 0.f;
+        alpha[0] = alpha[1] = 0.f;
 
-    const uint64_t dQw = mt__wg_desc(sQw);
-    auto qk = [&](uint32_t sK) {
-        const uint64_t dK = mt__wg_desc(sK);
+        const uint64_t dQw = mt__wg_desc(sQw);
+        auto qk = [&](uint32_t sK) {
+            const uint64_t dK = mt__wg_desc(sK);
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            mt__wg_ssn<0, 0>(s, mt__wg_desc_at(dQw, (kk >> 2) * HQ + (kk & 3) * 32),
-                             mt__wg_desc_at(dK, (kk >> 2) * HK + (kk & 3) * 32), kk);
-    };
-    auto pv = [&](uint32_t sV) {
-        const uint64_t dV = D == 128 ? mt__wg_desc2(sV, HK) : mt__wg_desc(sV);
+            for (int kk = 0; kk < D / 16; kk++)
+                mt__wg_ssn<0, 0>(s, mt__wg_desc_at(dQw, (kk >> 2) * HQ + (kk & 3) * 32),
+                                 mt__wg_desc_at(dK, (kk >> 2) * HK + (kk & 3) * 32), kk);
+        };
+        auto pv = [&](uint32_t sV) {
+            const uint64_t dV = D == 128 ? mt__wg_desc2(sV, HK) : mt__wg_desc(sV);
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            if constexpr (D == 128) mt__wg_rs128<1>(o, pa[kk], mt__wg_desc_at(dV, kk * 2048));
-            else mt__wg_rs<1>(*reinterpret_cast<float(*)[32]>(o), pa[kk], mt__wg_desc_at(dV, kk * 2048));
-        }
-    };
-    auto softmax = [&](int t) {
-        const int n0 = t * BN;
-        if (n0 + BN > T || (causal && n0 + BN - 1 > w0)) {
-            const int r0 = w0 + wq * 16 + gr;
+            for (int kk = 0; kk < BN / 16; kk++) {
+                if constexpr (D == 128) mt__wg_rs128<1>(o, pa[kk], mt__wg_desc_at(dV, kk * 2048));
+                else mt__wg_rs<1>(*reinterpret_cast<float(*)[32]>(o), pa[kk], mt__wg_desc_at(dV, kk * 2048));
+            }
+        };
+        auto softmax = [&](int t) {
+            const int n0 = t * BN;
+            if (n0 + BN > T || (causal && n0 + BN - 1 > w0)) {
+                const int r0 = w0 + wq * 16 + gr;
 #pragma unroll
-            for (int j = 0; j < BN / 8; j++)
+                for (int j = 0; j < BN / 8; j++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int row = r0 + (e >> 1) * 8, col = n0 + 8 * j + 2 * tq + (e & 1);
-                    if (col >= T || (causal && col > row)) s[4 * j + e] = -INFINITY;
+                    for (int e = 0; e < 4; e++) {
+                        const int row = r0 + (e >> 1) * 8, col = n0 + 8 * j + 2 * tq + (e & 1);
+                        if (col >= T || (causal && col > row)) s[4 * j + e] = -INFINITY;
+                    }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float mx = mrow[r];
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float ms = (mx == -INFINITY) ? 0.f : mx * scale_log2;
+                alpha[r] = mt__fa_exp2(mrow[r] * scale_log2 - ms);
+                mrow[r] = mx;
+                float rs = 0.f;
+#pragma unroll
+                for (int j = 0; j < BN / 8; j++) {
+                    const float p0 = mt__fa_exp2(fmaf(s[4 * j + 2 * r], scale_log2, -ms));
+                    const float p1 = mt__fa_exp2(fmaf(s[4 * j + 2 * r + 1], scale_log2, -ms));
+                    s[4 * j + 2 * r] = p0;
+                    s[4 * j + 2 * r + 1] = p1;
+                    rs += p0 + p1;
                 }
-        }
+                lrow[r] = lrow[r] * alpha[r] + rs;
+            }
+        };
+        auto rescale_pack = [&]() {
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float mx = mrow[r];
-#pragma unroll
-            for (int j = 0; j < BN / 8; j++) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * r], s[4 * j + 2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float ms = (mx == -INFINITY) ? 0.f : mx * scale_log2;
-            alpha[r] = mt__fa_exp2(mrow[r] * scale_log2 - ms);
-            mrow[r] = mx;
-            float rs = 0.f;
+            for (int i = 0; i < D / 2; i++) o[i] *= alpha[(i >> 1) & 1];
 #pragma unroll
             for (int j = 0; j < BN / 8; j++) {
-                const float p0 = mt__fa_exp2(fmaf(s[4 * j + 2 * r], scale_log2, -ms));
-                const float p1 = mt__fa_exp2(fmaf(s[4 * j + 2 * r + 1], scale_log2, -ms));
-                s[4 * j + 2 * r] = p0;
-                s[4 * j + 2 * r + 1] = p1;
-                rs += p0 + p1;
+                pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
+                pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
             }
-            lrow[r] = lrow[r] * alpha[r] + rs;
-        }
-    };
-    auto rescale_pack = [&]() {
-#pragma unroll
-        for (int i = 0; i < D / 2; i++) o[i] *= alpha[(i >> 1) & 1];
-#pragma unroll
-        for (int j = 0; j < BN / 8; j++) {
-            pa[j >> 1][(j & 1) * 2 + 0] = mt__fa_pack(s[4 * j], s[4 * j + 1]);
-            pa[j >> 1][(j & 1) * 2 + 1] = mt__fa_pack(s[4 * j + 2], s[4 * j + 3]);
-        }
-    };
-    /* the ping-pong: wait for this consumer's turn to issue, and hand the turn over after issuing.
-     * Consumer 0 goes first (consumer 1 arrives once up front); each issues ntiles + 1 times and
-     * consumer 1 skips its last hand-over, so every barrier phase gets exactly 256 threads. */
-    auto turn_wait = [&]() { if constexpr (PP) mt__bar_sync(2 + c, 256); };
-    auto turn_pass = [&](bool last) { if constexpr (PP) if (!(last && c == 1)) mt__bar_arrive(3 - c, 256); };
-    /* stage and phase of this item's key tile t (counting on from the items before) */
-    auto sK = [&](int t) { return sKV + (uint32_t)((tb + t) % NS) * 2 * KT; };
-    auto sV = [&](int t) { return sKV + (uint32_t)((tb + t) % NS) * 2 * KT + KT; };
-    auto st = [&](int t) { return (tb + t) % NS; };
-    auto ph = [&](int t) { return (uint32_t)((tb + t) / NS) & 1u; };
+        };
+        /* the ping-pong: wait for this consumer's turn to issue, and hand the turn over after issuing.
+         * Consumer 0 goes first (consumer 1 arrives once up front); each issues ntiles + 1 times and
+         * consumer 1 skips its last hand-over, so every barrier phase gets exactly 256 threads. */
+        auto turn_wait = [&]() { if constexpr (PP) mt__bar_sync(2 + c, 256); };
+        auto turn_pass = [&](bool last) { if constexpr (PP) if (!(last && c == 1)) mt__bar_arrive(3 - c, 256); };
+        /* stage and phase of this item's key tile t (counting on from the items before) */
+        auto sK = [&](int t) { return sKV + (uint32_t)((tb + t) % NS) * 2 * KT; };
+        auto sV = [&](int t) { return sKV + (uint32_t)((tb + t) % NS) * 2 * KT + KT; };
+        auto st = [&](int t) { return (tb + t) % NS; };
+        auto ph = [&](int t) { return (uint32_t)((tb + t) / NS) & 1u; };
 
-    if constexpr (PP) if (c == 1) mt__bar_arrive(2, 256);
-    mt__mbar_wait(full_q(qbuf), (uint32_t)(li / NQ) & 1u);
-    mt__mbar_wait(full_k(st(0)), ph(0));
-    mt__fence_async_smem();
-    turn_wait();
-    mt__wg_fence();
-    qk(sK(0));
-    mt__wg_commit();
-    turn_pass(false);
-    mt__wg_wait<0>();
-    mt__wg_keep(s);
-    mt__mbar_arrive(empty_k(st(0)));
-    softmax(0);
-    rescale_pack();
-
-    for (int t = 1; t < ntiles; t++) {
-        mt__mbar_wait(full_k(st(t)), ph(t));
-        mt__mbar_wait(full_v(st(t - 1)), ph(t - 1));
+        if constexpr (PP) if (c == 1) mt__bar_arrive(2, 256);
+        mt__mbar_wait(full_q(qbuf), (uint32_t)(li / QB) & 1u);
+        mt__mbar_wait(full_k(st(0)), ph(0));
         mt__fence_async_smem();
         turn_wait();
         mt__wg_fence();
-        qk(sK(t));
-        mt__wg_commit();
-        pv(sV(t - 1));
+        qk(sK(0));
         mt__wg_commit();
         turn_pass(false);
-        mt__wg_wait<1>(); /* S_t is done: K_t's slot is free */
-        mt__wg_keep(s);
-        mt__mbar_arrive(empty_k(st(t)));
-        softmax(t);
-        mt__wg_keep(s);
-        mt__bar_sync(4 + c, 128); /* keeps the wait for O += P V below the softmax (see above) */
         mt__wg_wait<0>();
-        mt__wg_keep(o);
-        mt__mbar_arrive(empty_v(st(t - 1)));
+        mt__wg_keep(s);
+        mt__mbar_arrive(empty_k(st(0)));
+        softmax(0);
         rescale_pack();
-    }
-    {   /* O += P V of the last tile */
-        mt__mbar_wait(full_v(st(ntiles - 1)), ph(ntiles - 1));
-        mt__fence_async_smem();
-        turn_wait();
-        mt__wg_fence();
-        pv(sV(ntiles - 1));
-        mt__wg_commit();
-        turn_pass(true);
-        mt__wg_wait<0>();
-        mt__wg_keep(o);
-        mt__mbar_arrive(empty_v(st(ntiles - 1))); /* the next item's loads reuse it */
-    }
 
-    /* O / l into this consumer's rows of the Q tile (only its products read them), 16-byte stores */
-    {
-        unsigned char *pq = smem + (sQw - base);
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float l = lrow[r];
-            l += __shfl_xor_sync(0xffffffffu, l, 1);
-            l += __shfl_xor_sync(0xffffffffu, l, 2);
-            const float inv = l > 0.f ? 1.f / l : 0.f;
-            const int rl = wq * 16 + gr + r * 8, row = w0 + rl;
-            if (tq == 0 && row < T)
-                lse[((size_t)b * H + h) * T + row] =
-                    l > 0.f ? (mrow[r] * scale_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
-#pragma unroll
-            for (int j = 0; j < D / 8; j++)
-                *reinterpret_cast<uint32_t *>(pq + (j >> 3) * HQ + mt__fa_swz<64>(rl, j & 7) + tq * 4) =
-                    mt__fa_pack(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+        for (int t = 1; t < ntiles; t++) {
+            mt__mbar_wait(full_k(st(t)), ph(t));
+            mt__mbar_wait(full_v(st(t - 1)), ph(t - 1));
+            mt__fence_async_smem();
+            turn_wait();
+            mt__wg_fence();
+            qk(sK(t));
+            mt__wg_commit();
+            pv(sV(t - 1));
+            mt__wg_commit();
+            turn_pass(false);
+            mt__wg_wait<1>(); /* S_t is done: K_t's slot is free */
+            mt__wg_keep(s);
+            mt__mbar_arrive(empty_k(st(t)));
+            softmax(t);
+            mt__wg_keep(s);
+            mt__bar_sync(4 + c, 128); /* keeps the wait for O += P V below the softmax (see above) */
+            mt__wg_wait<0>();
+            mt__wg_keep(o);
+            mt__mbar_arrive(empty_v(st(t - 1)));
+            rescale_pack();
         }
-        mt__bar_sync(4 + c, 128);
-#pragma unroll
-        for (int k = 0; k < 64 * (D / 8) / 128; k++) {
-            const int i = k * 128 + wtid, r = i / (D / 8), cc = i % (D / 8), row = w0 + r;
-            if (row < T)
-                *reinterpret_cast<uint4 *>(out + (((size_t)b * T + row) * H + h) * D + cc * 8) =
-                    *reinterpret_cast<const uint4 *>(pq + (cc >> 3) * HQ + mt__fa_swz<64>(r, cc & 7));
+        {   /* O += P V of the last tile */
+            mt__mbar_wait(full_v(st(ntiles - 1)), ph(ntiles - 1));
+            mt__fence_async_smem();
+            turn_wait();
+            mt__wg_fence();
+            pv(sV(ntiles - 1));
+            mt__wg_commit();
+            turn_pass(true);
+            mt__wg_wait<0>();
+            mt__wg_keep(o);
+            mt__mbar_arrive(empty_v(st(ntiles - 1))); /* the next item's loads reuse it */
         }
-    }
-    mt__mbar_arrive(empty_q(qbuf)); /* the output has left this item's Q buffer */
-    tb += ntiles;
+
+        /* O / l into this consumer's rows of the Q tile (only its products read them), 16-byte stores */
+        {
+            unsigned char *pq = smem + (sQw - base);
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                float l = lrow[r];
+                l += __shfl_xor_sync(0xffffffffu, l, 1);
+                l += __shfl_xor_sync(0xffffffffu, l, 2);
+                const float inv = l > 0.f ? 1.f / l : 0.f;
+                const int rl = wq * 16 + gr + r * 8, row = w0 + rl;
+                if (tq == 0 && row < T)
+                    lse[((size_t)b * H + h) * T + row] =
+                        l > 0.f ? (mrow[r] * scale_log2 + __log2f(l)) * 0.69314718055994531f : -INFINITY;
+#pragma unroll
+                for (int j = 0; j < D / 8; j++)
+                    *reinterpret_cast<uint32_t *>(pq + (j >> 3) * HQ + mt__fa_swz<64>(rl, j & 7) + tq * 4) =
+                        mt__fa_pack(o[4 * j + 2 * r] * inv, o[4 * j + 2 * r + 1] * inv);
+            }
+            mt__bar_sync(4 + c, 128);
+#pragma unroll
+            for (int k = 0; k < 64 * (D / 8) / 128; k++) {
+                const int i = k * 128 + wtid, r = i / (D / 8), cc = i % (D / 8), row = w0 + r;
+                if (row < T)
+                    *reinterpret_cast<uint4 *>(out + (((size_t)b * T + row) * H + h) * D + cc * 8) =
+                        *reinterpret_cast<const uint4 *>(pq + (cc >> 3) * HQ + mt__fa_swz<64>(r, cc & 7));
+            }
+        }
+        mt__mbar_arrive(empty_q(qbuf)); /* the output has left this item's Q buffer */
+        tb += ntiles;
     }
 #else
     (void)out; (void)lse; (void)qkv; (void)B; (void)T; (void)Hkv; (void)G; (void)causal; (void)scale_log2;
@@ -2751,11 +2751,12 @@ static inline mt_status mt__fa_cuda(const char *where) {
 
 /* Whether wgmma kernel k can run here: a GPU of compute capability 9.x and sm_90a code for it in
  * this build. MT_ERR_UNSUPPORTED (quiet: the caller falls back to mma.sync) when not. */
-static inline mt_status mt__wg_runnable(const void *k, const char *what) {
+static inline mt_status mt__wg_runnable(const void *k, const char *what, int *sms = NULL) {
     int dev = 0, major = 0;
     cudaFuncAttributes fa;
     if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaFuncGetAttributes(&fa, k) != cudaSuccess)
+        cudaFuncGetAttributes(&fa, k) != cudaSuccess ||
+        (sms && cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess))
         return mt__fa_cuda(what);
     if (major != 9 || fa.binaryVersion < 90 || fa.binaryVersion >= 100) return MT_ERR_UNSUPPORTED;
     return MT_OK;
@@ -2934,7 +2935,7 @@ static inline mt_status mt__flash_bwd3p_128_run(const mt_ctx *cx, void *dqkv, co
                                 delta, dq_acc);
 }
 
-/* The warp-specialized forward, mt__flash_fwd4_kernel<D, BN, NS, PP>. It needs an sm_90a build and a GPU
+/* The warp-specialized forward, mt__flash_fwd4_kernel<D, BN, NS, PP, QB>. It needs an sm_90a build and a GPU
  * of compute capability 9.x (like the wgmma backwards); on anything else this returns
  * MT_ERR_UNSUPPORTED with nothing launched, and the caller falls back to mma.sync. */
 template <int D, int BN, int NS, int PP, int QB>
@@ -2942,20 +2943,16 @@ static inline mt_status mt__flash_fwd4_go(const mt_ctx *cx, void *out, float *ls
                                           int Hkv, int G, int causal, int ctas) {
     void (*k)(__nv_bfloat16 *, float *, const __nv_bfloat16 *, int, int, int, int, int, float) =
         mt__flash_fwd4_kernel<D, BN, NS, PP, QB>;
-    MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_fwd (wgmma, warp-specialized): device query"));
+    int sms = 0; /* SMs: the persistent grid's size */
+    MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_fwd (wgmma, warp-specialized): device query", &sms));
     /* alignment slack; Q (128 rows, QB buffers); NS stages of K and V (BN rows each); 4 NS + 2 QB barriers */
     constexpr size_t smem = 1024 + (size_t)(QB * 128 + NS * 2 * BN) * D * 2 + 8 * (4 * NS + 2 * QB);
     static_assert(smem <= 227 * 1024, "over the 227 KB of shared memory per block");
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_fwd (wgmma, warp-specialized): cudaFuncSetAttribute");
     const size_t items = (size_t)((T + 127) / 128) * Hkv * G * B;
-    size_t n = ctas > 0 ? (size_t)ctas : items;
-    if (ctas == 0) { /* persistent: one CTA per SM */
-        int dev = 0, sms = 0;
-        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-            return mt__fa_cuda("mt_flash_attention_fwd (wgmma, warp-specialized): device query");
-        n = (size_t)sms;
-    }
+    /* ctas > 0: that many CTAs; 0: persistent, one per SM; < 0: one per item */
+    size_t n = ctas > 0 ? (size_t)ctas : ctas == 0 ? (size_t)sms : items;
     if (n > items) n = items;
     if (n > 0x7fffffffu) return mt_errorf(MT_ERR_UNSUPPORTED, "mt_flash_attention_fwd: %zu work items", items);
     const dim3 grid((unsigned)n);
