@@ -22,7 +22,8 @@
  *     with MT_FLASH_DETERMINISTIC, a separate pass per query block computes dQ instead (bitwise
  *     reproducible, more matrix work).
  *   - The workspace (see mt_flash_attention_bwd_workspace_nbytes) holds delta = rowsum(dout*out)
- *     (B, H, T) fp32 and the dQ accumulator (B, H, T, D) fp32; the launchers never allocate.
+ *     (B, H, T) fp32 and the dQ accumulator (B, H, T rounded up to 64, D) fp32; the launchers never
+ *     allocate.
  *   - All work is asynchronous on cx->stream; pointers must be device memory, 16-byte aligned.
  *
  * Design (FlashAttention-2 on mma.sync m16n8k16 bf16 -> fp32, ldmatrix, cp.async double buffers):
@@ -68,6 +69,12 @@
  * (mt__flash_bwd3_kernel<64, 1> and mt__flash_bwd3_128_kernel; for comparison). */
 #ifndef MT_FLASH_BWD_PIPE
 #define MT_FLASH_BWD_PIPE 1
+#endif
+/* Option: MT_FLASH_BWD_BULK 1 makes the hd 64 pipelined backward add dQ through the copy engine, one
+ * bulk reduction per block into a tiled accumulator (mt__flash_bwd3p_kernel<64, true>; to compare in
+ * the trainer: not yet measured, see kernels/ATTENTION_NOTES.md v21). */
+#ifndef MT_FLASH_BWD_BULK
+#define MT_FLASH_BWD_BULK 0
 #endif
 
 #include "../mt/core.h"
@@ -413,6 +420,37 @@ __global__ void mt__flash_bwd_post_kernel(__nv_bfloat16 *__restrict__ dqkv, cons
     v.z = mt__fa_pack(x1.x * scale, x1.y * scale);
     v.w = mt__fa_pack(x1.z * scale, x1.w * scale);
     *reinterpret_cast<uint4 *>(dqkv + (bt * Hkv + g) * (size_t)(G + 2) * D + (size_t)j * D + c * 8) = v;
+}
+
+/* The same from dq_acc in tiles (mt__flash_bwd3p_kernel<64, true>): tile (b, h, query block qb) of 64 x 64
+ * floats at ((b H + h) nqb + qb) * 4096, in the order the backward's 256 threads hold their dQ
+ * accumulators: float4 k of thread tid at 1024 k + 4 tid holds rows r = 16 wq + gr, r + 8 and columns
+ * c = 32 wg + 8 k + 2 tq, c + 1 (wg = tid / 128, wq = tid / 32 % 4, gr = tid % 32 / 4, tq = tid % 4), so
+ * that the backward stages them in shared memory without bank conflicts and hands each tile to one
+ * bulk reduction. One CTA per tile: through shared memory to 16-byte row stores. */
+__global__ void __launch_bounds__(256) mt__flash_bwd_post_tiles_kernel(__nv_bfloat16 *__restrict__ dqkv,
+                                                                       const float *__restrict__ dq_acc, int T,
+                                                                       int Hkv, int G, float scale) {
+    constexpr int D = 64, BM = 64, LD = D + 8; /* smem row of 144 bytes: conflict-free both ways */
+    __shared__ __align__(16) __nv_bfloat16 tile[BM * LD];
+    const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z, H = Hkv * G;
+    const int tid = threadIdx.x, wg = tid >> 7, wq = (tid >> 5) & 3, lane = tid & 31, gr = lane >> 2, tq = lane & 3;
+    const float *src = dq_acc + (((size_t)b * H + h) * gridDim.x + qb) * (BM * D);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float4 v = *reinterpret_cast<const float4 *>(src + k * 1024 + tid * 4);
+        const int r = wq * 16 + gr, c = wg * 32 + 8 * k + 2 * tq;
+        *reinterpret_cast<uint32_t *>(tile + r * LD + c) = mt__fa_pack(v.x * scale, v.y * scale);
+        *reinterpret_cast<uint32_t *>(tile + (r + 8) * LD + c) = mt__fa_pack(v.z * scale, v.w * scale);
+    }
+    __syncthreads();
+    const int g = h / G, j = h - g * G;
+#pragma unroll
+    for (int k = 0; k < BM * D / 8 / 256; k++) {
+        const int i = k * 256 + tid, r = i >> 3, c = (i & 7) * 8, t = qb * BM + r;
+        __nv_bfloat16 *dst = dqkv + (((size_t)b * T + t) * Hkv + g) * (size_t)(G + 2) * D + (size_t)j * D + c;
+        if (t < T) *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(tile + r * LD + c);
+    }
 }
 
 /* One CTA: BN key rows of kv group blockIdx.y, batch blockIdx.z; NW = BN/16 warps, 16 key rows each.
@@ -1155,6 +1193,29 @@ __device__ __forceinline__ void mt__fence_async_smem() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
 }
+/* The copy engine's bulk reduction: global[dst .. dst + bytes) += shared[src ..) as f32 (bytes a multiple of
+ * 16, both 16-byte aligned), in a bulk async-group of the issuing thread; commit, and wait until at most N
+ * groups are still reading their shared memory. */
+__device__ __forceinline__ void mt__bulk_red_add_f32(float *dst, uint32_t src, uint32_t bytes) {
+#if MT__WG_OK
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst), "r"(src),
+                 "r"(bytes)
+                 : "memory");
+#else
+    (void)dst; (void)src; (void)bytes;
+#endif
+}
+__device__ __forceinline__ void mt__bulk_commit() {
+#if MT__WG_OK
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void mt__bulk_wait_read() {
+#if MT__WG_OK
+    asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(N) : "memory");
+#endif
+}
 /* Barrier `id` (1..15; 0 is __syncthreads) over `n` threads. */
 __device__ __forceinline__ void mt__bar_sync(int id, int n) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
@@ -1518,6 +1579,16 @@ __device__ __forceinline__ void mt__fa_mask_st(float (&s)[32], int kr, int qc, i
         }
 }
 
+/* mt__flash_bwd3p_kernel<64, true>: a thread's 16 dQ accumulators (m64n32 fragments) into buffer buf of
+ * two 64 x 64-float buffers at sdq, float4 k at 1024 k + 4 tid (the tile order of
+ * mt__flash_bwd_post_tiles_kernel): consecutive threads write consecutive 16 bytes. */
+__device__ __forceinline__ void mt__fa_stage_dq(unsigned char *sdq, int buf, const float (&dq)[16], int tid) {
+    float *p = reinterpret_cast<float *>(sdq) + buf * 4096 + tid * 4;
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        *reinterpret_cast<float4 *>(p + k * 1024) = make_float4(dq[4 * k], dq[4 * k + 1], dq[4 * k + 2], dq[4 * k + 3]);
+}
+
 /* Backward on wgmma, head dim 64, pipelined across query blocks (mt__flash_bwd3p_run; the hd 64
  * default unless MT_FLASH_BWD_PIPE is 0).  The products and tiles of mt__flash_bwd3_kernel<D, 1>, in
  * another order.  That kernel drains every product of a block before the next block starts, so the
@@ -1534,8 +1605,12 @@ __device__ __forceinline__ void mt__fa_mask_st(float (&s)[32], int kr, int qc, i
  * (mt__wg_desc_at): an unmasked block issues ~680 instructions per thread, down from ~970.  lse and
  * delta are read into registers while the products run, and the dQ reductions are issued after the
  * block's fence and barrier, which would otherwise wait for them (kernels/ATTENTION_NOTES.md v19).
- * ptxas, sm_90a: 242 registers, no spills, 133,632 B of dynamic shared memory. */
-template <int D>
+ * BULK (not the default; written, not yet run on a GPU: ATTENTION_NOTES.md v21): instead of 4
+ * red.global.add.v4 per thread and block, the threads stage dQ in shared memory (two buffers) and one
+ * thread hands the block's 16 KB to the copy engine (cp.reduce.async.bulk .add.f32) into an accumulator
+ * kept in 64-row tiles (mt__flash_bwd_post_tiles_kernel converts it).
+ * ptxas, sm_90a: 242 registers, no spills, 133,632 B of dynamic shared memory (BULK: 166,400). */
+template <int D, bool BULK>
 __global__ void __launch_bounds__(256, 1)
 mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
                        const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
@@ -1555,7 +1630,7 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
     const uint32_t sS0 = sO0 + NS * TILE;  /* dS^T, 2 buffers of 2 tiles ([key][query], warpgroup w's at +w*TILE) */
     const uint32_t sKT = sS0 + 4 * TILE;   /* K^T, D x 128 keys as two D x 64 tiles */
     const uint32_t sL0 = sKT + 2 * TILE;   /* lse, NS stages of 64 floats */
-    const uint32_t sD0 = sL0 + NS * BM * 4; /* delta, NS stages */
+    const uint32_t sD0 = sL0 + NS * BM * 4; /* delta, NS stages; BULK: then dQ, 2 buffers of 64 x 64 floats */
     const float *sLf = reinterpret_cast<const float *>(smem + (sL0 - base));
     const float *sDf = reinterpret_cast<const float *>(smem + (sD0 - base));
 
@@ -1619,6 +1694,7 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
     /* the previous block: its dQ rows, Q stage and dS^T buffer (before the first: zeros, added to a valid row) */
     float *pend = dq_acc + ((size_t)b * H + (size_t)g * G) * T * D + (size_t)qb0 * BM * D;
     int pend_rows = T - qb0 * BM, pst = 0, pbuf = 1;
+    if constexpr (BULK) pend = dq_acc + (((size_t)b * H + (size_t)g * G) * nqb + qb0) * (BM * D);
     /* dK += dS^T Q and dQ[:, 32w..32w+31] = dS K (128 keys, both warpgroups' dS^T tiles) of the block
      * in stage pstage, dS^T buffer pb: two groups */
     const uint64_t dK = mt__wg_desc(sKw), dV = mt__wg_desc(sVw), dQ0 = mt__wg_desc(sQ0), dO0 = mt__wg_desc(sO0);
@@ -1714,15 +1790,30 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
         mt__wg_keep(dq16);
         mt__wg_keep(dv);
         mt__wg_keep(dk);
-        /* the next block: its stage has landed (each thread's copies), this block's dS^T tiles and the
-         * stage are visible to wgmma, and every warpgroup is past this block's products */
+        if constexpr (BULK) {
+            /* the previous block's dQ to buffer it & 1, whose reduction (two blocks ago) has read it: thread
+             * 0 waited for that before the last barrier; now it waits for the last block's, for the next */
+            mt__fa_stage_dq(smem + (sD0 + NS * BM * 4 - base), it & 1, dq16, tid);
+            if (tid == 0) mt__bulk_wait_read<0>();
+        }
+        /* the next block: its stage has landed (each thread's copies), this block's dS^T tiles (and the
+         * staged dQ) are visible to wgmma and the copy engine, every warpgroup is past this block's products */
         mt__fa_cp_wait<0>();
         mt__fence_async_smem();
         __syncthreads();
-        /* the previous block's dQ into dq_acc, after the fence: a fence waits for this thread's
-         * outstanding reductions, so issued before it they stalled every warp for their round trip */
-        mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
-        pend = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
+        if constexpr (BULK) {
+            /* the previous block's dQ (none before the first) added by the copy engine: one operation */
+            if (tid == 0 && it > 0) {
+                mt__bulk_red_add_f32(pend, sD0 + NS * BM * 4 + (it & 1) * (BM * D * 4), BM * D * 4);
+                mt__bulk_commit();
+            }
+            pend = dq_acc + (((size_t)b * H + hh) * nqb + q0 / BM) * (BM * D);
+        } else {
+            /* the previous block's dQ into dq_acc, after the fence: a fence waits for this thread's
+             * outstanding reductions, so issued before it they stalled every warp for their round trip */
+            mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
+            pend = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
+        }
         pend_rows = T - q0;
         pst = st;
         pbuf = it & 1;
@@ -1731,7 +1822,18 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
     mt__wg_wait<0>();
     mt__wg_keep(dk);
     mt__wg_keep(dq16);
-    mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
+    if constexpr (BULK) {
+        mt__fa_stage_dq(smem + (sD0 + NS * BM * 4 - base), total & 1, dq16, tid);
+        mt__fence_async_smem();
+        __syncthreads();
+        if (tid == 0) {
+            mt__bulk_red_add_f32(pend, sD0 + NS * BM * 4 + (total & 1) * (BM * D * 4), BM * D * 4);
+            mt__bulk_commit();
+            mt__bulk_wait_read<0>(); /* before the block's shared memory goes */
+        }
+    } else {
+        mt__fa_red_tile<4, D>(pend, dq16, wq * 16 + gr, wg * 32, pend_rows, lane);
+    }
     mt__fa_cp_wait<0>();
 
     /* dK * scale and dV to bf16 through this warpgroup's own rows of sK / sV, then 16-byte stores */
@@ -2855,29 +2957,37 @@ typedef void (*mt__flash_bwd3_fn)(__nv_bfloat16 *, float *, const __nv_bfloat16 
                                   const __nv_bfloat16 *, int, int, int, int, float, float);
 
 /* delta and the zeroed dQ accumulator, wgmma backward kernel k (one CTA per 128 keys, kv group and
- * batch, smem bytes of dynamic shared memory), dQ to bf16. MT_ERR_UNSUPPORTED unless the build has
- * sm_90a code and the GPU is of compute capability 9.x. */
+ * batch, smem bytes of dynamic shared memory), dQ to bf16; tiles: the accumulator in 64-row tiles
+ * (mt__flash_bwd_post_tiles_kernel), else in rows. MT_ERR_UNSUPPORTED unless the build has sm_90a code
+ * and the GPU is of compute capability 9.x. */
 template <int D>
 static inline mt_status mt__flash_bwd3_go(const mt_ctx *cx, mt__flash_bwd3_fn k, size_t smem, void *dqkv,
                                           const void *dout, const void *out, const float *lse, const void *qkv, int B,
-                                          int T, int Hkv, int G, int causal, float *delta, float *dq_acc) {
+                                          int T, int Hkv, int G, int causal, float *delta, float *dq_acc,
+                                          bool tiles = false) {
     const int H = Hkv * G;
     cudaStream_t s = (cudaStream_t)cx->stream;
     const float scale = (float)(1.0 / sqrt((double)D));
     const float scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
     MT_TRY(mt__wg_runnable((const void *)k, "mt_flash_attention_bwd (wgmma): device query"));
-    const size_t n = (size_t)B * T * H * (D / 8);
+    const size_t n = (size_t)B * T * H * (D / 8), nqb = (size_t)(T + 63) / 64;
     mt__flash_bwd_pre_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>(
-        delta, dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
+        delta, tiles ? (float *)NULL : dq_acc, (const __nv_bfloat16 *)dout, (const __nv_bfloat16 *)out, B, T, H, D);
     MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: delta"));
+    if (tiles && cudaMemsetAsync(dq_acc, 0, (size_t)B * H * nqb * 64 * D * 4, s) != cudaSuccess)
+        return mt__fa_cuda("mt_flash_attention_bwd: zeroing the dQ tiles");
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) != cudaSuccess)
         return mt__fa_cuda("mt_flash_attention_bwd: cudaFuncSetAttribute");
     dim3 grid((T + 127) / 128, Hkv, B);
     k<<<grid, 256, smem, s>>>((__nv_bfloat16 *)dqkv, dq_acc, (const __nv_bfloat16 *)dout, lse, delta,
                               (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
     MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
-    mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv, G,
-                                                                         D, scale);
+    if (tiles)
+        mt__flash_bwd_post_tiles_kernel<<<dim3((unsigned)nqb, H, B), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, T, Hkv,
+                                                                                  G, scale);
+    else
+        mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv,
+                                                                             G, D, scale);
     return mt__fa_cuda("mt_flash_attention_bwd: dq");
 }
 
@@ -2891,15 +3001,16 @@ static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, con
     return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3_kernel<D, SPLIT>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G,
                                 causal, delta, dq_acc);
 }
-/* The pipelined one (mt__flash_bwd3p_kernel). */
-template <int D>
+/* The pipelined one (mt__flash_bwd3p_kernel); BULK: dQ staged in shared memory and added to a tiled
+ * accumulator by the copy engine, one operation per block, instead of red.global.add from registers. */
+template <int D, bool BULK = false>
 static inline mt_status mt__flash_bwd3p_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
                                             const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                             float *delta, float *dq_acc) {
-    /* alignment slack; K, V (2 tiles each), Q x3, dO x3, dS^T 2 x 2, K^T 2; lse, delta x3 */
-    const size_t smem = 1024 + (size_t)16 * 64 * D * 2 + 2 * 3 * 64 * 4;
-    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3p_kernel<D>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
-                                delta, dq_acc);
+    /* alignment slack; K, V (2 tiles each), Q x3, dO x3, dS^T 2 x 2, K^T 2; lse, delta x3; BULK: dQ x2 (fp32) */
+    const size_t smem = 1024 + (size_t)16 * 64 * D * 2 + 2 * 3 * 64 * 4 + (BULK ? (size_t)2 * 64 * D * 4 : 0);
+    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3p_kernel<D, BULK>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G,
+                                causal, delta, dq_acc, BULK);
 }
 /* The hd 64 wgmma backward: pipelined unless MT_FLASH_BWD_PIPE is 0 (then dQ columns split across the
  * warpgroups, products drained every block). */
@@ -2908,7 +3019,8 @@ static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const v
                                            const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                            float *delta, float *dq_acc) {
     if (MT_FLASH_BWD_PIPE)
-        return mt__flash_bwd3p_run<D>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+        return mt__flash_bwd3p_run<D, MT_FLASH_BWD_BULK != 0>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta,
+                                                             dq_acc);
     return mt__flash_bwd3_cfg_run<D, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
@@ -3037,10 +3149,11 @@ MT_API mt_status mt__fa_check(const char *op, int B, int T, int Hkv, int G, int 
 MT_API int mt__fa_misaligned(const void *p) { return ((uintptr_t)p & 15u) != 0; }
 
 /* Bytes of workspace mt_flash_attention_bwd needs: delta (B,H,T) fp32, 256-aligned, then (unless
- * MT_FLASH_DETERMINISTIC) the dQ accumulator (B,H,T,D) fp32. */
+ * MT_FLASH_DETERMINISTIC) the dQ accumulator, (B,H,T,D) fp32 with T rounded up to 64 (the hd 64 default
+ * keeps it in 64-row tiles). */
 MT_API size_t mt_flash_attention_bwd_workspace_nbytes(int B, int T, int Hkv, int G, int D) {
-    const size_t rows = (size_t)B * T * Hkv * G;
-    return ((rows * 4 + 255) & ~(size_t)255) + (MT_FLASH_DETERMINISTIC ? 0 : rows * (size_t)D * 4);
+    const size_t rows = (size_t)B * T * Hkv * G, tiled = (size_t)B * ((T + 63) / 64 * 64) * Hkv * G;
+    return ((rows * 4 + 255) & ~(size_t)255) + (MT_FLASH_DETERMINISTIC ? 0 : tiled * (size_t)D * 4);
 }
 
 /* The workspace as delta (B,H,T) fp32 and the dQ accumulator (B,H,T,D) fp32. */

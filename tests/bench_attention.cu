@@ -112,6 +112,7 @@ static const variant g_variants[] = {
     {"bwd FA2 layout (fallback)", 128, NULL, mt__flash_bwd2_run<128>},
     /* last, so that the rows above are printed even if these fault */
     {"bwd wgmma pipelined (default)", 64, NULL, mt__flash_bwd3p_run<64>},
+    {"bwd wgmma pipelined bulk dQ", 64, NULL, mt__flash_bwd3p_run<64, true>},
     {"bwd wgmma not pipelined", 64, NULL, mt__flash_bwd3_cfg_run<64, 1>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
     {"bwd wgmma pipelined (default)", 128, NULL, mt__flash_bwd3p_128_run},
