@@ -35,6 +35,15 @@ if has check; then
         ./build/$t > "$out/$t.log" 2>&1
         note "$t (exit $?): $(tail -n 1 "$out/$t.log")"
     done
+    # the attention against PyTorch's SDPA (the peer, where this machine has it)
+    ./build/gpu_attention_dump build/attention-cases > "$out/gpu_attention_dump.log" 2>&1
+    note "gpu_attention_dump (exit $?): $(tail -n 1 "$out/gpu_attention_dump.log")"
+    if python3 -c "import torch" 2>/dev/null; then
+        python3 tests/sdpa_compare.py build/attention-cases > "$out/sdpa_compare.log" 2>&1
+        note "attention against PyTorch SDPA (exit $?): $(tail -n 1 "$out/sdpa_compare.log")"
+    else
+        note "attention against PyTorch SDPA: NOT RUN, python3 here has no torch"
+    fi
     small="--train-iters 10 --eval-iters 1 --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 48"
     ./build/train_gpt $small > "$out/cpu10.log" 2>&1
     ./build/train_gpt_cuda --fp32 $small > "$out/gpu10.log" 2>&1

@@ -1,0 +1,122 @@
+/* tests/gpu_attention_dump.cu — cases for the cross-check of our attention against PyTorch's SDPA.
+ *
+ *   ./build/gpu_attention_dump DIR && python3 tests/sdpa_compare.py DIR     (tests/gpu_check.sh check)
+ *
+ * For D in {64, 128}, T in {1, 77, 200, 1024}, causal and not, G in {1, 2} (B = 2, Hkv = 2): fresh
+ * random bf16 q, k, v and dout, the library's default forward and backward (mt_flash_attention_fwd /
+ * _bwd, what the trainer runs), and one file DIR/case_NN.bin per case:
+ *   "MTATTN1\n", int32 B, T, Hkv, G, D, causal (little-endian), then qkv (B,T,Hkv,G+2,D) bf16,
+ *   dout (B,T,H,D) bf16, out (B,T,H,D) bf16, lse (B,H,T) fp32 (natural log), dqkv (B,T,Hkv,G+2,D) bf16.
+ * This program checks that every output is finite; tests/sdpa_compare.py (on a machine with PyTorch
+ * and a GPU, the peer only: the library never needs it) compares out, lse, dQ, dK and dV with SDPA.
+ * Without a GPU it writes nothing and reports 0 passed.
+ */
+#include "megatron.h"
+#include "tests/mt_test.h"
+#include <errno.h>
+#include <sys/stat.h>
+
+#define CK(x)                                                                                   \
+    do {                                                                                        \
+        cudaError_t e_ = (x);                                                                   \
+        if (e_ != cudaSuccess) {                                                                \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+            exit(1);                                                                            \
+        }                                                                                       \
+    } while (0)
+
+static const char *g_dir;
+static int g_case = 0;
+
+static void put(FILE *f, const void *dev, size_t nbytes) {
+    void *h = malloc(nbytes ? nbytes : 1);
+    CK(cudaMemcpy(h, dev, nbytes, cudaMemcpyDeviceToHost));
+    MT_EXPECT(fwrite(h, 1, nbytes, f) == nbytes, "short write");
+    free(h);
+}
+
+/* elements of n bf16 values (dev) that are not finite */
+static size_t nonfinite_bf16(const void *dev, size_t n) {
+    uint16_t *h = (uint16_t *)malloc(n * 2 + 2);
+    CK(cudaMemcpy(h, dev, n * 2, cudaMemcpyDeviceToHost));
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += !isfinite(mt_bf16_to_f32(h[i]));
+    free(h);
+    return bad;
+}
+
+static void one_case(int B, int T, int Hkv, int G, int D, int causal) {
+    const int H = Hkv * G;
+    const size_t nqkv = (size_t)B * T * Hkv * (G + 2) * D, nout = (size_t)B * T * H * D, nlse = (size_t)B * H * T;
+    const size_t ws = mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D);
+    uint16_t *h = (uint16_t *)malloc((nqkv > nout ? nqkv : nout) * 2);
+    void *qkv, *dout, *out, *dqkv, *w;
+    float *lse;
+    CK(cudaMalloc(&qkv, nqkv * 2));
+    CK(cudaMalloc(&dqkv, nqkv * 2));
+    CK(cudaMalloc(&dout, nout * 2));
+    CK(cudaMalloc(&out, nout * 2));
+    CK(cudaMalloc((void **)&lse, nlse * 4));
+    CK(cudaMalloc(&w, ws));
+    const uint64_t seed = 0xa77e0000u + (uint64_t)g_case;
+    for (size_t i = 0; i < nqkv; i++) h[i] = mt_f32_to_bf16(mt_rng_normal(seed, 1, i));
+    CK(cudaMemcpy(qkv, h, nqkv * 2, cudaMemcpyHostToDevice));
+    for (size_t i = 0; i < nout; i++) h[i] = mt_f32_to_bf16(mt_rng_normal(seed, 2, i));
+    CK(cudaMemcpy(dout, h, nout * 2, cudaMemcpyHostToDevice));
+    CK(cudaMemset(out, 0xff, nout * 2)); /* NaN poison: every output must be written */
+    CK(cudaMemset(dqkv, 0xff, nqkv * 2));
+    CK(cudaMemset(w, 0xff, ws));
+    mt_ctx cx;
+    memset(&cx, 0, sizeof cx);
+    cx.device = mt_gpu(0);
+    cx.dtype = MT_BF16;
+    mt_status st = mt_flash_attention_fwd(&cx, out, lse, qkv, B, T, Hkv, G, D, causal);
+    if (st == MT_OK) st = mt_flash_attention_bwd(&cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, causal, w, ws);
+    MT_EXPECT(st == MT_OK, "D=%d T=%d causal=%d G=%d: %s", D, T, causal, G, mt_status_str(st));
+    CK(cudaDeviceSynchronize());
+    size_t bad = nonfinite_bf16(out, nout) + nonfinite_bf16(dqkv, nqkv);
+    MT_EXPECT(bad == 0, "D=%d T=%d causal=%d G=%d: %zu non-finite outputs", D, T, causal, G, bad);
+    char path[512];
+    snprintf(path, sizeof path, "%s/case_%02d.bin", g_dir, g_case++);
+    FILE *f = fopen(path, "wb");
+    MT_EXPECT(f != NULL, "cannot write %s", path);
+    if (f) {
+        const int32_t hdr[6] = {B, T, Hkv, G, D, causal};
+        fwrite("MTATTN1\n", 1, 8, f);
+        fwrite(hdr, 4, 6, f);
+        put(f, qkv, nqkv * 2);
+        put(f, dout, nout * 2);
+        put(f, out, nout * 2);
+        put(f, lse, nlse * 4);
+        put(f, dqkv, nqkv * 2);
+        MT_EXPECT(fclose(f) == 0, "closing %s", path);
+    }
+    CK(cudaFree(qkv)); CK(cudaFree(dqkv)); CK(cudaFree(dout)); CK(cudaFree(out)); CK(cudaFree(lse)); CK(cudaFree(w));
+    free(h);
+}
+
+static void test_dump_cases(void) {
+    static const int Ts[] = {1, 77, 200, 1024};
+    for (int d = 0; d < 2; d++)
+        for (int t = 0; t < 4; t++)
+            for (int causal = 0; causal < 2; causal++)
+                for (int G = 1; G <= 2; G++) one_case(2, Ts[t], 2, G, d ? 128 : 64, causal);
+    printf("    %d cases written to %s\n", g_case, g_dir);
+}
+
+int main(int argc, char **argv) {
+    g_dir = argc > 1 ? argv[1] : "build/attention-cases";
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("gpu_attention_dump: no GPU, nothing written\n");
+        printf("gpu_attention_dump: 0 passed, 0 failed\n");
+        return 0;
+    }
+    if (mkdir(g_dir, 0755) != 0 && errno != EEXIST) {
+        printf("gpu_attention_dump: cannot create %s: %s\n", g_dir, strerror(errno));
+        printf("gpu_attention_dump: 0 passed, 1 failed\n");
+        return 1;
+    }
+    MT_RUN(test_dump_cases);
+    return mt_test_summary("gpu_attention_dump");
+}
