@@ -7,8 +7,9 @@
  * and every element is finite. The deterministic backward (MT_FLASH_DETERMINISTIC's path) is checked
  * the same way and must be bitwise reproducible; the default one must give bitwise identical dK/dV;
  * the alternative backward (16 keys per warp, P in registers) is checked against the reference too,
- * and so is the wgmma backward (Hopper only: at hd 64 the pipelined default and mt__flash_bwd3_cfg_run
- * in both of its configurations, at hd 128 the default and the pipelined option), whose dK/dV
+ * and so is the wgmma backward (Hopper only: at hd 64 the pipelined default, its bulk-dQ option and
+ * mt__flash_bwd3_cfg_run in both of its configurations, at hd 128 the default and the option not
+ * pipelined), whose dK/dV
  * must also be bitwise identical
  * between two runs. The wgmma forward (Hopper only: mt__flash_fwd_wg_run at hd 64 and 128, and the other
  * tile configurations the benchmark times) is checked against the reference too (out and lse) and must
@@ -27,15 +28,6 @@
 #endif
 #include "kernels/attention.cuh"
 #include "tests/mt_test.h"
-
-#define CK(x)                                                                                   \
-    do {                                                                                        \
-        cudaError_t e_ = (x);                                                                   \
-        if (e_ != cudaSuccess) {                                                                \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(1);                                                                            \
-        }                                                                                       \
-    } while (0)
 
 static uint64_t g_seed = 0x5eed0001;
 
@@ -164,18 +156,18 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     void *d_qkv, *d_out, *d_dout, *d_dqkv, *d_ws;
     float *d_lse;
     const size_t ws = mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D);
-    CK(cudaMalloc(&d_qkv, nqkv * 2));
-    CK(cudaMalloc(&d_out, nout * 2));
-    CK(cudaMalloc(&d_dout, nout * 2));
-    CK(cudaMalloc(&d_dqkv, nqkv * 2));
-    CK(cudaMalloc((void **)&d_lse, nlse * 4));
-    CK(cudaMalloc(&d_ws, ws));
-    CK(cudaMemcpy(d_qkv, hqkv, nqkv * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(d_dout, hdout, nout * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemset(d_out, 0xff, nout * 2)); /* NaN poison */
-    CK(cudaMemset(d_lse, 0xff, nlse * 4));
-    CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
-    CK(cudaMemset(d_ws, 0xff, ws));
+    MT_CK(cudaMalloc(&d_qkv, nqkv * 2));
+    MT_CK(cudaMalloc(&d_out, nout * 2));
+    MT_CK(cudaMalloc(&d_dout, nout * 2));
+    MT_CK(cudaMalloc(&d_dqkv, nqkv * 2));
+    MT_CK(cudaMalloc((void **)&d_lse, nlse * 4));
+    MT_CK(cudaMalloc(&d_ws, ws));
+    MT_CK(cudaMemcpy(d_qkv, hqkv, nqkv * 2, cudaMemcpyHostToDevice));
+    MT_CK(cudaMemcpy(d_dout, hdout, nout * 2, cudaMemcpyHostToDevice));
+    MT_CK(cudaMemset(d_out, 0xff, nout * 2)); /* NaN poison */
+    MT_CK(cudaMemset(d_lse, 0xff, nlse * 4));
+    MT_CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
+    MT_CK(cudaMemset(d_ws, 0xff, ws));
 
     mt_ctx cx;
     memset(&cx, 0, sizeof cx);
@@ -185,13 +177,13 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     MT_EXPECT(st == MT_OK, "fwd status %s", mt_status_str(st));
     st = mt_flash_attention_bwd(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws, ws);
     MT_EXPECT(st == MT_OK, "bwd status %s", mt_status_str(st));
-    CK(cudaDeviceSynchronize());
-    CK(cudaGetLastError());
+    MT_CK(cudaDeviceSynchronize());
+    MT_CK(cudaGetLastError());
 
-    CK(cudaMemcpy(hbuf, d_out, nout * 2, cudaMemcpyDeviceToHost));
+    MT_CK(cudaMemcpy(hbuf, d_out, nout * 2, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < nout; i++) gout[i] = mt_bf16_to_f32(hbuf[i]);
-    CK(cudaMemcpy(glse, d_lse, nlse * 4, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(hbuf, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
+    MT_CK(cudaMemcpy(glse, d_lse, nlse * 4, cudaMemcpyDeviceToHost));
+    MT_CK(cudaMemcpy(hbuf, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < nqkv; i++) gdqkv[i] = mt_bf16_to_f32(hbuf[i]);
 
     /* the wgmma forward (Hopper) in each configuration of this head dim, twice on fresh poison in its own
@@ -201,20 +193,20 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
         if (g_fwd_wg[v].D != D) continue;
         void *d_out3;
         float *d_lse3;
-        CK(cudaMalloc(&d_out3, nout * 2));
-        CK(cudaMalloc((void **)&d_lse3, nlse * 4));
+        MT_CK(cudaMalloc(&d_out3, nout * 2));
+        MT_CK(cudaMalloc((void **)&d_lse3, nlse * 4));
         uint16_t *h1 = (uint16_t *)malloc(nout * 2), *h2 = (uint16_t *)malloc(nout * 2);
         float *l1 = (float *)malloc(nlse * 4), *l2 = (float *)malloc(nlse * 4);
         for (int rep = 0; rep < 2; rep++) {
-            CK(cudaMemset(d_out3, 0xff, nout * 2));
-            CK(cudaMemset(d_lse3, 0xff, nlse * 4));
+            MT_CK(cudaMemset(d_out3, 0xff, nout * 2));
+            MT_CK(cudaMemset(d_lse3, 0xff, nlse * 4));
             st = g_fwd_wg[v].f(&cx, d_out3, d_lse3, d_qkv, B, T, Hkv, G, causal);
             if (st == MT_ERR_UNSUPPORTED) break;
             MT_EXPECT(st == MT_OK, "%s status %s", g_fwd_wg[v].name, mt_status_str(st));
-            CK(cudaDeviceSynchronize());
-            CK(cudaGetLastError());
-            CK(cudaMemcpy(rep ? h2 : h1, d_out3, nout * 2, cudaMemcpyDeviceToHost));
-            CK(cudaMemcpy(rep ? l2 : l1, d_lse3, nlse * 4, cudaMemcpyDeviceToHost));
+            MT_CK(cudaDeviceSynchronize());
+            MT_CK(cudaGetLastError());
+            MT_CK(cudaMemcpy(rep ? h2 : h1, d_out3, nout * 2, cudaMemcpyDeviceToHost));
+            MT_CK(cudaMemcpy(rep ? l2 : l1, d_lse3, nlse * 4, cudaMemcpyDeviceToHost));
         }
         if (st == MT_ERR_UNSUPPORTED) {
             g_fwd_wg_skipped++;
@@ -239,12 +231,12 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     {
         uint16_t *h1 = (uint16_t *)malloc(nqkv * 2), *h2 = (uint16_t *)malloc(nqkv * 2);
         for (int rep = 0; rep < 2; rep++) {
-            CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
-            CK(cudaMemset(d_ws, 0xff, ws));
+            MT_CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
+            MT_CK(cudaMemset(d_ws, 0xff, ws));
             st = bwd_deterministic(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws);
             MT_EXPECT(st == MT_OK, "deterministic bwd status %s", mt_status_str(st));
-            CK(cudaDeviceSynchronize());
-            CK(cudaMemcpy(rep ? h2 : h1, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
+            MT_CK(cudaDeviceSynchronize());
+            MT_CK(cudaMemcpy(rep ? h2 : h1, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
         }
         size_t nd = 0;
         for (size_t i = 0; i < nqkv; i++) nd += h1[i] != h2[i];
@@ -258,12 +250,12 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     float *gdqkv_alt = (float *)malloc(nqkv * 4);
     {
         uint16_t *h1 = (uint16_t *)malloc(nqkv * 2);
-        CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
-        CK(cudaMemset(d_ws, 0xff, ws));
+        MT_CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
+        MT_CK(cudaMemset(d_ws, 0xff, ws));
         st = bwd_alt_layout(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws);
         MT_EXPECT(st == MT_OK, "16-keys-per-warp bwd status %s", mt_status_str(st));
-        CK(cudaDeviceSynchronize());
-        CK(cudaMemcpy(h1, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
+        MT_CK(cudaDeviceSynchronize());
+        MT_CK(cudaMemcpy(h1, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
         for (size_t i = 0; i < nqkv; i++) gdqkv_alt[i] = mt_bf16_to_f32(h1[i]);
         free(h1);
     }
@@ -275,14 +267,14 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
         if (wgmma_head_dim(v) != D) continue;
         uint16_t *h1 = (uint16_t *)malloc(nqkv * 2), *h2 = (uint16_t *)malloc(nqkv * 2);
         for (int rep = 0; rep < 2; rep++) {
-            CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
-            CK(cudaMemset(d_ws, 0xff, ws));
+            MT_CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
+            MT_CK(cudaMemset(d_ws, 0xff, ws));
             st = bwd_wgmma(v, &cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws);
             if (st == MT_ERR_UNSUPPORTED) break;
             MT_EXPECT(st == MT_OK, "%s bwd status %s", g_wgmma_names[v], mt_status_str(st));
-            CK(cudaDeviceSynchronize());
-            CK(cudaGetLastError());
-            CK(cudaMemcpy(rep ? h2 : h1, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
+            MT_CK(cudaDeviceSynchronize());
+            MT_CK(cudaGetLastError());
+            MT_CK(cudaMemcpy(rep ? h2 : h1, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
         }
         if (st == MT_ERR_UNSUPPORTED) {
             g_wgmma_skipped++;
@@ -305,11 +297,11 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
 
     /* second backward on fresh poison: dK/dV must be bitwise identical (one CTA per key block) */
     uint16_t *hbuf2 = (uint16_t *)malloc(nqkv * 2);
-    CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
-    CK(cudaMemset(d_ws, 0xff, ws));
+    MT_CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
+    MT_CK(cudaMemset(d_ws, 0xff, ws));
     st = mt_flash_attention_bwd(&cx, d_dqkv, d_dout, d_out, d_lse, d_qkv, B, T, Hkv, G, D, causal, d_ws, ws);
-    CK(cudaDeviceSynchronize());
-    CK(cudaMemcpy(hbuf2, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
+    MT_CK(cudaDeviceSynchronize());
+    MT_CK(cudaMemcpy(hbuf2, d_dqkv, nqkv * 2, cudaMemcpyDeviceToHost));
     size_t kv_diff = 0;
     for (size_t bt = 0; bt < (size_t)B * T; bt++)
         for (int g = 0; g < Hkv; g++)
@@ -456,7 +448,7 @@ static void test_flash_attention_args(void) {
     cx.device = mt_gpu(0);
     cx.dtype = MT_BF16;
     void *p;
-    CK(cudaMalloc(&p, 1 << 20));
+    MT_CK(cudaMalloc(&p, 1 << 20));
     mt_status st = mt_flash_attention_fwd(&cx, p, (float *)p, p, 1, 16, 1, 1, 96, 1);
     MT_EXPECT(st == MT_ERR_UNSUPPORTED, "D=96 forward gave %s", mt_status_str(st));
     st = mt_flash_attention_bwd(&cx, p, p, p, (const float *)p, p, 1, 16, 1, 1, 96, 1, p, 1 << 20);
@@ -466,7 +458,7 @@ static void test_flash_attention_args(void) {
     MT_EXPECT(st == MT_ERR_ARG, "short workspace gave %s", mt_status_str(st));
     MT_EXPECT(mt_flash_attention_supported(64) && mt_flash_attention_supported(128) && !mt_flash_attention_supported(80),
               "supported head dims");
-    CK(cudaFree(p));
+    MT_CK(cudaFree(p));
 }
 
 int main(void) {

@@ -16,21 +16,12 @@
 #include <errno.h>
 #include <sys/stat.h>
 
-#define CK(x)                                                                                   \
-    do {                                                                                        \
-        cudaError_t e_ = (x);                                                                   \
-        if (e_ != cudaSuccess) {                                                                \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(1);                                                                            \
-        }                                                                                       \
-    } while (0)
-
 static const char *g_dir;
 static int g_case = 0;
 
 static void put(FILE *f, const void *dev, size_t nbytes) {
     void *h = malloc(nbytes ? nbytes : 1);
-    CK(cudaMemcpy(h, dev, nbytes, cudaMemcpyDeviceToHost));
+    MT_CK(cudaMemcpy(h, dev, nbytes, cudaMemcpyDeviceToHost));
     MT_EXPECT(fwrite(h, 1, nbytes, f) == nbytes, "short write");
     free(h);
 }
@@ -38,7 +29,7 @@ static void put(FILE *f, const void *dev, size_t nbytes) {
 /* elements of n bf16 values (dev) that are not finite */
 static size_t nonfinite_bf16(const void *dev, size_t n) {
     uint16_t *h = (uint16_t *)malloc(n * 2 + 2);
-    CK(cudaMemcpy(h, dev, n * 2, cudaMemcpyDeviceToHost));
+    MT_CK(cudaMemcpy(h, dev, n * 2, cudaMemcpyDeviceToHost));
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) bad += !isfinite(mt_bf16_to_f32(h[i]));
     free(h);
@@ -52,20 +43,20 @@ static void one_case(int B, int T, int Hkv, int G, int D, int causal) {
     uint16_t *h = (uint16_t *)malloc((nqkv > nout ? nqkv : nout) * 2);
     void *qkv, *dout, *out, *dqkv, *w;
     float *lse;
-    CK(cudaMalloc(&qkv, nqkv * 2));
-    CK(cudaMalloc(&dqkv, nqkv * 2));
-    CK(cudaMalloc(&dout, nout * 2));
-    CK(cudaMalloc(&out, nout * 2));
-    CK(cudaMalloc((void **)&lse, nlse * 4));
-    CK(cudaMalloc(&w, ws));
+    MT_CK(cudaMalloc(&qkv, nqkv * 2));
+    MT_CK(cudaMalloc(&dqkv, nqkv * 2));
+    MT_CK(cudaMalloc(&dout, nout * 2));
+    MT_CK(cudaMalloc(&out, nout * 2));
+    MT_CK(cudaMalloc((void **)&lse, nlse * 4));
+    MT_CK(cudaMalloc(&w, ws));
     const uint64_t seed = 0xa77e0000u + (uint64_t)g_case;
     for (size_t i = 0; i < nqkv; i++) h[i] = mt_f32_to_bf16(mt_rng_normal(seed, 1, i));
-    CK(cudaMemcpy(qkv, h, nqkv * 2, cudaMemcpyHostToDevice));
+    MT_CK(cudaMemcpy(qkv, h, nqkv * 2, cudaMemcpyHostToDevice));
     for (size_t i = 0; i < nout; i++) h[i] = mt_f32_to_bf16(mt_rng_normal(seed, 2, i));
-    CK(cudaMemcpy(dout, h, nout * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemset(out, 0xff, nout * 2)); /* NaN poison: every output must be written */
-    CK(cudaMemset(dqkv, 0xff, nqkv * 2));
-    CK(cudaMemset(w, 0xff, ws));
+    MT_CK(cudaMemcpy(dout, h, nout * 2, cudaMemcpyHostToDevice));
+    MT_CK(cudaMemset(out, 0xff, nout * 2)); /* NaN poison: every output must be written */
+    MT_CK(cudaMemset(dqkv, 0xff, nqkv * 2));
+    MT_CK(cudaMemset(w, 0xff, ws));
     mt_ctx cx;
     memset(&cx, 0, sizeof cx);
     cx.device = mt_gpu(0);
@@ -73,7 +64,7 @@ static void one_case(int B, int T, int Hkv, int G, int D, int causal) {
     mt_status st = mt_flash_attention_fwd(&cx, out, lse, qkv, B, T, Hkv, G, D, causal);
     if (st == MT_OK) st = mt_flash_attention_bwd(&cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, causal, w, ws);
     MT_EXPECT(st == MT_OK, "D=%d T=%d causal=%d G=%d: %s", D, T, causal, G, mt_status_str(st));
-    CK(cudaDeviceSynchronize());
+    MT_CK(cudaDeviceSynchronize());
     size_t bad = nonfinite_bf16(out, nout) + nonfinite_bf16(dqkv, nqkv);
     MT_EXPECT(bad == 0, "D=%d T=%d causal=%d G=%d: %zu non-finite outputs", D, T, causal, G, bad);
     char path[512];
@@ -91,7 +82,7 @@ static void one_case(int B, int T, int Hkv, int G, int D, int causal) {
         put(f, dqkv, nqkv * 2);
         MT_EXPECT(fclose(f) == 0, "closing %s", path);
     }
-    CK(cudaFree(qkv)); CK(cudaFree(dqkv)); CK(cudaFree(dout)); CK(cudaFree(out)); CK(cudaFree(lse)); CK(cudaFree(w));
+    MT_CK(cudaFree(qkv)); MT_CK(cudaFree(dqkv)); MT_CK(cudaFree(dout)); MT_CK(cudaFree(out)); MT_CK(cudaFree(lse)); MT_CK(cudaFree(w));
     free(h);
 }
 
