@@ -70,9 +70,9 @@
 #ifndef MT_FLASH_BWD_PIPE
 #define MT_FLASH_BWD_PIPE 1
 #endif
-/* Option: MT_FLASH_BWD_BULK 1 makes the hd 64 pipelined backward add dQ through the copy engine, one
- * bulk reduction per block into a tiled accumulator (mt__flash_bwd3p_kernel<64, true>; to compare in
- * the trainer: not yet measured, see kernels/ATTENTION_NOTES.md v21). */
+/* Option: MT_FLASH_BWD_BULK 1 makes the pipelined backwards (hd 64 and 128) add dQ through the copy
+ * engine, one bulk reduction per block into a tiled accumulator (their BULK template argument; to
+ * compare in the trainer: not yet measured, see kernels/ATTENTION_NOTES.md v21). */
 #ifndef MT_FLASH_BWD_BULK
 #define MT_FLASH_BWD_BULK 0
 #endif
@@ -422,24 +422,25 @@ __global__ void mt__flash_bwd_post_kernel(__nv_bfloat16 *__restrict__ dqkv, cons
     *reinterpret_cast<uint4 *>(dqkv + (bt * Hkv + g) * (size_t)(G + 2) * D + (size_t)j * D + c * 8) = v;
 }
 
-/* The same from dq_acc in tiles (mt__flash_bwd3p_kernel<64, true>): tile (b, h, query block qb) of 64 x 64
- * floats at ((b H + h) nqb + qb) * 4096, in the order the backward's 256 threads hold their dQ
+/* The same from dq_acc in tiles (the pipelined backwards with BULK): tile (b, h, query block qb) of 64 x D
+ * floats at ((b H + h) nqb + qb) * 64 D, in the order the backward's 256 threads hold their dQ
  * accumulators: float4 k of thread tid at 1024 k + 4 tid holds rows r = 16 wq + gr, r + 8 and columns
- * c = 32 wg + 8 k + 2 tq, c + 1 (wg = tid / 128, wq = tid / 32 % 4, gr = tid % 32 / 4, tq = tid % 4), so
- * that the backward stages them in shared memory without bank conflicts and hands each tile to one
+ * c = D/2 wg + 8 k + 2 tq, c + 1 (wg = tid / 128, wq = tid / 32 % 4, gr = tid % 32 / 4, tq = tid % 4),
+ * so that the backward stages them in shared memory without bank conflicts and hands each tile to one
  * bulk reduction. One CTA per tile: through shared memory to 16-byte row stores. */
+template <int D>
 __global__ void __launch_bounds__(256) mt__flash_bwd_post_tiles_kernel(__nv_bfloat16 *__restrict__ dqkv,
                                                                        const float *__restrict__ dq_acc, int T,
                                                                        int Hkv, int G, float scale) {
-    constexpr int D = 64, BM = 64, LD = D + 8; /* smem row of 144 bytes: conflict-free both ways */
+    constexpr int BM = 64, LD = D + 8; /* smem rows 16 bytes longer: conflict-free both ways */
     __shared__ __align__(16) __nv_bfloat16 tile[BM * LD];
     const int qb = blockIdx.x, h = blockIdx.y, b = blockIdx.z, H = Hkv * G;
     const int tid = threadIdx.x, wg = tid >> 7, wq = (tid >> 5) & 3, lane = tid & 31, gr = lane >> 2, tq = lane & 3;
     const float *src = dq_acc + (((size_t)b * H + h) * gridDim.x + qb) * (BM * D);
 #pragma unroll
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < D / 16; k++) {
         const float4 v = *reinterpret_cast<const float4 *>(src + k * 1024 + tid * 4);
-        const int r = wq * 16 + gr, c = wg * 32 + 8 * k + 2 * tq;
+        const int r = wq * 16 + gr, c = wg * (D / 2) + 8 * k + 2 * tq;
         *reinterpret_cast<uint32_t *>(tile + r * LD + c) = mt__fa_pack(v.x * scale, v.y * scale);
         *reinterpret_cast<uint32_t *>(tile + (r + 8) * LD + c) = mt__fa_pack(v.z * scale, v.w * scale);
     }
@@ -1579,13 +1580,14 @@ __device__ __forceinline__ void mt__fa_mask_st(float (&s)[32], int kr, int qc, i
         }
 }
 
-/* mt__flash_bwd3p_kernel<64, true>: a thread's 16 dQ accumulators (m64n32 fragments) into buffer buf of
- * two 64 x 64-float buffers at sdq, float4 k at 1024 k + 4 tid (the tile order of
+/* The pipelined backwards with BULK: a thread's N dQ accumulators (its wgmma fragments; 256 threads, N =
+ * D / 4) into buffer buf of 64 x D-float buffers at sdq, float4 k at 1024 k + 4 tid (the tile order of
  * mt__flash_bwd_post_tiles_kernel): consecutive threads write consecutive 16 bytes. */
-__device__ __forceinline__ void mt__fa_stage_dq(unsigned char *sdq, int buf, const float (&dq)[16], int tid) {
-    float *p = reinterpret_cast<float *>(sdq) + buf * 4096 + tid * 4;
+template <int N>
+__device__ __forceinline__ void mt__fa_stage_dq(unsigned char *sdq, int buf, const float (&dq)[N], int tid) {
+    float *p = reinterpret_cast<float *>(sdq) + buf * (256 * N) + tid * 4;
 #pragma unroll
-    for (int k = 0; k < 4; k++)
+    for (int k = 0; k < N / 4; k++)
         *reinterpret_cast<float4 *>(p + k * 1024) = make_float4(dq[4 * k], dq[4 * k + 1], dq[4 * k + 2], dq[4 * k + 3]);
 }
 
@@ -1793,7 +1795,7 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
         if constexpr (BULK) {
             /* the previous block's dQ to buffer it & 1, whose reduction (two blocks ago) has read it: thread
              * 0 waited for that before the last barrier; now it waits for the last block's, for the next */
-            mt__fa_stage_dq(smem + (sD0 + NS * BM * 4 - base), it & 1, dq16, tid);
+            mt__fa_stage_dq<16>(smem + (sD0 + NS * BM * 4 - base), it & 1, dq16, tid);
             if (tid == 0) mt__bulk_wait_read<0>();
         }
         /* the next block: its stage has landed (each thread's copies), this block's dS^T tiles (and the
@@ -1823,7 +1825,7 @@ mt__flash_bwd3p_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_
     mt__wg_keep(dk);
     mt__wg_keep(dq16);
     if constexpr (BULK) {
-        mt__fa_stage_dq(smem + (sD0 + NS * BM * 4 - base), total & 1, dq16, tid);
+        mt__fa_stage_dq<16>(smem + (sD0 + NS * BM * 4 - base), total & 1, dq16, tid);
         mt__fence_async_smem();
         __syncthreads();
         if (tid == 0) {
@@ -2592,8 +2594,12 @@ mt__flash_fwd4_kernel(__nv_bfloat16 *__restrict__ out, float *__restrict__ lse, 
  * lse/delta in 3 stages, dS^T in 2 buffers, the first block's "previous" dK on a zeroed buffer, the
  * last block's after the loop, nothing in flight across the back edge, and no branch on whether a
  * warpgroup has work (masked zeros instead); the mask and descriptors as there; a block's dQ
- * reductions are issued after the next block's fence and barrier (v19).  ptxas, sm_90a: 241 registers,
- * no spills; shared memory 194.5 KB. */
+ * reductions are issued after the next block's fence and barrier (v19).  BULK (not the default; not yet
+ * run on a GPU, kernels/ATTENTION_NOTES.md v21): dQ staged in shared memory at the next block's start
+ * (one 32 KB buffer) and added by the copy engine after that block's mid barrier, one operation per
+ * block, into the tiled accumulator.  ptxas, sm_90a: 241 registers, no spills; shared memory 194.5 KB
+ * (BULK: 226.5 KB). */
+template <bool BULK>
 __global__ void __launch_bounds__(256, 1)
 mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__ dq_acc,
                            const __nv_bfloat16 *__restrict__ dout, const float *__restrict__ lse,
@@ -2613,7 +2619,7 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
     const uint32_t sO0 = sQ0 + NS * 2 * HQ; /* dO, NS stages */
     const uint32_t sS0 = sO0 + NS * 2 * HQ; /* dS^T, 2 buffers of 2 tiles (warpgroup w's at + w*HQ) */
     const uint32_t sL0 = sS0 + 4 * HQ;    /* lse, NS stages of 64 floats */
-    const uint32_t sD0 = sL0 + NS * BM * 4; /* delta, NS stages */
+    const uint32_t sD0 = sL0 + NS * BM * 4; /* delta, NS stages; BULK: then dQ, 64 x 128 floats */
     const float *sLf = reinterpret_cast<const float *>(smem + (sL0 - base));
     const float *sDf = reinterpret_cast<const float *>(smem + (sD0 - base));
 
@@ -2671,14 +2677,20 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
     float dq[32];           /* the previous block's dQ[:, 64w..64w+63], added to dq_acc at dqh */
     float *dqh = dq_acc;
     int q0p = 0;
+    unsigned char *sdq = smem + (sD0 + NS * BM * 4 - base); /* BULK */
     for (int it = 0; it < total; it++) {
         const int st = it % NS;
         mt__fa_cp_wait<0>();
         mt__fence_async_smem();
+        if (BULK && tid == 0) mt__bulk_wait_read<0>(); /* the last block's dQ has left the buffer */
         __syncthreads(); /* this stage and the previous dS^T are visible; everyone is past the previous products */
         /* the previous block's dQ, after the fence: a fence waits for this thread's outstanding
          * reductions, so issued before it they stalled every warp for their round trip */
-        if (it > 0) mt__fa_red_tile<8, D>(dqh, dq, wq * 16 + gr, wg * 64, T - q0p, lane);
+        if constexpr (BULK) {
+            if (it > 0) mt__fa_stage_dq<32>(sdq, 0, dq, tid); /* to the copy engine after the barrier below */
+        } else {
+            if (it > 0) mt__fa_red_tile<8, D>(dqh, dq, wq * 16 + gr, wg * 64, T - q0p, lane);
+        }
         const int jj = it / per_head, q0 = (qb0 + it % per_head) * BM, hh = g * G + jj;
         const uint32_t sSb = sS0 + (it & 1) * 2 * HQ;
         const uint64_t dQs = mt__wg_desc(sQ0 + st * 2 * HQ), dOs = mt__wg_desc(sO0 + st * 2 * HQ);
@@ -2745,6 +2757,10 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         /* dQ[:, 64w..64w+63] = dS K over the 128 keys, once both dS^T tiles are written */
         mt__fence_async_smem();
         mt__bar_sync(1, 256);
+        if (BULK && tid == 0 && it > 0) { /* the previous block's dQ, staged above */
+            mt__bulk_red_add_f32(dqh, sD0 + NS * BM * 4, BM * D * 4);
+            mt__bulk_commit();
+        }
 #pragma unroll
         for (int i = 0; i < 32; i++) dq[i] = 0.f;
         mt__wg_fence();
@@ -2759,15 +2775,28 @@ mt__flash_bwd3p_128_kernel(__nv_bfloat16 *__restrict__ dqkv, float *__restrict__
         mt__wg_keep(dk[1]);
         mt__wg_keep(dv[0]);
         mt__wg_keep(dv[1]);
-        dqh = dq_acc + (((size_t)b * H + hh) * T + q0) * D;
+        dqh = BULK ? dq_acc + (((size_t)b * H + hh) * nqb + q0 / BM) * (BM * D)
+                   : dq_acc + (((size_t)b * H + hh) * T + q0) * D;
         q0p = q0;
         pst = st;
         pbuf = it & 1;
     }
     mt__fa_cp_wait<0>();
     mt__fence_async_smem();
+    if (BULK && tid == 0) mt__bulk_wait_read<0>();
     __syncthreads(); /* the last dS^T tiles are visible; every warpgroup's dQ products (all of K) are done */
-    if (total > 0) mt__fa_red_tile<8, D>(dqh, dq, wq * 16 + gr, wg * 64, T - q0p, lane);
+    if constexpr (BULK) {
+        if (total > 0) mt__fa_stage_dq<32>(sdq, 0, dq, tid);
+        mt__fence_async_smem();
+        __syncthreads();
+        if (tid == 0 && total > 0) {
+            mt__bulk_red_add_f32(dqh, sD0 + NS * BM * 4, BM * D * 4);
+            mt__bulk_commit();
+            mt__bulk_wait_read<0>(); /* before the block's shared memory goes */
+        }
+    } else {
+        if (total > 0) mt__fa_red_tile<8, D>(dqh, dq, wq * 16 + gr, wg * 64, T - q0p, lane);
+    }
     issue_dk(pst, pbuf); /* the last block's dK */
     mt__wg_wait<0>();
     mt__wg_keep(dk[0]);
@@ -2983,8 +3012,8 @@ static inline mt_status mt__flash_bwd3_go(const mt_ctx *cx, mt__flash_bwd3_fn k,
                               (const __nv_bfloat16 *)qkv, T, Hkv, G, causal, scale, scale_log2);
     MT_TRY(mt__fa_cuda("mt_flash_attention_bwd: main"));
     if (tiles)
-        mt__flash_bwd_post_tiles_kernel<<<dim3((unsigned)nqb, H, B), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, T, Hkv,
-                                                                                  G, scale);
+        mt__flash_bwd_post_tiles_kernel<D><<<dim3((unsigned)nqb, H, B), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, T,
+                                                                                     Hkv, G, scale);
     else
         mt__flash_bwd_post_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((__nv_bfloat16 *)dqkv, dq_acc, B, T, Hkv,
                                                                              G, D, scale);
@@ -3003,7 +3032,7 @@ static inline mt_status mt__flash_bwd3_cfg_run(const mt_ctx *cx, void *dqkv, con
 }
 /* The pipelined one (mt__flash_bwd3p_kernel); BULK: dQ staged in shared memory and added to a tiled
  * accumulator by the copy engine, one operation per block, instead of red.global.add from registers. */
-template <int D, bool BULK = false>
+template <int D, bool BULK = MT_FLASH_BWD_BULK != 0>
 static inline mt_status mt__flash_bwd3p_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
                                             const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                             float *delta, float *dq_acc) {
@@ -3019,8 +3048,7 @@ static inline mt_status mt__flash_bwd3_run(const mt_ctx *cx, void *dqkv, const v
                                            const float *lse, const void *qkv, int B, int T, int Hkv, int G, int causal,
                                            float *delta, float *dq_acc) {
     if (MT_FLASH_BWD_PIPE)
-        return mt__flash_bwd3p_run<D, MT_FLASH_BWD_BULK != 0>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta,
-                                                             dq_acc);
+        return mt__flash_bwd3p_run<D>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     return mt__flash_bwd3_cfg_run<D, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
 }
 
@@ -3037,14 +3065,17 @@ static inline mt_status mt__flash_bwd3_128_run(const mt_ctx *cx, void *dqkv, con
     return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3_128_kernel, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
                                 delta, dq_acc);
 }
+template <bool BULK = MT_FLASH_BWD_BULK != 0>
 static inline mt_status mt__flash_bwd3p_128_run(const mt_ctx *cx, void *dqkv, const void *dout, const void *out,
                                                 const float *lse, const void *qkv, int B, int T, int Hkv, int G,
                                                 int causal, float *delta, float *dq_acc) {
     enum { D = 128 };
-    /* alignment slack; K, V (128 x D each), Q x3, dO x3 (64 x D), dS^T 2 x 2 (64 x 64); lse, delta x3 */
-    const size_t smem = 1024 + (size_t)2 * 128 * D * 2 + (size_t)6 * 64 * D * 2 + (size_t)4 * 64 * 64 * 2 + 6 * 64 * 4;
-    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3p_128_kernel, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal,
-                                delta, dq_acc);
+    /* alignment slack; K, V (128 x D each), Q x3, dO x3 (64 x D), dS^T 2 x 2 (64 x 64); lse, delta x3; BULK:
+     * dQ (64 x D fp32) */
+    const size_t smem = 1024 + (size_t)2 * 128 * D * 2 + (size_t)6 * 64 * D * 2 + (size_t)4 * 64 * 64 * 2 + 6 * 64 * 4 +
+                        (BULK ? (size_t)64 * D * 4 : 0);
+    return mt__flash_bwd3_go<D>(cx, mt__flash_bwd3p_128_kernel<BULK>, smem, dqkv, dout, out, lse, qkv, B, T, Hkv, G,
+                                causal, delta, dq_acc, BULK);
 }
 
 /* The warp-specialized forward, mt__flash_fwd4_kernel<D, BN, NS, PP, QB>. It needs an sm_90a build and a GPU

@@ -115,7 +115,8 @@ static const variant g_variants[] = {
     {"bwd wgmma pipelined bulk dQ", 64, NULL, mt__flash_bwd3p_run<64, true>},
     {"bwd wgmma not pipelined", 64, NULL, mt__flash_bwd3_cfg_run<64, 1>},
     {"bwd wgmma own-keys", 64, NULL, mt__flash_bwd3_cfg_run<64, 0>},
-    {"bwd wgmma pipelined (default)", 128, NULL, mt__flash_bwd3p_128_run},
+    {"bwd wgmma pipelined (default)", 128, NULL, mt__flash_bwd3p_128_run<>},
+    {"bwd wgmma pipelined bulk dQ", 128, NULL, mt__flash_bwd3p_128_run<true>},
     {"bwd wgmma not pipelined", 128, NULL, mt__flash_bwd3_128_run},
     /* the wgmma forward: the default (warp-specialized, mt__flash_fwd4_kernel), then one change each */
     {"fwd wgmma (default)", 64, mt__flash_fwd_wg_run<64>, NULL},

@@ -93,14 +93,15 @@ static mt_status bwd_alt_layout(const mt_ctx *cx, void *dqkv, const void *dout, 
 /* the wgmma backward in configuration v: 0 = hd 64's default (mt__flash_bwd3_run: pipelined across
  * query blocks unless MT_FLASH_BWD_PIPE is 0), 1 = hd 64 with dQ per warpgroup over its own keys, 2 =
  * hd 128 not pipelined (mt__flash_bwd3_128_run), 3 = hd 64 not pipelined (dQ columns split across the
- * warpgroups), 4 = hd 128's default, pipelined (mt__flash_bwd3p_128_run), 5 = hd 64 pipelined with dQ
- * staged in shared memory and added by the copy engine into a tiled accumulator (mt__flash_bwd3p_run<64,
- * true>). Each runs at its own head dim (wgmma_head_dim) on compute capability 9.x, else
- * MT_ERR_UNSUPPORTED. */
-#define N_WGMMA 6
+ * warpgroups), 4 = hd 128's default, pipelined (mt__flash_bwd3p_128_run), 5 and 6 = the pipelined ones
+ * at hd 64 and 128 with dQ staged in shared memory and added by the copy engine into a tiled
+ * accumulator (their BULK option). Each runs at its own head dim (wgmma_head_dim) on compute capability
+ * 9.x, else MT_ERR_UNSUPPORTED. */
+#define N_WGMMA 7
 static const char *const g_wgmma_names[N_WGMMA] = {"wgmma", "wgmma own-keys", "wgmma hd128 not pipelined",
-                                                   "wgmma not pipelined", "wgmma hd128", "wgmma bulk dQ"};
-static int wgmma_head_dim(int v) { return v == 2 || v == 4 ? 128 : 64; }
+                                                   "wgmma not pipelined", "wgmma hd128", "wgmma bulk dQ",
+                                                   "wgmma hd128 bulk dQ"};
+static int wgmma_head_dim(int v) { return v == 2 || v == 4 || v == 6 ? 128 : 64; }
 static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout, const void *out, const float *lse,
                            const void *qkv, int B, int T, int Hkv, int G, int D, int causal, void *ws) {
     float *delta, *dq_acc;
@@ -109,7 +110,9 @@ static mt_status bwd_wgmma(int v, const mt_ctx *cx, void *dqkv, const void *dout
     if (v == 0) return mt__flash_bwd3_run<64>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     if (v == 1) return mt__flash_bwd3_cfg_run<64, 0>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     if (v == 3) return mt__flash_bwd3_cfg_run<64, 1>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
-    if (v == 4) return mt__flash_bwd3p_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    if (v == 4) return mt__flash_bwd3p_128_run<>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
+    if (v == 6)
+        return mt__flash_bwd3p_128_run<true>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     if (v == 5)
         return mt__flash_bwd3p_run<64, true>(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
     return mt__flash_bwd3_128_run(cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, causal, delta, dq_acc);
