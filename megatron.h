@@ -13,6 +13,7 @@
 #include "mt/comm.h"      // defines: mt_comm collectives (NCCL; host threads for CPU), split, p2p groups, timeouts, mt_launch_env, TCP rendezvous
 #include "mt/parallel.h"  // defines: mt_parallel rank grid (tp-cp-ep-dp-pp, Megatron order), its groups and communicators
 #include "mt/data.h"      // defines: mt_indexed (Megatron .bin/.idx, llm.c tokens) + writer, GPT sample indices, blending, --split, mt_loader
+#include "mt/tune.h"      // defines: mt_gemm_tune_table, the GEMM tuning file (load, find, put, atomic save)
 #include "mt/tokenizer.h" // defines: mt_tokenizer (byte-level; GPT-2 byte-level BPE from vocab.json+merges.txt or tokenizer.json), JSON strings
 #include "mt/cpu_ops.h"   // defines: mt_<op>_cpu_f32/_f64 reference ops (embedding, norms, matmul, GELU, SwiGLU, RoPE, attention, xent, AdamW)
 #ifdef __CUDACC__

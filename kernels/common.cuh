@@ -36,6 +36,7 @@
 #include <cuda_bf16.h>
 #include <cublasLt.h>
 #include <stdint.h>
+#include "../mt/tune.h"
 
 #ifndef MT_GPU_WORKSPACE_NBYTES
 #define MT_GPU_WORKSPACE_NBYTES ((size_t)32 << 20)
@@ -123,6 +124,8 @@ struct mt_gpu_state {
                                    is seen, up to N of the heuristic's algorithms are timed and the
                                    fastest kept (a host sync and a scratch output then; the choice,
                                    and so the rounding, can differ between runs) */
+    mt_gemm_tune_table tune;    /* with tune_path: the picks of the GEMM tuning file (mt_gpu_gemm_tune_file) */
+    char tune_path[1024];       /* "": no tuning file */
     mt__matmul_plan plans[MT_GPU_MATMUL_CACHE]; /* heuristic cache, round-robin replacement */
     int next_plan;
     struct { const void *fn; int threads, blocks; size_t smem; } occ[16]; /* resident blocks per SM */
@@ -410,6 +413,7 @@ MT_API void mt_gpu_destroy(mt_ctx *cx) {
         if (g->workspace) cudaFree(g->workspace);
         if (g->scratch) cudaFree(g->scratch);
         if (g->stream) cudaStreamDestroy(g->stream);
+        mt_gemm_tune_free(&g->tune);
         mt_free(g);
     }
     cx->gpu = NULL;

@@ -119,6 +119,34 @@ done:
     return best;
 }
 
+/* Use the GEMM tuning file at `path` (mt/tune.h) from now on: a GEMM shape it lists runs the algorithm it
+ * names, without timing; with cx->gpu->gemm_tune > 1, a shape it lacks is timed and added, and the file
+ * rewritten (atomically). A file for another GPU or cuBLASLt version is replaced (*stale = 1; logged).
+ * *n_loaded: the shapes read. No file yet: an empty table, written at the first tuned shape. path NULL:
+ * no file any more. Either way the shapes planned so far are looked up again at their next use. */
+MT_API mt_status mt_gpu_gemm_tune_file(const mt_ctx *cx, const char *path, int *n_loaded, int *stale) {
+    struct mt_gpu_state *g = cx->gpu;
+    *n_loaded = *stale = 0;
+    if (g && !path) {
+        mt_gemm_tune_free(&g->tune);
+        g->tune_path[0] = 0;
+        memset(g->plans, 0, sizeof g->plans);
+        return MT_OK;
+    }
+    if (!g || !path[0] || strlen(path) >= sizeof g->tune_path)
+        return mt_errorf(MT_ERR_ARG, "gemm tune file: %s", !g ? "no GPU context" : "empty or too long a path");
+    char lib[64];
+    snprintf(lib, sizeof lib, "cublasLt %zu", cublasLtGetVersion());
+    mt_gemm_tune_table t;
+    MT_TRY(mt_gemm_tune_load(path, g->name, lib, &t, stale));
+    mt_gemm_tune_free(&g->tune);
+    g->tune = t;
+    snprintf(g->tune_path, sizeof g->tune_path, "%s", path);
+    memset(g->plans, 0, sizeof g->plans); /* shapes already planned are looked up again */
+    *n_loaded = t.n;
+    return MT_OK;
+}
+
 /* D (m,n, column-major, ldd) = alpha * op(A) @ op(B) + beta * C, with an epilogue, in cuBLASLt's
  * column-major terms.  C may be NULL (beta must be 0) or alias D.  When `unsupported` is given and
  * cuBLASLt has no algorithm, sets *unsupported = 1 and returns MT_OK without running anything. */
@@ -140,7 +168,7 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
                        mt__align_bytes(A) | mt__align_bytes(B) << 5 | mt__align_bytes(C) << 10 |
                            mt__align_bytes(D) << 15 | mt__align_bytes(bias) << 20 | (int64_t)mt__align_bytes(aux) << 25,
                        aux_ld, C == D, 0, 0};
-    const int nkey = 14;
+    const int nkey = MT_GEMM_TUNE_KEY;
     int hit = -1;
 #define MT__LT(call)                                                                                     \
     do {                                                                                                 \
@@ -171,6 +199,8 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
     if (hit < 0) {
         cublasLtMatmulHeuristicResult_t res[MT__GEMM_TUNE_MAX];
         int nres = 0, want = g->gemm_tune > 1 ? (g->gemm_tune < MT__GEMM_TUNE_MAX ? g->gemm_tune : MT__GEMM_TUNE_MAX) : 1;
+        const int listed = g->tune_path[0] ? mt_gemm_tune_find(&g->tune, key) : -1; /* the tuning file's pick */
+        if (listed >= want) want = listed < MT__GEMM_TUNE_MAX ? listed + 1 : MT__GEMM_TUNE_MAX;
         memset(res, 0, sizeof res);
         MT__LT(cublasLtMatmulPreferenceCreate(&pref));
         size_t ws = g->workspace_nbytes;
@@ -191,10 +221,20 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
         g->next_plan = (g->next_plan + 1) % MT_GPU_MATMUL_CACHE;
         memcpy(g->plans[hit].key, key, sizeof key);
         g->plans[hit].nkey = nkey;
-        int pick = 0; /* the heuristic's first, or with gemm_tune the fastest of those it offered */
-        if (nres > 1)
+        /* the tuning file's pick; else the heuristic's first, or with gemm_tune the fastest of those it
+         * offered (then added to the tuning file, if there is one) */
+        int pick = 0;
+        if (listed >= 0 && listed < nres && res[listed].state == CUBLAS_STATUS_SUCCESS) {
+            pick = listed;
+        } else if (nres > 1) {
             pick = mt__gemm_fastest(cx, desc, la, lb, lc, ld, A, B, C == D ? NULL : C, beta,
                                     (size_t)ldd * n * (dt == CUDA_R_16BF ? 2 : 4), res, nres);
+            if (g->tune_path[0]) {
+                st = mt_gemm_tune_put(&g->tune, key, pick);
+                if (st == MT_OK) st = mt_gemm_tune_save(g->tune_path, &g->tune);
+                if (st != MT_OK) goto done;
+            }
+        }
         g->plans[hit].algo = res[pick].algo;
         g->plans[hit].used = 1;
     }

@@ -21,6 +21,7 @@ typedef struct args {
     int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
     int timing;             /* GPU time per op, reported at the end (one host sync per step) */
     int gemm_tune;          /* GPU: time up to N cuBLASLt algorithms per GEMM shape once, keep the fastest */
+    const char *gemm_tune_file; /* GPU: the algorithms chosen per shape, read and kept (mt/tune.h) */
     mt_shard_strategy sharding;
     double lr, min_lr, weight_decay, clip_grad, beta1, beta2, eps;
     int warmup_iters, decay_iters;
@@ -46,7 +47,10 @@ static void usage(void) {
             "  --no-tp-comm-overlap  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n"
             "  --timing   (GPU: time of every op per step, printed after the speed line)\n"
             "  --gemm-tune N   (GPU: time up to N cuBLASLt algorithms per GEMM shape at its first use and keep\n"
-            "                   the fastest; faster, but the choice and so the rounding can differ run to run)\n");
+            "                   the fastest; faster, but the choice and so the rounding can differ run to run)\n"
+            "  --gemm-tune-file PATH   (GPU: the shapes PATH lists run the algorithms it names, without timing; with\n"
+            "                   --gemm-tune, new shapes are timed and added, so a second run repeats the first's\n"
+            "                   choices; one file per GPU model and cuBLASLt version; several ranks: PATH.rankN)\n");
 }
 
 static int fail(const char *fmt, const char *a, const char *b) {
@@ -130,6 +134,7 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (!strcmp(f, "--eval-iters")) ok = parse_int(f, v, 0, &a->eval_iters);
         else if (!strcmp(f, "--log-interval")) ok = parse_int(f, v, 1, &a->log_interval);
         else if (!strcmp(f, "--gemm-tune")) ok = parse_int(f, v, 0, &a->gemm_tune);
+        else if (!strcmp(f, "--gemm-tune-file")) a->gemm_tune_file = v;
         else if (!strcmp(f, "--world-size")) ok = parse_int(f, v, 1, &a->world_size);
         else if (!strcmp(f, "--tensor-model-parallel-size")) ok = parse_int(f, v, 1, &a->tp);
         else if (!strcmp(f, "--data-parallel-sharding-strategy")) {
@@ -571,9 +576,21 @@ static mt_status train(mt_comm *world, void *arg) {
     else if (talk) fprintf(stderr, "train_gpt: no GPU found, running on the CPU\n");
     if (a.timing && cx.device.type == MT_CUDA) MT_TRY(mt_gpu_timing(&cx, 1));
     if (cx.gpu) cx.gpu->gemm_tune = a.gemm_tune;
+    if (cx.gpu && a.gemm_tune_file) {
+        char path[1024];
+        int n_read = 0, stale = 0;
+        if (world && mt_comm_size(world) > 1) snprintf(path, sizeof path, "%s.rank%d", a.gemm_tune_file, rank);
+        else snprintf(path, sizeof path, "%s", a.gemm_tune_file);
+        MT_TRY(mt_gpu_gemm_tune_file(&cx, path, &n_read, &stale));
+        if (talk)
+            printf("gemm tune file %s: %d shapes%s\n", path, n_read,
+                   stale ? " (it was for another GPU or cuBLASLt: tuning afresh)" : "");
+    }
 #else
     if (a.dtype_flag == 2 && talk) fprintf(stderr, "train_gpt: --bf16 needs the GPU build; the CPU computes in fp32\n");
 #endif
+    if (a.gemm_tune_file && !cx.gpu && talk)
+        fprintf(stderr, "train_gpt: --gemm-tune-file is for GPU GEMMs; this run is on the CPU, so it is not read\n");
     if (a.timing && cx.device.type != MT_CUDA && talk)
         fprintf(stderr, "train_gpt: --timing times GPU ops; this run is on the CPU, so there is no op report\n");
 

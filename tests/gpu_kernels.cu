@@ -19,6 +19,9 @@ static void test_log(int level, const char *msg) {
 #define MT_LOG_FN(level, msg) test_log(level, msg)
 #include "megatron.h"
 #include "mt_test.h"
+#include <dirent.h>
+#include <unistd.h>
+#include "mt_test_files.h"
 #include <time.h>
 
 static mt_ctx g_cx;        /* f32 context; bf16 shares its stream and state */
@@ -36,6 +39,7 @@ static mt_ctx ctx_of(mt_dtype dt) {
     return c;
 }
 static double tol_of(mt_dtype dt) { return dt == MT_BF16 ? 1e-2 : 1e-5; }
+
 static float round_to(float x, mt_dtype dt) { return dt == MT_BF16 ? mt_bf16_to_f32(mt_f32_to_bf16(x)) : x; }
 
 static void *hmalloc(size_t nbytes) {
@@ -424,6 +428,35 @@ static void test_matmul(void) {
         free_all();
     }
     g_gemm_tune = 0;
+    /* the tuning file (mt_gpu_gemm_tune_file): tuned shapes are written to it; read back, its picks run
+     * without timing (the file is not rewritten) and give correct results */
+    {
+        const char *path = "build/gpu_kernels.tune";
+        mt_ctx cx = ctx_of(MT_BF16);
+        int n = -1, stale = -1;
+        unlink(path);
+        MT_CHECK(mt_gpu_gemm_tune_file(&cx, path, &n, &stale));
+        MT_EXPECT(n == 0 && stale == 0, "no tune file yet: %d shapes, stale %d", n, stale);
+        g_gemm_tune = 8;
+        run_matmul_case(MT_BF16, 1, 300, 256, 384, 1, 1, 0);
+        g_gemm_tune = 0;
+        unsigned char *a = NULL, *b = NULL;
+        size_t na = read_bytes(path, &a);
+        mt_gemm_tune_table t;
+        MT_CHECK(mt_gemm_tune_load(path, cx.gpu->name, cx.gpu->tune.library, &t, &stale));
+        MT_EXPECT(t.n >= 3 && stale == 0, "tuned shapes written: %d (fwd, dinp, dw), stale %d", t.n, stale);
+        mt_gemm_tune_free(&t);
+        MT_CHECK(mt_gpu_gemm_tune_file(&cx, path, &n, &stale));
+        run_matmul_case(MT_BF16, 1, 300, 256, 384, 1, 1, 0);
+        size_t nb = read_bytes(path, &b);
+        MT_EXPECT(n >= 3 && na > 0 && na == nb && !memcmp(a, b, na), "the file read (%d shapes) is used as it is", n);
+        free(a);
+        free(b);
+        MT_CHECK(mt_gpu_gemm_tune_file(&cx, NULL, &n, &stale));
+        MT_EXPECT(!cx.gpu->tune_path[0] && cx.gpu->tune.n == 0, "path NULL: no tuning file any more");
+        unlink(path);
+        free_all();
+    }
     /* f32 takes any size */
     run_matmul_case(MT_F32, 1, 37, 33, 45, 1, 1, 0);
     run_matmul_case(MT_F32, 1, 37, 33, 45, 1, 0, 1);

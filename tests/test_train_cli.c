@@ -53,6 +53,13 @@ static void test_cli_short_run(void) {
     MT_EXPECT(l && l[10] == '.' && l[17] == 'E', "loss printed as d.ddddddE+dd: %.20s", l ? l : "");
     MT_EXPECT(strstr(out, "tokens/s: ") && strstr(out, "(ms): "), "elapsed ms and tokens/s printed");
     MT_EXPECT(strstr(out, "held-out accuracy: ") && strstr(out, "of 6 held-out strings"), "held-out accuracy over 3 batches of 2 reported");
+    /* the GPU's GEMM tuning file on the CPU: said, not read, not written */
+    rc = run_trainer("--train-iters 1 --num-layers 1 --hidden-size 16 --num-attention-heads 2 --seq-length 24 "
+                     "--gemm-tune-file build/test_cli.tune", out, sizeof out);
+    FILE *f = fopen("build/test_cli.tune", "rb");
+    MT_EXPECT(rc == 0 && strstr(out, "--gemm-tune-file is for GPU GEMMs") && !f, "CPU run with a tune file: exit %d, %.300s",
+              rc, out);
+    if (f) fclose(f);
 }
 
 /* Train end to end from a Megatron indexed dataset written with mt/data.h's writer. */
