@@ -19,15 +19,8 @@
 #include "mt/core.h"
 #endif
 #include "kernels/attention.cuh"
+#include "tests/mt_test_cuda.h"
 
-#define CK(x)                                                                                   \
-    do {                                                                                        \
-        cudaError_t e_ = (x);                                                                   \
-        if (e_ != cudaSuccess) {                                                                \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(1);                                                                            \
-        }                                                                                       \
-    } while (0)
 
 /* x[i] = bf16(stdev * normal(seed, i)) on the device */
 __global__ void bench_fill_bf16(__nv_bfloat16 *x, size_t n, float stdev, uint64_t seed) {
@@ -64,23 +57,23 @@ static void run_both(const bench_args *a) {
 static float time_ms(void (*fn)(const bench_args *), const bench_args *a, int iters) {
     cudaStream_t s = (cudaStream_t)a->cx->stream;
     cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
+    MT_CK(cudaEventCreate(&e0));
+    MT_CK(cudaEventCreate(&e1));
     for (int i = 0; i < 3; i++) fn(a);
-    CK(cudaStreamSynchronize(s));
+    MT_CK(cudaStreamSynchronize(s));
     float *ms = (float *)malloc(sizeof(float) * iters);
     for (int i = 0; i < iters; i++) {
-        CK(cudaEventRecord(e0, s));
+        MT_CK(cudaEventRecord(e0, s));
         fn(a);
-        CK(cudaEventRecord(e1, s));
-        CK(cudaEventSynchronize(e1));
-        CK(cudaEventElapsedTime(&ms[i], e0, e1));
+        MT_CK(cudaEventRecord(e1, s));
+        MT_CK(cudaEventSynchronize(e1));
+        MT_CK(cudaEventElapsedTime(&ms[i], e0, e1));
     }
     qsort(ms, iters, sizeof(float), cmp_float);
     float med = ms[iters / 2];
     free(ms);
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
+    MT_CK(cudaEventDestroy(e0));
+    MT_CK(cudaEventDestroy(e1));
     return med;
 }
 
@@ -145,8 +138,8 @@ static void run_variant(const bench_args *a) {
 /* ||x - y|| / ||y|| of two bf16 device arrays of n elements (host side) */
 static double rel_diff(const void *x, const void *y, size_t n) {
     uint16_t *hx = (uint16_t *)malloc(n * 2), *hy = (uint16_t *)malloc(n * 2);
-    CK(cudaMemcpy(hx, x, n * 2, cudaMemcpyDeviceToHost));
-    CK(cudaMemcpy(hy, y, n * 2, cudaMemcpyDeviceToHost));
+    MT_CK(cudaMemcpy(hx, x, n * 2, cudaMemcpyDeviceToHost));
+    MT_CK(cudaMemcpy(hy, y, n * 2, cudaMemcpyDeviceToHost));
     double a = 0, b = 0;
     for (size_t i = 0; i < n; i++) {
         double u = mt_bf16_to_f32(hx[i]), v = mt_bf16_to_f32(hy[i]);
@@ -164,7 +157,7 @@ static void run_variants(const mt_ctx *cx, void *qkv, void *dqkv, void *out, voi
     static const int Ts[] = {1024, 2048, 4096, 8192};
     const size_t tokens = 16384, width = 2048;
     void *ref;
-    CK(cudaMalloc(&ref, tokens * width * 3 * 2));
+    MT_CK(cudaMalloc(&ref, tokens * width * 3 * 2));
     printf("\nvariants, causal, TFLOP/s at T = 1024 / 2048 / 4096 / 8192 (rel. diff vs default at T=1024)\n");
     for (size_t vi = 0; vi < sizeof g_variants / sizeof g_variants[0]; vi++) {
         const variant *v = &g_variants[vi];
@@ -195,15 +188,15 @@ static void run_variants(const mt_ctx *cx, void *qkv, void *dqkv, void *out, voi
             if (ti == 0) { /* reference result from the default shapes, then this variant's */
                 run_fwd(&a);
                 if (v->f) {
-                    CK(cudaMemcpy(ref, out, n_out * 2, cudaMemcpyDeviceToDevice));
+                    MT_CK(cudaMemcpy(ref, out, n_out * 2, cudaMemcpyDeviceToDevice));
                     run_variant(&a);
-                    CK(cudaDeviceSynchronize());
+                    MT_CK(cudaDeviceSynchronize());
                     diff = rel_diff(out, ref, n_out);
                 } else {
                     run_bwd(&a);
-                    CK(cudaMemcpy(ref, dqkv, n_qkv * 2, cudaMemcpyDeviceToDevice));
+                    MT_CK(cudaMemcpy(ref, dqkv, n_qkv * 2, cudaMemcpyDeviceToDevice));
                     run_variant(&a);
-                    CK(cudaDeviceSynchronize());
+                    MT_CK(cudaDeviceSynchronize());
                     diff = rel_diff(dqkv, ref, n_qkv);
                 }
             } else if (!v->f) {
@@ -215,7 +208,7 @@ static void run_variants(const mt_ctx *cx, void *qkv, void *dqkv, void *out, voi
         printf("  hd%-3d %-26s %4.0f %4.0f %4.0f %4.0f   (%.1e)\n", v->D, v->name, tf[0], tf[1], tf[2], tf[3], diff);
         fflush(stdout);
     }
-    CK(cudaFree(ref));
+    MT_CK(cudaFree(ref));
 }
 
 int main(int argc, char **argv) {
@@ -232,7 +225,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
+    MT_CK(cudaGetDeviceProperties(&prop, 0));
     printf("bench_attention: %s, %d SMs; bf16, B*T=16384, H*D=2048, G=1; median of %d runs\n", prop.name,
            prop.multiProcessorCount, iters);
 
@@ -240,26 +233,26 @@ int main(int argc, char **argv) {
     const size_t max_qkv = tokens * width * 3, max_out = tokens * width;
     void *qkv, *dqkv, *out, *dout, *ws;
     float *lse;
-    CK(cudaMalloc(&qkv, max_qkv * 2));
-    CK(cudaMalloc(&dqkv, max_qkv * 2));
-    CK(cudaMalloc(&out, max_out * 2));
-    CK(cudaMalloc(&dout, max_out * 2));
-    CK(cudaMalloc((void **)&lse, tokens * 128 * 4));
+    MT_CK(cudaMalloc(&qkv, max_qkv * 2));
+    MT_CK(cudaMalloc(&dqkv, max_qkv * 2));
+    MT_CK(cudaMalloc(&out, max_out * 2));
+    MT_CK(cudaMalloc(&dout, max_out * 2));
+    MT_CK(cudaMalloc((void **)&lse, tokens * 128 * 4));
     size_t ws_nbytes = mt_flash_attention_bwd_workspace_nbytes(1, (int)tokens, 2048 / 64, 1, 64);
     size_t w2 = mt_flash_attention_bwd_workspace_nbytes(1, (int)tokens, 2048 / 128, 1, 128);
     if (w2 > ws_nbytes) ws_nbytes = w2;
-    CK(cudaMalloc(&ws, ws_nbytes));
+    MT_CK(cudaMalloc(&ws, ws_nbytes));
     bench_fill_bf16<<<1024, 256>>>((__nv_bfloat16 *)qkv, max_qkv, 1.0f, 11);
     bench_fill_bf16<<<1024, 256>>>((__nv_bfloat16 *)dout, max_out, 1.0f, 12);
-    CK(cudaGetLastError());
-    CK(cudaDeviceSynchronize());
+    MT_CK(cudaGetLastError());
+    MT_CK(cudaDeviceSynchronize());
 
     mt_ctx cx;
     memset(&cx, 0, sizeof cx);
     cx.device = mt_gpu(0);
     cx.dtype = MT_BF16;
     cudaStream_t stream;
-    CK(cudaStreamCreate(&stream));
+    MT_CK(cudaStreamCreate(&stream));
     cx.stream = (void *)stream;
 
     static const int Ds[] = {64, 128}, Ts[] = {1024, 2048, 4096, 8192};
@@ -291,7 +284,7 @@ int main(int argc, char **argv) {
             printf("| hd%d T=%d | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f |\n", Ds[di], Ts[ti], res[di][ti][0][0],
                    res[di][ti][0][1], res[di][ti][0][2], res[di][ti][1][0], res[di][ti][1][1], res[di][ti][1][2]);
     if (variants) run_variants(&cx, qkv, dqkv, out, dout, lse, ws, ws_nbytes, iters);
-    CK(cudaStreamDestroy(stream));
+    MT_CK(cudaStreamDestroy(stream));
     cudaFree(qkv); cudaFree(dqkv); cudaFree(out); cudaFree(dout); cudaFree(lse); cudaFree(ws);
     return 0;
 }

@@ -28,6 +28,7 @@
 #endif
 #include "kernels/attention.cuh"
 #include "tests/mt_test.h"
+#include "tests/mt_test_cuda.h"
 
 static uint64_t g_seed = 0x5eed0001;
 

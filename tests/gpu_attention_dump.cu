@@ -13,6 +13,7 @@
  */
 #include "megatron.h"
 #include "tests/mt_test.h"
+#include "tests/mt_test_cuda.h"
 #include <errno.h>
 #include <sys/stat.h>
 

@@ -12,18 +12,6 @@
 #include <stdlib.h>
 #include <math.h>
 
-#ifdef __CUDACC__
-/* A CUDA runtime call a GPU test cannot go on without: on failure, where and why, then exit 1. */
-#define MT_CK(x)                                                                                \
-    do {                                                                                        \
-        cudaError_t e_ = (x);                                                                   \
-        if (e_ != cudaSuccess) {                                                                \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(1);                                                                            \
-        }                                                                                       \
-    } while (0)
-#endif
-
 static int mt_test_n_passed, mt_test_n_failed, mt_test_cur_failed, mt_test_cur_checks;
 
 #define MT_EXPECT(cond, ...)                                                  \

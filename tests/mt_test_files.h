@@ -27,6 +27,18 @@ static inline size_t read_bytes(const char *path, unsigned char **out) {
     return (size_t)n;
 }
 
+/* Entries of directory `dir` whose name contains `needle` ("" : every entry but . and ..); -1 if unreadable. */
+static inline int count_files_in(const char *dir, const char *needle) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    if (!d) return -1;
+    while ((e = readdir(d)) != NULL)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strstr(e->d_name, needle)) n++;
+    closedir(d);
+    return n;
+}
+
 /* Remove a directory and the files in it (one level). */
 static inline void rm_tree(const char *dir) {
     DIR *d = opendir(dir);

@@ -35,17 +35,6 @@ static void path_of(char *out, size_t n, const char *name) { snprintf(out, n, "%
 
 
 
-static int count_files_with(const char *needle) {
-    DIR *d = opendir(g_tmp);
-    struct dirent *e;
-    int n = 0;
-    if (!d) return -1;
-    while ((e = readdir(d)) != NULL)
-        if (strstr(e->d_name, needle)) n++;
-    closedir(d);
-    return n;
-}
-
 static uint64_t cs64(const int64_t *a, int64_t n) {
     uint64_t s = 0;
     for (int64_t i = 0; i < n; i++) s += (uint64_t)a[i] * (uint64_t)(2 * i + 1);
@@ -381,7 +370,7 @@ static void test_writer_bytes_match_megatron(void) {
     MT_EXPECT(mt_indexed_writer_open(&w, prefix, MT_IDX_U16) == MT_OK, "open");
     MT_EXPECT(mt_indexed_writer_add_sequence(&w, &big, 1) == MT_ERR_ARG, "70000 does not fit u16");
     mt_indexed_writer_abort(&w);
-    MT_EXPECT(count_files_with("refused") == 0, "abort leaves no files");
+    MT_EXPECT(count_files_in(g_tmp, "refused") == 0, "abort leaves no files");
 }
 
 /* Hand-built .idx/.bin bytes for every dtype code, following Megatron's layout field by field. */
@@ -478,7 +467,7 @@ static void test_roundtrip_every_dtype(void) {
     mt_indexed ds;
     MT_EXPECT(mt_indexed_open(&ds, prefix) == MT_OK && ds.n_seq == 2, "rewritten dataset has 2 sequences");
     mt_indexed_close(&ds);
-    MT_EXPECT(count_files_with(".tmp") == 0, "no temporary files are left behind");
+    MT_EXPECT(count_files_in(g_tmp, ".tmp") == 0, "no temporary files are left behind");
 }
 
 static void test_llmc_files(void) {
@@ -597,7 +586,7 @@ static void test_index_cache(void) {
     c.doc_begin = 0; c.doc_end = 47; c.seq_len = 16; c.num_samples = 200; c.seed = 1234;
     mt_gpt_index a, b, ref;
     MT_EXPECT(mt_gpt_index_open(&a, &ds, &c) == MT_OK && !a.from_cache, "first open builds");
-    MT_EXPECT(count_files_with("cached-") == 1, "one cache file next to the data");
+    MT_EXPECT(count_files_in(g_tmp, "cached-") == 1, "one cache file next to the data");
     MT_EXPECT(mt_gpt_index_open(&b, &ds, &c) == MT_OK && b.from_cache, "second open reads the cache");
     c.no_cache = 1;
     MT_EXPECT(mt_gpt_index_build(&ref, &ds, &c) == MT_OK, "reference build");
@@ -634,7 +623,7 @@ static void test_index_cache(void) {
     /* another parameter: another file (a stale cache is never used) */
     c.seed = 1235;
     MT_EXPECT(mt_gpt_index_open(&a, &ds, &c) == MT_OK && !a.from_cache, "new seed builds");
-    MT_EXPECT(count_files_with("cached-") == 2, "a second cache file");
+    MT_EXPECT(count_files_in(g_tmp, "cached-") == 2, "a second cache file");
     mt_gpt_index_free(&a);
     /* a cache whose key is someone else's is refused as stale */
     char *p2 = NULL;
@@ -649,7 +638,7 @@ static void test_index_cache(void) {
     c.seq_len = 8;
     MT_EXPECT(mt_gpt_index_open(&a, &ds, &c) == MT_OK, "cache_dir");
     mt_gpt_index_free(&a);
-    MT_EXPECT(count_files_with("cached-") == 3, "cache written in cache_dir");
+    MT_EXPECT(count_files_in(g_tmp, "cached-") == 3, "cache written in cache_dir");
     mt_gpt_index_free(&ref);
     mt_indexed_close(&ds);
 }

@@ -24,17 +24,8 @@ static void test_log(int level, const char *msg) {
 static char g_tmp[256];
 
 static void key_of(int64_t *key, int i) {
-    for (int k = 0; k < MT_GEMM_TUNE_KEY; k++) key[k] = (int64_t)(i * 100 + k) * (k == 3 ? -1 : 1) + (k == 5 ? 8192 : 0);
-}
-
-static int files_in_tmp(void) {
-    DIR *d = opendir(g_tmp);
-    struct dirent *e;
-    int n = 0;
-    if (!d) return -1;
-    while ((e = readdir(d)) != NULL) n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
+    for (int k = 0; k < MT_GEMM_TUNE_KEY; k++) /* a negative and a large value among them */
+        key[k] = (int64_t)(i * 100 + k) * (k == 3 ? -1 : 1) + (k == 5 ? 8192 : 0);
 }
 
 static void test_tune_roundtrip(void) {
@@ -52,10 +43,12 @@ static void test_tune_roundtrip(void) {
     key_of(key, 7);
     MT_CHECK(mt_gemm_tune_put(&t, key, 15)); /* replaces */
     MT_EXPECT(t.n == 40 && mt_gemm_tune_find(&t, key) == 15, "put replaces a key's pick (%d entries)", t.n);
-    MT_EXPECT(mt_gemm_tune_put(&t, key, MT_GEMM_TUNE_PICKS) == MT_ERR_ARG && mt_gemm_tune_put(&t, key, -1) == MT_ERR_ARG,
+    MT_EXPECT(mt_gemm_tune_put(&t, key, MT_GEMM_TUNE_PICKS) == MT_ERR_ARG &&
+                  mt_gemm_tune_put(&t, key, -1) == MT_ERR_ARG,
               "picks outside [0, %d) refused", MT_GEMM_TUNE_PICKS);
     MT_CHECK(mt_gemm_tune_save(path, &t));
-    MT_EXPECT(files_in_tmp() == 1, "only the file is left in the folder (%d entries)", files_in_tmp());
+    int left = count_files_in(g_tmp, "");
+    MT_EXPECT(left == 1, "only the file is left in the folder (%d entries)", left);
     MT_CHECK(mt_gemm_tune_load(path, "NVIDIA H200", "cublasLt 130100", &u, &stale));
     int same = u.n == t.n && stale == 0;
     for (int i = 0; same && i < 40; i++) {
