@@ -20,7 +20,8 @@
  *     f: SP all-gathers the input rows (N/tp -> N)
  *     b: dgrad all-reduced (reduce-scattered with SP); SP all-gathers the saved input again for wgrad
  *   row-parallel linear (proj, fc2): weight columns split (IC/tp); output partial per rank
- *     f: partial products all-reduced (reduce-scattered with SP), then + bias + residual once
+ *     f: partial products all-reduced (reduce-scattered with SP); bias + residual added by one rank
+ *        in its GEMM's epilogue, before the sum
  *     b: SP all-gathers the output gradient (so the bias gradient is complete on every rank)
  *   vocab-parallel embedding: rows [vstart, vstart+vcount) of wte; other ids give 0; the position
  *     embedding is added by tp rank 0 only; f: all-reduce (SP: reduce-scatter); b: SP all-gather
@@ -41,10 +42,12 @@
  * gathered input is used and before returning), so the caller sees the usual in-order semantics,
  * no step allocates or synchronises with the host, CUDA graph capture sees a fork that joins, and
  * tp collectives never run two at a time on one communicator. The side stream has the highest
- * priority. The data-parallel buckets (mt/ddp.h) wait on the compute stream, after the join. The
- * forward has nothing to overlap without splitting GEMMs: each collective's result is the next op's
- * input. lp.no_comm_overlap = 1 keeps everything in line on cx's stream (A/B timing); the host
- * backend always does (it is synchronous), and results are the same either way (the same GEMMs).
+ * priority. The data-parallel buckets (mt/ddp.h) wait on the compute stream, after the join.
+ * In the forward each collective's result is the next op's input, so the row-parallel layer splits
+ * its GEMM into pieces of rows (lp.comm_chunks) and sums piece j on the side stream while piece j+1
+ * is computed: all but the last piece's collective hidden. lp.no_comm_overlap = 1 keeps everything
+ * in line on cx's stream (A/B timing); the host backend always does (it is synchronous), and
+ * results are the same either way (the same GEMMs).
  *
  * Cross-entropy exchange. Megatron all-reduces the row max (MAX), then the target logit (SUM), then
  * the sum of exp (SUM), with a pass over the logits between the first and the last. Here one pass
@@ -63,7 +66,7 @@
  * Host backend: it reduces f32/bf16/f16; for f64 (the CPU tests' dtype) mt_tp_all_reduce and
  * mt_tp_reduce_scatter gather the addends and sum them here in rank order, in double.
  *
- * Defines: mt_layer_par, mt_layer_par_from, mt_tp_overlap_init/free, mt_tp_sp, mt_tp_rows,
+ * Defines: mt_layer_par, mt_layer_par_from, mt_tp_overlap_init/free, mt_tp_sp, mt_tp_rows, mt_tp_comm_chunks,
  *   mt_tp_all_reduce, mt_tp_all_gather, mt_tp_reduce_scatter, mt_column_parallel_fwd/bwd, mt_row_parallel_fwd/bwd,
  *   mt_vocab_parallel_embedding_fwd/bwd, mt_vocab_parallel_xent
  */
@@ -77,6 +80,11 @@
 extern "C" {
 #endif
 
+/* The row-parallel forward's pieces by default (mt_layer_par.comm_chunks). */
+#ifndef MT_TP_COMM_CHUNKS
+#define MT_TP_COMM_CHUNKS 4
+#endif
+
 /* What a layer knows about its parallel context (sizes of 0 mean 1). */
 typedef struct mt_layer_par {
     int tp_rank, tp_size;  /* tensor parallel */
@@ -86,6 +94,8 @@ typedef struct mt_layer_par {
     struct mt_comm *tp, *cp, *ep;
     int no_comm_overlap;   /* 1: every tp collective in line on cx's stream (to measure what the
                               overlap buys); 0 (default): the backward overlaps, see below */
+    int comm_chunks;       /* the row-parallel forward's GEMM and collective in this many pieces of rows
+                              (0: MT_TP_COMM_CHUNKS; 1: one GEMM, then its collective) */
     void *comm_stream;     /* cudaStream_t of the overlapped tp collectives (mt_tp_overlap_init), or NULL */
     void *comm_ev[2];      /* cudaEvent_t: [0] compute -> comm stream, [1] comm -> compute stream */
 } mt_layer_par;
@@ -145,6 +155,12 @@ MT_API int mt_tp_sp(const mt_layer_par *p) { return p->sequence_parallel && p->t
 
 /* Rows of the residual stream this rank holds for N tokens. */
 MT_API int mt_tp_rows(const mt_layer_par *p, int N) { return mt_tp_sp(p) ? N / p->tp_size : N; }
+
+/* Pieces the row-parallel forward cuts its `rows` rows into (at least one row each). */
+MT_API int mt_tp_comm_chunks(const mt_layer_par *p, int rows) {
+    int k = p->comm_chunks > 0 ? p->comm_chunks : MT_TP_COMM_CHUNKS;
+    return k < rows ? k : rows > 0 ? rows : 1;
+}
 
 /* ------------------------------------------------------------------ collectives over tp */
 
@@ -301,20 +317,54 @@ MT_API mt_status mt_column_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p,
 /* Row-parallel linear: w is this rank's IC/tp columns of the global (OC, IC) weight; inp (N, IC/tp).
  * out = sum over tp of inp @ w^T, + bias + resid, in the rows this rank holds: (N, OC), or (N/tp, OC)
  * under SP where resid is (N/tp, OC) too. `partial` (N, OC): the SP workspace (unused otherwise, the
- * sum forms in out). With tp = 1 this is one GEMM with the bias and residual in its epilogue. */
+ * sum forms in out). With tp = 1 this is one GEMM with the bias and residual in its epilogue.
+ *
+ * The collective makes the whole sum: one rank adds the bias and the residual in its GEMM's epilogue
+ * (tp rank 0 without SP; under SP each rank to the rows it keeps), the others their plain partial
+ * products, so no pass follows the collective. The GEMM and its collective go in pieces of rows
+ * (p->comm_chunks, 0: MT_TP_COMM_CHUNKS): overlapped (mt__tp_overlap), piece j's collective runs on
+ * the side stream under piece j+1's GEMM and only the last piece's is exposed. Under SP a piece is
+ * the same range of rows [r0, r0 + n) of every rank's slice: one GEMM per slice, written rank after
+ * rank into `partial`, so that the piece's reduce-scatter leaves rows [r0, r0 + n) of this rank's
+ * slice in out. In line, or on the host backend, the same pieces run one after the other: the
+ * result does not depend on the overlap. */
 MT_API mt_status mt_row_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p, void *out, const void *inp,
                                      const void *w, const void *bias, const void *resid, void *partial, int N,
                                      int IC, int OC) {
     if (p->tp_size <= 1) return mt_matmul_fwd(cx, out, NULL, inp, w, bias, resid, N, IC, OC);
-    int rows = mt_tp_rows(p, N);
-    if (mt_tp_sp(p)) {
-        MT_TRY(mt_matmul_fwd(cx, partial, NULL, inp, w, NULL, NULL, N, IC, OC));
-        MT_TRY(mt_tp_reduce_scatter(cx, p, out, partial, (size_t)rows * OC, cx->dtype));
-    } else {
-        MT_TRY(mt_matmul_fwd(cx, out, NULL, inp, w, NULL, NULL, N, IC, OC));
-        MT_TRY(mt_tp_all_reduce(cx, p, out, (size_t)N * OC, cx->dtype));
+    int tp = p->tp_size, sp = mt_tp_sp(p), rows = mt_tp_rows(p, N), ov = mt__tp_overlap(cx, p);
+    int k = mt_tp_comm_chunks(p, rows);
+    size_t es = mt_dtype_size(cx->dtype);
+    mt_ctx cc = *cx; /* where the collectives go */
+    if (ov) cc.stream = p->comm_stream;
+    for (int j = 0; j < k; j++) {
+        int r0 = (int)((int64_t)rows * j / k), n = (int)((int64_t)rows * (j + 1) / k) - r0;
+        char *o = (char *)out + (size_t)r0 * OC * es;
+        const char *res = resid ? (const char *)resid + (size_t)r0 * OC * es : NULL;
+        if (!sp) {
+            int adds = p->tp_rank == 0;
+            MT_TRY(mt_matmul_fwd(cx, o, NULL, (const char *)inp + (size_t)r0 * IC * es, w, adds ? bias : NULL,
+                                 adds ? res : NULL, n, IC, OC));
+        } else {
+            char *part = (char *)partial + (size_t)tp * r0 * OC * es; /* (tp, n, OC): rank q's rows q-th */
+            for (int q = 0; q < tp; q++) {
+                int adds = q == p->tp_rank;
+                MT_TRY(mt_matmul_fwd(cx, part + (size_t)q * n * OC * es, NULL,
+                                     (const char *)inp + ((size_t)q * rows + r0) * IC * es, w, adds ? bias : NULL,
+                                     adds ? res : NULL, n, IC, OC));
+            }
+        }
+        if (ov) {
+            MT_TRY(mt__tp_record(p, 0, cx->stream));
+            MT_TRY(mt__tp_wait(p, 0, cc.stream));
+        }
+        if (!sp) MT_TRY(mt_tp_all_reduce(&cc, p, o, (size_t)n * OC, cx->dtype));
+        else MT_TRY(mt_tp_reduce_scatter(&cc, p, o, (char *)partial + (size_t)tp * r0 * OC * es, (size_t)n * OC,
+                                         cx->dtype));
     }
-    return mt_bias_residual_fwd(cx, out, out, bias, resid, rows, OC);
+    if (!ov) return MT_OK;
+    MT_TRY(mt__tp_record(p, 1, cc.stream));
+    return mt__tp_wait(p, 1, cx->stream);
 }
 
 /* Its backward. dout: dL/dout as this rank holds it ((N, OC) or (N/tp, OC), all-gathered into

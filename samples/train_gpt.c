@@ -19,6 +19,7 @@ typedef struct args {
     int seq_len, micro_batch, global_batch, train_iters, world_size, tp, sequence_parallel, grad_fp32;
     int global_batch_default; /* 1: --global-batch-size not given: micro-batch x data-parallel size */
     int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
+    int tp_comm_chunks;     /* the row-parallel forward in this many pieces of rows (0: the library's default) */
     int timing;             /* GPU time per op, reported at the end (one host sync per step) */
     int gemm_tune;          /* GPU: time up to N cuBLASLt algorithms per GEMM shape once, keep the fastest */
     const char *gemm_tune_file; /* GPU: the algorithms chosen per shape, read and kept (mt/tune.h) */
@@ -44,7 +45,9 @@ static void usage(void) {
             "  --data-path [W] PREFIX...  --split 949,50,1  --eval-interval N  --eval-iters N  --log-interval N\n"
             "  --world-size N  --tensor-model-parallel-size N  --sequence-parallel  --use-distributed-optimizer\n"
             "  --data-parallel-sharding-strategy no_shard|optim|optim_grads|optim_grads_params\n"
-            "  --no-tp-comm-overlap  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n"
+            "  --no-tp-comm-overlap  --tp-comm-chunks N   (the row-parallel forward's GEMM in N pieces, each\n"
+            "                   piece's all-reduce under the next one's GEMM; default 4)\n"
+            "  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n"
             "  --timing   (GPU: time of every op per step, printed after the speed line)\n"
             "  --gemm-tune N   (GPU: time up to N cuBLASLt algorithms per GEMM shape at its first use and keep\n"
             "                   the fastest; faster, but the choice and so the rounding can differ run to run)\n"
@@ -137,6 +140,7 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (!strcmp(f, "--gemm-tune-file")) a->gemm_tune_file = v;
         else if (!strcmp(f, "--world-size")) ok = parse_int(f, v, 1, &a->world_size);
         else if (!strcmp(f, "--tensor-model-parallel-size")) ok = parse_int(f, v, 1, &a->tp);
+        else if (!strcmp(f, "--tp-comm-chunks")) ok = parse_int(f, v, 1, &a->tp_comm_chunks);
         else if (!strcmp(f, "--data-parallel-sharding-strategy")) {
             if (mt_shard_strategy_parse(v, &a->sharding) != MT_OK)
                 return fail("bad value '%s' for %s (no_shard, optim, optim_grads or optim_grads_params)", v, f);
@@ -539,6 +543,7 @@ static mt_status train(mt_comm *world, void *arg) {
     memset(&lp, 0, sizeof lp);
     if (world) mt_layer_par_from(&lp, &par, a.sequence_parallel);
     lp.no_comm_overlap = a.no_tp_comm_overlap;
+    lp.comm_chunks = a.tp_comm_chunks;
 
     /* 2. The data: Megatron .bin/.idx (or llm.c) token files, or the synthetic task; each dp rank
      * reads its own micro-batches of every global batch. */
@@ -640,9 +645,13 @@ static mt_status train(mt_comm *world, void *arg) {
                a.model.n_layer, a.model.n_embd, a.model.n_head, a.model.vocab_size, a.model.padded_vocab, T,
                mt_gpt_num_params(&model.cfg, 1) / 1e6, cx.device.type == MT_CUDA ? "GPU" : "CPU",
                mt_dtype_name(cx.dtype));
+        char tp_note[96] = "";
+        if (par.size.tp > 1)
+            snprintf(tp_note, sizeof tp_note, ", row-parallel forward in %d pieces%s",
+                     mt_tp_comm_chunks(&model.par, mt_tp_rows(&model.par, B * T)),
+                     model.par.no_comm_overlap ? ", collectives not overlapped" : "");
         printf("ranks: %d (tensor parallel %d%s%s, data parallel %d, %s)\n", world ? mt_comm_size(world) : 1,
-               par.size.tp, model.par.sequence_parallel ? " with sequence parallelism" : "",
-               par.size.tp > 1 && model.par.no_comm_overlap ? ", collectives not overlapped" : "", dp,
+               par.size.tp, model.par.sequence_parallel ? " with sequence parallelism" : "", tp_note, dp,
                world ? mt_shard_strategy_name(a.sharding) : "one rank");
         printf("batch: %d x %d tokens (micro-batch %d, %d accumulation steps), %d iterations, %s\n", a.global_batch,
                T, B, n_micro, a.train_iters,

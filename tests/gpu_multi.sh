@@ -1,7 +1,7 @@
 #!/bin/sh
 # The multi-GPU part of the GPU checks (2+ GPUs): collectives in both launch modes and a killed
 # rank, data- and tensor-parallel equivalence, NCCL bandwidth and the trainer's scaling next to the
-# PyTorch peers (tp=2 with and without the backward's communication overlap). Build first
+# PyTorch peers (tp=2 with and without the communication overlap, and the forward's pieces). Build first
 # (`make all test-cuda-build`); logs go to $OUT (or build/gpu-logs).
 #   sh tests/gpu_multi.sh [comm] [tests] [comm-bench] [scaling] [launch-modes]   (default: all)
 #   scaling = dp-scaling tp-scaling torch-ddp (each can be asked for alone)
@@ -78,7 +78,12 @@ if has scaling || has tp-scaling; then
     note "ours 48x1664 tp=2: $(speed "$out/d48tp_tp2.log")"
     ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --sequence-parallel > "$out/d48tp_tp2sp.log" 2>&1
     note "ours 48x1664 tp=2 + SP: $(speed "$out/d48tp_tp2sp.log")"
-    # the same two with the backward's tp collectives in line: what the overlap buys
+    # the row-parallel forward in 1, 2 and 8 pieces (4 above): what cutting its GEMM costs and hides
+    for k in 1 2 8; do
+        ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --tp-comm-chunks $k > "$out/d48tp_tp2_chunks$k.log" 2>&1
+        note "ours 48x1664 tp=2, --tp-comm-chunks $k: $(speed "$out/d48tp_tp2_chunks$k.log")"
+    done
+    # the same two with the tp collectives in line: what the overlap buys
     ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --no-tp-comm-overlap > "$out/d48tp_tp2_nooverlap.log" 2>&1
     note "ours 48x1664 tp=2, no tp comm overlap: $(speed "$out/d48tp_tp2_nooverlap.log")"
     ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --sequence-parallel --no-tp-comm-overlap > "$out/d48tp_tp2sp_nooverlap.log" 2>&1

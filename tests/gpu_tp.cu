@@ -12,7 +12,8 @@
  *    iterations (relative < 1e-5) and the gathered f32 gradients after the first backward
  *    (||tp - tp1|| / ||tp1|| per tensor < 1e-4); bf16 lm loss over 50 iterations (relative < 2e-2).
  *    Head dim 64, so bf16 attention is the flash kernel.
- * 3. The backward's communication overlap (mt/tensor_parallel.h), on by default in part 2: each tp = 2
+ * 3. The communication overlap (mt/tensor_parallel.h: the backward's, and the row-parallel forward's
+ *    pieces), on by default in part 2: each tp = 2
  *    run again with it off (lp.no_comm_overlap), against the run with it on: the same GEMMs and
  *    collectives, only on two streams, so the same numbers are expected; bounds f32 1e-6 (losses and
  *    every rank's gradient buffer), bf16 1e-2 (losses).

@@ -52,6 +52,7 @@ typedef struct run {
     mt_dtype dt;
     int tp, sp, B, T;
     int head;  /* m.head_chunk_rows: the classifier in chunks of this many rows (0 automatic) */
+    int chunks; /* lp.comm_chunks: the row-parallel forward's pieces (0: the default) */
     /* out, per rank */
     double loss[MAXTP][ITERS], gnorm[MAXTP][ITERS];
     double *grads[MAXTP], *params[MAXTP]; /* grads after the first backward, params after the last step */
@@ -80,6 +81,7 @@ static mt_status rank_main(mt_comm *world, void *arg) {
     MT_TRY(mt_parallel_init(&grid, world, &pc));
     mt_layer_par lp;
     mt_layer_par_from(&lp, &grid, r->sp);
+    lp.comm_chunks = r->chunks;
     mt_ctx cx;
     memset(&cx, 0, sizeof cx);
     cx.dtype = r->dt;
@@ -138,16 +140,18 @@ static void run_free(run *r) {
     }
 }
 
-static int do_run_head(run *r, const mt_gpt_config *cfg, mt_dtype dt, int tp, int sp, int B, int T, int head) {
+static int do_run_opts(run *r, const mt_gpt_config *cfg, mt_dtype dt, int tp, int sp, int B, int T, int head,
+                       int chunks) {
     memset(r, 0, sizeof *r);
-    r->cfg = *cfg; r->dt = dt; r->tp = tp; r->sp = sp; r->B = B; r->T = T; r->head = head;
+    r->cfg = *cfg; r->dt = dt; r->tp = tp; r->sp = sp; r->B = B; r->T = T; r->head = head; r->chunks = chunks;
     mt_status st = mt_host_run(tp, 60.0, rank_main, r, NULL);
-    MT_EXPECT(st == MT_OK, "tp=%d sp=%d head %d %s run: %s", tp, sp, head, mt_dtype_name(dt), mt_status_str(st));
+    MT_EXPECT(st == MT_OK, "tp=%d sp=%d head %d chunks %d %s run: %s", tp, sp, head, chunks, mt_dtype_name(dt),
+              mt_status_str(st));
     return st == MT_OK;
 }
 
 static int do_run(run *r, const mt_gpt_config *cfg, mt_dtype dt, int tp, int sp, int B, int T) {
-    return do_run_head(r, cfg, dt, tp, sp, B, T, 0);
+    return do_run_opts(r, cfg, dt, tp, sp, B, T, 0, 0);
 }
 
 static const mt_param *find(const mt_param *t, int n, const char *name) {
@@ -204,8 +208,11 @@ static void check_against(const run *one, const run *r, double loss_tol, double 
     int cov_g, cov_p;
     double dg = gathered_diff(one, one->grads, r, r->grads, &cov_g);
     double dp = gathered_diff(one, one->params, r, r->params, &cov_p);
-    printf("    %s tp=%d%s%s: lm loss %.6f .. %.6f, max rel diff %.1e; grad norm %.1e; gathered grads %.1e, params after "
+    char pieces[48] = "";
+    if (r->chunks) snprintf(pieces, sizeof pieces, " (row-parallel forward in %d piece%s)", r->chunks, r->chunks > 1 ? "s" : "");
+    printf("    %s tp=%d%s%s%s: lm loss %.6f .. %.6f, max rel diff %.1e; grad norm %.1e; gathered grads %.1e, params after "
            "%d steps %.1e\n", mt_dtype_name(r->dt), r->tp, r->sp ? " +SP" : "", r->head ? " +head chunks" : "",
+           pieces,
            one->loss[0][0], one->loss[0][ITERS - 1],
            worst_loss, worst_norm, dg, ITERS, dp);
     MT_EXPECT(worst_loss < loss_tol, "%s tp=%d sp=%d: lm loss rel diff %.3e", mt_dtype_name(r->dt), r->tp, r->sp,
@@ -233,8 +240,14 @@ static void tp_matrix(mt_dtype dt, double loss_tol, double grad_tol, double para
             run_free(&r);
         }
     /* the vocab-parallel head in chunks of 5 of the 12 rows (per-chunk loss statistics) */
-    if (do_run_head(&r, &cfg, dt, 2, 0, B, T, 5)) check_against(&one, &r, loss_tol, grad_tol, param_tol);
+    if (do_run_opts(&r, &cfg, dt, 2, 0, B, T, 5, 0)) check_against(&one, &r, loss_tol, grad_tol, param_tol);
     run_free(&r);
+    /* the row-parallel forward in one piece, and in 5 uneven ones (12 rows; 6 per rank under SP) */
+    for (int sp = 0; sp <= 1; sp++)
+        for (int chunks = 1; chunks <= 5; chunks += 4) {
+            if (do_run_opts(&r, &cfg, dt, 2, sp, B, T, 0, chunks)) check_against(&one, &r, loss_tol, grad_tol, param_tol);
+            run_free(&r);
+        }
     run_free(&one);
 }
 

@@ -30,6 +30,7 @@ static void test_cli_bad_input(void) {
     expect_error("--num-layers", "--num-layers needs a value");
     expect_error("--num-layers 0", "--num-layers");
     expect_error("--hidden-size -5", "--hidden-size needs an integer >= 1, got '-5'");
+    expect_error("--tp-comm-chunks 0", "--tp-comm-chunks needs an integer >= 1, got '0'");
     expect_error("--micro-batch-size abc", "got 'abc'");
     expect_error("--lr -1", "--lr needs a number in");
     expect_error("--hidden-size 30 --num-attention-heads 4", "hidden size 30 is not divisible by the number of heads 4");
@@ -114,6 +115,7 @@ static void test_cli_parallel_threads(void) {
         "--world-size 2", "--world-size 4",
         "--world-size 2 --tensor-model-parallel-size 2",
         "--world-size 2 --tensor-model-parallel-size 2 --sequence-parallel",
+        "--world-size 2 --tensor-model-parallel-size 2 --sequence-parallel --tp-comm-chunks 5",
         "--world-size 4 --tensor-model-parallel-size 2 --use-distributed-optimizer",
         "--world-size 4 --data-parallel-sharding-strategy optim_grads",
         "--world-size 4 --data-parallel-sharding-strategy optim_grads_params",
