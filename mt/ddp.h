@@ -49,9 +49,19 @@
  * fp32 shard accumulator for ZeRO-2/3. The host backend does not reduce f64: f64 buckets (CPU
  * tests) reduce here by all-to-all or all-gather and a sum in rank order (mt_ddp_all_reduce).
  *
- * Not done yet: the params' all-gather after the step runs on the compute stream (overlapping it
- * with the next forward needs a hook before the embedding); ZeRO-3 gathers on the compute stream
- * without prefetching the next layer; with pp > 1 the tied embedding's gradient must be summed
+ * Parameter all-gather (optim, optim_grads; Megatron's overlap_param_gather). mt_ddp_step ends
+ * with every bucket's all-gather issued on the comm stream, in the order the next forward reads
+ * them (the embedding's bucket first: the buffer is in backward order), each followed by an event;
+ * the forward's params_needed hook makes the compute stream wait for the buckets of the embedding,
+ * of each block and of the head just before it reads them. So the gathers run under the forward,
+ * and only the first bucket's is exposed. The gathers go through their own copy of the dp group
+ * (mt_comm_split at init), so that a dp collective on the compute stream (the trainer's loss) can
+ * never run at the same time as one of them on the same NCCL communicator. On the CPU the
+ * gathers are deferred into the same hook and the parts not yet gathered are NaN, so a read
+ * before its gather shows in the tests. mt_ddp_gather_params (before reading weights outside a
+ * forward) and the next mt_ddp_step settle whatever is pending. cfg.no_overlap gathers in line.
+ *
+ * Not done yet: ZeRO-3 gathers on the compute stream without prefetching the next layer; with pp > 1 the tied embedding's gradient must be summed
  * over the embedding group before its bucket is reduced here (a pipeline schedule's job, not wired).
  *
  * Global gradient-norm clipping: sum of squares over this rank's reduced gradients (its shards
@@ -115,7 +125,8 @@ typedef struct mt_ddp_config {
     size_t bucket_size;          /* elements per bucket; 0 = max(40M, 1M * dp) */
     int grad_reduce_in_fp32;     /* 16-bit grads are reduced (and, sharded, accumulated) in fp32 */
     int average;                 /* 1: MT_AVG in the collective; 0 (default): MT_SUM */
-    int no_overlap;              /* 1: no_shard/optim reduce every bucket in mt_ddp_finish */
+    int no_overlap;              /* 1: no_shard/optim reduce every bucket in mt_ddp_finish, and
+                                    optim/optim_grads gather the updated params inside mt_ddp_step */
 } mt_ddp_config;
 
 typedef struct mt_ddp_bucket {
@@ -181,6 +192,10 @@ typedef struct mt_ddp {
     void *comm_stream;        /* cudaStream_t (GPU) */
     void **events;            /* (n_buckets) cudaEvent_t: bucket ready on the compute stream */
     void *ev_done;            /* cudaEvent_t: the comm stream's work so far */
+    /* ZeRO-1/2 parameter all-gather overlapped with the next forward (mt__ddp_late_gather) */
+    mt_comm *pcomm;           /* GPU: a copy of the dp group for these gathers only */
+    void **gev;               /* (n_buckets) cudaEvent_t: bucket b gathered on the comm stream */
+    char *pending;            /* (n_buckets) 1: gather issued (GPU) or due (CPU), not yet waited for */
 } mt_ddp;
 
 /* ------------------------------------------------------------------ batch validation */
@@ -484,6 +499,63 @@ MT_API void mt__ddp_release_bucket(mt_ddp *d, int b) {
     memset(p + own1 * es, 0xff, (bk->end - own1) * es);
 }
 
+/* ZeRO-1/2 with the overlap: the step's parameter all-gathers wait for the next forward. */
+MT_API int mt__ddp_late_gather(const mt_ddp *d) {
+    return d->nshard > 1 && !d->cfg.no_overlap &&
+           (d->cfg.strategy == MT_SHARD_OPTIM || d->cfg.strategy == MT_SHARD_OPTIM_GRADS);
+}
+
+/* Issue every bucket's all-gather after the step, the forward's first bucket first: on the GPU on
+ * the comm stream (after the compute stream's update), each followed by its event; on the CPU
+ * nothing runs yet, and the other ranks' pieces are poisoned until mt__ddp_settle gathers them. */
+MT_API mt_status mt__ddp_issue_gathers(mt_ddp *d) {
+#ifdef __CUDACC__
+    if (d->cx.device.type == MT_CUDA) {
+        MT_TRY(mt__ddp_comm_waits_compute(d, d->n_buckets - 1));
+        size_t es = mt_dtype_size(d->pdt);
+        for (int b = d->n_buckets - 1; b >= 0; b--) {
+            mt_ddp_bucket *bk = &d->buckets[b];
+            char *p = (char *)d->m->param_mem + bk->start * es;
+            MT_TRY(mt_comm_all_gather(d->pcomm, p + (size_t)d->rank * bk->shard * es, p, bk->shard, d->pdt,
+                                      d->comm_stream));
+            cudaError_t e = cudaEventRecord((cudaEvent_t)d->gev[b], (cudaStream_t)d->comm_stream);
+            if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: gather event: %s", cudaGetErrorString(e));
+            d->pending[b] = 1;
+        }
+        return MT_OK;
+    }
+#endif
+    for (int b = 0; b < d->n_buckets; b++) {
+        mt__ddp_release_bucket(d, b);
+        d->pending[b] = 1;
+    }
+    return MT_OK;
+}
+
+/* The compute stream may read bucket b's parameters from here on: it waits for the bucket's gather
+ * (GPU), or the gather runs now (CPU). */
+MT_API mt_status mt__ddp_settle(mt_ddp *d, int b) {
+    if (!d->pending || !d->pending[b]) return MT_OK;
+    d->pending[b] = 0;
+#ifdef __CUDACC__
+    if (d->cx.device.type == MT_CUDA) {
+        cudaError_t e = cudaStreamWaitEvent((cudaStream_t)d->cx.stream, (cudaEvent_t)d->gev[b], 0);
+        if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: waiting for a gather: %s", cudaGetErrorString(e));
+        return MT_OK;
+    }
+#endif
+    return mt__ddp_gather_bucket(d, b);
+}
+
+/* mt_gpt_hooks.params_needed: settle the buckets that hold any of [lo, hi). */
+MT_API mt_status mt__ddp_params_needed(void *user, const mt_gpt *m, size_t lo, size_t hi) {
+    mt_ddp *d = (mt_ddp *)user;
+    (void)m;
+    for (int b = 0; b < d->n_buckets; b++)
+        if (d->buckets[b].start < hi && lo < d->buckets[b].end) MT_TRY(mt__ddp_settle(d, b));
+    return MT_OK;
+}
+
 /* The elements [lo, hi) of the buffer that local block l (0 = the stage's first) occupies. */
 MT_API void mt__ddp_block_range(const mt_gpt *m, int l, size_t *lo, size_t *hi) {
     int nl = m->layer_end - m->layer_begin;
@@ -516,10 +588,12 @@ MT_API mt_status mt__ddp_before_block(void *user, const mt_gpt *m, int layer, in
     return mt__ddp_gather_only((mt_ddp *)user, layer - m->layer_begin);
 }
 
-/* Make every parameter valid on every rank (ZeRO-3; a no-op otherwise): before a checkpoint or
- * reading the weights. The next forward releases them again. */
+/* Make every parameter valid on every rank (ZeRO-3, and ZeRO-1/2 between a step and the next
+ * forward; a no-op otherwise): before a checkpoint or reading the weights. The next forward
+ * releases ZeRO-3's again. */
 MT_API mt_status mt_ddp_gather_params(const mt_ctx *cx, mt_ddp *d) {
     (void)cx;
+    for (int b = 0; b < d->n_buckets; b++) MT_TRY(mt__ddp_settle(d, b));
     if (d->cfg.strategy != MT_SHARD_OPTIM_GRADS_PARAMS) return MT_OK;
     for (int b = 0; b < d->n_buckets; b++)
         if (!d->buckets[b].gathered) MT_TRY(mt__ddp_gather_bucket(d, b));
@@ -647,8 +721,14 @@ MT_API void mt_ddp_free(mt_ddp *d) {
         for (int b = 0; b < d->n_buckets; b++)
             if (d->events[b]) cudaEventDestroy((cudaEvent_t)d->events[b]);
     if (d->ev_done) cudaEventDestroy((cudaEvent_t)d->ev_done);
+    if (d->gev)
+        for (int b = 0; b < d->n_buckets; b++)
+            if (d->gev[b]) cudaEventDestroy((cudaEvent_t)d->gev[b]);
     if (d->comm_stream) cudaStreamDestroy((cudaStream_t)d->comm_stream);
 #endif
+    if (d->pcomm) mt_comm_destroy(d->pcomm);
+    mt_free(d->gev);
+    mt_free(d->pending);
     mt_free(d->events);
     mt_free(d->buckets);
     mt_free(d->runs);
@@ -660,7 +740,8 @@ MT_API void mt_ddp_free(mt_ddp *d) {
  * group, the norm over dp_cp, tp and pp); NULL = one rank. host_init: the num_params floats the
  * params were initialised from (the fp32 master of 16-bit params starts there); NULL reads them
  * back from m->param_mem. Installs m->hooks; pads m's buffers (see the layout notes above).
- * Collective over the dp group when ZeRO-3 (the first release). */
+ * Collective over the dp group with ZeRO-3 (the first release), and on the GPU with ZeRO-1/2 (the
+ * gathers' communicator is split off the dp group). */
 MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_parallel *par,
                              const mt_ddp_config *cfg, const float *host_init) {
     memset(d, 0, sizeof *d);
@@ -680,7 +761,7 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
         return mt_errorf(MT_ERR_ARG, "ddp: the context (%s on %s) is not the model's (%s on %s)",
                          mt_dtype_name(cx->dtype), cx->device.type == MT_CUDA ? "GPU" : "CPU",
                          mt_dtype_name(m->dtype), m->device.type == MT_CUDA ? "GPU" : "CPU");
-    if (m->hooks.grads_ready || m->hooks.before_block)
+    if (m->hooks.grads_ready || m->hooks.before_block || m->hooks.params_needed)
         return mt_errorf(MT_ERR_ARG, "ddp: the model's hooks are already installed (one mt_ddp per model)");
     if (!d->cfg.bucket_size) d->cfg.bucket_size = (size_t)(dp > 40 ? dp : 40) * 1000000;
     d->nshard = d->cfg.strategy == MT_SHARD_NONE ? 1 : dp;
@@ -763,14 +844,27 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
             goto fail;
         }
         d->ev_done = (void *)ev;
+        if (mt__ddp_late_gather(d)) {
+            MT__DDP_TRY(mt_calloc(sizeof(void *) * (size_t)d->n_buckets, (void **)&d->gev));
+            for (int b = 0; b < d->n_buckets; b++) {
+                if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) {
+                    st = mt_errorf(MT_ERR_CUDA, "ddp: cudaEventCreate: %s", cudaGetErrorString(cudaGetLastError()));
+                    goto fail;
+                }
+                d->gev[b] = (void *)ev;
+            }
+            MT__DDP_TRY(mt_comm_split(d->dp, 0, mt_comm_rank(d->dp), "dp-params", &d->pcomm));
+        }
     }
 #endif
+    if (mt__ddp_late_gather(d)) MT__DDP_TRY(mt_calloc((size_t)d->n_buckets, (void **)&d->pending));
     d->stats.num_params = m->num_params;
     d->stats.padded_params = d->padded;
     d->stats.shard_params = d->nshard_elems;
     d->sync = 1;
     m->hooks.user = d;
     m->hooks.grads_ready = mt__ddp_grads_ready;
+    if (d->pending) m->hooks.params_needed = mt__ddp_params_needed;
     if (d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS) {
         m->hooks.before_block = mt__ddp_before_block;
         for (int b = 0; b < d->n_buckets; b++)
@@ -826,6 +920,7 @@ MT_API mt_status mt_ddp_step(const mt_ctx *cx, mt_ddp *d, const mt_optim_hp *hp_
     mt_ctx rcx = *cx;
     rcx.dtype = d->rdt;
     MT_TRY(mt_ddp_finish(cx, d));
+    for (int b = 0; b < d->n_buckets; b++) MT_TRY(mt__ddp_settle(d, b)); /* the last step's gathers */
     /* the global norm: this rank's reduced gradients, then over shards, tp and pp */
     MT_TRY(mt_zero(cx, norm_sq, ss));
     for (int i = 0; i < d->n_runs; i++)
@@ -845,8 +940,10 @@ MT_API mt_status mt_ddp_step(const mt_ctx *cx, mt_ddp *d, const mt_optim_hp *hp_
                                    mt__ddp_reduced_grad(d, &d->runs[i]), d->runs[i].n, 0));
     if (!d->plan_ready) MT_TRY(mt__ddp_make_plan(cx, d));
     MT_TRY(mt_adamw_multi_plan_step(cx, &d->plan, &hp, hp_in->weight_decay, coef, 0));
-    /* parameters: everyone's updated pieces */
-    if (d->nshard > 1) {
+    /* parameters: everyone's updated pieces (ZeRO-1/2: under the next forward) */
+    if (mt__ddp_late_gather(d)) {
+        MT_TRY(mt__ddp_issue_gathers(d));
+    } else if (d->nshard > 1) {
         for (int b = 0; b < d->n_buckets; b++) {
             if (d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS && !d->buckets[b].root) {
                 mt__ddp_release_bucket(d, b);  /* stale now; gathered again before its layer runs */

@@ -161,6 +161,10 @@ typedef struct mt_gpt_hooks {
     mt_status (*grads_ready)(void *user, const struct mt_gpt *m, size_t n_ready);
     /* Before layer `layer`'s forward (backward = 0) or backward (1): ZeRO-3 gathers its weights here. */
     mt_status (*before_block)(void *user, const struct mt_gpt *m, int layer, int backward);
+    /* Before the forward first reads elements [lo, hi) of param_mem: the embedding's, each block's
+     * (ready[] gives the ranges), the head's. ZeRO-1/2 wait here for the all-gather of the parameters
+     * that the last step updated, started on a side stream after the step (mt/ddp.h). */
+    mt_status (*params_needed)(void *user, const struct mt_gpt *m, size_t lo, size_t hi);
 } mt_gpt_hooks;
 
 /* One pipeline stage of the model (the whole model when there is one stage). */
@@ -647,14 +651,19 @@ MT_API mt_status mt_gpt_forward(const mt_ctx *cx, const mt_gpt *m, mt_gpt_acts *
                                 float loss_scale) {
     const mt_layer_par *p = &m->par;
     int B = a->B, T = a->T, N = B * T, R = mt_tp_rows(p, N), C = m->C, nl = m->layer_end - m->layer_begin;
-    if (m->first)
+    mt_gpt_hooks h = m->hooks;
+    if (m->first) {
+        if (h.params_needed) MT_TRY(h.params_needed(h.user, m, m->ready[nl], m->ready[nl + 1]));
         MT_TRY(mt_vocab_parallel_embedding_fwd(cx, p, a->res[0], a->tokens, m->w.wte, m->w.wpe, s->gather, B, T, C, 0,
                                                m->vstart, m->Vp));
+    }
     for (int l = 0; l < nl; l++) {
-        if (m->hooks.before_block) MT_TRY(m->hooks.before_block(m->hooks.user, m, m->layer_begin + l, 0));
+        if (h.before_block) MT_TRY(h.before_block(h.user, m, m->layer_begin + l, 0));
+        if (h.params_needed) MT_TRY(h.params_needed(h.user, m, m->ready[nl - 1 - l], m->ready[nl - l]));
         MT_TRY(mt_gpt_block_fwd(cx, m, &m->w.blocks[l], &a->blocks[l], a->res[l], a->res[l + 1], s, B, T));
     }
     if (!m->last) return MT_OK;
+    if (h.params_needed) MT_TRY(h.params_needed(h.user, m, 0, m->ready[0])); /* lnf; a later stage's wte copy */
     MT_TRY(mt_layernorm_fwd(cx, a->lnf, a->lnf_mean, a->lnf_rstd, a->res[nl], m->w.lnf_w, m->w.lnf_b, R, C));
     return mt__gpt_head(cx, m, a, s, loss_scale);
 }

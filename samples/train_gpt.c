@@ -20,6 +20,7 @@ typedef struct args {
     int global_batch_default; /* 1: --global-batch-size not given: micro-batch x data-parallel size */
     int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
     int tp_comm_chunks;     /* the row-parallel forward in this many pieces of rows (0: the library's default) */
+    int no_dp_comm_overlap; /* dp: gradient buckets reduced after the backward, ZeRO-1/2 params gathered in the step */
     int timing;             /* GPU time per op, reported at the end (one host sync per step) */
     int gemm_tune;          /* GPU: time up to N cuBLASLt algorithms per GEMM shape once, keep the fastest */
     const char *gemm_tune_file; /* GPU: the algorithms chosen per shape, read and kept (mt/tune.h) */
@@ -47,6 +48,8 @@ static void usage(void) {
             "  --data-parallel-sharding-strategy no_shard|optim|optim_grads|optim_grads_params\n"
             "  --no-tp-comm-overlap  --tp-comm-chunks N   (the row-parallel forward's GEMM in N pieces, each\n"
             "                   piece's all-reduce under the next one's GEMM; default 4)\n"
+            "  --no-dp-comm-overlap   (gradients reduced after the backward, not bucket by bucket during it;\n"
+            "                   the distributed optimizer's parameter all-gather in the step, not under the next forward)\n"
             "  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n"
             "  --timing   (GPU: time of every op per step, printed after the speed line)\n"
             "  --gemm-tune N   (GPU: time up to N cuBLASLt algorithms per GEMM shape at its first use and keep\n"
@@ -105,6 +108,7 @@ static int parse_args(int argc, char **argv, args *a) {
         if (!strcmp(f, "--fp32")) { a->dtype_flag = 1; continue; }
         if (!strcmp(f, "--sequence-parallel")) { a->sequence_parallel = 1; continue; }
         if (!strcmp(f, "--no-tp-comm-overlap")) { a->no_tp_comm_overlap = 1; continue; }
+        if (!strcmp(f, "--no-dp-comm-overlap")) { a->no_dp_comm_overlap = 1; continue; }
         if (!strcmp(f, "--timing")) { a->timing = 1; continue; }
         if (!strcmp(f, "--use-distributed-optimizer")) { a->sharding = MT_SHARD_OPTIM; continue; }
         if (!strcmp(f, "--accumulate-allreduce-grads-in-fp32")) { a->grad_fp32 = 1; continue; }
@@ -616,6 +620,7 @@ static mt_status train(mt_comm *world, void *arg) {
         memset(&dc, 0, sizeof dc);
         dc.strategy = a.sharding;
         dc.grad_reduce_in_fp32 = a.grad_fp32;
+        dc.no_overlap = a.no_dp_comm_overlap;
         MT_TRY(mt_ddp_init(&cx, &ddp, &model, &par, &dc, init));
     } else {
         MT_TRY(mt_optim_init(&cx, &opt, &model, init));
@@ -722,7 +727,7 @@ static mt_status train(mt_comm *world, void *arg) {
 #endif
     }
     mt_free(step_ms);
-    if (world) MT_TRY(mt_ddp_gather_params(&cx, &ddp));  /* ZeRO-3 holds shards: gather the weights */
+    if (world) MT_TRY(mt_ddp_gather_params(&cx, &ddp));  /* ZeRO-3 holds shards, ZeRO-1/2 gathers wait for a forward */
     if (synthetic) { /* every rank takes part: tensor-parallel ranks compute the forward together */
         uint32_t n_eval = a.eval_iters > 0 && a.eval_iters * B < TASK_EVAL ? (uint32_t)(a.eval_iters * B) : TASK_EVAL;
         double acc = task_accuracy(&cx, &model, &acts, &scratch, rows, &stg, logits_row, row_buf, a.seed, n_eval);

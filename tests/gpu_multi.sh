@@ -63,6 +63,9 @@ if has scaling || has dp-scaling; then
     note "ours d48 2 GPUs (dp=2): $(speed "$out/d48_2gpu.log")"
     ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 --use-distributed-optimizer > "$out/d48_2gpu_zero1.log" 2>&1
     note "ours d48 2 GPUs (dp=2, ZeRO-1): $(speed "$out/d48_2gpu_zero1.log")"
+    # the same with the gradient reduction and the parameter all-gather in line: what the overlap buys
+    ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 --use-distributed-optimizer --no-dp-comm-overlap > "$out/d48_2gpu_zero1_nooverlap.log" 2>&1
+    note "ours d48 2 GPUs (dp=2, ZeRO-1, no dp comm overlap): $(speed "$out/d48_2gpu_zero1_nooverlap.log")"
     if has launch-modes; then
         python3 -m torch.distributed.run --no-python --nproc_per_node=2 ./build/train_gpt_cuda $common $d48 \
             --micro-batch-size 8 --use-distributed-optimizer > "$out/d48_2gpu_zero1_torchrun.log" 2>&1

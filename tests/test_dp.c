@@ -120,7 +120,9 @@ typedef struct job {
     size_t unit;
     mt_param *ptab[MAXR];   /* the rank's parameter table */
     int n_ptab[MAXR];
-    long nan_after_step[MAXR]; /* ZeRO-3: poisoned (released) elements of param_mem after the last step */
+    long nan_after_step[MAXR]; /* poisoned elements of param_mem after the last step: ZeRO-3's released
+                                  layers, ZeRO-1/2's gathers not yet due (they wait for the next forward) */
+    int params_hook[MAXR];     /* the model's params_needed hook was installed */
 } job;
 
 static mt_status rank_body(mt_comm *world, void *arg) {
@@ -204,7 +206,7 @@ static mt_status rank_body(mt_comm *world, void *arg) {
                 j->loss_ar[it][wr] = j->dt == MT_F64 ? l64 : l32;
             }
         }
-        if (st == MT_OK && j->dc.strategy == MT_SHARD_OPTIM_GRADS_PARAMS) {
+        if (st == MT_OK) {
             long nan = 0;
             for (size_t i = 0; i < m.num_params; i++) nan += stat_at(j->dt, m.param_mem, i) != stat_at(j->dt, m.param_mem, i);
             j->nan_after_step[wr] = nan;
@@ -216,6 +218,7 @@ static mt_status rank_body(mt_comm *world, void *arg) {
         mt_arena_free(&ar);
     }
     j->stats[wr] = d.stats;
+    j->params_hook[wr] = m.hooks.params_needed != NULL;
     mt_ddp_free(&d);
     mt_gpt_free(&m);
     mt_free(init);
@@ -309,7 +312,7 @@ static void equivalence(mt_dtype dt, double tol) {
     MT_EXPECT(clipped > 0 && clipped < ITERS, "clipping is active in some steps, not all (%d of %d)", clipped, ITERS);
     for (int dp = 2; dp <= 4; dp *= 2) {
         for (int s = 0; s <= 3; s++) {
-            for (int variant = 0; variant < (s == 1 ? 3 : 1); variant++) {
+            for (int variant = 0; variant < (s == 1 || s == 2 ? 3 : 1); variant++) {
                 job j;
                 memset(&j, 0, sizeof j);
                 j.dt = dt; j.tp = 1; j.iters = ITERS;
@@ -317,7 +320,7 @@ static void equivalence(mt_dtype dt, double tol) {
                 j.dc.strategy = (mt_shard_strategy)s;
                 j.dc.bucket_size = 300;                  /* several buckets in this tiny model */
                 if (variant == 1) j.dc.average = 1;      /* MT_AVG, loss scaled per rank */
-                if (variant == 2) j.dc.no_overlap = 1;   /* every bucket at finish */
+                if (variant == 2) j.dc.no_overlap = 1;   /* every bucket at finish, params gathered in the step */
                 char what[96];
                 snprintf(what, sizeof what, "%s dp=%d %s%s", mt_dtype_name(dt), dp, mt_shard_strategy_name(j.dc.strategy),
                          variant == 1 ? " (MT_AVG)" : variant == 2 ? " (no overlap)" : "");
@@ -331,6 +334,14 @@ static void equivalence(mt_dtype dt, double tol) {
                                "layer elements gathered at once; %ld released (NaN) after the step\n",
                                j.stats[0].padded_params, j.stats[0].shard_params, j.stats[0].root_params,
                                j.stats[0].peak_gathered, j.nan_after_step[0]);
+                    }
+                    if (s == 1 || s == 2) {  /* the gathers wait for the next forward, unless switched off */
+                        int late = variant != 2;
+                        for (int r = 0; r < dp; r++) {
+                            MT_EXPECT((j.nan_after_step[r] > 0) == late && j.params_hook[r] == late,
+                                      "%s: rank %d has %ld parameters not yet gathered after the step (hook %d)", what,
+                                      r, j.nan_after_step[r], j.params_hook[r]);
+                        }
                     }
                     if (s == 2)
                         printf("      ZeRO-2 rank 0: shard accumulator %zu bytes; at most %zu of %zu gradient elements "
