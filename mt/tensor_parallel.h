@@ -17,7 +17,7 @@
  *
  * Where the collectives are (f forward, b backward; "SP" = with sequence parallelism):
  *   column-parallel linear (qkv, fc, the classifier): weight rows split (OC/tp); input replicated
- *     f: SP all-gathers the input rows (N/tp -> N)
+ *     f: SP all-gathers the input rows (N/tp -> N), in pieces, each under GEMMs
  *     b: dgrad all-reduced (reduce-scattered with SP); SP all-gathers the saved input again for wgrad
  *   row-parallel linear (proj, fc2): weight columns split (IC/tp); output partial per rank
  *     f: partial products all-reduced (reduce-scattered with SP); bias + residual added by one rank
@@ -43,9 +43,11 @@
  * no step allocates or synchronises with the host, CUDA graph capture sees a fork that joins, and
  * tp collectives never run two at a time on one communicator. The side stream has the highest
  * priority. The data-parallel buckets (mt/ddp.h) wait on the compute stream, after the join.
- * In the forward each collective's result is the next op's input, so the row-parallel layer splits
- * its GEMM into pieces of rows (lp.comm_chunks) and sums piece j on the side stream while piece j+1
- * is computed: all but the last piece's collective hidden. lp.no_comm_overlap = 1 keeps everything
+ * In the forward each collective's result is the next op's input, so the layers cut their GEMMs
+ * into pieces of rows (lp.comm_chunks): the row-parallel layer sums piece j on the side stream
+ * while piece j+1 is computed (all but the last piece's collective hidden), and under SP the
+ * column-parallel layer gathers piece j+1 while piece j is computed (the first gather hidden
+ * behind the GEMM of this rank's own rows). lp.no_comm_overlap = 1 keeps everything
  * in line on cx's stream (A/B timing); the host backend always does (it is synchronous), and
  * results are the same either way (the same GEMMs).
  *
@@ -80,7 +82,7 @@
 extern "C" {
 #endif
 
-/* The row-parallel forward's pieces by default (mt_layer_par.comm_chunks). */
+/* The forward's pieces of rows by default (mt_layer_par.comm_chunks). */
 #ifndef MT_TP_COMM_CHUNKS
 #define MT_TP_COMM_CHUNKS 4
 #endif
@@ -94,8 +96,9 @@ typedef struct mt_layer_par {
     struct mt_comm *tp, *cp, *ep;
     int no_comm_overlap;   /* 1: every tp collective in line on cx's stream (to measure what the
                               overlap buys); 0 (default): the backward overlaps, see below */
-    int comm_chunks;       /* the row-parallel forward's GEMM and collective in this many pieces of rows
-                              (0: MT_TP_COMM_CHUNKS; 1: one GEMM, then its collective) */
+    int comm_chunks;       /* the forward's GEMMs and tp collectives (row-parallel sum, SP all-gather) in
+                              this many pieces of rows (0: MT_TP_COMM_CHUNKS; 1: one collective and one
+                              GEMM) */
     void *comm_stream;     /* cudaStream_t of the overlapped tp collectives (mt_tp_overlap_init), or NULL */
     void *comm_ev[2];      /* cudaEvent_t: [0] compute -> comm stream, [1] comm -> compute stream */
 } mt_layer_par;
@@ -156,7 +159,8 @@ MT_API int mt_tp_sp(const mt_layer_par *p) { return p->sequence_parallel && p->t
 /* Rows of the residual stream this rank holds for N tokens. */
 MT_API int mt_tp_rows(const mt_layer_par *p, int N) { return mt_tp_sp(p) ? N / p->tp_size : N; }
 
-/* Pieces the row-parallel forward cuts its `rows` rows into (at least one row each). */
+/* Pieces the forward cuts `rows` rows into (at least one row each): the row-parallel layer its
+ * rows, the SP column-parallel layer every rank's slice. */
 MT_API int mt_tp_comm_chunks(const mt_layer_par *p, int rows) {
     int k = p->comm_chunks > 0 ? p->comm_chunks : MT_TP_COMM_CHUNKS;
     return k < rows ? k : rows > 0 ? rows : 1;
@@ -247,17 +251,42 @@ MT_API mt_status mt__tp_wait(const mt_layer_par *p, int k, void *stream) {
 /* ------------------------------------------------------------------ linear layers */
 
 /* Column-parallel linear: w is this rank's OC/tp rows of the global (OC, IC) weight, b its OC/tp.
- * inp: (N, IC) replicated, or this rank's (N/tp, IC) rows under SP, all-gathered into `gather`
- * (N, IC) first. out (N, OC/tp), gelu_pre as in mt_matmul_fwd. N is the micro-batch's B*T. */
+ * inp: (N, IC) replicated, or this rank's (N/tp, IC) rows under SP, all-gathered through `gather`
+ * (N, IC) first. out (N, OC/tp), gelu_pre as in mt_matmul_fwd. N is the micro-batch's B*T.
+ *
+ * Under SP the all-gather goes in the row-parallel forward's pieces (mt_tp_comm_chunks): piece j
+ * gathers rows [r0, r0 + n) of every rank's slice into `gather` (rank after rank), and the GEMMs of
+ * those rows follow it. This rank's own rows need no gather, so their GEMM comes first; overlapped
+ * (mt__tp_overlap), the gathers run on the side stream, the first under that GEMM and each next one
+ * under the previous piece's GEMMs. `gather` is left in that piece order (scratch only). */
 MT_API mt_status mt_column_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p, void *out, void *gelu_pre,
                                         const void *inp, const void *w, const void *b, void *gather, int N, int IC,
                                         int OC) {
-    const void *x = inp;
-    if (mt_tp_sp(p)) {
-        MT_TRY(mt_tp_all_gather(cx, p, gather, inp, (size_t)N / p->tp_size * IC, cx->dtype));
-        x = gather;
+    if (!mt_tp_sp(p)) return mt_matmul_fwd(cx, out, gelu_pre, inp, w, b, NULL, N, IC, OC);
+    int tp = p->tp_size, me = p->tp_rank, rows = N / tp, ov = mt__tp_overlap(cx, p);
+    int k = mt_tp_comm_chunks(p, rows);
+    size_t es = mt_dtype_size(cx->dtype);
+#define MT__ROWS(r0, n, x) /* out and gelu_pre rows [r0, r0 + n) from their inputs x */                           mt_matmul_fwd(cx, (char *)out + (size_t)(r0) * OC * es, gelu_pre ? (char *)gelu_pre + (size_t)(r0) * OC * es : NULL,                   x, w, b, NULL, n, IC, OC)
+    mt_ctx cc = *cx; /* where the gathers go */
+    if (ov) {
+        cc.stream = p->comm_stream;
+        MT_TRY(mt__tp_record(p, 0, cx->stream)); /* inp is final and `gather` free */
+        MT_TRY(mt__tp_wait(p, 0, cc.stream));
     }
-    return mt_matmul_fwd(cx, out, gelu_pre, x, w, b, NULL, N, IC, OC);
+    MT_TRY(MT__ROWS(me * rows, rows, inp));
+    for (int j = 0; j < k; j++) {
+        int r0 = (int)((int64_t)rows * j / k), n = (int)((int64_t)rows * (j + 1) / k) - r0;
+        char *g = (char *)gather + (size_t)tp * r0 * IC * es; /* (tp, n, IC) */
+        MT_TRY(mt_tp_all_gather(&cc, p, g, (const char *)inp + (size_t)r0 * IC * es, (size_t)n * IC, cx->dtype));
+        if (ov) {
+            MT_TRY(mt__tp_record(p, 1, cc.stream));
+            MT_TRY(mt__tp_wait(p, 1, cx->stream));
+        }
+        for (int q = 0; q < tp; q++)
+            if (q != me) MT_TRY(MT__ROWS(q * rows + r0, n, g + (size_t)q * n * IC * es));
+    }
+#undef MT__ROWS
+    return MT_OK;
 }
 
 /* Its backward. dout (N, OC/tp); inp as in the forward (re-gathered into `gather` under SP); dw, db +=.

@@ -19,7 +19,7 @@ typedef struct args {
     int seq_len, micro_batch, global_batch, train_iters, world_size, tp, sequence_parallel, grad_fp32;
     int global_batch_default; /* 1: --global-batch-size not given: micro-batch x data-parallel size */
     int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
-    int tp_comm_chunks;     /* the row-parallel forward in this many pieces of rows (0: the library's default) */
+    int tp_comm_chunks;     /* the forward tp GEMMs and collectives in this many pieces of rows (0: the library's default) */
     int no_dp_comm_overlap; /* dp: gradient buckets reduced after the backward, ZeRO-1/2 params gathered in the step */
     int timing;             /* GPU time per op, reported at the end (one host sync per step) */
     int gemm_tune;          /* GPU: time up to N cuBLASLt algorithms per GEMM shape once, keep the fastest */
@@ -46,8 +46,8 @@ static void usage(void) {
             "  --data-path [W] PREFIX...  --split 949,50,1  --eval-interval N  --eval-iters N  --log-interval N\n"
             "  --world-size N  --tensor-model-parallel-size N  --sequence-parallel  --use-distributed-optimizer\n"
             "  --data-parallel-sharding-strategy no_shard|optim|optim_grads|optim_grads_params\n"
-            "  --no-tp-comm-overlap  --tp-comm-chunks N   (the row-parallel forward's GEMM in N pieces, each\n"
-            "                   piece's all-reduce under the next one's GEMM; default 4)\n"
+            "  --no-tp-comm-overlap  --tp-comm-chunks N   (the forward's tp GEMMs in N pieces of rows, each\n"
+            "                   piece's all-reduce under the next one's GEMM, with SP each all-gather under one; default 4)\n"
             "  --no-dp-comm-overlap   (gradients reduced after the backward, not bucket by bucket during it;\n"
             "                   the distributed optimizer's parameter all-gather in the step, not under the next forward)\n"
             "  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n"
@@ -652,7 +652,7 @@ static mt_status train(mt_comm *world, void *arg) {
                mt_dtype_name(cx.dtype));
         char tp_note[96] = "";
         if (par.size.tp > 1)
-            snprintf(tp_note, sizeof tp_note, ", row-parallel forward in %d pieces%s",
+            snprintf(tp_note, sizeof tp_note, ", forward collectives in %d pieces%s",
                      mt_tp_comm_chunks(&model.par, mt_tp_rows(&model.par, B * T)),
                      model.par.no_comm_overlap ? ", collectives not overlapped" : "");
         printf("ranks: %d (tensor parallel %d%s%s, data parallel %d, %s)\n", world ? mt_comm_size(world) : 1,

@@ -81,7 +81,7 @@ if has scaling || has tp-scaling; then
     note "ours 48x1664 tp=2: $(speed "$out/d48tp_tp2.log")"
     ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --sequence-parallel > "$out/d48tp_tp2sp.log" 2>&1
     note "ours 48x1664 tp=2 + SP: $(speed "$out/d48tp_tp2sp.log")"
-    # the row-parallel forward in 1, 2 and 8 pieces (4 above): what cutting its GEMM costs and hides
+    # the forward's tp GEMMs in 1, 2 and 8 pieces (4 above): what cutting them costs and hides
     for k in 1 2 8; do
         ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --tp-comm-chunks $k > "$out/d48tp_tp2_chunks$k.log" 2>&1
         note "ours 48x1664 tp=2, --tp-comm-chunks $k: $(speed "$out/d48tp_tp2_chunks$k.log")"

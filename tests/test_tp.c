@@ -209,7 +209,7 @@ static void check_against(const run *one, const run *r, double loss_tol, double 
     double dg = gathered_diff(one, one->grads, r, r->grads, &cov_g);
     double dp = gathered_diff(one, one->params, r, r->params, &cov_p);
     char pieces[48] = "";
-    if (r->chunks) snprintf(pieces, sizeof pieces, " (row-parallel forward in %d piece%s)", r->chunks, r->chunks > 1 ? "s" : "");
+    if (r->chunks) snprintf(pieces, sizeof pieces, " (forward collectives in %d piece%s)", r->chunks, r->chunks > 1 ? "s" : "");
     printf("    %s tp=%d%s%s%s: lm loss %.6f .. %.6f, max rel diff %.1e; grad norm %.1e; gathered grads %.1e, params after "
            "%d steps %.1e\n", mt_dtype_name(r->dt), r->tp, r->sp ? " +SP" : "", r->head ? " +head chunks" : "",
            pieces,
@@ -242,7 +242,7 @@ static void tp_matrix(mt_dtype dt, double loss_tol, double grad_tol, double para
     /* the vocab-parallel head in chunks of 5 of the 12 rows (per-chunk loss statistics) */
     if (do_run_opts(&r, &cfg, dt, 2, 0, B, T, 5, 0)) check_against(&one, &r, loss_tol, grad_tol, param_tol);
     run_free(&r);
-    /* the row-parallel forward in one piece, and in 5 uneven ones (12 rows; 6 per rank under SP) */
+    /* the forward collectives in one piece, and in 5 uneven ones (12 rows; 6 per rank under SP) */
     for (int sp = 0; sp <= 1; sp++)
         for (int chunks = 1; chunks <= 5; chunks += 4) {
             if (do_run_opts(&r, &cfg, dt, 2, sp, B, T, 0, chunks)) check_against(&one, &r, loss_tol, grad_tol, param_tol);
