@@ -168,7 +168,10 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
                        mt__align_bytes(A) | mt__align_bytes(B) << 5 | mt__align_bytes(C) << 10 |
                            mt__align_bytes(D) << 15 | mt__align_bytes(bias) << 20 | (int64_t)mt__align_bytes(aux) << 25,
                        aux_ld, C == D, 0, 0};
-    const int nkey = MT_GEMM_TUNE_KEY;
+    /* an SM margin: cuBLASLt plans the GEMM for fewer SMs (its own plan; the tuning file is not used) */
+    int sm_target = cx->sm_margin > 0 && cx->sm_margin < g->sm_count ? g->sm_count - cx->sm_margin : 0;
+    key[MT_GEMM_TUNE_KEY] = sm_target;
+    const int nkey = MT_GEMM_TUNE_KEY + 1;
     int hit = -1;
 #define MT__LT(call)                                                                                     \
     do {                                                                                                 \
@@ -184,6 +187,8 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
     MT__LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
     MT__LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     if (bias) MT__LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    if (sm_target)
+        MT__LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sm_target, sizeof sm_target));
     if (aux) {
         MT__LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux, sizeof aux));
         MT__LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof aux_ld));
@@ -199,7 +204,8 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
     if (hit < 0) {
         cublasLtMatmulHeuristicResult_t res[MT__GEMM_TUNE_MAX];
         int nres = 0, want = g->gemm_tune > 1 ? (g->gemm_tune < MT__GEMM_TUNE_MAX ? g->gemm_tune : MT__GEMM_TUNE_MAX) : 1;
-        const int listed = g->tune_path[0] ? mt_gemm_tune_find(&g->tune, key) : -1; /* the tuning file's pick */
+        const int filed = g->tune_path[0] && !sm_target; /* shapes the tuning file covers */
+        const int listed = filed ? mt_gemm_tune_find(&g->tune, key) : -1; /* the tuning file's pick */
         if (listed >= want) want = listed < MT__GEMM_TUNE_MAX ? listed + 1 : MT__GEMM_TUNE_MAX;
         memset(res, 0, sizeof res);
         MT__LT(cublasLtMatmulPreferenceCreate(&pref));
@@ -229,7 +235,7 @@ MT_API mt_status mt__lt_matmul(const mt_ctx *cx, const char *what, cudaDataType_
         } else if (nres > 1) {
             pick = mt__gemm_fastest(cx, desc, la, lb, lc, ld, A, B, C == D ? NULL : C, beta,
                                     (size_t)ldd * n * (dt == CUDA_R_16BF ? 2 : 4), res, nres);
-            if (g->tune_path[0]) {
+            if (filed) {
                 st = mt_gemm_tune_put(&g->tune, key, pick);
                 if (st == MT_OK) st = mt_gemm_tune_save(g->tune_path, &g->tune);
                 if (st != MT_OK) goto done;

@@ -483,6 +483,8 @@ typedef struct mt_ctx {
     mt_dtype dtype;            /* weights and activations; default f32 */
     void *stream;              /* cudaStream_t on the GPU; NULL = default stream */
     struct mt_gpu_state *gpu;  /* set by mt_gpu_init on the GPU */
+    int sm_margin;             /* GPU: GEMMs leave this many SMs to work running beside them (the
+                                  communication kernels of an overlapped collective); 0 = none */
 } mt_ctx;
 
 MT_API mt_dtype mt_stat_dtype(const mt_ctx *cx) { return cx->dtype == MT_F64 ? MT_F64 : MT_F32; }

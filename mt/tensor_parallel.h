@@ -47,9 +47,12 @@
  * into pieces of rows (lp.comm_chunks): the row-parallel layer sums piece j on the side stream
  * while piece j+1 is computed (all but the last piece's collective hidden), and under SP the
  * column-parallel layer gathers piece j+1 while piece j is computed (the first gather hidden
- * behind the GEMM of this rank's own rows). lp.no_comm_overlap = 1 keeps everything
- * in line on cx's stream (A/B timing); the host backend always does (it is synchronous), and
- * results are the same either way (the same GEMMs).
+ * behind the GEMM of this rank's own rows). A persistent GEMM kernel takes every SM, so a
+ * collective's kernel beside it can wait for SMs: lp.comm_sm_margin plans the GEMMs that run beside
+ * a collective for that many SMs fewer (cuBLASLt's SM count target, what PyTorch calls an SM
+ * carveout; pair it with NCCL_MAX_CTAS). lp.no_comm_overlap = 1 keeps everything in line on cx's
+ * stream (A/B timing); the host backend always does (it is synchronous), and results are the same
+ * either way (the same GEMMs; with an SM margin, GEMMs planned for fewer SMs may round differently).
  *
  * Cross-entropy exchange. Megatron all-reduces the row max (MAX), then the target logit (SUM), then
  * the sum of exp (SUM), with a pass over the logits between the first and the last. Here one pass
@@ -99,6 +102,8 @@ typedef struct mt_layer_par {
     int comm_chunks;       /* the forward's GEMMs and tp collectives (row-parallel sum, SP all-gather) in
                               this many pieces of rows (0: MT_TP_COMM_CHUNKS; 1: one collective and one
                               GEMM) */
+    int comm_sm_margin;    /* GPU, overlapped: GEMMs that run beside a tp collective are planned for this
+                              many SMs fewer (mt_ctx.sm_margin), left to the collective; 0 = none */
     void *comm_stream;     /* cudaStream_t of the overlapped tp collectives (mt_tp_overlap_init), or NULL */
     void *comm_ev[2];      /* cudaEvent_t: [0] compute -> comm stream, [1] comm -> compute stream */
 } mt_layer_par;
@@ -250,6 +255,13 @@ MT_API mt_status mt__tp_wait(const mt_layer_par *p, int k, void *stream) {
 
 /* ------------------------------------------------------------------ linear layers */
 
+/* out and gelu_pre rows [r0, r0 + n) of a column-parallel layer, from their input rows x. */
+MT_API mt_status mt__tp_col_rows(const mt_ctx *cx, void *out, void *gelu_pre, const void *x, const void *w,
+                                 const void *b, int r0, int n, int IC, int OC) {
+    size_t off = (size_t)r0 * OC * mt_dtype_size(cx->dtype);
+    return mt_matmul_fwd(cx, (char *)out + off, gelu_pre ? (char *)gelu_pre + off : NULL, x, w, b, NULL, n, IC, OC);
+}
+
 /* Column-parallel linear: w is this rank's OC/tp rows of the global (OC, IC) weight, b its OC/tp.
  * inp: (N, IC) replicated, or this rank's (N/tp, IC) rows under SP, all-gathered through `gather`
  * (N, IC) first. out (N, OC/tp), gelu_pre as in mt_matmul_fwd. N is the micro-batch's B*T.
@@ -266,14 +278,14 @@ MT_API mt_status mt_column_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p,
     int tp = p->tp_size, me = p->tp_rank, rows = N / tp, ov = mt__tp_overlap(cx, p);
     int k = mt_tp_comm_chunks(p, rows);
     size_t es = mt_dtype_size(cx->dtype);
-#define MT__ROWS(r0, n, x) /* out and gelu_pre rows [r0, r0 + n) from their inputs x */                           mt_matmul_fwd(cx, (char *)out + (size_t)(r0) * OC * es, gelu_pre ? (char *)gelu_pre + (size_t)(r0) * OC * es : NULL,                   x, w, b, NULL, n, IC, OC)
-    mt_ctx cc = *cx; /* where the gathers go */
+    mt_ctx cc = *cx, beside = *cx; /* where the gathers go; the GEMMs that run beside one */
     if (ov) {
         cc.stream = p->comm_stream;
+        beside.sm_margin = p->comm_sm_margin;
         MT_TRY(mt__tp_record(p, 0, cx->stream)); /* inp is final and `gather` free */
         MT_TRY(mt__tp_wait(p, 0, cc.stream));
     }
-    MT_TRY(MT__ROWS(me * rows, rows, inp));
+    MT_TRY(mt__tp_col_rows(&beside, out, gelu_pre, inp, w, b, me * rows, rows, IC, OC));
     for (int j = 0; j < k; j++) {
         int r0 = (int)((int64_t)rows * j / k), n = (int)((int64_t)rows * (j + 1) / k) - r0;
         char *g = (char *)gather + (size_t)tp * r0 * IC * es; /* (tp, n, IC) */
@@ -283,9 +295,10 @@ MT_API mt_status mt_column_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p,
             MT_TRY(mt__tp_wait(p, 1, cx->stream));
         }
         for (int q = 0; q < tp; q++)
-            if (q != me) MT_TRY(MT__ROWS(q * rows + r0, n, g + (size_t)q * n * IC * es));
+            if (q != me)
+                MT_TRY(mt__tp_col_rows(j + 1 < k ? &beside : cx, out, gelu_pre, g + (size_t)q * n * IC * es, w, b,
+                                       q * rows + r0, n, IC, OC));
     }
-#undef MT__ROWS
     return MT_OK;
 }
 
@@ -308,9 +321,10 @@ MT_API mt_status mt_column_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p,
          *   SP:    all-gather inp -> gather   || dgrad GEMM
          *          reduce-scatter dgrad       || wgrad GEMM (+ bias grad) on the gathered inp
          *   no SP: all-reduce dgrad           || wgrad GEMM (+ bias grad) */
-        mt_ctx cc = *cx;
+        mt_ctx cc = *cx, beside = *cx; /* the collectives' stream; the GEMMs that run beside one */
         void *cs = cx->stream; /* the compute stream */
         cc.stream = p->comm_stream;
+        beside.sm_margin = p->comm_sm_margin;
         if (mt_tp_sp(p)) {
             MT_TRY(mt__tp_record(p, 0, cs));
             MT_TRY(mt__tp_wait(p, 0, cc.stream));
@@ -318,7 +332,7 @@ MT_API mt_status mt_column_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p,
             MT_TRY(mt__tp_record(p, 1, cc.stream)); /* the gathered input, for wgrad */
             x = gather;
         }
-        MT_TRY(mt_matmul_bwd(cx, dinp, NULL, NULL, dout, x, w, NULL, N, IC, OC));
+        MT_TRY(mt_matmul_bwd(mt_tp_sp(p) ? &beside : cx, dinp, NULL, NULL, dout, x, w, NULL, N, IC, OC));
         MT_TRY(mt__tp_record(p, 0, cs));
         MT_TRY(mt__tp_wait(p, 0, cc.stream));
         if (mt_tp_sp(p)) {
@@ -328,7 +342,7 @@ MT_API mt_status mt_column_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p,
         } else {
             MT_TRY(mt_tp_all_reduce(&cc, p, dinp, (size_t)N * IC, cx->dtype));
         }
-        MT_TRY(mt_matmul_bwd(cx, NULL, dw, db, dout, x, w, NULL, N, IC, OC));
+        MT_TRY(mt_matmul_bwd(&beside, NULL, dw, db, dout, x, w, NULL, N, IC, OC));
         MT_TRY(mt__tp_record(p, 1, cc.stream));
         return mt__tp_wait(p, 1, cs);
     }
@@ -364,21 +378,25 @@ MT_API mt_status mt_row_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p, vo
     int tp = p->tp_size, sp = mt_tp_sp(p), rows = mt_tp_rows(p, N), ov = mt__tp_overlap(cx, p);
     int k = mt_tp_comm_chunks(p, rows);
     size_t es = mt_dtype_size(cx->dtype);
-    mt_ctx cc = *cx; /* where the collectives go */
-    if (ov) cc.stream = p->comm_stream;
+    mt_ctx cc = *cx, beside = *cx; /* where the collectives go; the GEMMs that run beside one */
+    if (ov) {
+        cc.stream = p->comm_stream;
+        beside.sm_margin = p->comm_sm_margin;
+    }
     for (int j = 0; j < k; j++) {
         int r0 = (int)((int64_t)rows * j / k), n = (int)((int64_t)rows * (j + 1) / k) - r0;
+        const mt_ctx *gx = j > 0 ? &beside : cx; /* piece j - 1's collective is running */
         char *o = (char *)out + (size_t)r0 * OC * es;
         const char *res = resid ? (const char *)resid + (size_t)r0 * OC * es : NULL;
         if (!sp) {
             int adds = p->tp_rank == 0;
-            MT_TRY(mt_matmul_fwd(cx, o, NULL, (const char *)inp + (size_t)r0 * IC * es, w, adds ? bias : NULL,
+            MT_TRY(mt_matmul_fwd(gx, o, NULL, (const char *)inp + (size_t)r0 * IC * es, w, adds ? bias : NULL,
                                  adds ? res : NULL, n, IC, OC));
         } else {
             char *part = (char *)partial + (size_t)tp * r0 * OC * es; /* (tp, n, OC): rank q's rows q-th */
             for (int q = 0; q < tp; q++) {
                 int adds = q == p->tp_rank;
-                MT_TRY(mt_matmul_fwd(cx, part + (size_t)q * n * OC * es, NULL,
+                MT_TRY(mt_matmul_fwd(gx, part + (size_t)q * n * OC * es, NULL,
                                      (const char *)inp + ((size_t)q * rows + r0) * IC * es, w, adds ? bias : NULL,
                                      adds ? res : NULL, n, IC, OC));
             }

@@ -20,6 +20,7 @@ typedef struct args {
     int global_batch_default; /* 1: --global-batch-size not given: micro-batch x data-parallel size */
     int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
     int tp_comm_chunks;     /* the forward tp GEMMs and collectives in this many pieces of rows (0: the library's default) */
+    int tp_comm_sm_margin;  /* GEMMs beside a tp collective planned for this many SMs fewer */
     int no_dp_comm_overlap; /* dp: gradient buckets reduced after the backward, ZeRO-1/2 params gathered in the step */
     int timing;             /* GPU time per op, reported at the end (one host sync per step) */
     int gemm_tune;          /* GPU: time up to N cuBLASLt algorithms per GEMM shape once, keep the fastest */
@@ -48,6 +49,7 @@ static void usage(void) {
             "  --data-parallel-sharding-strategy no_shard|optim|optim_grads|optim_grads_params\n"
             "  --no-tp-comm-overlap  --tp-comm-chunks N   (the forward's tp GEMMs in N pieces of rows, each\n"
             "                   piece's all-reduce under the next one's GEMM, with SP each all-gather under one; default 4)\n"
+            "  --tp-comm-sm-margin N   (GPU: GEMMs that run beside a tp collective leave it N SMs; with NCCL_MAX_CTAS=N)\n"
             "  --no-dp-comm-overlap   (gradients reduced after the backward, not bucket by bucket during it;\n"
             "                   the distributed optimizer's parameter all-gather in the step, not under the next forward)\n"
             "  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n"
@@ -145,6 +147,7 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (!strcmp(f, "--world-size")) ok = parse_int(f, v, 1, &a->world_size);
         else if (!strcmp(f, "--tensor-model-parallel-size")) ok = parse_int(f, v, 1, &a->tp);
         else if (!strcmp(f, "--tp-comm-chunks")) ok = parse_int(f, v, 1, &a->tp_comm_chunks);
+        else if (!strcmp(f, "--tp-comm-sm-margin")) ok = parse_int(f, v, 0, &a->tp_comm_sm_margin);
         else if (!strcmp(f, "--data-parallel-sharding-strategy")) {
             if (mt_shard_strategy_parse(v, &a->sharding) != MT_OK)
                 return fail("bad value '%s' for %s (no_shard, optim, optim_grads or optim_grads_params)", v, f);
@@ -548,6 +551,7 @@ static mt_status train(mt_comm *world, void *arg) {
     if (world) mt_layer_par_from(&lp, &par, a.sequence_parallel);
     lp.no_comm_overlap = a.no_tp_comm_overlap;
     lp.comm_chunks = a.tp_comm_chunks;
+    lp.comm_sm_margin = a.tp_comm_sm_margin;
 
     /* 2. The data: Megatron .bin/.idx (or llm.c) token files, or the synthetic task; each dp rank
      * reads its own micro-batches of every global batch. */

@@ -307,11 +307,13 @@ static void test_rmsnorm(void) {
 /* ------------------------------------------------------------------ matmul */
 
 static int g_gemm_tune; /* cx.gpu->gemm_tune for run_matmul_case */
+static int g_sm_margin; /* cx.sm_margin for run_matmul_case */
 
 static void run_matmul_case(mt_dtype dt, int fused, int N, int IC, int OC, int use_bias, int use_resid, int use_gelu) {
     mt_ctx cx = ctx_of(dt);
     cx.gpu->lt_epilogues = fused;
     cx.gpu->gemm_tune = g_gemm_tune;
+    cx.sm_margin = g_sm_margin;
     char what[96];
     const char *tag = fused ? "lt" : "sep";
     size_t ni = (size_t)N * IC, no = (size_t)N * OC, nw = (size_t)OC * IC;
@@ -428,6 +430,14 @@ static void test_matmul(void) {
         free_all();
     }
     g_gemm_tune = 0;
+    /* an SM margin (GEMMs beside a collective): planned for 32 SMs fewer, the same results */
+    g_sm_margin = 32;
+    for (int di = 0; di < 2; di++) {
+        run_matmul_case(DTYPES[di], 1, 300, 256, 384, 1, 1, 0);
+        run_matmul_case(DTYPES[di], 1, 300, 384, 512, 1, 0, 1);
+        free_all();
+    }
+    g_sm_margin = 0;
     /* the tuning file (mt_gpu_gemm_tune_file): tuned shapes are written to it; read back, its picks run
      * without timing (the file is not rewritten) and give correct results */
     {

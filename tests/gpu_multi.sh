@@ -86,6 +86,11 @@ if has scaling || has tp-scaling; then
         ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --tp-comm-chunks $k > "$out/d48tp_tp2_chunks$k.log" 2>&1
         note "ours 48x1664 tp=2, --tp-comm-chunks $k: $(speed "$out/d48tp_tp2_chunks$k.log")"
     done
+    # GEMMs beside a tp collective planned for 16 / 32 SMs fewer, NCCL held to as many CTAs
+    for sm in 16 32; do
+        NCCL_MAX_CTAS=$sm ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --tp-comm-sm-margin $sm > "$out/d48tp_tp2_sm$sm.log" 2>&1
+        note "ours 48x1664 tp=2, --tp-comm-sm-margin $sm, NCCL_MAX_CTAS=$sm: $(speed "$out/d48tp_tp2_sm$sm.log")"
+    done
     # the same two with the tp collectives in line: what the overlap buys
     ./build/train_gpt_cuda $common $d48tp --micro-batch-size 8 --world-size 2 --tensor-model-parallel-size 2 --no-tp-comm-overlap > "$out/d48tp_tp2_nooverlap.log" 2>&1
     note "ours 48x1664 tp=2, no tp comm overlap: $(speed "$out/d48tp_tp2_nooverlap.log")"

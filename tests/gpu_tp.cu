@@ -17,6 +17,8 @@
  *    run again with it off (lp.no_comm_overlap), against the run with it on: the same GEMMs and
  *    collectives, only on two streams, so the same numbers are expected; bounds f32 1e-6 (losses and
  *    every rank's gradient buffer), bf16 1e-2 (losses).
+ *    And once with lp.comm_sm_margin = 16 (the GEMMs beside a collective planned for 16 SMs fewer:
+ *    other cuBLASLt algorithms) against tp = 1, with part 2's bounds.
  */
 #include "megatron.h"
 #include "mt_test.h"
@@ -124,7 +126,7 @@ static mt_gpt_config gpu_config(void) {
 typedef struct run {
     mt_gpt_config cfg;
     mt_dtype dt;
-    int tp, sp, no_overlap, B, T, iters;
+    int tp, sp, no_overlap, sm_margin, B, T, iters;
     double loss[MAXTP][64];
     float *grads[MAXTP];
     size_t n_grads[MAXTP];
@@ -147,6 +149,7 @@ static mt_status rank_main(mt_comm *world, void *arg) {
     mt_layer_par lp;
     mt_layer_par_from(&lp, &grid, r->sp);
     lp.no_comm_overlap = r->no_overlap;
+    lp.comm_sm_margin = r->sm_margin;
     mt_gpt m;
     MT_TRY(mt_gpt_init(&cx, &m, &r->cfg, &lp, 0, 0));
     r->overlapped[rank] = mt__tp_overlap(&cx, &m.par);
@@ -201,14 +204,17 @@ static mt_status rank_main(mt_comm *world, void *arg) {
     return MT_OK;
 }
 
-static int do_run(run *r, mt_dtype dt, int tp, int sp, int no_overlap, int iters) {
+static int do_run_margin(run *r, mt_dtype dt, int tp, int sp, int no_overlap, int sm_margin, int iters) {
     memset(r, 0, sizeof *r);
-    r->cfg = gpu_config(); r->dt = dt; r->tp = tp; r->sp = sp; r->no_overlap = no_overlap;
+    r->cfg = gpu_config(); r->dt = dt; r->tp = tp; r->sp = sp; r->no_overlap = no_overlap; r->sm_margin = sm_margin;
     r->B = 4; r->T = 64; r->iters = iters;
     mt_status st = mt_nccl_run(tp, 120.0, rank_main, r, NULL);
-    MT_EXPECT(st == MT_OK, "tp=%d sp=%d overlap %s %s: %s", tp, sp, no_overlap ? "off" : "on", mt_dtype_name(dt),
-              mt_status_str(st));
+    MT_EXPECT(st == MT_OK, "tp=%d sp=%d overlap %s SM margin %d %s: %s", tp, sp, no_overlap ? "off" : "on", sm_margin,
+              mt_dtype_name(dt), mt_status_str(st));
     return st == MT_OK;
+}
+static int do_run(run *r, mt_dtype dt, int tp, int sp, int no_overlap, int iters) {
+    return do_run_margin(r, dt, tp, sp, no_overlap, 0, iters);
 }
 
 static void run_free(run *r) {
@@ -284,6 +290,21 @@ static void test_tp_model(void) {
                               mt_dtype_name(dt), sp, go);
                 }
                 run_free(&off);
+                /* GEMMs beside the collectives planned for 16 SMs fewer: other algorithms, the same model */
+                run sm;
+                if (do_run_margin(&sm, dt, 2, sp, 0, 16, iters)) {
+                    double ls = 0;
+                    for (int q = 0; q < 2; q++)
+                        for (int it = 0; it < iters; it++)
+                            ls = fmax(ls, fabs(sm.loss[q][it] - one.loss[0][it]) / one.loss[0][it]);
+                    double dgs = dt == MT_F32 ? grads_diff(&one, &sm) : 0;
+                    printf("    %s tp=2%s, SM margin 16: lm loss max rel diff %.2e from tp=1; gathered grads %.2e\n",
+                           mt_dtype_name(dt), sp ? " +SP" : "", ls, dgs);
+                    MT_EXPECT(ls < tol, "%s tp=2 sp=%d SM margin 16: loss rel diff %.3e", mt_dtype_name(dt), sp, ls);
+                    MT_EXPECT(dgs < 1e-4, "%s tp=2 sp=%d SM margin 16: gradients differ by %.3e", mt_dtype_name(dt),
+                              sp, dgs);
+                }
+                run_free(&sm);
             }
             run_free(&r);
         }

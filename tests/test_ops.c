@@ -121,8 +121,8 @@ static int all_finite(const double *a, size_t n) {
     return 1;
 }
 
-static const mt_ctx CX64 = {{MT_CPU, 0}, MT_F64, NULL, NULL};
-static const mt_ctx CX32 = {{MT_CPU, 0}, MT_F32, NULL, NULL};
+static const mt_ctx CX64 = {.device = {MT_CPU, 0}, .dtype = MT_F64};
+static const mt_ctx CX32 = {.device = {MT_CPU, 0}, .dtype = MT_F32};
 #define OK(call) MT_EXPECT((call) == MT_OK, "%s failed: %s", #call, test_log_msg)
 
 static double worst_fd, worst_f32, worst_fwd; /* for the summary */

@@ -31,6 +31,7 @@ static void test_cli_bad_input(void) {
     expect_error("--num-layers 0", "--num-layers");
     expect_error("--hidden-size -5", "--hidden-size needs an integer >= 1, got '-5'");
     expect_error("--tp-comm-chunks 0", "--tp-comm-chunks needs an integer >= 1, got '0'");
+    expect_error("--tp-comm-sm-margin -1", "--tp-comm-sm-margin needs an integer >= 0, got '-1'");
     expect_error("--micro-batch-size abc", "got 'abc'");
     expect_error("--lr -1", "--lr needs a number in");
     expect_error("--hidden-size 30 --num-attention-heads 4", "hidden size 30 is not divisible by the number of heads 4");
