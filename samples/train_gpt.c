@@ -21,6 +21,7 @@ typedef struct args {
     int no_tp_comm_overlap; /* tp collectives in line with the GEMMs (to measure what the overlap buys) */
     int tp_comm_chunks;     /* the forward tp GEMMs and collectives in this many pieces of rows (0: the library's default) */
     int tp_comm_sm_margin;  /* GEMMs beside a tp collective planned for this many SMs fewer */
+    int ddp_bucket_size;    /* elements per data-parallel gradient bucket (0: the library's default) */
     int no_dp_comm_overlap; /* dp: gradient buckets reduced after the backward, ZeRO-1/2 params gathered in the step */
     int timing;             /* GPU time per op, reported at the end (one host sync per step) */
     int gemm_tune;          /* GPU: time up to N cuBLASLt algorithms per GEMM shape once, keep the fastest */
@@ -50,6 +51,7 @@ static void usage(void) {
             "  --no-tp-comm-overlap  --tp-comm-chunks N   (the forward's tp GEMMs in N pieces of rows, each\n"
             "                   piece's all-reduce under the next one's GEMM, with SP each all-gather under one; default 4)\n"
             "  --tp-comm-sm-margin N   (GPU: GEMMs that run beside a tp collective leave it N SMs; with NCCL_MAX_CTAS=N)\n"
+            "  --ddp-bucket-size N   (elements per data-parallel gradient bucket; default max(40M, 1M x dp))\n"
             "  --no-dp-comm-overlap   (gradients reduced after the backward, not bucket by bucket during it;\n"
             "                   the distributed optimizer's parameter all-gather in the step, not under the next forward)\n"
             "  --accumulate-allreduce-grads-in-fp32  --device N  --bf16 | --fp32\n"
@@ -148,6 +150,7 @@ static int parse_args(int argc, char **argv, args *a) {
         else if (!strcmp(f, "--tensor-model-parallel-size")) ok = parse_int(f, v, 1, &a->tp);
         else if (!strcmp(f, "--tp-comm-chunks")) ok = parse_int(f, v, 1, &a->tp_comm_chunks);
         else if (!strcmp(f, "--tp-comm-sm-margin")) ok = parse_int(f, v, 0, &a->tp_comm_sm_margin);
+        else if (!strcmp(f, "--ddp-bucket-size")) ok = parse_int(f, v, 1, &a->ddp_bucket_size);
         else if (!strcmp(f, "--data-parallel-sharding-strategy")) {
             if (mt_shard_strategy_parse(v, &a->sharding) != MT_OK)
                 return fail("bad value '%s' for %s (no_shard, optim, optim_grads or optim_grads_params)", v, f);
@@ -625,6 +628,7 @@ static mt_status train(mt_comm *world, void *arg) {
         dc.strategy = a.sharding;
         dc.grad_reduce_in_fp32 = a.grad_fp32;
         dc.no_overlap = a.no_dp_comm_overlap;
+        dc.bucket_size = (size_t)a.ddp_bucket_size;
         MT_TRY(mt_ddp_init(&cx, &ddp, &model, &par, &dc, init));
     } else {
         MT_TRY(mt_optim_init(&cx, &opt, &model, init));

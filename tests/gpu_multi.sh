@@ -52,6 +52,18 @@ if has scaling || has dp-scaling; then
     note "ours d12 2 GPUs (dp=2, one process): $(speed "$out/d12_2gpu.log")"
     ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 --world-size 2 --use-distributed-optimizer > "$out/d12_2gpu_zero1.log" 2>&1
     note "ours d12 2 GPUs (dp=2, ZeRO-1, one process): $(speed "$out/d12_2gpu_zero1.log")"
+    # smaller gradient buckets (the default is 40M elements: d12's last two buckets both wait for the
+    # end of the backward), and the reduction in line: what the bucketing buys
+    for bs in 10000000 20000000; do
+        ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 --world-size 2 --ddp-bucket-size $bs > "$out/d12_2gpu_b$bs.log" 2>&1
+        note "ours d12 2 GPUs (dp=2, --ddp-bucket-size $bs): $(speed "$out/d12_2gpu_b$bs.log")"
+    done
+    ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 --world-size 2 --no-dp-comm-overlap > "$out/d12_2gpu_nooverlap.log" 2>&1
+    note "ours d12 2 GPUs (dp=2, no dp comm overlap): $(speed "$out/d12_2gpu_nooverlap.log")"
+    # where the 2-GPU step loses time: GPU time per op on one GPU and at dp=2 (rank 0), side by side
+    ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 --timing > "$out/d12_1gpu_timing.log" 2>&1
+    ./build/train_gpt_cuda $common $d12 --micro-batch-size 32 --world-size 2 --timing > "$out/d12_2gpu_timing.log" 2>&1
+    note "d12 per-op timing, 1 GPU then dp=2: $out/d12_1gpu_timing.log $out/d12_2gpu_timing.log"
     if has launch-modes; then
         python3 -m torch.distributed.run --no-python --nproc_per_node=2 ./build/train_gpt_cuda $common $d12 \
             --micro-batch-size 32 > "$out/d12_2gpu_torchrun.log" 2>&1

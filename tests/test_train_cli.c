@@ -119,6 +119,7 @@ static void test_cli_parallel_threads(void) {
         "--world-size 2 --tensor-model-parallel-size 2 --sequence-parallel --tp-comm-chunks 5",
         "--world-size 4 --tensor-model-parallel-size 2 --use-distributed-optimizer",
         "--world-size 2 --use-distributed-optimizer --no-dp-comm-overlap",
+        "--world-size 2 --ddp-bucket-size 3000",
         "--world-size 4 --data-parallel-sharding-strategy optim_grads",
         "--world-size 4 --data-parallel-sharding-strategy optim_grads_params",
     };
