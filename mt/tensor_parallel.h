@@ -253,6 +253,26 @@ MT_API mt_status mt__tp_wait(const mt_layer_par *p, int k, void *stream) {
     return MT_OK;
 }
 
+/* The contexts of an overlapped layer: *cc for its collectives (the side stream), *beside for the
+ * GEMMs that run while one is in flight (the SM margin); both plain copies of cx when not
+ * overlapped. Returns whether the layer overlaps (mt__tp_overlap). */
+MT_API int mt__tp_contexts(const mt_ctx *cx, const mt_layer_par *p, mt_ctx *cc, mt_ctx *beside) {
+    int ov = mt__tp_overlap(cx, p);
+    *cc = *cx;
+    *beside = *cx;
+    if (ov) {
+        cc->stream = p->comm_stream;
+        beside->sm_margin = p->comm_sm_margin;
+    }
+    return ov;
+}
+
+/* Piece j of k of `rows` rows: [*r0, *r0 + *n). */
+MT_API void mt__tp_piece(int rows, int k, int j, int *r0, int *n) {
+    *r0 = (int)((int64_t)rows * j / k);
+    *n = (int)((int64_t)rows * (j + 1) / k) - *r0;
+}
+
 /* ------------------------------------------------------------------ linear layers */
 
 /* out and gelu_pre rows [r0, r0 + n) of a column-parallel layer, from their input rows x. */
@@ -275,19 +295,17 @@ MT_API mt_status mt_column_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p,
                                         const void *inp, const void *w, const void *b, void *gather, int N, int IC,
                                         int OC) {
     if (!mt_tp_sp(p)) return mt_matmul_fwd(cx, out, gelu_pre, inp, w, b, NULL, N, IC, OC);
-    int tp = p->tp_size, me = p->tp_rank, rows = N / tp, ov = mt__tp_overlap(cx, p);
-    int k = mt_tp_comm_chunks(p, rows);
+    mt_ctx cc, beside; /* where the gathers go; the GEMMs that run beside one */
+    int tp = p->tp_size, me = p->tp_rank, rows = N / tp, ov = mt__tp_contexts(cx, p, &cc, &beside);
+    int k = mt_tp_comm_chunks(p, rows), r0, n;
     size_t es = mt_dtype_size(cx->dtype);
-    mt_ctx cc = *cx, beside = *cx; /* where the gathers go; the GEMMs that run beside one */
     if (ov) {
-        cc.stream = p->comm_stream;
-        beside.sm_margin = p->comm_sm_margin;
         MT_TRY(mt__tp_record(p, 0, cx->stream)); /* inp is final and `gather` free */
         MT_TRY(mt__tp_wait(p, 0, cc.stream));
     }
     MT_TRY(mt__tp_col_rows(&beside, out, gelu_pre, inp, w, b, me * rows, rows, IC, OC));
     for (int j = 0; j < k; j++) {
-        int r0 = (int)((int64_t)rows * j / k), n = (int)((int64_t)rows * (j + 1) / k) - r0;
+        mt__tp_piece(rows, k, j, &r0, &n);
         char *g = (char *)gather + (size_t)tp * r0 * IC * es; /* (tp, n, IC) */
         MT_TRY(mt_tp_all_gather(&cc, p, g, (const char *)inp + (size_t)r0 * IC * es, (size_t)n * IC, cx->dtype));
         if (ov) {
@@ -321,10 +339,9 @@ MT_API mt_status mt_column_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p,
          *   SP:    all-gather inp -> gather   || dgrad GEMM
          *          reduce-scatter dgrad       || wgrad GEMM (+ bias grad) on the gathered inp
          *   no SP: all-reduce dgrad           || wgrad GEMM (+ bias grad) */
-        mt_ctx cc = *cx, beside = *cx; /* the collectives' stream; the GEMMs that run beside one */
+        mt_ctx cc, beside; /* the collectives' stream; the GEMMs that run beside one */
         void *cs = cx->stream; /* the compute stream */
-        cc.stream = p->comm_stream;
-        beside.sm_margin = p->comm_sm_margin;
+        mt__tp_contexts(cx, p, &cc, &beside);
         if (mt_tp_sp(p)) {
             MT_TRY(mt__tp_record(p, 0, cs));
             MT_TRY(mt__tp_wait(p, 0, cc.stream));
@@ -375,16 +392,12 @@ MT_API mt_status mt_row_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p, vo
                                      const void *w, const void *bias, const void *resid, void *partial, int N,
                                      int IC, int OC) {
     if (p->tp_size <= 1) return mt_matmul_fwd(cx, out, NULL, inp, w, bias, resid, N, IC, OC);
-    int tp = p->tp_size, sp = mt_tp_sp(p), rows = mt_tp_rows(p, N), ov = mt__tp_overlap(cx, p);
-    int k = mt_tp_comm_chunks(p, rows);
+    mt_ctx cc, beside; /* where the collectives go; the GEMMs that run beside one */
+    int tp = p->tp_size, sp = mt_tp_sp(p), rows = mt_tp_rows(p, N), ov = mt__tp_contexts(cx, p, &cc, &beside);
+    int k = mt_tp_comm_chunks(p, rows), r0, n;
     size_t es = mt_dtype_size(cx->dtype);
-    mt_ctx cc = *cx, beside = *cx; /* where the collectives go; the GEMMs that run beside one */
-    if (ov) {
-        cc.stream = p->comm_stream;
-        beside.sm_margin = p->comm_sm_margin;
-    }
     for (int j = 0; j < k; j++) {
-        int r0 = (int)((int64_t)rows * j / k), n = (int)((int64_t)rows * (j + 1) / k) - r0;
+        mt__tp_piece(rows, k, j, &r0, &n);
         const mt_ctx *gx = j > 0 ? &beside : cx; /* piece j - 1's collective is running */
         char *o = (char *)out + (size_t)r0 * OC * es;
         const char *res = resid ? (const char *)resid + (size_t)r0 * OC * es : NULL;

@@ -422,21 +422,18 @@ static void test_matmul(void) {
         free_all();
     }
     /* gemm_tune 8: each new shape times several algorithms on a scratch output first; the results,
-     * the accumulating dw (C == D) and the residual included, must be the same as untuned */
-    g_gemm_tune = 8;
-    for (int di = 0; di < 2; di++) {
-        run_matmul_case(DTYPES[di], 1, 300, 256, 384, 1, 1, 0);
-        run_matmul_case(DTYPES[di], 1, 300, 384, 512, 1, 0, 1);
-        free_all();
+     * the accumulating dw (C == D) and the residual included, must be the same as untuned. Then an
+     * SM margin (GEMMs beside a collective): planned for 32 SMs fewer, the same results. */
+    for (int variant = 0; variant < 2; variant++) {
+        g_gemm_tune = variant == 0 ? 8 : 0;
+        g_sm_margin = variant == 1 ? 32 : 0;
+        for (int di = 0; di < 2; di++) {
+            run_matmul_case(DTYPES[di], 1, 300, 256, 384, 1, 1, 0);
+            run_matmul_case(DTYPES[di], 1, 300, 384, 512, 1, 0, 1);
+            free_all();
+        }
     }
     g_gemm_tune = 0;
-    /* an SM margin (GEMMs beside a collective): planned for 32 SMs fewer, the same results */
-    g_sm_margin = 32;
-    for (int di = 0; di < 2; di++) {
-        run_matmul_case(DTYPES[di], 1, 300, 256, 384, 1, 1, 0);
-        run_matmul_case(DTYPES[di], 1, 300, 384, 512, 1, 0, 1);
-        free_all();
-    }
     g_sm_margin = 0;
     /* the tuning file (mt_gpu_gemm_tune_file): tuned shapes are written to it; read back, its picks run
      * without timing (the file is not rewritten) and give correct results */

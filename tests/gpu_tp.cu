@@ -245,6 +245,21 @@ static double grads_diff(const run *one, const run *r) {
     return worst;
 }
 
+/* r (tp = 2) against one (tp = 1): lm loss over every iteration (relative < tol) and, in f32, the
+ * gathered gradients after the first backward (< 1e-4 per tensor). */
+static void check_vs_tp1(const run *one, const run *r, double tol, const char *label) {
+    double worst = 0;
+    for (int q = 0; q < 2; q++)
+        for (int it = 0; it < r->iters; it++)
+            worst = fmax(worst, fabs(r->loss[q][it] - one->loss[0][it]) / one->loss[0][it]);
+    double dg = r->dt == MT_F32 ? grads_diff(one, r) : 0;
+    printf("    %s tp=2%s%s: lm loss %.5f -> %.5f over %d iterations, max rel diff %.2e; gathered grads %.2e\n",
+           mt_dtype_name(r->dt), r->sp ? " +SP" : "", label, one->loss[0][0], one->loss[0][r->iters - 1], r->iters,
+           worst, dg);
+    MT_EXPECT(worst < tol, "%s tp=2 sp=%d%s: loss rel diff %.3e", mt_dtype_name(r->dt), r->sp, label, worst);
+    MT_EXPECT(dg < 1e-4, "%s tp=2 sp=%d%s: gradients differ by %.3e", mt_dtype_name(r->dt), r->sp, label, dg);
+}
+
 static void test_tp_model(void) {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev < 2) {
@@ -261,15 +276,7 @@ static void test_tp_model(void) {
         if (!do_run(&one, dt, 1, 0, 0, iters)) return;
         for (int sp = 0; sp <= 1; sp++) {
             if (do_run(&r, dt, 2, sp, 0, iters)) {
-                double worst = 0;
-                for (int q = 0; q < 2; q++)
-                    for (int it = 0; it < iters; it++)
-                        worst = fmax(worst, fabs(r.loss[q][it] - one.loss[0][it]) / one.loss[0][it]);
-                double dg = dt == MT_F32 ? grads_diff(&one, &r) : 0;
-                printf("    %s tp=2%s: lm loss %.5f -> %.5f over %d iterations, max rel diff %.2e; gathered grads %.2e\n",
-                       mt_dtype_name(dt), sp ? " +SP" : "", one.loss[0][0], one.loss[0][iters - 1], iters, worst, dg);
-                MT_EXPECT(worst < tol, "%s tp=2 sp=%d: loss rel diff %.3e", mt_dtype_name(dt), sp, worst);
-                MT_EXPECT(dg < 1e-4, "%s tp=2 sp=%d: gradients differ by %.3e", mt_dtype_name(dt), sp, dg);
+                check_vs_tp1(&one, &r, tol, "");
                 MT_EXPECT(r.overlapped[0] && r.overlapped[1], "tp=2 sp=%d: the backward did not overlap", sp);
                 run off;
                 if (do_run(&off, dt, 2, sp, 1, iters)) {
@@ -292,18 +299,7 @@ static void test_tp_model(void) {
                 run_free(&off);
                 /* GEMMs beside the collectives planned for 16 SMs fewer: other algorithms, the same model */
                 run sm;
-                if (do_run_margin(&sm, dt, 2, sp, 0, 16, iters)) {
-                    double ls = 0;
-                    for (int q = 0; q < 2; q++)
-                        for (int it = 0; it < iters; it++)
-                            ls = fmax(ls, fabs(sm.loss[q][it] - one.loss[0][it]) / one.loss[0][it]);
-                    double dgs = dt == MT_F32 ? grads_diff(&one, &sm) : 0;
-                    printf("    %s tp=2%s, SM margin 16: lm loss max rel diff %.2e from tp=1; gathered grads %.2e\n",
-                           mt_dtype_name(dt), sp ? " +SP" : "", ls, dgs);
-                    MT_EXPECT(ls < tol, "%s tp=2 sp=%d SM margin 16: loss rel diff %.3e", mt_dtype_name(dt), sp, ls);
-                    MT_EXPECT(dgs < 1e-4, "%s tp=2 sp=%d SM margin 16: gradients differ by %.3e", mt_dtype_name(dt),
-                              sp, dgs);
-                }
+                if (do_run_margin(&sm, dt, 2, sp, 0, 16, iters)) check_vs_tp1(&one, &sm, tol, ", SM margin 16");
                 run_free(&sm);
             }
             run_free(&r);
