@@ -61,8 +61,9 @@
  * before its gather shows in the tests. mt_ddp_gather_params (before reading weights outside a
  * forward) and the next mt_ddp_step settle whatever is pending. cfg.no_overlap gathers in line.
  *
- * Not done yet: ZeRO-3 gathers on the compute stream without prefetching the next layer; with pp > 1 the tied embedding's gradient must be summed
- * over the embedding group before its bucket is reduced here (a pipeline schedule's job, not wired).
+ * Not done yet: ZeRO-3 gathers on the compute stream without prefetching the next layer; with
+ * pp > 1 the tied embedding's gradient must be summed over the embedding group before its bucket
+ * is reduced here (a pipeline schedule's job, not wired).
  *
  * Global gradient-norm clipping: sum of squares over this rank's reduced gradients (its shards
  * when sharded), skipping tp duplicates on tp ranks > 0 and the tied embedding copy of a last
