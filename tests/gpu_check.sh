@@ -102,16 +102,24 @@ if has bench; then
 fi
 
 if has train-bench; then
-    # the default, then with --gemm-tune 16 (cuBLASLt algorithms timed once per shape)
-    for tune in 0 16; do
+    # the default; then --gemm-tune 16 (cuBLASLt algorithms timed once per shape), its choices written
+    # to a tuning file; then that file replayed without timing (the same algorithms: a repeatable run)
+    rm -f build/gemm-tune-*.txt
+    for mode in default tune replay; do
         for cfg in "d12 12 768 12 32" "d24 24 1024 16 16" "d48 48 1600 25 8"; do
             set -- $cfg
+            case $mode in
+                default) extra="" ;;
+                tune) extra="--gemm-tune 16 --gemm-tune-file build/gemm-tune-$1.txt" ;;
+                replay) extra="--gemm-tune-file build/gemm-tune-$1.txt" ;;
+            esac
             ./build/train_gpt_cuda --bf16 --num-layers $2 --hidden-size $3 --num-attention-heads $4 --micro-batch-size $5 \
-                --seq-length 1024 --vocab-size 50304 --train-iters 20 --eval-iters 1 --log-interval 5 --gemm-tune $tune \
-                > "$out/train_$1_tune$tune.log" 2>&1
-            note "ours $1 B=$5 gemm-tune $tune: $(grep -h '^speed:' "$out/train_$1_tune$tune.log" || tail -n 2 "$out/train_$1_tune$tune.log")"
+                --seq-length 1024 --vocab-size 50304 --train-iters 20 --eval-iters 1 --log-interval 5 $extra \
+                > "$out/train_$1_$mode.log" 2>&1
+            note "ours $1 B=$5 $mode: $(grep -h '^speed:' "$out/train_$1_$mode.log" || tail -n 2 "$out/train_$1_$mode.log")"
         done
     done
+    note "tuning files: $(wc -l build/gemm-tune-*.txt 2>/dev/null | tr -s ' ' | tr '\n' ';')"
     PYTHONUNBUFFERED=1 python3 "$anchors/torch_gpt.py" d12 d24 d48 > "$out/torch_gpt.log" 2>&1
     grep RESULT "$out/torch_gpt.log" | tee -a "$summary"
 fi
