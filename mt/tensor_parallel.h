@@ -22,7 +22,8 @@
  *   row-parallel linear (proj, fc2): weight columns split (IC/tp); output partial per rank
  *     f: partial products all-reduced (reduce-scattered with SP); bias + residual added by one rank
  *        in its GEMM's epilogue, before the sum
- *     b: SP all-gathers the output gradient (so the bias gradient is complete on every rank)
+ *     b: SP all-gathers the output gradient (so the bias gradient is complete on every rank), in
+ *        pieces that land in row order, each under GEMMs
  *   vocab-parallel embedding: rows [vstart, vstart+vcount) of wte; other ids give 0; the position
  *     embedding is added by tp rank 0 only; f: all-reduce (SP: reduce-scatter); b: SP all-gather
  *   vocab-parallel cross-entropy: one all-gather of 3 numbers per token (below); logits never move
@@ -427,18 +428,68 @@ MT_API mt_status mt_row_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p, vo
     return mt__tp_wait(p, 1, cx->stream);
 }
 
+/* Rows [r0, r0 + n) of every rank's slice of an SP tensor into their places in `full` (N, C) (rank
+ * q's slice at row q * rows), from this rank's `local` (rows, C): it sends its rows to every other
+ * rank and receives theirs, in one group. An all-gather that lands in row order, which NCCL's
+ * all-gather (rank after rank, contiguous) cannot do for a piece. */
+MT_API mt_status mt__tp_gather_rows(const mt_ctx *cc, const mt_layer_par *p, void *full, const void *local, int rows,
+                                    int r0, int n, int C) {
+    size_t es = mt_dtype_size(cc->dtype), cnt = (size_t)n * C;
+    mt_status st = mt_comm_group_start(p->tp);
+    for (int q = 0; q < p->tp_size && st == MT_OK; q++) {
+        if (q == p->tp_rank) continue;
+        st = mt_comm_send(p->tp, (const char *)local + (size_t)r0 * C * es, cnt, cc->dtype, q, cc->stream);
+        if (st == MT_OK)
+            st = mt_comm_recv(p->tp, (char *)full + ((size_t)q * rows + r0) * C * es, cnt, cc->dtype, q, cc->stream);
+    }
+    mt_status end = mt_comm_group_end(p->tp);
+    return st != MT_OK ? st : end;
+}
+
+/* dinp rows [r0, r0 + n) of a row-parallel layer from the output gradient's rows d (and gelu_pre's). */
+MT_API mt_status mt__tp_dgrad_rows(const mt_ctx *cx, void *dinp, const void *d, const void *inp, const void *w,
+                                   const void *gelu_pre, int r0, int n, int IC, int OC) {
+    size_t off = (size_t)r0 * IC * mt_dtype_size(cx->dtype);
+    return mt_matmul_bwd(cx, (char *)dinp + off, NULL, NULL, d, (const char *)inp + off, w,
+                         gelu_pre ? (const char *)gelu_pre + off : NULL, n, IC, OC);
+}
+
 /* Its backward. dout: dL/dout as this rank holds it ((N, OC) or (N/tp, OC), all-gathered into
  * `gather` (N, OC) under SP). dinp (N, IC/tp) = dout @ w (times gelu'(gelu_pre) when given, as in
- * mt_matmul_bwd); dw, dbias +=, dbias complete on every rank. */
+ * mt_matmul_bwd); dw, dbias +=, dbias complete on every rank.
+ *
+ * Under SP the gather goes in the forward's pieces (mt_tp_comm_chunks), each exchanged in row order
+ * (mt__tp_gather_rows), and dinp is computed piece by piece as they arrive, this rank's own rows
+ * first (they need no exchange); overlapped, the exchanges run on the side stream under those
+ * GEMMs. The weight and bias gradients then come from one GEMM over the whole gathered dout. */
 MT_API mt_status mt_row_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p, void *dinp, void *dw, void *dbias,
                                      const void *dout, const void *inp, const void *w, const void *gelu_pre,
                                      void *gather, int N, int IC, int OC) {
-    const void *d = dout;
-    if (mt_tp_sp(p)) {
-        MT_TRY(mt_tp_all_gather(cx, p, gather, dout, (size_t)N / p->tp_size * OC, cx->dtype));
-        d = gather;
+    if (!mt_tp_sp(p)) return mt_matmul_bwd(cx, dinp, dw, dbias, dout, inp, w, gelu_pre, N, IC, OC);
+    mt_ctx cc, beside; /* where the exchanges go; the GEMMs that run beside one */
+    int tp = p->tp_size, me = p->tp_rank, rows = N / tp, ov = mt__tp_contexts(cx, p, &cc, &beside);
+    int k = mt_tp_comm_chunks(p, rows), r0, n;
+    size_t es = mt_dtype_size(cx->dtype);
+    if (ov) {
+        MT_TRY(mt__tp_record(p, 0, cx->stream)); /* dout is final and `gather` free */
+        MT_TRY(mt__tp_wait(p, 0, cc.stream));
     }
-    return mt_matmul_bwd(cx, dinp, dw, dbias, d, inp, w, gelu_pre, N, IC, OC);
+    MT_TRY(mt_copy(cx, (char *)gather + (size_t)me * rows * OC * es, dout, (size_t)rows * OC * es));
+    MT_TRY(mt__tp_dgrad_rows(&beside, dinp, dout, inp, w, gelu_pre, me * rows, rows, IC, OC));
+    for (int j = 0; j < k; j++) {
+        mt__tp_piece(rows, k, j, &r0, &n);
+        MT_TRY(mt__tp_gather_rows(&cc, p, gather, dout, rows, r0, n, OC));
+        if (ov) {
+            MT_TRY(mt__tp_record(p, 1, cc.stream));
+            MT_TRY(mt__tp_wait(p, 1, cx->stream));
+        }
+        for (int q = 0; q < tp; q++)
+            if (q != me)
+                MT_TRY(mt__tp_dgrad_rows(j + 1 < k ? &beside : cx, dinp,
+                                         (const char *)gather + ((size_t)q * rows + r0) * OC * es, inp, w, gelu_pre,
+                                         q * rows + r0, n, IC, OC));
+    }
+    return mt_matmul_bwd(cx, NULL, dw, dbias, gather, inp, w, NULL, N, IC, OC);
 }
 
 /* ------------------------------------------------------------------ vocab parallel */
