@@ -184,8 +184,8 @@ typedef struct mt_gpt {
     mt_gpt_w w, g;               /* pointers into param_mem and grad_mem */
     size_t *ready;               /* (nl + 2) gradient elements final after the head, after each
                                     block (last to first) and after the embedding */
-    void *tp_buf;                /* (4, C) sequence parallel: a block's norm gradients before their sum
-                                    over tp (mt__gpt_sp_stage) */
+    void *tp_buf;                /* (2, 4, C) sequence parallel: a block's norm gradients before their sum
+                                    over tp (mt__gpt_sp_stage), in two halves used in turn */
     int head_chunk_rows;         /* last stage: rows of logits that exist at once (mt_gpt_head_rows);
                                     0 = automatic. Set after mt_gpt_init, before sizing the arena */
     mt_gpt_hooks hooks;
@@ -247,7 +247,8 @@ MT_API mt_status mt_gpt_init(const mt_ctx *cx, mt_gpt *m, const mt_gpt_config *c
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     if (par) m->par = *par;
-    m->par.comm_stream = m->par.comm_ev[0] = m->par.comm_ev[1] = NULL; /* this model's own, made below */
+    m->par.comm_stream = NULL; /* this model's own, made below */
+    memset(m->par.comm_ev, 0, sizeof m->par.comm_ev);
     if (m->par.tp_size <= 0) m->par.tp_size = 1;
     if (m->par.cp_size <= 0) m->par.cp_size = 1;
     if (m->par.ep_size <= 0) m->par.ep_size = 1;
@@ -319,7 +320,7 @@ MT_API mt_status mt_gpt_init(const mt_ctx *cx, mt_gpt *m, const mt_gpt_config *c
     MT_TRY(mt_zero(cx, m->grad_mem, nbytes));
     mt__gpt_bind(m, (char *)m->param_mem, &m->w);
     mt__gpt_bind(m, (char *)m->grad_mem, &m->g);
-    if (mt_tp_sp(&m->par)) MT_TRY(mt_device_alloc(m->device, 4 * (size_t)m->C * mt_dtype_size(m->dtype), &m->tp_buf));
+    if (mt_tp_sp(&m->par)) MT_TRY(mt_device_alloc(m->device, 8 * (size_t)m->C * mt_dtype_size(m->dtype), &m->tp_buf));
     return mt_tp_overlap_init(cx, &m->par); /* the backward's side stream for tp collectives (GPU, tp > 1) */
 }
 
@@ -591,24 +592,42 @@ MT_API mt_status mt_gpt_block_bwd(const mt_ctx *cx, const mt_gpt *m, const mt_gp
 }
 
 /* Sequence parallelism: a norm's weight and bias gradients from one micro-batch cover this rank's rows
- * only. The backward sends them to m->tp_buf instead (stage: point the n vectors at it, zeroed), then
- * sums them over tp and adds them to the gradients (commit: up to 4 of them, NULL-terminated) before
- * the block's gradients are reported final to hooks.grads_ready. So data-parallel buckets, gradient
- * accumulation and the optimizer see complete, tp-identical gradients; the trainer calls nothing. */
-MT_API mt_status mt__gpt_sp_stage(const mt_ctx *cx, const mt_gpt *m, void **v[], int n) {
+ * only. The backward sends them to half h of m->tp_buf instead (stage: point the n vectors at it,
+ * zeroed), then sums them over tp and adds them to the gradients (commit: up to 4 of them,
+ * NULL-terminated). So data-parallel buckets, gradient accumulation and the optimizer see complete,
+ * tp-identical gradients; the trainer calls nothing. Overlapped (mt__tp_overlap), the commit runs on
+ * the tp side stream while the next block's backward goes on (the blocks use the halves in turn,
+ * and a half is zeroed again only after its commit: event 2 + h); mt__gpt_sp_join makes the compute
+ * stream wait for it before the block's gradients are reported final, and at the backward's end. */
+MT_API mt_status mt__gpt_sp_stage(const mt_ctx *cx, const mt_gpt *m, int h, void **v[], int n) {
     size_t es = mt_dtype_size(m->dtype);
-    for (int k = 0; k < n; k++) *v[k] = (char *)m->tp_buf + (size_t)k * m->C * es;
-    return mt_zero(cx, m->tp_buf, (size_t)n * m->C * es);
+    char *buf = (char *)m->tp_buf + (size_t)h * 4 * m->C * es;
+    if (mt__tp_overlap(cx, &m->par)) MT_TRY(mt__tp_wait(&m->par, 2 + h, cx->stream));
+    for (int k = 0; k < n; k++) *v[k] = buf + (size_t)k * m->C * es;
+    return mt_zero(cx, buf, (size_t)n * m->C * es);
 }
 
-MT_API mt_status mt__gpt_sp_commit(const mt_ctx *cx, const mt_gpt *m, void *g0, void *g1, void *g2, void *g3) {
+MT_API mt_status mt__gpt_sp_commit(const mt_ctx *cx, const mt_gpt *m, int h, void *g0, void *g1, void *g2, void *g3) {
     void *g[4] = {g0, g1, g2, g3};
-    int n = g3 ? 4 : g2 ? 3 : g1 ? 2 : 1;
+    int n = g3 ? 4 : g2 ? 3 : g1 ? 2 : 1, ov = mt__tp_overlap(cx, &m->par);
     size_t es = mt_dtype_size(m->dtype);
-    MT_TRY(mt_tp_all_reduce(cx, &m->par, m->tp_buf, (size_t)n * m->C, m->dtype));
-    for (int k = 0; k < n; k++)
-        MT_TRY(mt_residual_fwd(cx, g[k], g[k], (char *)m->tp_buf + (size_t)k * m->C * es, (size_t)m->C));
-    return MT_OK;
+    char *buf = (char *)m->tp_buf + (size_t)h * 4 * m->C * es;
+    mt_ctx cc = *cx;
+    if (ov) {
+        cc.stream = m->par.comm_stream;
+        MT_TRY(mt__tp_record(&m->par, 0, cx->stream));
+        MT_TRY(mt__tp_wait(&m->par, 0, cc.stream));
+    }
+    MT_TRY(mt_tp_all_reduce(&cc, &m->par, buf, (size_t)n * m->C, m->dtype));
+    for (int k = 0; k < n; k++) MT_TRY(mt_residual_fwd(&cc, g[k], g[k], buf + (size_t)k * m->C * es, (size_t)m->C));
+    return ov ? mt__tp_record(&m->par, 2 + h, cc.stream) : MT_OK;
+}
+
+/* The compute stream waits for the commits issued so far (no-op when they ran in line). */
+MT_API mt_status mt__gpt_sp_join(const mt_ctx *cx, const mt_gpt *m) {
+    if (!mt_tp_sp(&m->par) || !mt__tp_overlap(cx, &m->par)) return MT_OK;
+    MT_TRY(mt__tp_record(&m->par, 1, m->par.comm_stream));
+    return mt__tp_wait(&m->par, 1, cx->stream);
 }
 
 /* The last stage's classifier and loss, one chunk of rows [r0, r0 + n) at a time (mt_gpt_head_rows):
@@ -700,24 +719,32 @@ MT_API mt_status mt_gpt_backward(const mt_ctx *cx, mt_gpt *m, const mt_gpt_acts 
             return mt_errorf(MT_ERR_ARG, "gpt backward: the last stage's forward of this micro-batch ran with loss "
                              "scale 0 (evaluation) or not at all: no gradient to start from");
         s->dlnf = NULL;
-        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_stage(cx, m, stage, 2));
+        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_stage(cx, m, 0, stage, 2));
         MT_TRY(mt_layernorm_bwd(cx, s->dres, dw, db, dln, NULL, a->res[nl], m->w.lnf_w, a->lnf_mean, a->lnf_rstd, R,
                                 C));
-        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_commit(cx, m, m->g.lnf_w, m->g.lnf_b, NULL, NULL));
+        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_commit(cx, m, 0, m->g.lnf_w, m->g.lnf_b, NULL, NULL));
     } else {
         if (!dout) return mt_errorf(MT_ERR_ARG, "gpt backward: a stage that is not last needs dout");
         MT_TRY(mt_copy(cx, s->dres, dout, nbytes));
     }
-    if (m->hooks.grads_ready) MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[0]));
+    if (m->hooks.grads_ready) {
+        MT_TRY(mt__gpt_sp_join(cx, m));
+        MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[0]));
+    }
     for (int l = nl - 1; l >= 0; l--) {
+        int h = (nl - l) & 1; /* the SP buffer half: the head's was 0 */
         mt_gpt_block_w g = m->g.blocks[l], *gl = &m->g.blocks[l];
         void **stage[4] = {&g.ln1_w, &g.ln1_b, &g.ln2_w, &g.ln2_b};
         if (m->hooks.before_block) MT_TRY(m->hooks.before_block(m->hooks.user, m, m->layer_begin + l, 1));
-        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_stage(cx, m, stage, 4));
+        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_stage(cx, m, h, stage, 4));
         MT_TRY(mt_gpt_block_bwd(cx, m, &m->w.blocks[l], &g, &a->blocks[l], a->res[l], s, B, T));
-        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_commit(cx, m, gl->ln1_w, gl->ln1_b, gl->ln2_w, gl->ln2_b));
-        if (m->hooks.grads_ready) MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[nl - l]));
+        if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_commit(cx, m, h, gl->ln1_w, gl->ln1_b, gl->ln2_w, gl->ln2_b));
+        if (m->hooks.grads_ready) {
+            MT_TRY(mt__gpt_sp_join(cx, m));
+            MT_TRY(m->hooks.grads_ready(m->hooks.user, m, m->ready[nl - l]));
+        }
     }
+    MT_TRY(mt__gpt_sp_join(cx, m));
     if (m->first)
         MT_TRY(mt_vocab_parallel_embedding_bwd(cx, p, m->g.wte, m->g.wpe, s->dres, a->tokens, s->gather, B, T, C, 0,
                                                m->vstart, m->Vp));

@@ -90,6 +90,7 @@ extern "C" {
 #ifndef MT_TP_COMM_CHUNKS
 #define MT_TP_COMM_CHUNKS 4
 #endif
+#define MT_TP_EVENTS 4
 
 /* What a layer knows about its parallel context (sizes of 0 mean 1). */
 typedef struct mt_layer_par {
@@ -106,7 +107,8 @@ typedef struct mt_layer_par {
     int comm_sm_margin;    /* GPU, overlapped: GEMMs that run beside a tp collective are planned for this
                               many SMs fewer (mt_ctx.sm_margin), left to the collective; 0 = none */
     void *comm_stream;     /* cudaStream_t of the overlapped tp collectives (mt_tp_overlap_init), or NULL */
-    void *comm_ev[2];      /* cudaEvent_t: [0] compute -> comm stream, [1] comm -> compute stream */
+    void *comm_ev[MT_TP_EVENTS]; /* cudaEvent_t: [0] compute -> comm stream, [1] comm -> compute stream,
+                              [2], [3]: SP norm-gradient buffer 0 / 1 free again (mt/gpt.h) */
 } mt_layer_par;
 
 /* The layer context of this rank of the grid (communicators borrowed from p). */
@@ -122,19 +124,21 @@ MT_API void mt_layer_par_from(mt_layer_par *lp, const mt_parallel *p, int sequen
 /* Destroy what mt_tp_overlap_init created (NULL members skipped). */
 MT_API void mt_tp_overlap_free(mt_layer_par *p) {
 #ifdef __CUDACC__
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < MT_TP_EVENTS; k++)
         if (p->comm_ev[k]) cudaEventDestroy((cudaEvent_t)p->comm_ev[k]);
     if (p->comm_stream) cudaStreamDestroy((cudaStream_t)p->comm_stream);
 #endif
-    p->comm_stream = p->comm_ev[0] = p->comm_ev[1] = NULL;
+    p->comm_stream = NULL;
+    memset(p->comm_ev, 0, sizeof p->comm_ev);
 }
 
-/* Create the side stream and the two events of the overlapped backward (GPU and tp > 1; otherwise
+/* Create the side stream and the events of the overlapped layers (GPU and tp > 1; otherwise
  * nothing): once, at model build time (mt_gpt_init does it for its copy of the layer context). The
  * stream has the highest priority, so the collective's blocks are scheduled ahead of the GEMM it
  * overlaps as SMs free up. No-op on the CPU. */
 MT_API mt_status mt_tp_overlap_init(const mt_ctx *cx, mt_layer_par *p) {
-    p->comm_stream = p->comm_ev[0] = p->comm_ev[1] = NULL;
+    p->comm_stream = NULL;
+    memset(p->comm_ev, 0, sizeof p->comm_ev);
 #ifdef __CUDACC__
     if (cx->device.type != MT_CUDA || p->tp_size <= 1) return MT_OK;
     int least = 0, greatest = 0;
@@ -144,7 +148,7 @@ MT_API mt_status mt_tp_overlap_init(const mt_ctx *cx, mt_layer_par *p) {
     if (e != cudaSuccess)
         return mt_errorf(MT_ERR_CUDA, "tp: creating the communication stream: %s", cudaGetErrorString(e));
     p->comm_stream = (void *)s;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < MT_TP_EVENTS; k++) {
         cudaEvent_t ev;
         e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming);
         if (e != cudaSuccess) {
