@@ -55,13 +55,18 @@
  * the forward's params_needed hook makes the compute stream wait for the buckets of the embedding,
  * of each block and of the head just before it reads them. So the gathers run under the forward,
  * and only the first bucket's is exposed. The gathers go through their own copy of the dp group
- * (mt_comm_split at init), so that a dp collective on the compute stream (the trainer's loss) can
- * never run at the same time as one of them on the same NCCL communicator. On the CPU the
+ * (mt_comm_split at init, not sharing resources), so that a dp collective on the compute stream
+ * (the trainer's loss) never waits for them on the same NCCL communicator. On the CPU the
  * gathers are deferred into the same hook and the parts not yet gathered are NaN, so a read
  * before its gather shows in the tests. mt_ddp_gather_params (before reading weights outside a
  * forward) and the next mt_ddp_step settle whatever is pending. cfg.no_overlap gathers in line.
  *
- * Not done yet: ZeRO-3 gathers on the compute stream without prefetching the next layer; with
+ * ZeRO-3's gathers run on the compute stream just before their layer, through the same copy of the
+ * dp group: NCCL does not promise that two operations of one communicator on two streams make
+ * progress together, so through the dp group itself a layer's gather could wait for (or hold up)
+ * the gradient reductions on the comm stream.
+ *
+ * Not done yet: ZeRO-3 does not prefetch the next layer's parameters; with
  * pp > 1 the tied embedding's gradient must be summed over the embedding group before its bucket
  * is reduced here (a pipeline schedule's job, not wired).
  *
@@ -194,7 +199,8 @@ typedef struct mt_ddp {
     void **events;            /* (n_buckets) cudaEvent_t: bucket ready on the compute stream */
     void *ev_done;            /* cudaEvent_t: the comm stream's work so far */
     /* ZeRO-1/2 parameter all-gather overlapped with the next forward (mt__ddp_late_gather) */
-    mt_comm *pcomm;           /* GPU: a copy of the dp group for these gathers only */
+    mt_comm *pcomm;           /* GPU: a copy of the dp group for parameter gathers only (these, and
+                                 ZeRO-3's, which then do not queue behind the gradient reductions) */
     void **gev;               /* (n_buckets) cudaEvent_t: bucket b gathered on the comm stream */
     char *pending;            /* (n_buckets) 1: gather issued (GPU) or due (CPU), not yet waited for */
 } mt_ddp;
@@ -481,8 +487,9 @@ MT_API mt_status mt__ddp_gather_bucket(mt_ddp *d, int b) {
     mt_ddp_bucket *bk = &d->buckets[b];
     size_t es = mt_dtype_size(d->pdt);
     char *p = (char *)d->m->param_mem + bk->start * es;
-    if (mt_comm_size(d->dp) > 1)
-        MT_TRY(mt_comm_all_gather(d->dp, p + (size_t)d->rank * bk->shard * es, p, bk->shard, d->pdt, d->cx.stream));
+    mt_comm *c = d->pcomm ? d->pcomm : d->dp; /* ZeRO-3 on the GPU: not behind the comm stream's reductions */
+    if (mt_comm_size(c) > 1)
+        MT_TRY(mt_comm_all_gather(c, p + (size_t)d->rank * bk->shard * es, p, bk->shard, d->pdt, d->cx.stream));
     bk->gathered = 1;
     return MT_OK;
 }
@@ -741,8 +748,8 @@ MT_API void mt_ddp_free(mt_ddp *d) {
  * group, the norm over dp_cp, tp and pp); NULL = one rank. host_init: the num_params floats the
  * params were initialised from (the fp32 master of 16-bit params starts there); NULL reads them
  * back from m->param_mem. Installs m->hooks; pads m's buffers (see the layout notes above).
- * Collective over the dp group with ZeRO-3 (the first release), and on the GPU with ZeRO-1/2 (the
- * gathers' communicator is split off the dp group). */
+ * Collective over the dp group with ZeRO-3 (the first release), and on the GPU with ZeRO-1/2/3 (the
+ * parameter gathers' communicator is split off the dp group). */
 MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_parallel *par,
                              const mt_ddp_config *cfg, const float *host_init) {
     memset(d, 0, sizeof *d);
@@ -854,8 +861,9 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
                 }
                 d->gev[b] = (void *)ev;
             }
-            MT__DDP_TRY(mt_comm_split(d->dp, 0, mt_comm_rank(d->dp), "dp-params", &d->pcomm));
         }
+        if (mt__ddp_late_gather(d) || (d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS && d->nshard > 1))
+            MT__DDP_TRY(mt_comm_split(d->dp, 0, mt_comm_rank(d->dp), "dp-params", &d->pcomm));
     }
 #endif
     if (mt__ddp_late_gather(d)) MT__DDP_TRY(mt_calloc((size_t)d->n_buckets, (void **)&d->pending));
