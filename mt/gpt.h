@@ -615,8 +615,7 @@ MT_API mt_status mt__gpt_sp_commit(const mt_ctx *cx, const mt_gpt *m, int h, voi
     mt_ctx cc = *cx;
     if (ov) {
         cc.stream = m->par.comm_stream;
-        MT_TRY(mt__tp_record(&m->par, 0, cx->stream));
-        MT_TRY(mt__tp_wait(&m->par, 0, cc.stream));
+        MT_TRY(mt__tp_order(&m->par, 0, cx->stream, cc.stream));
     }
     MT_TRY(mt_tp_all_reduce(&cc, &m->par, buf, (size_t)n * m->C, m->dtype));
     for (int k = 0; k < n; k++) MT_TRY(mt_residual_fwd(&cc, g[k], g[k], buf + (size_t)k * m->C * es, (size_t)m->C));
@@ -626,8 +625,7 @@ MT_API mt_status mt__gpt_sp_commit(const mt_ctx *cx, const mt_gpt *m, int h, voi
 /* The compute stream waits for the commits issued so far (no-op when they ran in line). */
 MT_API mt_status mt__gpt_sp_join(const mt_ctx *cx, const mt_gpt *m) {
     if (!mt_tp_sp(&m->par) || !mt__tp_overlap(cx, &m->par)) return MT_OK;
-    MT_TRY(mt__tp_record(&m->par, 1, m->par.comm_stream));
-    return mt__tp_wait(&m->par, 1, cx->stream);
+    return mt__tp_order(&m->par, 1, m->par.comm_stream, cx->stream);
 }
 
 /* The last stage's classifier and loss, one chunk of rows [r0, r0 + n) at a time (mt_gpt_head_rows):

@@ -258,6 +258,13 @@ MT_API mt_status mt__tp_wait(const mt_layer_par *p, int k, void *stream) {
     return MT_OK;
 }
 
+/* `to` waits for the work queued on `from` so far, through event k (0: compute -> comm, 1: comm ->
+ * compute; 2, 3: mt/gpt.h's SP staging halves). */
+MT_API mt_status mt__tp_order(const mt_layer_par *p, int k, void *from, void *to) {
+    MT_TRY(mt__tp_record(p, k, from));
+    return mt__tp_wait(p, k, to);
+}
+
 /* The contexts of an overlapped layer: *cc for its collectives (the side stream), *beside for the
  * GEMMs that run while one is in flight (the SM margin); both plain copies of cx when not
  * overlapped. Returns whether the layer overlaps (mt__tp_overlap). */
@@ -304,19 +311,13 @@ MT_API mt_status mt_column_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p,
     int tp = p->tp_size, me = p->tp_rank, rows = N / tp, ov = mt__tp_contexts(cx, p, &cc, &beside);
     int k = mt_tp_comm_chunks(p, rows), r0, n;
     size_t es = mt_dtype_size(cx->dtype);
-    if (ov) {
-        MT_TRY(mt__tp_record(p, 0, cx->stream)); /* inp is final and `gather` free */
-        MT_TRY(mt__tp_wait(p, 0, cc.stream));
-    }
+    if (ov) MT_TRY(mt__tp_order(p, 0, cx->stream, cc.stream)); /* inp is final and `gather` free */
     MT_TRY(mt__tp_col_rows(&beside, out, gelu_pre, inp, w, b, me * rows, rows, IC, OC));
     for (int j = 0; j < k; j++) {
         mt__tp_piece(rows, k, j, &r0, &n);
         char *g = (char *)gather + (size_t)tp * r0 * IC * es; /* (tp, n, IC) */
         MT_TRY(mt_tp_all_gather(&cc, p, g, (const char *)inp + (size_t)r0 * IC * es, (size_t)n * IC, cx->dtype));
-        if (ov) {
-            MT_TRY(mt__tp_record(p, 1, cc.stream));
-            MT_TRY(mt__tp_wait(p, 1, cx->stream));
-        }
+        if (ov) MT_TRY(mt__tp_order(p, 1, cc.stream, cx->stream));
         for (int q = 0; q < tp; q++)
             if (q != me)
                 MT_TRY(mt__tp_col_rows(j + 1 < k ? &beside : cx, out, gelu_pre, g + (size_t)q * n * IC * es, w, b,
@@ -348,15 +349,13 @@ MT_API mt_status mt_column_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p,
         void *cs = cx->stream; /* the compute stream */
         mt__tp_contexts(cx, p, &cc, &beside);
         if (mt_tp_sp(p)) {
-            MT_TRY(mt__tp_record(p, 0, cs));
-            MT_TRY(mt__tp_wait(p, 0, cc.stream));
+            MT_TRY(mt__tp_order(p, 0, cs, cc.stream));
             MT_TRY(mt_tp_all_gather(&cc, p, gather, inp, rows * IC, cx->dtype));
             MT_TRY(mt__tp_record(p, 1, cc.stream)); /* the gathered input, for wgrad */
             x = gather;
         }
         MT_TRY(mt_matmul_bwd(mt_tp_sp(p) ? &beside : cx, dinp, NULL, NULL, dout, x, w, NULL, N, IC, OC));
-        MT_TRY(mt__tp_record(p, 0, cs));
-        MT_TRY(mt__tp_wait(p, 0, cc.stream));
+        MT_TRY(mt__tp_order(p, 0, cs, cc.stream));
         if (mt_tp_sp(p)) {
             *dinp_local = (char *)dinp + (size_t)p->tp_rank * rows * IC * mt_dtype_size(cx->dtype);
             MT_TRY(mt_tp_reduce_scatter(&cc, p, *dinp_local, dinp, rows * IC, cx->dtype));
@@ -365,8 +364,7 @@ MT_API mt_status mt_column_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p,
             MT_TRY(mt_tp_all_reduce(&cc, p, dinp, (size_t)N * IC, cx->dtype));
         }
         MT_TRY(mt_matmul_bwd(&beside, NULL, dw, db, dout, x, w, NULL, N, IC, OC));
-        MT_TRY(mt__tp_record(p, 1, cc.stream));
-        return mt__tp_wait(p, 1, cs);
+        return mt__tp_order(p, 1, cc.stream, cs);
     }
     if (mt_tp_sp(p)) {
         MT_TRY(mt_tp_all_gather(cx, p, gather, inp, rows * IC, cx->dtype));
@@ -420,16 +418,14 @@ MT_API mt_status mt_row_parallel_fwd(const mt_ctx *cx, const mt_layer_par *p, vo
             }
         }
         if (ov) {
-            MT_TRY(mt__tp_record(p, 0, cx->stream));
-            MT_TRY(mt__tp_wait(p, 0, cc.stream));
+            MT_TRY(mt__tp_order(p, 0, cx->stream, cc.stream));
         }
         if (!sp) MT_TRY(mt_tp_all_reduce(&cc, p, o, (size_t)n * OC, cx->dtype));
         else MT_TRY(mt_tp_reduce_scatter(&cc, p, o, (char *)partial + (size_t)tp * r0 * OC * es, (size_t)n * OC,
                                          cx->dtype));
     }
     if (!ov) return MT_OK;
-    MT_TRY(mt__tp_record(p, 1, cc.stream));
-    return mt__tp_wait(p, 1, cx->stream);
+    return mt__tp_order(p, 1, cc.stream, cx->stream);
 }
 
 /* Rows [r0, r0 + n) of every rank's slice of an SP tensor into their places in `full` (N, C) (rank
@@ -474,19 +470,13 @@ MT_API mt_status mt_row_parallel_bwd(const mt_ctx *cx, const mt_layer_par *p, vo
     int tp = p->tp_size, me = p->tp_rank, rows = N / tp, ov = mt__tp_contexts(cx, p, &cc, &beside);
     int k = mt_tp_comm_chunks(p, rows), r0, n;
     size_t es = mt_dtype_size(cx->dtype);
-    if (ov) {
-        MT_TRY(mt__tp_record(p, 0, cx->stream)); /* dout is final and `gather` free */
-        MT_TRY(mt__tp_wait(p, 0, cc.stream));
-    }
+    if (ov) MT_TRY(mt__tp_order(p, 0, cx->stream, cc.stream)); /* dout is final and `gather` free */
     MT_TRY(mt_copy(cx, (char *)gather + (size_t)me * rows * OC * es, dout, (size_t)rows * OC * es));
     MT_TRY(mt__tp_dgrad_rows(&beside, dinp, dout, inp, w, gelu_pre, me * rows, rows, IC, OC));
     for (int j = 0; j < k; j++) {
         mt__tp_piece(rows, k, j, &r0, &n);
         MT_TRY(mt__tp_gather_rows(&cc, p, gather, dout, rows, r0, n, OC));
-        if (ov) {
-            MT_TRY(mt__tp_record(p, 1, cc.stream));
-            MT_TRY(mt__tp_wait(p, 1, cx->stream));
-        }
+        if (ov) MT_TRY(mt__tp_order(p, 1, cc.stream, cx->stream));
         for (int q = 0; q < tp; q++)
             if (q != me)
                 MT_TRY(mt__tp_dgrad_rows(j + 1 < k ? &beside : cx, dinp,

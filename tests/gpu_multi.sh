@@ -4,7 +4,10 @@
 # PyTorch peers (tp=2 with and without the communication overlap, and the forward's pieces). Build first
 # (`make all test-cuda-build`); logs go to $OUT (or build/gpu-logs).
 #   sh tests/gpu_multi.sh [comm] [tests] [comm-bench] [scaling] [launch-modes]   (default: all)
-#   scaling = dp-scaling tp-scaling torch-ddp (each can be asked for alone)
+#   scaling = dp-scaling tp-scaling torch-ddp (each can be asked for alone). A device call has 10
+#   minutes: "comm tests comm-bench", "dp-scaling", "tp-scaling" and "torch-ddp" are each about
+#   3-6 minutes of trainer runs (20 iterations each, d48 and 48x1664 ~30 s a run); ask for them in
+#   separate calls.
 #   ANCHORS=dir   where the peers' scripts are (default ../shared/anchors)
 set -u
 export NCCL_NVLS_ENABLE=0
