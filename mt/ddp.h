@@ -16,22 +16,27 @@
  *                       gradients are reduce-scattered, AdamW runs on the shard only (fp32 master
  *                       for 16-bit params, m and v for the shard only), the params are all-gathered.
  *   optim_grads         ZeRO-2: as optim, and only the shard's gradients are kept across
- *                       micro-batches: every micro-batch's buckets are reduce-scattered as soon as
- *                       they are ready, added into a shard accumulator (1/dp of the buffer) and the
- *                       bucket's region of the model's gradient buffer is zeroed (free for reuse).
- *   optim_grads_params  ZeRO-3: as optim_grads, and a layer's parameters are all-gathered just
- *                       before its forward or backward (mt_gpt_hooks.before_block) and released
- *                       after; the embedding and head ("root") stay gathered.
+ *                       micro-batches: a bucket per group (the head, each block, the embedding);
+ *                       every micro-batch's buckets are reduce-scattered as soon as they are
+ *                       ready and added into a shard accumulator (1/dp of the buffer). The model
+ *                       has no full gradient buffer: a block's gradients go to one of two slots,
+ *                       zeroed again once its bucket is reduced (see "Memory").
+ *   optim_grads_params  ZeRO-3: as optim_grads, and the model has no full parameter buffer either:
+ *                       this rank keeps its pieces, and a layer's parameters are all-gathered into
+ *                       one slot just before its forward or backward (mt_gpt_hooks.before_block);
+ *                       the embedding and head ("root") groups stay gathered.
  *
  * Layout. mt_gpt keeps params and grads in one buffer each, in backward order, every tensor
  * 64-element aligned. This layer splits that buffer into buckets: bucket ends are multiples of
  * unit = lcm(dp, 128) elements, placed at the last point where the backward has made every
  * gradient before them final (mt_gpt.ready, one per block) once the bucket holds bucket_size
- * elements (default max(40M, 1M*dp), like Megatron; ZeRO-3 cuts at every block, so a layer is
- * a gather unit). Buckets may cut a tensor: a bucket's reduction needs only that every element in
- * it is final. Megatron pads each bucket end; here only the buffer end needs padding, so
- * mt_ddp_init reallocates the model's param and grad buffers once with their length rounded up
- * to a multiple of unit (contents kept, m->w and m->g rebound; pointers taken before are stale).
+ * elements (default max(40M, 1M*dp), like Megatron). Buckets may cut a tensor: a bucket's
+ * reduction needs only that every element in it is final. Megatron pads each bucket end; here only
+ * the buffer end needs padding, so mt_ddp_init reallocates the model's param and grad buffers once
+ * with their length rounded up to a multiple of unit (contents kept, m->w and m->g rebound;
+ * pointers taken before are stale). ZeRO-2/3 lay the buffers out again with every group starting
+ * at a multiple of unit (m->params[].offset, m->ready and m->num_params change), and cut a bucket
+ * at every group, so that a bucket is one group and can live apart from the others.
  * Shards: rank r owns [start + r*s, start + (r+1)*s) of each bucket, s = (end - start) / dp; its
  * optimizer state is those pieces back to back. AdamW runs per (tensor ∩ shard) range ("runs":
  * adjacent ranges with the same weight-decay and norm flags merged), so per-tensor weight decay
@@ -75,14 +80,18 @@
  * stage that is not first (mt_param_in_norm), all-reduced over dp (sharded only), tp and pp, on
  * the device. mt_ddp_grad_norm reads it back (a sync) for logging.
  *
- * Memory: what is real and what is simulated (see mt_ddp_stats)
- *   optim: real. master (16-bit params) + m + v exist for the shard only.
- *   optim_grads: the shard accumulator is real, but mt_gpt still owns a full-size gradient buffer
- *     that its backward writes in place, so the full buffer is still allocated; what a layout that
- *     only keeps in-flight buckets would need is measured (stats.peak_live_grad).
- *   optim_grads_params: param_mem stays full-size; released regions are poisoned with NaN on the
- *     CPU, so a layer computed without its gather would fail the tests; the elements a real
- *     implementation keeps are measured (stats.peak_gathered + root + shard).
+ * Memory (mt_ddp_stats; all of it allocated, none simulated)
+ *   optim: master (16-bit params) + m + v for the shard only; the model's buffers stay full.
+ *   optim_grads: the reduced shard (acc, 1/dp) plus the gradient storage: the head's and the
+ *     embedding's groups (the tied wte gets its head part in the forward and its embedding part at
+ *     the end) and two block slots (a block's bucket is being reduced on the comm stream while the
+ *     next block's backward writes the other slot; a slot is used again only after an event says
+ *     it was reduced and zeroed). grad_store_nbytes against padded * dtype for the full buffer.
+ *   optim_grads_params: as optim_grads, and the parameters are this rank's pieces of every bucket
+ *     (what AdamW updates), the root groups gathered after each step, and one block slot that
+ *     each block is gathered into before it runs (the forward's last block stays for the
+ *     backward's first). mt_ddp_gather_params makes a full buffer for as long as someone reads
+ *     the weights (freed at the next forward or step).
  *
  * Defines: mt_shard_strategy (MT_SHARD_*), mt_shard_strategy_parse/name, mt_ddp_config,
  *   mt_ddp_bucket, mt_ddp_run, mt_ddp_stats, mt_ddp, mt_ddp_check_batch, mt_ddp_init, mt_ddp_free,
@@ -140,7 +149,9 @@ typedef struct mt_ddp_bucket {
     size_t shard;         /* (end - start) / nshard: the piece each rank owns */
     size_t soff;          /* where this rank's piece starts in the shard-state buffers */
     int root;             /* holds embedding or head params (ZeRO-3 keeps it gathered) */
-    int gathered;         /* ZeRO-3: the pieces of other ranks are valid in param_mem */
+    int gathered;         /* late gather (ZeRO-1/2): the pieces of other ranks are valid in param_mem */
+    int group;            /* ZeRO-2/3: the one group it holds (mt__ddp_group: 0 head, 1.. blocks, nl+1
+                             embedding) */
 } mt_ddp_bucket;
 
 /* A range this rank updates: one (tensor ∩ own piece), merged with its neighbours when flags match. */
@@ -161,8 +172,12 @@ typedef struct mt_ddp_stats {
     size_t comm_nbytes;       /* fp32 reduction buffer, f64 host scratch */
     size_t pad_nbytes;        /* bytes the padding added to the model's param + grad buffers */
     size_t peak_live_grad;    /* ZeRO-2/3: most grad elements produced but not yet reduce-scattered */
-    size_t root_params;       /* ZeRO-3: elements of root buckets (kept gathered) */
-    size_t peak_gathered;     /* ZeRO-3: most non-root bucket elements gathered at once */
+    size_t root_params;       /* ZeRO-2/3: elements of the head's and embedding's groups (kept whole) */
+    size_t peak_gathered;     /* ZeRO-3: elements of the block slot (the largest block) */
+    size_t param_store_nbytes;/* the model's parameters on this rank: the full buffer, or ZeRO-3's
+                                 own pieces + root groups + one block slot */
+    size_t grad_store_nbytes; /* its gradients: the full buffer, or ZeRO-2/3's root groups + two block
+                                 slots (the reduced shard is grad_shard_nbytes) */
 } mt_ddp_stats;
 
 typedef struct mt_ddp {
@@ -195,6 +210,19 @@ typedef struct mt_ddp {
     int reduced;              /* no_shard/optim: the gradients of this step were reduced */
     size_t released;          /* ZeRO-2/3 stats: elements reduce-scattered in this backward */
     mt_ddp_stats stats;
+    /* ZeRO-2/3 (real_grads): the model's gradients live here, not in a full buffer: the head's and
+     * the embedding's groups in groot, each block's in one of two slots (block group gi in slot
+     * gi & 1) from its backward until its bucket is reduce-scattered; ZeRO-3 (real_params) also
+     * its parameters: this rank's pieces (pshard), the root groups gathered (proot), the block being
+     * computed gathered into pslot. */
+    int real_grads, real_params;
+    size_t max_block;         /* elements of the largest block group */
+    void *groot[2], *gslot[2];
+    void *gslot_ev[2];        /* cudaEvent_t: slot s reduced and zeroed again (comm stream) */
+    void *gcast;              /* (nshard_elems) pdt: reduced fp32 gradients cast back for AdamW */
+    void *pshard, *proot[2], *pslot;
+    int pslot_block;          /* local block gathered in pslot, -1: none */
+    int materialized;         /* ZeRO-3: mt_ddp_gather_params made a full param_mem, bound in the model */
     void *comm_stream;        /* cudaStream_t (GPU) */
     void **events;            /* (n_buckets) cudaEvent_t: bucket ready on the compute stream */
     void *ev_done;            /* cudaEvent_t: the comm stream's work so far */
@@ -408,16 +436,105 @@ MT_API mt_status mt__ddp_compute_waits_comm(mt_ddp *d) {
     return MT_OK;
 }
 
+MT_API size_t mt__ddp_gcd(size_t a, size_t b) {
+    while (b) { size_t t = a % b; a = b; b = t; }
+    return a;
+}
+
+MT_API mt_status mt__ddp_alloc(mt_ddp *d, size_t nbytes, void **out, size_t *counter) {
+    MT_TRY(mt_device_alloc(d->cx.device, nbytes, out));
+    MT_TRY(mt_zero(&d->cx, *out, nbytes));
+    if (counter) *counter += nbytes;
+    return MT_OK;
+}
+
+/* ------------------------------------------------------------------ ZeRO-2/3 storage */
+
+/* Group gi of the buffer layout, [*lo, *hi): 0 the head, 1..nl the blocks from the stage's last to
+ * its first (local block l is group nl - l), nl + 1 the embedding (mt_gpt.ready). */
+MT_API void mt__ddp_group(const mt_gpt *m, int gi, size_t *lo, size_t *hi) {
+    *lo = gi ? m->ready[gi - 1] : 0;
+    *hi = m->ready[gi];
+}
+
+/* Where group gi's gradients (params = 0) or ZeRO-3's parameters (params = 1) live. */
+MT_API char *mt__ddp_home(const mt_ddp *d, int gi, int params) {
+    int nl = d->m->layer_end - d->m->layer_begin;
+    if (params) return (char *)(gi == 0 ? d->proot[0] : gi == nl + 1 ? d->proot[1] : d->pslot);
+    return (char *)(gi == 0 ? d->groot[0] : gi == nl + 1 ? d->groot[1] : d->gslot[gi & 1]);
+}
+
+/* Where bucket b's gradients are. */
+MT_API char *mt__ddp_grads_of(const mt_ddp *d, int b) {
+    if (d->real_grads) return mt__ddp_home(d, d->buckets[b].group, 0);
+    return (char *)d->m->grad_mem + d->buckets[b].start * mt_dtype_size(d->pdt);
+}
+
+/* Point the model's gradients (and with real_params its weights) at the group storage. */
+MT_API void mt__ddp_bind_groups(mt_ddp *d, int grads, int params) {
+    mt_gpt *m = d->m;
+    int nl = m->layer_end - m->layer_begin;
+    for (int gi = 0; gi <= nl + 1; gi++) {
+        size_t lo, hi;
+        mt__ddp_group(m, gi, &lo, &hi);
+        if (grads) mt__gpt_bind_range(m, mt__ddp_home(d, gi, 0), lo, hi, &m->g);
+        if (params) mt__gpt_bind_range(m, mt__ddp_home(d, gi, 1), lo, hi, &m->w);
+    }
+}
+
+/* ZeRO-3: bucket b's group from every rank's piece, into dst (its whole length). */
+MT_API mt_status mt__ddp_gather_group(mt_ddp *d, int b, char *dst) {
+    const mt_ddp_bucket *bk = &d->buckets[b];
+    size_t es = mt_dtype_size(d->pdt);
+    const char *mine = (const char *)d->pshard + bk->soff * es;
+    mt_comm *c = d->pcomm ? d->pcomm : d->dp; /* GPU: not behind the comm stream's reductions */
+    if (mt_comm_size(c) > 1) return mt_comm_all_gather(c, mine, dst, bk->shard, d->pdt, d->cx.stream);
+    return mt_copy(&d->cx, dst, mine, bk->shard * es);
+}
+
+/* ZeRO-3: the head's and the embedding's groups gathered again (after each update). */
+MT_API mt_status mt__ddp_gather_roots(mt_ddp *d) {
+    int nl = d->m->layer_end - d->m->layer_begin;
+    for (int b = 0; b < d->n_buckets; b++) {
+        int gi = d->buckets[b].group;
+        if (gi == 0 || gi == nl + 1) MT_TRY(mt__ddp_gather_group(d, b, mt__ddp_home(d, gi, 1)));
+    }
+    d->pslot_block = -1; /* stale */
+    return MT_OK;
+}
+
+/* ZeRO-3 after mt_ddp_gather_params: back to the slot (the full buffer freed; a sync). */
+MT_API void mt__ddp_unmaterialize(mt_ddp *d) {
+    if (!d->materialized) return;
+    mt_device_free(d->m->device, d->m->param_mem);
+    d->m->param_mem = NULL;
+    mt__ddp_bind_groups(d, 0, 1);
+    d->materialized = 0;
+    d->pslot_block = -1;
+}
+
+/* ZeRO-3: local block l's parameters gathered into the slot (once: the forward's last block is the
+ * backward's first). */
+MT_API mt_status mt__ddp_slot_block(mt_ddp *d, int l) {
+    int gi = d->m->layer_end - d->m->layer_begin - l;
+    mt__ddp_unmaterialize(d);
+    if (d->pslot_block == l) return MT_OK;
+    for (int b = 0; b < d->n_buckets; b++)
+        if (d->buckets[b].group == gi) MT_TRY(mt__ddp_gather_group(d, b, (char *)d->pslot));
+    d->pslot_block = l;
+    return MT_OK;
+}
+
 /* ------------------------------------------------------------------ gradient buckets */
 
 /* Reduce bucket b of the current backward (on the comm stream). */
 MT_API mt_status mt__ddp_launch(mt_ddp *d, int b) {
     mt_ddp_bucket *bk = &d->buckets[b];
     size_t n = bk->end - bk->start, es = mt_dtype_size(d->pdt), rs = mt_dtype_size(d->rdt);
-    char *g = (char *)d->m->grad_mem + bk->start * es, *buf = g;
+    char *g = mt__ddp_grads_of(d, b), *buf = g;
     MT_TRY(mt__ddp_comm_waits_compute(d, b));
-    if (d->rbuf) {
-        buf = (char *)d->rbuf + bk->start * rs;
+    if (d->rbuf) { /* ZeRO-2/3: one bucket at a time, in comm-stream order */
+        buf = (char *)d->rbuf + (d->real_grads ? 0 : bk->start * rs);
         MT_TRY(mt__ddp_convert(&d->ccx, d->rdt, buf, d->pdt, g, n, 0));
     }
     if (d->cfg.strategy == MT_SHARD_NONE)
@@ -428,6 +545,13 @@ MT_API mt_status mt__ddp_launch(mt_ddp *d, int b) {
         MT_TRY(mt__ddp_convert(&d->ccx, d->rdt, (char *)d->acc + bk->soff * rs, d->rdt,
                                buf + (size_t)d->rank * bk->shard * rs, bk->shard, 1));
         MT_TRY(mt_zero(&d->ccx, g, n * es));
+#ifdef __CUDACC__
+        int nl = d->m->layer_end - d->m->layer_begin, gi = bk->group;
+        if (d->cx.device.type == MT_CUDA && gi > 0 && gi <= nl) { /* the block slot is free again */
+            cudaError_t e = cudaEventRecord((cudaEvent_t)d->gslot_ev[gi & 1], (cudaStream_t)d->comm_stream);
+            if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: slot event: %s", cudaGetErrorString(e));
+        }
+#endif
     }
     return MT_OK;
 }
@@ -564,94 +688,111 @@ MT_API mt_status mt__ddp_params_needed(void *user, const mt_gpt *m, size_t lo, s
     return MT_OK;
 }
 
-/* The elements [lo, hi) of the buffer that local block l (0 = the stage's first) occupies. */
-MT_API void mt__ddp_block_range(const mt_gpt *m, int l, size_t *lo, size_t *hi) {
-    int nl = m->layer_end - m->layer_begin;
-    *lo = m->ready[nl - 1 - l];
-    *hi = m->ready[nl - l];
-}
-
-/* Make exactly the root buckets and those of block l (l < 0: none) gathered. */
-MT_API mt_status mt__ddp_gather_only(mt_ddp *d, int l) {
-    size_t lo = 0, hi = 0, gathered = 0;
-    if (l >= 0) mt__ddp_block_range(d->m, l, &lo, &hi);
-    for (int b = 0; b < d->n_buckets; b++) {
-        mt_ddp_bucket *bk = &d->buckets[b];
-        int need = bk->root || (bk->start < hi && lo < bk->end);
-        if (!need && bk->gathered) mt__ddp_release_bucket(d, b);
+/* mt_gpt_hooks.before_block (ZeRO-2/3): ZeRO-3 gathers the layer's parameters into the slot; before
+ * a backward the compute stream waits until the layer's gradient slot is free (its previous
+ * bucket reduced and zeroed on the comm stream). */
+MT_API mt_status mt__ddp_before_block(void *user, const mt_gpt *m, int layer, int backward) {
+    mt_ddp *d = (mt_ddp *)user;
+    int l = layer - m->layer_begin, gi = m->layer_end - m->layer_begin - l;
+    if (d->real_params) MT_TRY(mt__ddp_slot_block(d, l));
+#ifdef __CUDACC__
+    if (backward && d->real_grads && d->cx.device.type == MT_CUDA) {
+        cudaError_t e = cudaStreamWaitEvent((cudaStream_t)d->cx.stream, (cudaEvent_t)d->gslot_ev[gi & 1], 0);
+        if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: waiting for a slot: %s", cudaGetErrorString(e));
     }
-    for (int b = 0; b < d->n_buckets; b++) {
-        mt_ddp_bucket *bk = &d->buckets[b];
-        int need = bk->root || (bk->start < hi && lo < bk->end);
-        if (need && !bk->gathered) MT_TRY(mt__ddp_gather_bucket(d, b));
-        if (bk->gathered && !bk->root) gathered += bk->end - bk->start;
-    }
-    if (gathered > d->stats.peak_gathered) d->stats.peak_gathered = gathered;
+#endif
+    (void)backward;
+    (void)gi;
     return MT_OK;
 }
 
-/* mt_gpt_hooks.before_block (ZeRO-3): gather this layer's parameters, release the others'. */
-MT_API mt_status mt__ddp_before_block(void *user, const mt_gpt *m, int layer, int backward) {
-    (void)backward;
-    return mt__ddp_gather_only((mt_ddp *)user, layer - m->layer_begin);
-}
-
-/* Make every parameter valid on every rank (ZeRO-3, and ZeRO-1/2 between a step and the next
- * forward; a no-op otherwise): before a checkpoint or reading the weights. The next forward
- * releases ZeRO-3's again. */
+/* Make every parameter valid on every rank in m->param_mem (ZeRO-1/2 between a step and the next
+ * forward: their gathers settled; ZeRO-3: a full buffer allocated and gathered, bound in the model
+ * until its next forward or step frees it again; a no-op otherwise): before a checkpoint or
+ * reading the weights. */
 MT_API mt_status mt_ddp_gather_params(const mt_ctx *cx, mt_ddp *d) {
-    (void)cx;
+    mt_gpt *m = d->m;
+    size_t es = mt_dtype_size(d->pdt);
+    int nl = m->layer_end - m->layer_begin;
     for (int b = 0; b < d->n_buckets; b++) MT_TRY(mt__ddp_settle(d, b));
-    if (d->cfg.strategy != MT_SHARD_OPTIM_GRADS_PARAMS) return MT_OK;
-    for (int b = 0; b < d->n_buckets; b++)
-        if (!d->buckets[b].gathered) MT_TRY(mt__ddp_gather_bucket(d, b));
+    if (!d->real_params || d->materialized) return MT_OK;
+    MT_TRY(mt__ddp_alloc(d, d->padded * es, &m->param_mem, NULL));
+    for (int b = 0; b < d->n_buckets; b++) {
+        const mt_ddp_bucket *bk = &d->buckets[b];
+        char *dst = (char *)m->param_mem + bk->start * es;
+        if (bk->group == 0 || bk->group == nl + 1)
+            MT_TRY(mt_copy(cx, dst, mt__ddp_home(d, bk->group, 1), (bk->end - bk->start) * es));
+        else
+            MT_TRY(mt__ddp_gather_group(d, b, dst));
+    }
+    mt__gpt_bind(m, (char *)m->param_mem, &m->w);
+    d->materialized = 1;
     return MT_OK;
 }
 
 /* ------------------------------------------------------------------ init */
 
-MT_API size_t mt__ddp_gcd(size_t a, size_t b) {
-    while (b) { size_t t = a % b; a = b; b = t; }
-    return a;
-}
-
-MT_API mt_status mt__ddp_alloc(mt_ddp *d, size_t nbytes, void **out, size_t *counter) {
-    MT_TRY(mt_device_alloc(d->cx.device, nbytes, out));
-    MT_TRY(mt_zero(&d->cx, *out, nbytes));
-    if (counter) *counter += nbytes;
-    return MT_OK;
-}
-
-/* Replace the model's param and grad buffers by ones of `padded` elements (contents kept). */
-MT_API mt_status mt__ddp_pad_model(mt_ddp *d, mt_gpt *m, size_t padded) {
-    size_t es = mt_dtype_size(m->dtype), used = m->num_params * es;
+/* The model's buffers in this layer's layout, d->padded elements (a multiple of unit), contents
+ * kept. With `aligned` (ZeRO-2/3, a bucket per group) every group (mt__ddp_group) starts at a
+ * multiple of unit and its tensors move with it: m->params[].offset, m->ready and m->num_params
+ * follow, and m's pointers are bound again. Otherwise only the end is padded. */
+MT_API mt_status mt__ddp_layout(mt_ddp *d, mt_gpt *m, int aligned) {
+    int nl = m->layer_end - m->layer_begin, ng = nl + 2;
+    size_t es = mt_dtype_size(m->dtype), u = d->unit, pos = 0, *start = NULL;
     void *p = NULL, *g = NULL;
-    if (padded == m->num_params) return MT_OK;
-    MT_TRY(mt__ddp_alloc(d, padded * es, &p, NULL));
-    mt_status st = mt__ddp_alloc(d, padded * es, &g, NULL);
-    if (st == MT_OK) st = mt_copy(&d->cx, p, m->param_mem, used);
-    if (st == MT_OK) st = mt_copy(&d->cx, g, m->grad_mem, used);
+    MT_TRY(mt_calloc(sizeof(size_t) * (size_t)ng, (void **)&start));
+    for (int gi = 0; gi < ng; gi++) { /* where each group goes */
+        size_t lo, hi;
+        mt__ddp_group(m, gi, &lo, &hi);
+        start[gi] = aligned ? pos : lo;
+        pos = aligned ? (pos + hi - lo + u - 1) / u * u : hi;
+    }
+    d->padded = (pos + u - 1) / u * u;
+    mt_status st = MT_OK;
+    if (!aligned && d->padded == m->num_params) goto done;
+    st = mt__ddp_alloc(d, d->padded * es, &p, NULL);
+    if (st == MT_OK) st = mt__ddp_alloc(d, d->padded * es, &g, NULL);
+    for (int k = 0, gi = 0; st == MT_OK && k < m->n_params; k++) {
+        mt_param *q = &m->params[k];
+        size_t lo, hi, n = (size_t)(q->rows * q->cols) * es, to;
+        while (mt__ddp_group(m, gi, &lo, &hi), q->offset >= hi) gi++;
+        to = start[gi] + (q->offset - lo);
+        st = mt_copy(&d->cx, (char *)p + to * es, (char *)m->param_mem + q->offset * es, n);
+        if (st == MT_OK) st = mt_copy(&d->cx, (char *)g + to * es, (char *)m->grad_mem + q->offset * es, n);
+    }
 #ifdef __CUDACC__
     if (st == MT_OK && m->device.type == MT_CUDA && cudaStreamSynchronize((cudaStream_t)d->cx.stream) != cudaSuccess)
-        st = mt_errorf(MT_ERR_CUDA, "ddp: padding the model buffers: %s", cudaGetErrorString(cudaGetLastError()));
+        st = mt_errorf(MT_ERR_CUDA, "ddp: laying out the model buffers: %s", cudaGetErrorString(cudaGetLastError()));
 #endif
     if (st != MT_OK) {
         mt_device_free(m->device, p);
         mt_device_free(m->device, g);
-        return st;
+        goto done;
     }
+    if (aligned) {
+        for (int k = 0, gi = 0; k < m->n_params; k++) {
+            size_t lo, hi;
+            while (mt__ddp_group(m, gi, &lo, &hi), m->params[k].offset >= hi) gi++;
+            m->params[k].offset = start[gi] + (m->params[k].offset - lo);
+        }
+        for (int gi = 0; gi < ng; gi++) m->ready[gi] = gi + 1 < ng ? start[gi + 1] : d->padded;
+    }
+    d->stats.pad_nbytes = 2 * (d->padded - m->num_params) * es;
+    if (aligned) m->num_params = d->padded;
     mt_device_free(m->device, m->param_mem);
     mt_device_free(m->device, m->grad_mem);
     m->param_mem = p;
     m->grad_mem = g;
     mt__gpt_bind(m, (char *)p, &m->w);
     mt__gpt_bind(m, (char *)g, &m->g);
-    d->stats.pad_nbytes = 2 * (padded - m->num_params) * es;
-    return MT_OK;
+done:
+    mt_free(start);
+    return st;
 }
 
 /* Buckets: ends at multiples of unit, at a ready point once the bucket holds bucket_size elements
- * (ZeRO-3: at every ready point); the last ends at the padded length. */
+ * (ZeRO-2/3: at every ready point, aligned, so a bucket is one group); the last ends at the padded
+ * length. */
 MT_API mt_status mt__ddp_make_buckets(mt_ddp *d) {
     const mt_gpt *m = d->m;
     int nl = m->layer_end - m->layer_begin, nb = 0;
@@ -659,12 +800,13 @@ MT_API mt_status mt__ddp_make_buckets(mt_ddp *d) {
     MT_TRY(mt_calloc(sizeof(mt_ddp_bucket) * (size_t)(nl + 2), (void **)&d->buckets));
     for (int i = 0; i <= nl + 1; i++) {
         size_t e = i == nl + 1 ? d->padded : m->ready[i] / d->unit * d->unit;
-        int cut = d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS || e - start >= d->cfg.bucket_size || i == nl + 1;
+        int cut = d->cfg.strategy >= MT_SHARD_OPTIM_GRADS || e - start >= d->cfg.bucket_size || i == nl + 1;
         if (e <= start || !cut) continue;
         mt_ddp_bucket *bk = &d->buckets[nb++];
         bk->start = start;
         bk->end = e;
         bk->shard = (e - start) / (size_t)d->nshard;
+        bk->group = i;
         start = e;
     }
     d->n_buckets = nb;
@@ -723,6 +865,14 @@ MT_API void mt_ddp_free(mt_ddp *d) {
     mt_device_free(dev, d->acc);
     mt_device_free(dev, d->rbuf);
     mt_device_free(dev, d->scalars);
+    for (int k = 0; k < 2; k++) {
+        mt_device_free(dev, d->groot[k]);
+        mt_device_free(dev, d->gslot[k]);
+        mt_device_free(dev, d->proot[k]);
+    }
+    mt_device_free(dev, d->gcast);
+    mt_device_free(dev, d->pshard);
+    mt_device_free(dev, d->pslot);
     mt_free(d->scratch);
 #ifdef __CUDACC__
     if (d->events)
@@ -732,6 +882,8 @@ MT_API void mt_ddp_free(mt_ddp *d) {
     if (d->gev)
         for (int b = 0; b < d->n_buckets; b++)
             if (d->gev[b]) cudaEventDestroy((cudaEvent_t)d->gev[b]);
+    for (int k = 0; k < 2; k++)
+        if (d->gslot_ev[k]) cudaEventDestroy((cudaEvent_t)d->gslot_ev[k]);
     if (d->comm_stream) cudaStreamDestroy((cudaStream_t)d->comm_stream);
 #endif
     if (d->pcomm) mt_comm_destroy(d->pcomm);
@@ -744,12 +896,58 @@ MT_API void mt_ddp_free(mt_ddp *d) {
     memset(d, 0, sizeof *d);
 }
 
+/* ZeRO-2/3: the model's gradients (ZeRO-3: and parameters) move from its full buffers, which are
+ * freed, into the group storage of mt_ddp. */
+MT_API mt_status mt__ddp_own_storage(mt_ddp *d, mt_gpt *m) {
+    int nl = m->layer_end - m->layer_begin;
+    size_t es = mt_dtype_size(d->pdt), lo, hi, n[2];
+    d->real_grads = 1;
+    d->real_params = d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS;
+    d->pslot_block = -1;
+    for (int gi = 1; gi <= nl; gi++) {
+        mt__ddp_group(m, gi, &lo, &hi);
+        if (hi - lo > d->max_block) d->max_block = hi - lo;
+    }
+    mt__ddp_group(m, 0, &lo, &hi);
+    n[0] = hi - lo;
+    mt__ddp_group(m, nl + 1, &lo, &hi);
+    n[1] = hi - lo;
+    for (int k = 0; k < 2; k++) {
+        MT_TRY(mt__ddp_alloc(d, (n[k] ? n[k] : 1) * es, &d->groot[k], &d->stats.grad_store_nbytes));
+        MT_TRY(mt__ddp_alloc(d, (d->max_block ? d->max_block : 1) * es, &d->gslot[k], &d->stats.grad_store_nbytes));
+    }
+    if (d->rdt != d->pdt) MT_TRY(mt__ddp_alloc(d, d->nshard_elems * es, &d->gcast, &d->stats.comm_nbytes));
+    if (d->real_params) {
+        MT_TRY(mt__ddp_alloc(d, d->nshard_elems * es, &d->pshard, &d->stats.param_store_nbytes));
+        for (int b = 0; b < d->n_buckets; b++) {
+            const mt_ddp_bucket *bk = &d->buckets[b];
+            MT_TRY(mt_copy(&d->cx, (char *)d->pshard + bk->soff * es,
+                           (char *)m->param_mem + (bk->start + (size_t)d->rank * bk->shard) * es, bk->shard * es));
+        }
+        for (int k = 0; k < 2; k++) {
+            MT_TRY(mt__ddp_alloc(d, (n[k] ? n[k] : 1) * es, &d->proot[k], &d->stats.param_store_nbytes));
+            MT_TRY(mt_copy(&d->cx, d->proot[k], (char *)m->param_mem + (k ? m->ready[nl] : 0) * es, n[k] * es));
+        }
+        MT_TRY(mt__ddp_alloc(d, (d->max_block ? d->max_block : 1) * es, &d->pslot, &d->stats.param_store_nbytes));
+        mt_device_free(m->device, m->param_mem); /* (on the GPU after the copies: cudaFree waits) */
+        m->param_mem = NULL;
+    }
+    mt_device_free(m->device, m->grad_mem);
+    m->grad_mem = NULL;
+    mt__ddp_bind_groups(d, 1, d->real_params);
+    d->stats.root_params = n[0] + n[1];
+    d->stats.peak_gathered = d->real_params ? d->max_block : 0;
+    return MT_OK;
+}
+
 /* Set up data parallelism for model stage m. par: the rank grid (gradients reduce over its dp_cp
  * group, the norm over dp_cp, tp and pp); NULL = one rank. host_init: the num_params floats the
  * params were initialised from (the fp32 master of 16-bit params starts there); NULL reads them
- * back from m->param_mem. Installs m->hooks; pads m's buffers (see the layout notes above).
- * Collective over the dp group with ZeRO-3 (the first release), and on the GPU with ZeRO-1/2/3 (the
- * parameter gathers' communicator is split off the dp group). */
+ * back from m->param_mem. Installs m->hooks; lays out m's buffers again (see the layout notes
+ * above). With ZeRO-2/3 the model's gradients (ZeRO-3: and weights) then live in this mt_ddp: after
+ * mt_ddp_free the model has none (ZeRO-3 keeps its weights if mt_ddp_gather_params ran last).
+ * Collective over the dp group on the GPU with ZeRO-1/2/3 (the parameter gathers' communicator is
+ * split off the dp group). */
 MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_parallel *par,
                              const mt_ddp_config *cfg, const float *host_init) {
     memset(d, 0, sizeof *d);
@@ -775,12 +973,14 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
     d->nshard = d->cfg.strategy == MT_SHARD_NONE ? 1 : dp;
     d->rank = d->nshard > 1 ? mt_comm_rank(d->dp) : 0;
     d->unit = (size_t)dp * 128 / mt__ddp_gcd((size_t)dp, 128);
-    d->padded = (m->num_params + d->unit - 1) / d->unit * d->unit;
     d->pdt = m->dtype;
     int sixteen = d->pdt == MT_BF16 || d->pdt == MT_F16;
     d->rdt = d->cfg.grad_reduce_in_fp32 && sixteen ? MT_F32 : d->pdt;
     mt_status st = MT_OK;
+    size_t *old_off = NULL; /* the tensors' offsets before mt__ddp_layout, to read host_init */
 #define MT__DDP_TRY(expr) do { st = (expr); if (st != MT_OK) goto fail; } while (0)
+    MT__DDP_TRY(mt_calloc(sizeof(size_t) * (size_t)m->n_params + 1, (void **)&old_off));
+    for (int k = 0; k < m->n_params; k++) old_off[k] = m->params[k].offset;
 #ifdef __CUDACC__
     if (cx->device.type == MT_CUDA) {
         cudaStream_t s;
@@ -792,7 +992,7 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
         d->ccx.stream = d->comm_stream;
     }
 #endif
-    MT__DDP_TRY(mt__ddp_pad_model(d, m, d->padded));
+    MT__DDP_TRY(mt__ddp_layout(d, m, d->cfg.strategy >= MT_SHARD_OPTIM_GRADS));
     MT__DDP_TRY(mt__ddp_make_buckets(d));
     MT__DDP_TRY(mt__ddp_make_runs(d));
     {
@@ -802,14 +1002,22 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
         MT__DDP_TRY(mt__ddp_alloc(d, 2 * ss, &d->scalars, NULL));
         if (d->cfg.strategy >= MT_SHARD_OPTIM_GRADS)
             MT__DDP_TRY(mt__ddp_alloc(d, ne * mt_dtype_size(d->rdt), &d->acc, &d->stats.grad_shard_nbytes));
-        if (d->rdt != d->pdt) MT__DDP_TRY(mt__ddp_alloc(d, d->padded * 4, &d->rbuf, &d->stats.comm_nbytes));
+        if (d->rdt != d->pdt) { /* ZeRO-2/3 convert one bucket at a time */
+            size_t most = 0;
+            for (int b = 0; b < d->n_buckets; b++)
+                if (d->buckets[b].end - d->buckets[b].start > most) most = d->buckets[b].end - d->buckets[b].start;
+            most = d->cfg.strategy >= MT_SHARD_OPTIM_GRADS ? most : d->padded;
+            MT__DDP_TRY(mt__ddp_alloc(d, most * 4, &d->rbuf, &d->stats.comm_nbytes));
+        }
         if (sixteen) {
             float *host = NULL, *shard = NULL;
             MT__DDP_TRY(mt__ddp_alloc(d, ne * sizeof(float), (void **)&d->master, &d->stats.optim_nbytes));
             MT__DDP_TRY(mt_calloc(d->padded * sizeof(float), (void **)&host));
             st = mt_calloc(ne * sizeof(float) + 1, (void **)&shard);
-            if (st == MT_OK && host_init) memcpy(host, host_init, m->num_params * sizeof(float));
-            else if (st == MT_OK) st = mt_copy_to_f32(cx, host, m->param_mem, d->pdt, m->num_params);
+            for (int k = 0; st == MT_OK && host_init && k < m->n_params; k++) /* in the new layout */
+                memcpy(host + m->params[k].offset, host_init + old_off[k],
+                       sizeof(float) * (size_t)(m->params[k].rows * m->params[k].cols));
+            if (st == MT_OK && !host_init) st = mt_copy_to_f32(cx, host, m->param_mem, d->pdt, m->num_params);
             for (int b = 0; st == MT_OK && b < d->n_buckets; b++) {
                 const mt_ddp_bucket *bk = &d->buckets[b];
                 memcpy(shard + bk->soff, host + bk->start + (size_t)d->rank * bk->shard, bk->shard * sizeof(float));
@@ -864,8 +1072,18 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
         }
         if (mt__ddp_late_gather(d) || (d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS && d->nshard > 1))
             MT__DDP_TRY(mt_comm_split(d->dp, 0, mt_comm_rank(d->dp), "dp-params", &d->pcomm));
+        for (int k = 0; k < 2 && d->cfg.strategy >= MT_SHARD_OPTIM_GRADS; k++) {
+            if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) {
+                st = mt_errorf(MT_ERR_CUDA, "ddp: cudaEventCreate: %s", cudaGetErrorString(cudaGetLastError()));
+                goto fail;
+            }
+            d->gslot_ev[k] = (void *)ev;
+        }
     }
 #endif
+    if (d->cfg.strategy >= MT_SHARD_OPTIM_GRADS) MT__DDP_TRY(mt__ddp_own_storage(d, m));
+    if (!d->real_params) d->stats.param_store_nbytes = d->padded * mt_dtype_size(d->pdt);
+    if (!d->real_grads) d->stats.grad_store_nbytes = d->padded * mt_dtype_size(d->pdt);
     if (mt__ddp_late_gather(d)) MT__DDP_TRY(mt_calloc((size_t)d->n_buckets, (void **)&d->pending));
     d->stats.num_params = m->num_params;
     d->stats.padded_params = d->padded;
@@ -874,16 +1092,12 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
     m->hooks.user = d;
     m->hooks.grads_ready = mt__ddp_grads_ready;
     if (d->pending) m->hooks.params_needed = mt__ddp_params_needed;
-    if (d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS) {
-        m->hooks.before_block = mt__ddp_before_block;
-        for (int b = 0; b < d->n_buckets; b++)
-            if (d->buckets[b].root) d->stats.root_params += d->buckets[b].end - d->buckets[b].start;
-        MT__DDP_TRY(mt__ddp_gather_only(d, -1));  /* start sharded: every layer must be gathered */
-        d->stats.peak_gathered = 0;
-    }
+    if (d->real_grads) m->hooks.before_block = mt__ddp_before_block;
 #undef MT__DDP_TRY
+    mt_free(old_off);
     return MT_OK;
 fail:
+    mt_free(old_off);
     mt_ddp_free(d);
     return st;
 }
@@ -906,11 +1120,13 @@ MT_API mt_status mt__ddp_make_plan(const mt_ctx *cx, mt_ddp *d) {
     MT_TRY(mt_calloc(sizeof *t * (size_t)(d->n_runs > 0 ? d->n_runs : 1), (void **)&t));
     for (int i = 0; i < d->n_runs; i++) {
         const mt_ddp_run *r = &d->runs[i];
-        t[i].param = (char *)d->m->param_mem + r->off * es;
+        t[i].param = d->real_params ? (char *)d->pshard + r->soff * es : (char *)d->m->param_mem + r->off * es;
         t[i].master = d->master ? d->master + r->soff : NULL;
         t[i].m = (char *)d->mom + r->soff * ss;
         t[i].v = (char *)d->var + r->soff * ss;
-        t[i].grad = d->rdt != d->pdt ? (const void *)((char *)d->m->grad_mem + r->off * es) : mt__ddp_reduced_grad(d, r);
+        t[i].grad = d->rdt == d->pdt ? mt__ddp_reduced_grad(d, r)
+                    : d->gcast       ? (const void *)((char *)d->gcast + r->soff * es)
+                                     : (const void *)((char *)d->m->grad_mem + r->off * es);
         t[i].n = r->n;
         t[i].decay = r->decay;
     }
@@ -930,6 +1146,7 @@ MT_API mt_status mt_ddp_step(const mt_ctx *cx, mt_ddp *d, const mt_optim_hp *hp_
     rcx.dtype = d->rdt;
     MT_TRY(mt_ddp_finish(cx, d));
     for (int b = 0; b < d->n_buckets; b++) MT_TRY(mt__ddp_settle(d, b)); /* the last step's gathers */
+    mt__ddp_unmaterialize(d); /* ZeRO-3: the update goes to this rank's pieces */
     /* the global norm: this rank's reduced gradients, then over shards, tp and pp */
     MT_TRY(mt_zero(cx, norm_sq, ss));
     for (int i = 0; i < d->n_runs; i++)
@@ -945,29 +1162,24 @@ MT_API mt_status mt_ddp_step(const mt_ctx *cx, mt_ddp *d, const mt_optim_hp *hp_
     mt_optim_resolve_hp(hp_in, d->step, &hp);
     if (d->rdt != d->pdt)
         for (int i = 0; i < d->n_runs; i++)
-            MT_TRY(mt__ddp_convert(cx, d->pdt, (char *)m->grad_mem + d->runs[i].off * es, d->rdt,
-                                   mt__ddp_reduced_grad(d, &d->runs[i]), d->runs[i].n, 0));
+            MT_TRY(mt__ddp_convert(cx, d->pdt,
+                                   d->gcast ? (char *)d->gcast + d->runs[i].soff * es
+                                            : (char *)m->grad_mem + d->runs[i].off * es,
+                                   d->rdt, mt__ddp_reduced_grad(d, &d->runs[i]), d->runs[i].n, 0));
     if (!d->plan_ready) MT_TRY(mt__ddp_make_plan(cx, d));
     MT_TRY(mt_adamw_multi_plan_step(cx, &d->plan, &hp, hp_in->weight_decay, coef, 0));
-    /* parameters: everyone's updated pieces (ZeRO-1/2: under the next forward) */
-    if (mt__ddp_late_gather(d)) {
+    /* parameters: everyone's updated pieces (ZeRO-1/2: under the next forward; ZeRO-3: the root
+     * groups now, a block's just before it runs) */
+    if (d->real_params) {
+        MT_TRY(mt__ddp_gather_roots(d));
+    } else if (mt__ddp_late_gather(d)) {
         MT_TRY(mt__ddp_issue_gathers(d));
     } else if (d->nshard > 1) {
-        for (int b = 0; b < d->n_buckets; b++) {
-            if (d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS && !d->buckets[b].root) {
-                mt__ddp_release_bucket(d, b);  /* stale now; gathered again before its layer runs */
-                continue;
-            }
-            MT_TRY(mt__ddp_gather_bucket(d, b));
-        }
+        for (int b = 0; b < d->n_buckets; b++) MT_TRY(mt__ddp_gather_bucket(d, b));
     }
-    /* gradients: zero for the next step */
-    if (d->acc) {
-        MT_TRY(mt_zero(cx, d->acc, d->nshard_elems * mt_dtype_size(d->rdt)));
-        if (d->rdt != d->pdt) MT_TRY(mt_zero(cx, m->grad_mem, d->padded * es));
-    } else {
-        MT_TRY(mt_zero(cx, m->grad_mem, d->padded * es));
-    }
+    /* gradients: zero for the next step (ZeRO-2/3's group storage is zeroed as each bucket goes) */
+    if (d->acc) MT_TRY(mt_zero(cx, d->acc, d->nshard_elems * mt_dtype_size(d->rdt)));
+    else MT_TRY(mt_zero(cx, m->grad_mem, d->padded * es));
     d->reduced = 0;
     d->next_bucket = 0;
     return MT_OK;

@@ -223,22 +223,30 @@ MT_API mt_status mt__gpt_add_param(mt_gpt *m, const char *name, int64_t grows, i
     return MT_OK;
 }
 
-/* Resolve the pointers of weights (or gradients) into `base`. */
-MT_API void mt__gpt_bind(const mt_gpt *m, char *base, mt_gpt_w *w) {
+/* Point the weights (or gradients) whose elements start in [lo, hi) of the buffer layout at `base`,
+ * which holds elements [lo, ...): a tensor at offset o goes to base + (o - lo). */
+MT_API void mt__gpt_bind_range(const mt_gpt *m, char *base, size_t lo, size_t hi, mt_gpt_w *w) {
     size_t es = mt_dtype_size(m->dtype);
     int k = 0;
-#define MT__PTR(field) w->field = base + m->params[k++].offset * es
-    if (m->last) { MT__PTR(lnf_b); MT__PTR(lnf_w); }
-    if (m->last && !m->first) MT__PTR(wte);
+#define MT__AT(ptr)                                                          \
+    do {                                                                     \
+        size_t o = m->params[k++].offset;                                    \
+        if (o >= lo && o < hi) (ptr) = base + (o - lo) * es;                 \
+    } while (0)
+    if (m->last) { MT__AT(w->lnf_b); MT__AT(w->lnf_w); }
+    if (m->last && !m->first) MT__AT(w->wte);
     for (int l = m->layer_end - 1; l >= m->layer_begin; l--) {
         mt_gpt_block_w *b = &w->blocks[l - m->layer_begin];
-#define MT__X(field, R, Cc, split, init) b->field = base + m->params[k++].offset * es;
+#define MT__X(field, R, Cc, split, init) MT__AT(b->field);
         MT_GPT_BLOCK_PARAMS(MT__X)
 #undef MT__X
     }
-    if (m->first) { MT__PTR(wpe); MT__PTR(wte); }
-#undef MT__PTR
+    if (m->first) { MT__AT(w->wpe); MT__AT(w->wte); }
+#undef MT__AT
 }
+
+/* Resolve the pointers of weights (or gradients) into `base`, a whole buffer. */
+MT_API void mt__gpt_bind(const mt_gpt *m, char *base, mt_gpt_w *w) { mt__gpt_bind_range(m, base, 0, SIZE_MAX, w); }
 
 /* Build stage [layer_begin, layer_end) (layer_end 0 = all layers); allocates params and grads
  * on cx's device in cx's dtype (uninitialised: see mt_gpt_init_values). */
@@ -731,9 +739,9 @@ MT_API mt_status mt_gpt_backward(const mt_ctx *cx, mt_gpt *m, const mt_gpt_acts 
     }
     for (int l = nl - 1; l >= 0; l--) {
         int h = (nl - l) & 1; /* the SP buffer half: the head's was 0 */
-        mt_gpt_block_w g = m->g.blocks[l], *gl = &m->g.blocks[l];
-        void **stage[4] = {&g.ln1_w, &g.ln1_b, &g.ln2_w, &g.ln2_b};
         if (m->hooks.before_block) MT_TRY(m->hooks.before_block(m->hooks.user, m, m->layer_begin + l, 1));
+        mt_gpt_block_w g = m->g.blocks[l], *gl = &m->g.blocks[l]; /* (after the hook: it may move them) */
+        void **stage[4] = {&g.ln1_w, &g.ln1_b, &g.ln2_w, &g.ln2_b};
         if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_stage(cx, m, h, stage, 4));
         MT_TRY(mt_gpt_block_bwd(cx, m, &m->w.blocks[l], &g, &a->blocks[l], a->res[l], s, B, T));
         if (mt_tp_sp(p)) MT_TRY(mt__gpt_sp_commit(cx, m, h, gl->ln1_w, gl->ln1_b, gl->ln2_w, gl->ln2_b));

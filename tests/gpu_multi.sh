@@ -78,6 +78,11 @@ if has scaling || has dp-scaling; then
     note "ours d48 2 GPUs (dp=2): $(speed "$out/d48_2gpu.log")"
     ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 --use-distributed-optimizer > "$out/d48_2gpu_zero1.log" 2>&1
     note "ours d48 2 GPUs (dp=2, ZeRO-1): $(speed "$out/d48_2gpu_zero1.log")"
+    # ZeRO-2 and ZeRO-3: speed, and the memory they free (no full gradient / parameter buffers)
+    for sh in optim_grads optim_grads_params; do
+        ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 --data-parallel-sharding-strategy $sh > "$out/d48_2gpu_$sh.log" 2>&1
+        note "ours d48 2 GPUs (dp=2, $sh): $(speed "$out/d48_2gpu_$sh.log")"
+    done
     # the same with the gradient reduction and the parameter all-gather in line: what the overlap buys
     ./build/train_gpt_cuda $common $d48 --micro-batch-size 8 --world-size 2 --use-distributed-optimizer --no-dp-comm-overlap > "$out/d48_2gpu_zero1_nooverlap.log" 2>&1
     note "ours d48 2 GPUs (dp=2, ZeRO-1, no dp comm overlap): $(speed "$out/d48_2gpu_zero1_nooverlap.log")"

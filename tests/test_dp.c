@@ -120,8 +120,9 @@ typedef struct job {
     size_t unit;
     mt_param *ptab[MAXR];   /* the rank's parameter table */
     int n_ptab[MAXR];
-    long nan_after_step[MAXR]; /* poisoned elements of param_mem after the last step: ZeRO-3's released
-                                  layers, ZeRO-1/2's gathers not yet due (they wait for the next forward) */
+    long nan_after_step[MAXR]; /* poisoned elements of param_mem after the last step: ZeRO-1/2's gathers
+                                  not yet due (they wait for the next forward) */
+    int full_params[MAXR], full_grads[MAXR]; /* the model still had full param / grad buffers then */
     int params_hook[MAXR];     /* the model's params_needed hook was installed */
 } job;
 
@@ -208,8 +209,11 @@ static mt_status rank_body(mt_comm *world, void *arg) {
         }
         if (st == MT_OK) {
             long nan = 0;
-            for (size_t i = 0; i < m.num_params; i++) nan += stat_at(j->dt, m.param_mem, i) != stat_at(j->dt, m.param_mem, i);
+            for (size_t i = 0; m.param_mem && i < m.num_params; i++)
+                nan += stat_at(j->dt, m.param_mem, i) != stat_at(j->dt, m.param_mem, i);
             j->nan_after_step[wr] = nan;
+            j->full_params[wr] = m.param_mem != NULL;
+            j->full_grads[wr] = m.grad_mem != NULL;
         }
         if (st == MT_OK) st = mt_ddp_gather_params(&cx, &d);
         if (st == MT_OK) st = mt_calloc(m.num_params * sizeof(double), (void **)&j->params[wr]);
@@ -327,13 +331,20 @@ static void equivalence(mt_dtype dt, double tol) {
                 if (run_job(&j, dp)) {
                     compare(&j, dp, &ref, tol, what);
                     MT_EXPECT(j.n_buckets[0] >= 3 || s == 3, "%s: %d buckets", what, j.n_buckets[0]);
-                    if (s == 3) {  /* ZeRO-3: the other ranks' pieces of layers really were released */
-                        for (int r = 0; r < dp; r++)
-                            MT_EXPECT(j.nan_after_step[r] > 0, "%s: rank %d holds every layer after the step", what, r);
-                        printf("      ZeRO-3 rank 0: %zu params, own shard %zu, root (embedding, head) %zu, at most %zu "
-                               "layer elements gathered at once; %ld released (NaN) after the step\n",
-                               j.stats[0].padded_params, j.stats[0].shard_params, j.stats[0].root_params,
-                               j.stats[0].peak_gathered, j.nan_after_step[0]);
+                    /* ZeRO-2/3 keep no full gradient buffer, ZeRO-3 no full parameter buffer */
+                    for (int r = 0; r < dp; r++)
+                        MT_EXPECT(j.full_grads[r] == (s < 2) && j.full_params[r] == (s < 3),
+                                  "%s: rank %d after the step: full grads %d, full params %d", what, r,
+                                  j.full_grads[r], j.full_params[r]);
+                    if (s >= 2) {
+                        size_t es = mt_dtype_size(dt), full = j.stats[0].padded_params * es;
+                        printf("      %s rank 0: parameters %zu bytes, gradients %zu bytes (+ %zu reduced shard); "
+                               "full buffers %zu bytes each; root groups %zu elements, block slot %zu\n",
+                               s == 3 ? "ZeRO-3" : "ZeRO-2", j.stats[0].param_store_nbytes,
+                               j.stats[0].grad_store_nbytes, j.stats[0].grad_shard_nbytes, full,
+                               j.stats[0].root_params, j.stats[0].peak_gathered);
+                        MT_EXPECT(j.stats[0].grad_store_nbytes < full && (s < 3 || j.stats[0].param_store_nbytes < full),
+                                  "%s: the group storage is smaller than the full buffers", what);
                     }
                     if (s == 1 || s == 2) {  /* the gathers wait for the next forward, unless switched off */
                         int late = variant != 2;
@@ -343,10 +354,7 @@ static void equivalence(mt_dtype dt, double tol) {
                                       r, j.nan_after_step[r], j.params_hook[r]);
                         }
                     }
-                    if (s == 2)
-                        printf("      ZeRO-2 rank 0: shard accumulator %zu bytes; at most %zu of %zu gradient elements "
-                               "alive at once during a backward\n", j.stats[0].grad_shard_nbytes,
-                               j.stats[0].peak_live_grad, j.stats[0].padded_params);
+
                 }
                 job_free(&j);
             }
