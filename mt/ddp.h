@@ -173,7 +173,7 @@ typedef struct mt_ddp_stats {
     size_t pad_nbytes;        /* bytes the padding added to the model's param + grad buffers */
     size_t peak_live_grad;    /* ZeRO-2/3: most grad elements produced but not yet reduce-scattered */
     size_t root_params;       /* ZeRO-2/3: elements of the head's and embedding's groups (kept whole) */
-    size_t peak_gathered;     /* ZeRO-3: elements of the block slot (the largest block) */
+    size_t peak_gathered;     /* ZeRO-2/3: elements of a block slot (the largest block) */
     size_t param_store_nbytes;/* the model's parameters on this rank: the full buffer, or ZeRO-3's
                                  own pieces + root groups + one block slot */
     size_t grad_store_nbytes; /* its gradients: the full buffer, or ZeRO-2/3's root groups + two block
@@ -936,7 +936,7 @@ MT_API mt_status mt__ddp_own_storage(mt_ddp *d, mt_gpt *m) {
     m->grad_mem = NULL;
     mt__ddp_bind_groups(d, 1, d->real_params);
     d->stats.root_params = n[0] + n[1];
-    d->stats.peak_gathered = d->real_params ? d->max_block : 0;
+    d->stats.peak_gathered = d->max_block;
     return MT_OK;
 }
 

@@ -493,6 +493,20 @@ static void test_dp_state_bytes(void) {
                        theory, 100.0 * ((double)most / theory - 1));
                 if (s >= 2) printf(", grad shard %zu", j.stats[0].grad_shard_nbytes);
                 printf("\n");
+                /* the model's own buffers: full, or ZeRO-2/3's root groups + two block slots for the gradients
+                 * and ZeRO-3's pieces + root groups + one block slot for the parameters (with 2 layers of this
+                 * size that is no less than full; the equivalence runs show the saving) */
+                const mt_ddp_stats *t = &j.stats[0];
+                size_t es = mt_dtype_size(dts[k]), full = t->padded_params * es;
+                size_t want_g = s >= 2 ? (t->root_params + 2 * t->peak_gathered) * es : full;
+                size_t want_p = s == 3 ? (t->shard_params + t->root_params + t->peak_gathered) * es : full;
+                if (s >= 2)
+                    printf("         model buffers: parameters %zu, gradients %zu bytes/rank (full: %zu each)\n",
+                           t->param_store_nbytes, t->grad_store_nbytes, full);
+                MT_EXPECT(t->grad_store_nbytes == want_g && t->param_store_nbytes == want_p,
+                          "%s: parameters %zu bytes (expected %zu), gradients %zu (expected %zu)",
+                          mt_shard_strategy_name((mt_shard_strategy)s), t->param_store_nbytes, want_p,
+                          t->grad_store_nbytes, want_g);
                 for (int r = 0; r < dp; r++)
                     MT_EXPECT(j.stats[r].optim_nbytes == exact, "rank %d: %zu bytes, expected %zu", r,
                               j.stats[r].optim_nbytes, exact);
