@@ -533,7 +533,7 @@ MT_API mt_status mt__ddp_launch(mt_ddp *d, int b) {
     size_t n = bk->end - bk->start, es = mt_dtype_size(d->pdt), rs = mt_dtype_size(d->rdt);
     char *g = mt__ddp_grads_of(d, b), *buf = g;
     MT_TRY(mt__ddp_comm_waits_compute(d, b));
-    if (d->rbuf) { /* ZeRO-2/3: one bucket at a time, in comm-stream order */
+    if (d->rbuf) { /* fp32 reduction (ZeRO-2/3: a bucket-sized buffer, one bucket after another) */
         buf = (char *)d->rbuf + (d->real_grads ? 0 : bk->start * rs);
         MT_TRY(mt__ddp_convert(&d->ccx, d->rdt, buf, d->pdt, g, n, 0));
     }
