@@ -197,6 +197,13 @@ static mt_status rank_body(mt_comm *world, void *arg) {
                 if (st == MT_OK) st = mt_gpt_backward(&cx, &m, &a, &s, NULL, NULL);
             }
             if (st == MT_OK) st = mt_ddp_step(&cx, &d, &hp);
+            if (st == MT_OK && it == 1) { /* the weights read mid-training (ZeRO-3: a full buffer for a while) */
+                st = mt_ddp_gather_params(&cx, &d);
+                if (st == MT_OK && !m.param_mem) st = mt_errorf(MT_ERR_INTERNAL, "no param_mem after gather_params");
+                for (size_t i = 0; st == MT_OK && i < m.num_params; i++)
+                    if (stat_at(j->dt, m.param_mem, i) != stat_at(j->dt, m.param_mem, i))
+                        st = mt_errorf(MT_ERR_INTERNAL, "gathered weight %zu is NaN", i);
+            }
             if (st == MT_OK && wr == 0) st = mt_ddp_grad_norm(&cx, &d, &j->gnorm[it]);
             j->loss_part[it][wr] = lsum;
             if (st == MT_OK) {  /* what a trainer logs: the loss summed over dp, in the model's dtype */
