@@ -23,8 +23,8 @@
  *                       zeroed again once its bucket is reduced (see "Memory").
  *   optim_grads_params  ZeRO-3: as optim_grads, and the model has no full parameter buffer either:
  *                       this rank keeps its pieces, and a layer's parameters are all-gathered into
- *                       one slot just before its forward or backward (mt_gpt_hooks.before_block);
- *                       the embedding and head ("root") groups stay gathered.
+ *                       a slot before its forward or backward (mt_gpt_hooks.before_block; on the
+ *                       GPU one layer ahead); the embedding and head ("root") groups stay gathered.
  *
  * Layout. mt_gpt keeps params and grads in one buffer each, in backward order, every tensor
  * 64-element aligned. This layer splits that buffer into buckets: bucket ends are multiples of
@@ -66,14 +66,14 @@
  * before its gather shows in the tests. mt_ddp_gather_params (before reading weights outside a
  * forward) and the next mt_ddp_step settle whatever is pending. cfg.no_overlap gathers in line.
  *
- * ZeRO-3's gathers run on the compute stream just before their layer, through the same copy of the
- * dp group: NCCL does not promise that two operations of one communicator on two streams make
- * progress together, so through the dp group itself a layer's gather could wait for (or hold up)
- * the gradient reductions on the comm stream.
+ * ZeRO-3's gathers go through the same copy of the dp group: the next layer's on the comm stream
+ * (ahead), the rest on the compute stream, which first waits for any gathered ahead, so the copy is
+ * never busy on two streams at once. NCCL does not promise that two operations of one communicator
+ * on two streams make progress together; through the dp group itself a layer's gather could wait
+ * for (or hold up) the gradient reductions.
  *
- * Not done yet: ZeRO-3 does not prefetch the next layer's parameters; with
- * pp > 1 the tied embedding's gradient must be summed over the embedding group before its bucket
- * is reduced here (a pipeline schedule's job, not wired).
+ * Not done yet: with pp > 1 the tied embedding's gradient must be summed over the embedding group
+ * before its bucket is reduced here (a pipeline schedule's job, not wired).
  *
  * Global gradient-norm clipping: sum of squares over this rank's reduced gradients (its shards
  * when sharded), skipping tp duplicates on tp ranks > 0 and the tied embedding copy of a last
@@ -88,8 +88,10 @@
  *     next block's backward writes the other slot; a slot is used again only after an event says
  *     it was reduced and zeroed). grad_store_nbytes against padded * dtype for the full buffer.
  *   optim_grads_params: as optim_grads, and the parameters are this rank's pieces of every bucket
- *     (what AdamW updates), the root groups gathered after each step, and one block slot that
- *     each block is gathered into before it runs (the forward's last block stays for the
+ *     (what AdamW updates), the root groups gathered after each step, and two block slots: the
+ *     block that runs, and on the GPU the next one (l + 1 in a forward, l - 1 in a backward)
+ *     gathered ahead on the comm stream meanwhile (cfg.no_overlap: each block just before it
+ *     runs). A block still in its slot is not gathered again (the forward's last block is the
  *     backward's first). mt_ddp_gather_params makes a full buffer for as long as someone reads
  *     the weights (freed at the next forward or step).
  *
@@ -140,8 +142,9 @@ typedef struct mt_ddp_config {
     size_t bucket_size;          /* elements per bucket; 0 = max(40M, 1M * dp) */
     int grad_reduce_in_fp32;     /* 16-bit grads are reduced (and, sharded, accumulated) in fp32 */
     int average;                 /* 1: MT_AVG in the collective; 0 (default): MT_SUM */
-    int no_overlap;              /* 1: no_shard/optim reduce every bucket in mt_ddp_finish, and
-                                    optim/optim_grads gather the updated params inside mt_ddp_step */
+    int no_overlap;              /* 1: no_shard/optim reduce every bucket in mt_ddp_finish,
+                                    optim/optim_grads gather the updated params inside mt_ddp_step,
+                                    and ZeRO-3 gathers a layer only when it runs (no prefetch) */
 } mt_ddp_config;
 
 typedef struct mt_ddp_bucket {
@@ -175,7 +178,7 @@ typedef struct mt_ddp_stats {
     size_t root_params;       /* ZeRO-2/3: elements of the head's and embedding's groups (kept whole) */
     size_t peak_gathered;     /* ZeRO-2/3: elements of a block slot (the largest block) */
     size_t param_store_nbytes;/* the model's parameters on this rank: the full buffer, or ZeRO-3's
-                                 own pieces + root groups + one block slot */
+                                 own pieces + root groups + two block slots */
     size_t grad_store_nbytes; /* its gradients: the full buffer, or ZeRO-2/3's root groups + two block
                                  slots (the reduced shard is grad_shard_nbytes) */
 } mt_ddp_stats;
@@ -213,15 +216,18 @@ typedef struct mt_ddp {
     /* ZeRO-2/3 (real_grads): the model's gradients live here, not in a full buffer: the head's and
      * the embedding's groups in groot, each block's in one of two slots (block group gi in slot
      * gi & 1) from its backward until its bucket is reduce-scattered; ZeRO-3 (real_params) also
-     * its parameters: this rank's pieces (pshard), the root groups gathered (proot), the block being
-     * computed gathered into pslot. */
+     * its parameters: this rank's pieces (pshard), the root groups gathered (proot), and two block
+     * slots (block group gi in pslot[gi & 1]): the block being computed, and the next one, gathered
+     * ahead on the GPU (pslot_pending, pslot_ev). */
     int real_grads, real_params;
     size_t max_block;         /* elements of the largest block group */
     void *groot[2], *gslot[2];
     void *gslot_ev[2];        /* cudaEvent_t: slot s reduced and zeroed again (comm stream) */
     void *gcast;              /* (nshard_elems) pdt: reduced fp32 gradients cast back for AdamW */
-    void *pshard, *proot[2], *pslot;
-    int pslot_block;          /* local block gathered in pslot, -1: none */
+    void *pshard, *proot[2], *pslot[2];
+    int pslot_block[2];       /* local block gathered (or being gathered) in pslot[s], -1: none */
+    int pslot_pending[2];     /* GPU: that gather was issued ahead and not yet waited for */
+    void *pslot_ev[2];        /* cudaEvent_t: slot s's gather done (comm stream) */
     int materialized;         /* ZeRO-3: mt_ddp_gather_params made a full param_mem, bound in the model */
     void *comm_stream;        /* cudaStream_t (GPU) */
     void **events;            /* (n_buckets) cudaEvent_t: bucket ready on the compute stream */
@@ -460,7 +466,7 @@ MT_API void mt__ddp_group(const mt_gpt *m, int gi, size_t *lo, size_t *hi) {
 /* Where group gi's gradients (params = 0) or ZeRO-3's parameters (params = 1) live. */
 MT_API char *mt__ddp_home(const mt_ddp *d, int gi, int params) {
     int nl = d->m->layer_end - d->m->layer_begin;
-    if (params) return (char *)(gi == 0 ? d->proot[0] : gi == nl + 1 ? d->proot[1] : d->pslot);
+    if (params) return (char *)(gi == 0 ? d->proot[0] : gi == nl + 1 ? d->proot[1] : d->pslot[gi & 1]);
     return (char *)(gi == 0 ? d->groot[0] : gi == nl + 1 ? d->groot[1] : d->gslot[gi & 1]);
 }
 
@@ -492,14 +498,30 @@ MT_API mt_status mt__ddp_gather_group(mt_ddp *d, int b, char *dst) {
     return mt_copy(&d->cx, dst, mine, bk->shard * es);
 }
 
+/* ZeRO-3 on the GPU: the compute stream waits for any slot gathered ahead, so that the split-off
+ * group is never used on two streams at once (a no-op when nothing is pending). */
+MT_API mt_status mt__ddp_slots_settle(mt_ddp *d) {
+#ifdef __CUDACC__
+    for (int k = 0; k < 2; k++)
+        if (d->pslot_pending[k]) {
+            cudaError_t e = cudaStreamWaitEvent((cudaStream_t)d->cx.stream, (cudaEvent_t)d->pslot_ev[k], 0);
+            if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: waiting for a slot gather: %s", cudaGetErrorString(e));
+            d->pslot_pending[k] = 0;
+        }
+#endif
+    (void)d;
+    return MT_OK;
+}
+
 /* ZeRO-3: the head's and the embedding's groups gathered again (after each update). */
 MT_API mt_status mt__ddp_gather_roots(mt_ddp *d) {
     int nl = d->m->layer_end - d->m->layer_begin;
+    MT_TRY(mt__ddp_slots_settle(d));
     for (int b = 0; b < d->n_buckets; b++) {
         int gi = d->buckets[b].group;
         if (gi == 0 || gi == nl + 1) MT_TRY(mt__ddp_gather_group(d, b, mt__ddp_home(d, gi, 1)));
     }
-    d->pslot_block = -1; /* stale */
+    d->pslot_block[0] = d->pslot_block[1] = -1; /* stale */
     return MT_OK;
 }
 
@@ -510,18 +532,51 @@ MT_API void mt__ddp_unmaterialize(mt_ddp *d) {
     d->m->param_mem = NULL;
     mt__ddp_bind_groups(d, 0, 1);
     d->materialized = 0;
-    d->pslot_block = -1;
 }
 
-/* ZeRO-3: local block l's parameters gathered into the slot (once: the forward's last block is the
- * backward's first). */
-MT_API mt_status mt__ddp_slot_block(mt_ddp *d, int l) {
-    int gi = d->m->layer_end - d->m->layer_begin - l;
+/* ZeRO-3: start gathering local block l's parameters into its slot. On the GPU ahead (ahead = 1:
+ * on the comm stream, after the compute stream's work so far, which last read that slot; waited for
+ * in mt__ddp_slot_block), else on the compute stream. */
+MT_API mt_status mt__ddp_fill_slot(mt_ddp *d, int l, int ahead) {
+    int gi = d->m->layer_end - d->m->layer_begin - l, s = gi & 1;
+    mt_ctx cx = d->cx;
+    if (!ahead) MT_TRY(mt__ddp_slots_settle(d));
+    if (ahead) {
+#ifdef __CUDACC__
+        MT_TRY(mt__ddp_comm_waits_compute(d, 0));
+        d->cx.stream = d->comm_stream; /* mt__ddp_gather_group issues on d->cx's stream */
+#endif
+    }
+    mt_status st = MT_OK;
+    for (int b = 0; st == MT_OK && b < d->n_buckets; b++)
+        if (d->buckets[b].group == gi) st = mt__ddp_gather_group(d, b, (char *)d->pslot[s]);
+    d->cx = cx;
+    MT_TRY(st);
+#ifdef __CUDACC__
+    if (ahead) {
+        cudaError_t e = cudaEventRecord((cudaEvent_t)d->pslot_ev[s], (cudaStream_t)d->comm_stream);
+        if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: slot gather event: %s", cudaGetErrorString(e));
+    }
+#endif
+    d->pslot_block[s] = l;
+    d->pslot_pending[s] = ahead;
+    return MT_OK;
+}
+
+/* ZeRO-3: local block l's parameters ready in their slot for the compute stream, then (on the GPU,
+ * overlap on) the next block's gathered ahead: l + 1 in a forward, l - 1 in a backward. A block
+ * still in its slot is not gathered again (the forward's last block is the backward's first). */
+MT_API mt_status mt__ddp_slot_block(mt_ddp *d, int l, int backward) {
+    int nl = d->m->layer_end - d->m->layer_begin, s = (nl - l) & 1, next = backward ? l - 1 : l + 1;
     mt__ddp_unmaterialize(d);
-    if (d->pslot_block == l) return MT_OK;
-    for (int b = 0; b < d->n_buckets; b++)
-        if (d->buckets[b].group == gi) MT_TRY(mt__ddp_gather_group(d, b, (char *)d->pslot));
-    d->pslot_block = l;
+    if (d->pslot_block[s] != l) MT_TRY(mt__ddp_fill_slot(d, l, 0));
+    MT_TRY(mt__ddp_slots_settle(d)); /* this block's slot, if it was gathered ahead */
+#ifdef __CUDACC__
+    if (d->cx.device.type == MT_CUDA && !d->cfg.no_overlap && next >= 0 && next < nl &&
+        d->pslot_block[(nl - next) & 1] != next)
+        MT_TRY(mt__ddp_fill_slot(d, next, 1));
+#endif
+    (void)next;
     return MT_OK;
 }
 
@@ -694,7 +749,7 @@ MT_API mt_status mt__ddp_params_needed(void *user, const mt_gpt *m, size_t lo, s
 MT_API mt_status mt__ddp_before_block(void *user, const mt_gpt *m, int layer, int backward) {
     mt_ddp *d = (mt_ddp *)user;
     int l = layer - m->layer_begin, gi = m->layer_end - m->layer_begin - l;
-    if (d->real_params) MT_TRY(mt__ddp_slot_block(d, l));
+    if (d->real_params) MT_TRY(mt__ddp_slot_block(d, l, backward));
 #ifdef __CUDACC__
     if (backward && d->real_grads && d->cx.device.type == MT_CUDA) {
         cudaError_t e = cudaStreamWaitEvent((cudaStream_t)d->cx.stream, (cudaEvent_t)d->gslot_ev[gi & 1], 0);
@@ -716,6 +771,7 @@ MT_API mt_status mt_ddp_gather_params(const mt_ctx *cx, mt_ddp *d) {
     int nl = m->layer_end - m->layer_begin;
     for (int b = 0; b < d->n_buckets; b++) MT_TRY(mt__ddp_settle(d, b));
     if (!d->real_params || d->materialized) return MT_OK;
+    MT_TRY(mt__ddp_slots_settle(d));
     MT_TRY(mt__ddp_alloc(d, d->padded * es, &m->param_mem, NULL));
     for (int b = 0; b < d->n_buckets; b++) {
         const mt_ddp_bucket *bk = &d->buckets[b];
@@ -872,7 +928,8 @@ MT_API void mt_ddp_free(mt_ddp *d) {
     }
     mt_device_free(dev, d->gcast);
     mt_device_free(dev, d->pshard);
-    mt_device_free(dev, d->pslot);
+    mt_device_free(dev, d->pslot[0]);
+    mt_device_free(dev, d->pslot[1]);
     mt_free(d->scratch);
 #ifdef __CUDACC__
     if (d->events)
@@ -882,8 +939,10 @@ MT_API void mt_ddp_free(mt_ddp *d) {
     if (d->gev)
         for (int b = 0; b < d->n_buckets; b++)
             if (d->gev[b]) cudaEventDestroy((cudaEvent_t)d->gev[b]);
-    for (int k = 0; k < 2; k++)
+    for (int k = 0; k < 2; k++) {
         if (d->gslot_ev[k]) cudaEventDestroy((cudaEvent_t)d->gslot_ev[k]);
+        if (d->pslot_ev[k]) cudaEventDestroy((cudaEvent_t)d->pslot_ev[k]);
+    }
     if (d->comm_stream) cudaStreamDestroy((cudaStream_t)d->comm_stream);
 #endif
     if (d->pcomm) mt_comm_destroy(d->pcomm);
@@ -903,7 +962,7 @@ MT_API mt_status mt__ddp_own_storage(mt_ddp *d, mt_gpt *m) {
     size_t es = mt_dtype_size(d->pdt), lo, hi, n[2];
     d->real_grads = 1;
     d->real_params = d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS;
-    d->pslot_block = -1;
+    d->pslot_block[0] = d->pslot_block[1] = -1;
     for (int gi = 1; gi <= nl; gi++) {
         mt__ddp_group(m, gi, &lo, &hi);
         if (hi - lo > d->max_block) d->max_block = hi - lo;
@@ -928,7 +987,9 @@ MT_API mt_status mt__ddp_own_storage(mt_ddp *d, mt_gpt *m) {
             MT_TRY(mt__ddp_alloc(d, (n[k] ? n[k] : 1) * es, &d->proot[k], &d->stats.param_store_nbytes));
             MT_TRY(mt_copy(&d->cx, d->proot[k], (char *)m->param_mem + (k ? m->ready[nl] : 0) * es, n[k] * es));
         }
-        MT_TRY(mt__ddp_alloc(d, (d->max_block ? d->max_block : 1) * es, &d->pslot, &d->stats.param_store_nbytes));
+        for (int k = 0; k < 2; k++)
+            MT_TRY(mt__ddp_alloc(d, (d->max_block ? d->max_block : 1) * es, &d->pslot[k],
+                                 &d->stats.param_store_nbytes));
         mt_device_free(m->device, m->param_mem); /* (on the GPU after the copies: cudaFree waits) */
         m->param_mem = NULL;
     }
@@ -1072,12 +1133,13 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
         }
         if (mt__ddp_late_gather(d) || (d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS && d->nshard > 1))
             MT__DDP_TRY(mt_comm_split(d->dp, 0, mt_comm_rank(d->dp), "dp-params", &d->pcomm));
-        for (int k = 0; k < 2 && d->cfg.strategy >= MT_SHARD_OPTIM_GRADS; k++) {
+        for (int k = 0; k < 4 && d->cfg.strategy >= MT_SHARD_OPTIM_GRADS; k++) {
             if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) {
                 st = mt_errorf(MT_ERR_CUDA, "ddp: cudaEventCreate: %s", cudaGetErrorString(cudaGetLastError()));
                 goto fail;
             }
-            d->gslot_ev[k] = (void *)ev;
+            if (k < 2) d->gslot_ev[k] = (void *)ev;
+            else d->pslot_ev[k - 2] = (void *)ev;
         }
     }
 #endif
