@@ -151,8 +151,6 @@ typedef struct mt_ddp_bucket {
     size_t start, end;    /* elements [start, end) of the padded buffers; (end - start) % nshard == 0 */
     size_t shard;         /* (end - start) / nshard: the piece each rank owns */
     size_t soff;          /* where this rank's piece starts in the shard-state buffers */
-    int root;             /* holds embedding or head params (ZeRO-3 keeps it gathered) */
-    int gathered;         /* late gather (ZeRO-1/2): the pieces of other ranks are valid in param_mem */
     int group;            /* ZeRO-2/3: the one group it holds (mt__ddp_group: 0 head, 1.. blocks, nl+1
                              embedding) */
 } mt_ddp_bucket;
@@ -174,9 +172,8 @@ typedef struct mt_ddp_stats {
     size_t grad_shard_nbytes; /* ZeRO-2/3 shard accumulator */
     size_t comm_nbytes;       /* fp32 reduction buffer, f64 host scratch */
     size_t pad_nbytes;        /* bytes the padding added to the model's param + grad buffers */
-    size_t peak_live_grad;    /* ZeRO-2/3: most grad elements produced but not yet reduce-scattered */
     size_t root_params;       /* ZeRO-2/3: elements of the head's and embedding's groups (kept whole) */
-    size_t peak_gathered;     /* ZeRO-2/3: elements of a block slot (the largest block) */
+    size_t slot_params;       /* ZeRO-2/3: elements of a block slot (the largest block) */
     size_t param_store_nbytes;/* the model's parameters on this rank: the full buffer, or ZeRO-3's
                                  own pieces + root groups + two block slots */
     size_t grad_store_nbytes; /* its gradients: the full buffer, or ZeRO-2/3's root groups + two block
@@ -211,15 +208,13 @@ typedef struct mt_ddp {
     int sync;                 /* this micro-batch's backward communicates (no_shard/optim) */
     int next_bucket;          /* first bucket not launched in the current backward */
     int reduced;              /* no_shard/optim: the gradients of this step were reduced */
-    size_t released;          /* ZeRO-2/3 stats: elements reduce-scattered in this backward */
     mt_ddp_stats stats;
-    /* ZeRO-2/3 (real_grads): the model's gradients live here, not in a full buffer: the head's and
-     * the embedding's groups in groot, each block's in one of two slots (block group gi in slot
-     * gi & 1) from its backward until its bucket is reduce-scattered; ZeRO-3 (real_params) also
-     * its parameters: this rank's pieces (pshard), the root groups gathered (proot), and two block
-     * slots (block group gi in pslot[gi & 1]): the block being computed, and the next one, gathered
-     * ahead on the GPU (pslot_pending, pslot_ev). */
-    int real_grads, real_params;
+    /* ZeRO-2/3 (mt__ddp_real_grads): the model's gradients live here, not in a full buffer: the
+     * head's and the embedding's groups in groot, each block's in one of two slots (block group gi
+     * in slot gi & 1) from its backward until its bucket is reduce-scattered. ZeRO-3
+     * (mt__ddp_real_params) also its parameters: this rank's pieces (pshard), the root groups
+     * gathered (proot), and two block slots (block group gi in pslot[gi & 1]): the block being
+     * computed, and the next one, gathered ahead on the GPU (pslot_pending, pslot_ev). */
     size_t max_block;         /* elements of the largest block group */
     void *groot[2], *gslot[2];
     void *gslot_ev[2];        /* cudaEvent_t: slot s reduced and zeroed again (comm stream) */
@@ -463,6 +458,10 @@ MT_API void mt__ddp_group(const mt_gpt *m, int gi, size_t *lo, size_t *hi) {
     *hi = m->ready[gi];
 }
 
+/* ZeRO-2/3: the model's gradients live in the group storage; ZeRO-3: its parameters too. */
+MT_API int mt__ddp_real_grads(const mt_ddp *d) { return d->cfg.strategy >= MT_SHARD_OPTIM_GRADS; }
+MT_API int mt__ddp_real_params(const mt_ddp *d) { return d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS; }
+
 /* Where group gi's gradients (params = 0) or ZeRO-3's parameters (params = 1) live. */
 MT_API char *mt__ddp_home(const mt_ddp *d, int gi, int params) {
     int nl = d->m->layer_end - d->m->layer_begin;
@@ -472,11 +471,11 @@ MT_API char *mt__ddp_home(const mt_ddp *d, int gi, int params) {
 
 /* Where bucket b's gradients are. */
 MT_API char *mt__ddp_grads_of(const mt_ddp *d, int b) {
-    if (d->real_grads) return mt__ddp_home(d, d->buckets[b].group, 0);
+    if (mt__ddp_real_grads(d)) return mt__ddp_home(d, d->buckets[b].group, 0);
     return (char *)d->m->grad_mem + d->buckets[b].start * mt_dtype_size(d->pdt);
 }
 
-/* Point the model's gradients (and with real_params its weights) at the group storage. */
+/* Point the model's gradients (and with `params` its weights) at the group storage. */
 MT_API void mt__ddp_bind_groups(mt_ddp *d, int grads, int params) {
     mt_gpt *m = d->m;
     int nl = m->layer_end - m->layer_begin;
@@ -505,7 +504,8 @@ MT_API mt_status mt__ddp_slots_settle(mt_ddp *d) {
     for (int k = 0; k < 2; k++)
         if (d->pslot_pending[k]) {
             cudaError_t e = cudaStreamWaitEvent((cudaStream_t)d->cx.stream, (cudaEvent_t)d->pslot_ev[k], 0);
-            if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: waiting for a slot gather: %s", cudaGetErrorString(e));
+            if (e != cudaSuccess)
+                return mt_errorf(MT_ERR_CUDA, "ddp: waiting for a slot gather: %s", cudaGetErrorString(e));
             d->pslot_pending[k] = 0;
         }
 #endif
@@ -589,7 +589,7 @@ MT_API mt_status mt__ddp_launch(mt_ddp *d, int b) {
     char *g = mt__ddp_grads_of(d, b), *buf = g;
     MT_TRY(mt__ddp_comm_waits_compute(d, b));
     if (d->rbuf) { /* fp32 reduction (ZeRO-2/3: a bucket-sized buffer, one bucket after another) */
-        buf = (char *)d->rbuf + (d->real_grads ? 0 : bk->start * rs);
+        buf = (char *)d->rbuf + (mt__ddp_real_grads(d) ? 0 : bk->start * rs);
         MT_TRY(mt__ddp_convert(&d->ccx, d->rdt, buf, d->pdt, g, n, 0));
     }
     if (d->cfg.strategy == MT_SHARD_NONE)
@@ -611,13 +611,6 @@ MT_API mt_status mt__ddp_launch(mt_ddp *d, int b) {
     return MT_OK;
 }
 
-/* Tied wte of a stage that is first and last: the head's backward writes its gradient first. */
-MT_API size_t mt__ddp_wte_early(const mt_gpt *m, size_t n_ready) {
-    if (!(m->first && m->last)) return 0;
-    const mt_param *p = &m->params[m->n_params - 1];
-    return p->offset >= n_ready ? (size_t)(p->rows * p->cols) : 0;
-}
-
 /* mt_gpt_hooks.grads_ready: launch every bucket whose gradients are all final. */
 MT_API mt_status mt__ddp_grads_ready(void *user, const mt_gpt *m, size_t n_ready) {
     mt_ddp *d = (mt_ddp *)user;
@@ -626,18 +619,12 @@ MT_API mt_status mt__ddp_grads_ready(void *user, const mt_gpt *m, size_t n_ready
     if (!every && d->reduced)
         return mt_errorf(MT_ERR_ARG, "ddp: a second backward with sync on before mt_ddp_step: the gradients of this "
                          "step were already reduced (set sync only on the last micro-batch)");
-    if (every) {  /* gradient elements alive at once, had the buffer held only what is in flight */
-        size_t live = n_ready - d->released + mt__ddp_wte_early(m, n_ready);
-        if (live > d->stats.peak_live_grad) d->stats.peak_live_grad = live;
-    }
     while (d->next_bucket < d->n_buckets && (last || d->buckets[d->next_bucket].end <= n_ready)) {
         MT_TRY(mt__ddp_launch(d, d->next_bucket));
-        d->released = d->buckets[d->next_bucket].end;
         d->next_bucket++;
     }
     if (last) {
         d->next_bucket = 0;
-        d->released = 0;
         if (every) MT_TRY(mt__ddp_compute_waits_comm(d));  /* the next backward writes the zeroed buckets */
         else d->reduced = 1;
     }
@@ -660,26 +647,22 @@ MT_API mt_status mt_ddp_finish(const mt_ctx *cx, mt_ddp *d) {
     return mt__ddp_compute_waits_comm(d);
 }
 
-/* ------------------------------------------------------------------ ZeRO-3 parameter gathering */
+/* ------------------------------------------------------------------ ZeRO-1/2 parameter gathering */
 
 MT_API mt_status mt__ddp_gather_bucket(mt_ddp *d, int b) {
     mt_ddp_bucket *bk = &d->buckets[b];
     size_t es = mt_dtype_size(d->pdt);
     char *p = (char *)d->m->param_mem + bk->start * es;
-    mt_comm *c = d->pcomm ? d->pcomm : d->dp; /* ZeRO-3 on the GPU: not behind the comm stream's reductions */
-    if (mt_comm_size(c) > 1)
-        MT_TRY(mt_comm_all_gather(c, p + (size_t)d->rank * bk->shard * es, p, bk->shard, d->pdt, d->cx.stream));
-    bk->gathered = 1;
-    return MT_OK;
+    if (mt_comm_size(d->dp) <= 1) return MT_OK;
+    return mt_comm_all_gather(d->dp, p + (size_t)d->rank * bk->shard * es, p, bk->shard, d->pdt, d->cx.stream);
 }
 
-/* Drop the other ranks' pieces of bucket b. Nothing to free in this layout; on the CPU the
- * region is poisoned with NaN so that computing with it cannot go unnoticed. */
+/* The other ranks' pieces of bucket b are stale until gathered: on the CPU they are poisoned with
+ * NaN so that computing with them cannot go unnoticed. */
 MT_API void mt__ddp_release_bucket(mt_ddp *d, int b) {
     mt_ddp_bucket *bk = &d->buckets[b];
     size_t es = mt_dtype_size(d->pdt);
     char *p = (char *)d->m->param_mem;
-    bk->gathered = 0;
     if (d->cx.device.type != MT_CPU || d->nshard <= 1) return;
     size_t own0 = bk->start + (size_t)d->rank * bk->shard, own1 = own0 + bk->shard;
     memset(p + bk->start * es, 0xff, (own0 - bk->start) * es);
@@ -749,9 +732,9 @@ MT_API mt_status mt__ddp_params_needed(void *user, const mt_gpt *m, size_t lo, s
 MT_API mt_status mt__ddp_before_block(void *user, const mt_gpt *m, int layer, int backward) {
     mt_ddp *d = (mt_ddp *)user;
     int l = layer - m->layer_begin, gi = m->layer_end - m->layer_begin - l;
-    if (d->real_params) MT_TRY(mt__ddp_slot_block(d, l, backward));
+    if (mt__ddp_real_params(d)) MT_TRY(mt__ddp_slot_block(d, l, backward));
 #ifdef __CUDACC__
-    if (backward && d->real_grads && d->cx.device.type == MT_CUDA) {
+    if (backward && mt__ddp_real_grads(d) && d->cx.device.type == MT_CUDA) {
         cudaError_t e = cudaStreamWaitEvent((cudaStream_t)d->cx.stream, (cudaEvent_t)d->gslot_ev[gi & 1], 0);
         if (e != cudaSuccess) return mt_errorf(MT_ERR_CUDA, "ddp: waiting for a slot: %s", cudaGetErrorString(e));
     }
@@ -770,7 +753,7 @@ MT_API mt_status mt_ddp_gather_params(const mt_ctx *cx, mt_ddp *d) {
     size_t es = mt_dtype_size(d->pdt);
     int nl = m->layer_end - m->layer_begin;
     for (int b = 0; b < d->n_buckets; b++) MT_TRY(mt__ddp_settle(d, b));
-    if (!d->real_params || d->materialized) return MT_OK;
+    if (!mt__ddp_real_params(d) || d->materialized) return MT_OK;
     MT_TRY(mt__ddp_slots_settle(d));
     MT_TRY(mt__ddp_alloc(d, d->padded * es, &m->param_mem, NULL));
     for (int b = 0; b < d->n_buckets; b++) {
@@ -866,14 +849,11 @@ MT_API mt_status mt__ddp_make_buckets(mt_ddp *d) {
         start = e;
     }
     d->n_buckets = nb;
-    /* this rank's pieces, back to back; root = holds head or embedding params */
-    size_t soff = 0, head_end = m->ready[0], emb_begin = m->ready[nl];
+    /* this rank's pieces, back to back */
+    size_t soff = 0;
     for (int b = 0; b < nb; b++) {
-        mt_ddp_bucket *bk = &d->buckets[b];
-        bk->soff = soff;
-        soff += bk->shard;
-        bk->root = bk->start < head_end || bk->end > emb_begin;
-        bk->gathered = 1;
+        d->buckets[b].soff = soff;
+        soff += d->buckets[b].shard;
     }
     d->nshard_elems = soff;
     return MT_OK;
@@ -960,8 +940,6 @@ MT_API void mt_ddp_free(mt_ddp *d) {
 MT_API mt_status mt__ddp_own_storage(mt_ddp *d, mt_gpt *m) {
     int nl = m->layer_end - m->layer_begin;
     size_t es = mt_dtype_size(d->pdt), lo, hi, n[2];
-    d->real_grads = 1;
-    d->real_params = d->cfg.strategy == MT_SHARD_OPTIM_GRADS_PARAMS;
     d->pslot_block[0] = d->pslot_block[1] = -1;
     for (int gi = 1; gi <= nl; gi++) {
         mt__ddp_group(m, gi, &lo, &hi);
@@ -976,7 +954,7 @@ MT_API mt_status mt__ddp_own_storage(mt_ddp *d, mt_gpt *m) {
         MT_TRY(mt__ddp_alloc(d, (d->max_block ? d->max_block : 1) * es, &d->gslot[k], &d->stats.grad_store_nbytes));
     }
     if (d->rdt != d->pdt) MT_TRY(mt__ddp_alloc(d, d->nshard_elems * es, &d->gcast, &d->stats.comm_nbytes));
-    if (d->real_params) {
+    if (mt__ddp_real_params(d)) {
         MT_TRY(mt__ddp_alloc(d, d->nshard_elems * es, &d->pshard, &d->stats.param_store_nbytes));
         for (int b = 0; b < d->n_buckets; b++) {
             const mt_ddp_bucket *bk = &d->buckets[b];
@@ -995,9 +973,9 @@ MT_API mt_status mt__ddp_own_storage(mt_ddp *d, mt_gpt *m) {
     }
     mt_device_free(m->device, m->grad_mem);
     m->grad_mem = NULL;
-    mt__ddp_bind_groups(d, 1, d->real_params);
+    mt__ddp_bind_groups(d, 1, mt__ddp_real_params(d));
     d->stats.root_params = n[0] + n[1];
-    d->stats.peak_gathered = d->max_block;
+    d->stats.slot_params = d->max_block;
     return MT_OK;
 }
 
@@ -1144,8 +1122,8 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
     }
 #endif
     if (d->cfg.strategy >= MT_SHARD_OPTIM_GRADS) MT__DDP_TRY(mt__ddp_own_storage(d, m));
-    if (!d->real_params) d->stats.param_store_nbytes = d->padded * mt_dtype_size(d->pdt);
-    if (!d->real_grads) d->stats.grad_store_nbytes = d->padded * mt_dtype_size(d->pdt);
+    if (!mt__ddp_real_params(d)) d->stats.param_store_nbytes = d->padded * mt_dtype_size(d->pdt);
+    if (!mt__ddp_real_grads(d)) d->stats.grad_store_nbytes = d->padded * mt_dtype_size(d->pdt);
     if (mt__ddp_late_gather(d)) MT__DDP_TRY(mt_calloc((size_t)d->n_buckets, (void **)&d->pending));
     d->stats.num_params = m->num_params;
     d->stats.padded_params = d->padded;
@@ -1154,7 +1132,7 @@ MT_API mt_status mt_ddp_init(const mt_ctx *cx, mt_ddp *d, mt_gpt *m, const mt_pa
     m->hooks.user = d;
     m->hooks.grads_ready = mt__ddp_grads_ready;
     if (d->pending) m->hooks.params_needed = mt__ddp_params_needed;
-    if (d->real_grads) m->hooks.before_block = mt__ddp_before_block;
+    if (mt__ddp_real_grads(d)) m->hooks.before_block = mt__ddp_before_block;
 #undef MT__DDP_TRY
     mt_free(old_off);
     return MT_OK;
@@ -1182,7 +1160,7 @@ MT_API mt_status mt__ddp_make_plan(const mt_ctx *cx, mt_ddp *d) {
     MT_TRY(mt_calloc(sizeof *t * (size_t)(d->n_runs > 0 ? d->n_runs : 1), (void **)&t));
     for (int i = 0; i < d->n_runs; i++) {
         const mt_ddp_run *r = &d->runs[i];
-        t[i].param = d->real_params ? (char *)d->pshard + r->soff * es : (char *)d->m->param_mem + r->off * es;
+        t[i].param = mt__ddp_real_params(d) ? (char *)d->pshard + r->soff * es : (char *)d->m->param_mem + r->off * es;
         t[i].master = d->master ? d->master + r->soff : NULL;
         t[i].m = (char *)d->mom + r->soff * ss;
         t[i].v = (char *)d->var + r->soff * ss;
@@ -1232,7 +1210,7 @@ MT_API mt_status mt_ddp_step(const mt_ctx *cx, mt_ddp *d, const mt_optim_hp *hp_
     MT_TRY(mt_adamw_multi_plan_step(cx, &d->plan, &hp, hp_in->weight_decay, coef, 0));
     /* parameters: everyone's updated pieces (ZeRO-1/2: under the next forward; ZeRO-3: the root
      * groups now, a block's just before it runs) */
-    if (d->real_params) {
+    if (mt__ddp_real_params(d)) {
         MT_TRY(mt__ddp_gather_roots(d));
     } else if (mt__ddp_late_gather(d)) {
         MT_TRY(mt__ddp_issue_gathers(d));

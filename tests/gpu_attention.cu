@@ -157,21 +157,11 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     fill_bf16(qkv, hqkv, nqkv, 1.5f, seed * 2);
     fill_bf16(dout, hdout, nout, 1.0f, seed * 2 + 1);
 
-    void *d_qkv, *d_out, *d_dout, *d_dqkv, *d_ws;
-    float *d_lse;
-    const size_t ws = mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D);
-    MT_CK(cudaMalloc(&d_qkv, nqkv * 2));
-    MT_CK(cudaMalloc(&d_out, nout * 2));
-    MT_CK(cudaMalloc(&d_dout, nout * 2));
-    MT_CK(cudaMalloc(&d_dqkv, nqkv * 2));
-    MT_CK(cudaMalloc((void **)&d_lse, nlse * 4));
-    MT_CK(cudaMalloc(&d_ws, ws));
-    MT_CK(cudaMemcpy(d_qkv, hqkv, nqkv * 2, cudaMemcpyHostToDevice));
-    MT_CK(cudaMemcpy(d_dout, hdout, nout * 2, cudaMemcpyHostToDevice));
-    MT_CK(cudaMemset(d_out, 0xff, nout * 2)); /* NaN poison */
-    MT_CK(cudaMemset(d_lse, 0xff, nlse * 4));
-    MT_CK(cudaMemset(d_dqkv, 0xff, nqkv * 2));
-    MT_CK(cudaMemset(d_ws, 0xff, ws));
+    mt_test_attn dev; /* the device buffers, outputs NaN-poisoned */
+    mt_test_attn_init(&dev, B, T, Hkv, G, D, hqkv, hdout);
+    void *d_qkv = dev.qkv, *d_out = dev.out, *d_dout = dev.dout, *d_dqkv = dev.dqkv, *d_ws = dev.ws;
+    float *d_lse = dev.lse;
+    const size_t ws = dev.ws_nbytes;
 
     mt_ctx cx;
     memset(&cx, 0, sizeof cx);
@@ -419,7 +409,7 @@ static void run_case(int B, int T, int Hkv, int G, int D, int causal, double *wo
     }
     if (!(*worst >= m)) *worst = m;
 
-    cudaFree(d_qkv); cudaFree(d_out); cudaFree(d_dout); cudaFree(d_dqkv); cudaFree(d_lse); cudaFree(d_ws);
+    mt_test_attn_free(&dev);
     free(qkv); free(dout); free(hqkv); free(hdout); free(ref_out); free(ref_lse); free(ref_dqkv);
     free(gout); free(glse); free(gdqkv); free(hbuf);
 }

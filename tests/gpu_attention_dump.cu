@@ -40,33 +40,23 @@ static size_t nonfinite_bf16(const void *dev, size_t n) {
 static void one_case(int B, int T, int Hkv, int G, int D, int causal) {
     const int H = Hkv * G;
     const size_t nqkv = (size_t)B * T * Hkv * (G + 2) * D, nout = (size_t)B * T * H * D, nlse = (size_t)B * H * T;
-    const size_t ws = mt_flash_attention_bwd_workspace_nbytes(B, T, Hkv, G, D);
-    uint16_t *h = (uint16_t *)malloc((nqkv > nout ? nqkv : nout) * 2);
-    void *qkv, *dout, *out, *dqkv, *w;
-    float *lse;
-    MT_CK(cudaMalloc(&qkv, nqkv * 2));
-    MT_CK(cudaMalloc(&dqkv, nqkv * 2));
-    MT_CK(cudaMalloc(&dout, nout * 2));
-    MT_CK(cudaMalloc(&out, nout * 2));
-    MT_CK(cudaMalloc((void **)&lse, nlse * 4));
-    MT_CK(cudaMalloc(&w, ws));
+    uint16_t *hqkv = (uint16_t *)malloc(nqkv * 2), *hdout = (uint16_t *)malloc(nout * 2);
     const uint64_t seed = 0xa77e0000u + (uint64_t)g_case;
-    for (size_t i = 0; i < nqkv; i++) h[i] = mt_f32_to_bf16(mt_rng_normal(seed, 1, i));
-    MT_CK(cudaMemcpy(qkv, h, nqkv * 2, cudaMemcpyHostToDevice));
-    for (size_t i = 0; i < nout; i++) h[i] = mt_f32_to_bf16(mt_rng_normal(seed, 2, i));
-    MT_CK(cudaMemcpy(dout, h, nout * 2, cudaMemcpyHostToDevice));
-    MT_CK(cudaMemset(out, 0xff, nout * 2)); /* NaN poison: every output must be written */
-    MT_CK(cudaMemset(dqkv, 0xff, nqkv * 2));
-    MT_CK(cudaMemset(w, 0xff, ws));
+    for (size_t i = 0; i < nqkv; i++) hqkv[i] = mt_f32_to_bf16(mt_rng_normal(seed, 1, i));
+    for (size_t i = 0; i < nout; i++) hdout[i] = mt_f32_to_bf16(mt_rng_normal(seed, 2, i));
+    mt_test_attn a;
+    mt_test_attn_init(&a, B, T, Hkv, G, D, hqkv, hdout); /* outputs NaN-poisoned: every one must be written */
     mt_ctx cx;
     memset(&cx, 0, sizeof cx);
     cx.device = mt_gpu(0);
     cx.dtype = MT_BF16;
-    mt_status st = mt_flash_attention_fwd(&cx, out, lse, qkv, B, T, Hkv, G, D, causal);
-    if (st == MT_OK) st = mt_flash_attention_bwd(&cx, dqkv, dout, out, lse, qkv, B, T, Hkv, G, D, causal, w, ws);
+    mt_status st = mt_flash_attention_fwd(&cx, a.out, a.lse, a.qkv, B, T, Hkv, G, D, causal);
+    if (st == MT_OK)
+        st = mt_flash_attention_bwd(&cx, a.dqkv, a.dout, a.out, a.lse, a.qkv, B, T, Hkv, G, D, causal, a.ws,
+                                    a.ws_nbytes);
     MT_EXPECT(st == MT_OK, "D=%d T=%d causal=%d G=%d: %s", D, T, causal, G, mt_status_str(st));
     MT_CK(cudaDeviceSynchronize());
-    size_t bad = nonfinite_bf16(out, nout) + nonfinite_bf16(dqkv, nqkv);
+    size_t bad = nonfinite_bf16(a.out, nout) + nonfinite_bf16(a.dqkv, nqkv);
     MT_EXPECT(bad == 0, "D=%d T=%d causal=%d G=%d: %zu non-finite outputs", D, T, causal, G, bad);
     char path[512];
     snprintf(path, sizeof path, "%s/case_%02d.bin", g_dir, g_case++);
@@ -76,15 +66,16 @@ static void one_case(int B, int T, int Hkv, int G, int D, int causal) {
         const int32_t hdr[6] = {B, T, Hkv, G, D, causal};
         fwrite("MTATTN1\n", 1, 8, f);
         fwrite(hdr, 4, 6, f);
-        put(f, qkv, nqkv * 2);
-        put(f, dout, nout * 2);
-        put(f, out, nout * 2);
-        put(f, lse, nlse * 4);
-        put(f, dqkv, nqkv * 2);
+        put(f, a.qkv, nqkv * 2);
+        put(f, a.dout, nout * 2);
+        put(f, a.out, nout * 2);
+        put(f, a.lse, nlse * 4);
+        put(f, a.dqkv, nqkv * 2);
         MT_EXPECT(fclose(f) == 0, "closing %s", path);
     }
-    MT_CK(cudaFree(qkv)); MT_CK(cudaFree(dqkv)); MT_CK(cudaFree(dout)); MT_CK(cudaFree(out)); MT_CK(cudaFree(lse)); MT_CK(cudaFree(w));
-    free(h);
+    mt_test_attn_free(&a);
+    free(hqkv);
+    free(hdout);
 }
 
 static void test_dump_cases(void) {

@@ -349,7 +349,7 @@ static void equivalence(mt_dtype dt, double tol) {
                                "full buffers %zu bytes each; root groups %zu elements, block slot %zu\n",
                                s == 3 ? "ZeRO-3" : "ZeRO-2", j.stats[0].param_store_nbytes,
                                j.stats[0].grad_store_nbytes, j.stats[0].grad_shard_nbytes, full,
-                               j.stats[0].root_params, j.stats[0].peak_gathered);
+                               j.stats[0].root_params, j.stats[0].slot_params);
                         /* (ZeRO-3's parameters: its pieces + root groups + two slots, less than full only
                          * for deeper models or more ranks than these; test_dp_state_bytes checks the sum) */
                         MT_EXPECT(j.stats[0].grad_store_nbytes < full, "%s: the gradient storage, %zu bytes, is not "
@@ -507,8 +507,8 @@ static void test_dp_state_bytes(void) {
                  * size that is no less than full; the equivalence runs show the saving) */
                 const mt_ddp_stats *t = &j.stats[0];
                 size_t es = mt_dtype_size(dts[k]), full = t->padded_params * es;
-                size_t want_g = s >= 2 ? (t->root_params + 2 * t->peak_gathered) * es : full;
-                size_t want_p = s == 3 ? (t->shard_params + t->root_params + 2 * t->peak_gathered) * es : full;
+                size_t want_g = s >= 2 ? (t->root_params + 2 * t->slot_params) * es : full;
+                size_t want_p = s == 3 ? (t->shard_params + t->root_params + 2 * t->slot_params) * es : full;
                 if (s >= 2)
                     printf("         model buffers: parameters %zu, gradients %zu bytes/rank (full: %zu each)\n",
                            t->param_store_nbytes, t->grad_store_nbytes, full);
